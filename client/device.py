@@ -1,0 +1,225 @@
+"""One device: its interactions, its user embedding, its accountant, its ledger.
+
+:class:`Device` is plain Python (no Flower): the Flower ``ClientApp`` wraps it, a benchmark
+runs it in a loop, and an app embeds it. In a round the device
+
+1. refuses, with a stated reason, if the round would take it past its ε budget;
+2. loads the server's item table, trains locally (DP-SGD when on, every trainable parameter
+   including its user embedding under the private optimizer);
+3. records the privacy event (ledger hook) *before* the update leaves;
+4. returns only the dense delta of the global (item) parameters, one fixed shape whatever
+   items it touched, and, with DP off only, its example count and loss.
+
+The user embedding and the interactions never appear in anything a method returns for
+sending; :meth:`Device.state_dict` is for the device's own storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedrec.common.dp import DPConfig, LocalConfig, epsilon_after, make_accountant, train_local
+from fedrec.common.metrics import user_metric_sums
+from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
+
+__all__ = ["Device", "TrainReply", "Refusal", "PrivacyEvent"]
+
+
+@dataclass(frozen=True)
+class PrivacyEvent:
+    """One DP release by a device: what its ledger records before the update leaves."""
+
+    device_id: str
+    server_round: int
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    target_delta: float
+    budget_epsilon: float
+    claimed_epsilon: float
+    accountant: str
+
+
+@dataclass
+class TrainReply:
+    """What a device sends after training: the item-table delta and harmless metadata."""
+
+    delta: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A device declined a round; ``reason`` says why (e.g. the budget)."""
+
+    reason: str
+    epsilon_spent: float
+    epsilon_needed: float
+
+
+class Device:
+    """A simulated or embedded device holding one user's data and state.
+
+    Args:
+        device_id: a stable id (used for seeds and the ledger).
+        train_items: the user's training item indices (positives).
+        n_items: catalog size (must match the server's item table).
+        dim: embedding dimension (must match the server's item table).
+        local: local training recipe.
+        dp: DP-SGD settings, or ``None`` to train without privacy.
+        test_items: held-out items for on-device evaluation (optional).
+        item_bias: whether the item biases are trained.
+        init_std: initialisation scale of the user embedding.
+        seed: seeds the user embedding and the local sampling/noise (simulation); ``None``
+            draws from the OS.
+        on_release: called with a :class:`PrivacyEvent` after local DP training and before
+            the reply is returned (the ledger writer). If it raises, nothing is sent.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        train_items: np.ndarray,
+        *,
+        n_items: int,
+        dim: int,
+        local: LocalConfig,
+        dp: DPConfig | None,
+        test_items: np.ndarray | None = None,
+        item_bias: bool = True,
+        init_std: float = 0.1,
+        seed: int | None = None,
+        on_release: Callable[[PrivacyEvent], None] | None = None,
+    ):
+        self.device_id = str(device_id)
+        self.train_items = np.asarray(train_items, dtype=np.int64)
+        self.test_items = (
+            np.asarray(test_items, dtype=np.int64) if test_items is not None else None
+        )
+        if len(self.train_items) and (self.train_items.min() < 0
+                                      or self.train_items.max() >= n_items):
+            raise ValueError(f"device {device_id}: item indices outside [0, {n_items})")
+        self.local, self.dp = local, dp
+        self.on_release = on_release
+        seed_bytes = hashlib.sha256(f"{seed}/{device_id}".encode()).digest()
+        self._seed = int.from_bytes(seed_bytes[:8], "little") if seed is not None else None
+        gen = torch.Generator()
+        if self._seed is not None:
+            gen.manual_seed(self._seed)
+        else:
+            gen.seed()
+        self._generator = gen
+        self.model = MatrixFactorization(
+            1, n_items, dim, item_bias=item_bias, init_std=init_std, generator=gen
+        )
+        self.accountant = make_accountant(dp.accountant) if dp is not None else None
+        self.rounds_trained = 0
+
+    # --- privacy ---------------------------------------------------------------------------
+    def epsilon_spent(self) -> float:
+        """ε spent so far by this device's accountant at its δ (0 with DP off or no rounds)."""
+        if self.dp is None or self.accountant is None or not self.accountant.history:
+            return 0.0
+        return float(self.accountant.get_epsilon(delta=self.dp.target_delta))
+
+    def epsilon_if_trained(self) -> float:
+        """ε after one more round with the current settings."""
+        assert self.dp is not None and self.accountant is not None
+        return epsilon_after(
+            self.accountant, noise_multiplier=self.dp.noise_multiplier,
+            sample_rate=self.local.sample_rate, steps=self.local.steps,
+            target_delta=self.dp.target_delta,
+        )
+
+    # --- the round -------------------------------------------------------------------------
+    def train(self, global_state: Mapping[str, np.ndarray], server_round: int
+              ) -> TrainReply | Refusal:
+        """Train one round from the server's item table; reply or refuse."""
+        if len(self.train_items) == 0:
+            return Refusal("no training interactions on this device", 0.0, 0.0)
+        if self.dp is not None:
+            spent = self.epsilon_spent()
+            needed = self.epsilon_if_trained()
+            if needed > self.dp.budget_epsilon + 1e-9:
+                return Refusal(
+                    f"budget: this round would bring epsilon to {needed:.4g} > budget "
+                    f"{self.dp.budget_epsilon:g} (spent {spent:.4g})",
+                    spent, needed,
+                )
+        self.model.load_global_state(global_state)
+        before = self.model.global_state()
+        result = train_local(
+            self.model, self.train_items, local=self.local, dp=self.dp,
+            accountant=self.accountant, generator=self._generator,
+        )
+        self.rounds_trained += 1
+        after = self.model.global_state()
+        delta = {k: (after[k] - before[k]).astype(np.float32) for k in GLOBAL_KEYS}
+        if self.dp is not None:
+            event = PrivacyEvent(
+                device_id=self.device_id, server_round=int(server_round),
+                noise_multiplier=self.dp.noise_multiplier,
+                max_grad_norm=self.dp.max_grad_norm, sample_rate=result.sample_rate,
+                steps=result.steps, target_delta=self.dp.target_delta,
+                budget_epsilon=self.dp.budget_epsilon, claimed_epsilon=self.epsilon_spent(),
+                accountant=self.dp.accountant,
+            )
+            if self.on_release is not None:
+                self.on_release(event)  # recorded before the update leaves
+            # Under DP the example count and the loss are data: send neither.
+            return TrainReply(delta=delta, num_examples=1, metrics={})
+        return TrainReply(
+            delta=delta, num_examples=len(self.train_items),
+            metrics={"loss": result.mean_loss},
+        )
+
+    def evaluate(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]
+                 ) -> dict[str, float] | None:
+        """Rank all items locally against the held-out items; metric *sums* (or None)."""
+        if self.test_items is None or len(self.test_items) == 0:
+            return None
+        self.model.load_global_state(global_state)
+        scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
+        return user_metric_sums(scores, self.train_items, self.test_items, ks=ks)
+
+    def recommend(self, k: int, global_state: Mapping[str, np.ndarray] | None = None
+                  ) -> np.ndarray:
+        """Top-``k`` unseen items for this device's user (computed on the device)."""
+        from fedrec.common.metrics import topk_items
+
+        if global_state is not None:
+            self.model.load_global_state(global_state)
+        scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
+        return topk_items(scores, self.train_items, k)
+
+    # --- persistence (device-local storage only) -------------------------------------------
+    def state_dict(self) -> dict[str, object]:
+        """The device's own state: user embedding, accountant, round count, RNG state."""
+        return {
+            "user_embedding": self.model.local_state()["user_embedding.weight"],
+            "accountant": json.dumps(
+                self.accountant.state_dict() if self.accountant is not None else None
+            ),
+            "rounds_trained": self.rounds_trained,
+            "generator": self._generator.get_state().numpy().copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model.load_local_state({"user_embedding.weight": state["user_embedding"]})
+        acc = json.loads(str(state["accountant"]))
+        if acc is not None and self.accountant is not None:
+            acc["history"] = [tuple(h) for h in acc.get("history", [])]
+            self.accountant.load_state_dict(acc)
+        self.rounds_trained = int(state["rounds_trained"])  # type: ignore[arg-type]
+        gen_state = state.get("generator")
+        if gen_state is not None:
+            self._generator.set_state(torch.as_tensor(np.asarray(gen_state), dtype=torch.uint8))

@@ -1,0 +1,198 @@
+"""The typed run configuration, parsed once at the edge.
+
+Flower passes a run's configuration as a flat mapping with kebab-case keys (the
+``[tool.flwr.app.config]`` table of ``pyproject.toml``, or ``--run-config`` overrides);
+``fedrec simulate`` builds the same mapping from its command line. :meth:`RunConfig.from_flat`
+turns it into one typed object, validating every field, and :meth:`RunConfig.to_flat` gives
+it back (what a run directory's ``config.json`` holds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from fedrec.common.dp import DPConfig, LocalConfig
+
+__all__ = ["RunConfig", "PRIVACY_MODES", "SERVER_OPTIMIZERS"]
+
+PRIVACY_MODES = ("off", "local")
+SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+
+
+def _doc(text: str, **kw: object) -> object:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a federated run. Field names map to kebab-case keys.
+
+    Use :meth:`from_flat` to parse Flower's ``run_config``; unknown keys are an error (a typo
+    must not silently fall back to a default).
+    """
+
+    # data
+    dataset: str = _doc("dataset name: synthetic, ml-100k, ml-1m, ml-latest(-small), recbole, events",
+                        default="synthetic")
+    data_dir: str = _doc("where the dataset's files are (unused for synthetic)", default="")
+    synthetic_users: int = _doc("users of the synthetic dataset", default=600)
+    synthetic_items: int = _doc("items of the synthetic dataset", default=400)
+    split: str = _doc("temporal (DESIGN.md protocol) or random", default="temporal")
+    seed: int = _doc("seed of everything random in a simulation", default=0)
+    # rounds
+    num_rounds: int = _doc("federated rounds", default=40)
+    fraction_train: float = _doc("fraction of devices sampled per training round", default=0.25)
+    eval_every: int = _doc("federated evaluation every this many rounds (and the last)",
+                           default=5)
+    fraction_evaluate: float = _doc("fraction of devices asked to evaluate", default=1.0)
+    ks: str = _doc("comma-separated cut-offs K of the ranking metrics", default="10,20")
+    # model
+    dim: int = _doc("embedding dimension", default=32)
+    item_bias: bool = _doc("learn item biases (global)", default=True)
+    init_std: float = _doc("initialisation scale of embeddings", default=0.1)
+    # local training
+    local_epochs: float = _doc("expected passes over a device's interactions per round",
+                               default=2.0)
+    sample_rate: float = _doc("Poisson sampling rate of a device's examples per step",
+                              default=0.25)
+    local_lr: float = _doc("local learning rate", default=0.5)
+    local_optimizer: str = _doc("local optimizer: sgd or adam", default="sgd")
+    loss: str = _doc("bpr or bce", default="bpr")
+    n_negatives: int = _doc("negatives per positive for bce", default=1)
+    l2: float = _doc("per-example L2 penalty on gathered rows", default=0.0)
+    user_lr_scale: float = _doc("user-embedding learning rate as a multiple of local-lr",
+                                default=1.0)
+    # privacy
+    privacy: str = _doc("off, or local (each device adds its full DP-SGD noise)",
+                        default="local")
+    epsilon: float = _doc("each device's example-level epsilon budget", default=8.0)
+    delta: float = _doc("delta of the (epsilon, delta) guarantee", default=1e-5)
+    noise_multiplier: float = _doc(
+        "DP-SGD noise multiplier; 0 = calibrate so that planned participations spend epsilon",
+        default=0.0)
+    max_grad_norm: float = _doc("per-example clipping norm", default=1.0)
+    accountant: str = _doc("device accountant: prv or rdp", default="prv")
+    # server
+    server_optimizer: str = _doc("fedavg (server learning-rate step) or fedadam",
+                                 default="fedavg")
+    server_lr: float = _doc("server learning rate applied to the aggregated delta",
+                            default=1.0)
+    server_beta1: float = _doc("FedAdam beta1", default=0.9)
+    server_beta2: float = _doc("FedAdam beta2", default=0.99)
+    server_tau: float = _doc("FedAdam adaptivity tau", default=1e-3)
+    max_update_norm: float = _doc("replies whose delta norm exceeds this are dropped",
+                                  default=1e4)
+    # output
+    run_dir: str = _doc("directory of this run's outputs ('' = runs/<timestamp>)", default="")
+
+    def __post_init__(self) -> None:
+        if self.privacy not in PRIVACY_MODES:
+            raise ValueError(f"privacy must be one of {PRIVACY_MODES}, got {self.privacy!r}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ValueError(
+                f"server-optimizer must be one of {SERVER_OPTIMIZERS}, "
+                f"got {self.server_optimizer!r}"
+            )
+        if self.split not in ("temporal", "random"):
+            raise ValueError(f"split must be temporal or random, got {self.split!r}")
+        if self.num_rounds < 1:
+            raise ValueError(f"num-rounds must be >= 1, got {self.num_rounds}")
+        if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
+            raise ValueError("fraction-train must lie in (0, 1], fraction-evaluate in [0, 1]")
+        if self.eval_every < 1:
+            raise ValueError(f"eval-every must be >= 1, got {self.eval_every}")
+        if self.server_lr <= 0 or self.max_update_norm <= 0:
+            raise ValueError("server-lr and max-update-norm must be positive")
+        _ = self.k_values, self.local_config()  # validate
+        if self.privacy != "off":
+            self.dp_config(1.0)
+
+    # --- derived ---------------------------------------------------------------------------
+    @property
+    def k_values(self) -> tuple[int, ...]:
+        """The metric cut-offs as integers."""
+        try:
+            ks = tuple(int(k) for k in str(self.ks).split(",") if k.strip())
+        except ValueError:
+            raise ValueError(f"ks must be comma-separated integers, got {self.ks!r}") from None
+        if not ks or min(ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks!r}")
+        return ks
+
+    @property
+    def planned_participations(self) -> int:
+        """How often each device trains: devices are drawn in shuffled passes (see server)."""
+        return max(1, math.ceil(self.num_rounds * self.fraction_train - 1e-9))
+
+    def local_config(self) -> LocalConfig:
+        """The device's local training recipe."""
+        return LocalConfig(
+            epochs=self.local_epochs, sample_rate=self.sample_rate, lr=self.local_lr,
+            optimizer=self.local_optimizer, loss=self.loss, n_negatives=self.n_negatives,
+            l2=self.l2, user_lr_scale=self.user_lr_scale,
+        )
+
+    def dp_config(self, noise_multiplier: float) -> DPConfig:
+        """The device's DP settings with a given (resolved) noise multiplier."""
+        return DPConfig(
+            noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
+            target_delta=self.delta, budget_epsilon=self.epsilon, accountant=self.accountant,
+        )
+
+    # --- flat kebab-case mapping --------------------------------------------------------------
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, object] | None = None, **overrides: object) -> RunConfig:
+        """Parse Flower's flat ``run_config`` (kebab-case keys) plus keyword overrides."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, object] = {}
+        merged = dict(flat or {})
+        merged.update({k.replace("_", "-"): v for k, v in overrides.items()})
+        for key, raw in merged.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(
+                    f"unknown run-config key {key!r}; valid keys: "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known))
+                )
+            values[name] = _coerce(key, raw, _field_type(known[name]))
+        return cls(**values)
+
+    def to_flat(self) -> dict[str, object]:
+        """The configuration as Flower's flat kebab-case mapping."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: object) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Each kebab-case key with its documentation and default."""
+        return {
+            f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r})"
+            for f in fields(cls)
+        }
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+
+
+def _coerce(key: str, value: object, kind: type) -> object:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"run-config key {key!r} expects true or false, got {value!r}")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"run-config key {key!r} expects a {kind.__name__}, got {value!r}"
+        ) from None

@@ -1,0 +1,311 @@
+"""Local training of one user's MF model, optionally under example-level DP-SGD (Opacus).
+
+This is what a device runs in a round (and what a benchmark runs in a loop). With DP on:
+
+* batches are **Poisson-sampled** over the user's own interactions (Opacus'
+  :class:`~opacus.utils.uniform_sampler.UniformWithReplacementSampler`), sampling rate
+  ``q`` the same on every device (see :class:`LocalConfig`);
+* each example's gradient is **clipped** to ``max_grad_norm`` over *every* trainable parameter
+  (the user embedding included). Per-example norms come from one backward pass to the
+  embedding rows gathered for the batch, which is exactly how Opacus' ghost clipping works;
+  rows a single example gathers twice (a negative equal to another negative) are merged
+  before the norm is taken, so the norm is exact;
+* **noise** ``N(0, (noise_multiplier·max_grad_norm)²)`` is added to every coordinate of every
+  trainable parameter and the sum divided by the expected batch size, by Opacus'
+  :class:`~opacus.optimizers.DPOptimizerFastGradientClipping`;
+* every step is accounted in the device's Opacus accountant, which persists across rounds.
+
+The noise touches every row of the item table, so the update's density never depends on
+which items the user has.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from fedrec.common.model import MatrixFactorization
+from fedrec.common.training import LOSSES, GatheredBatch, example_losses, gather, sample_negatives
+
+__all__ = [
+    "DPConfig",
+    "LocalConfig",
+    "LocalResult",
+    "make_accountant",
+    "epsilon_after",
+        "train_local",
+    "per_example_sq_norms",
+    "calibrate_noise_multiplier",
+]
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Example-level DP-SGD settings of a device (keyword names as in Opacus).
+
+    Attributes:
+        noise_multiplier: Gaussian noise std as a multiple of ``max_grad_norm``.
+        max_grad_norm: per-example clipping norm over all trainable parameters.
+        target_delta: δ of the (ε, δ) guarantee.
+        budget_epsilon: the device refuses a round that would take its ε past this.
+        accountant: ``"prv"`` (tight, Opacus' PRV accountant) or ``"rdp"``.
+        secure_mode: Opacus' secure noise generation (slower; for deployments).
+    """
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_delta: float = 1e-5
+    budget_epsilon: float = 8.0
+    accountant: str = "prv"
+    secure_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"The clipping norm should be positive, got {self.max_grad_norm}")
+        if not 0 < self.target_delta < 1:
+            raise ValueError(f"target_delta must lie in (0, 1), got {self.target_delta}")
+        if self.budget_epsilon <= 0:
+            raise ValueError(f"budget_epsilon must be positive, got {self.budget_epsilon}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        """The config as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """How a device trains in one round.
+
+    Attributes:
+        epochs: expected passes over the user's interactions (steps = ceil(epochs / q)).
+        sample_rate: Poisson sampling rate ``q`` of each example into a batch. It is the same
+            for every device whatever its data size, so that the noise multiplier calibrated
+            for a budget does not depend on any device's data.
+        lr: learning rate of the local optimizer.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        loss: ``"bpr"`` or ``"bce"``.
+        n_negatives: sampled negatives per positive (``"bce"``; ``"bpr"`` uses 1).
+        l2: per-example L2 penalty on the gathered embedding rows.
+        user_lr_scale: the user embedding's learning rate as a multiple of ``lr``.
+    """
+
+    epochs: float = 1.0
+    sample_rate: float = 0.25
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    loss: str = "bpr"
+    n_negatives: int = 1
+    l2: float = 0.0
+    user_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must lie in (0, 1], got {self.sample_rate}")
+        if self.epochs <= 0 or self.lr <= 0 or self.n_negatives < 1:
+            raise ValueError("epochs, lr and n_negatives must be positive")
+
+    @property
+    def steps(self) -> int:
+        """DP-SGD steps per round: ``ceil(epochs / sample_rate)``."""
+        return max(1, math.ceil(self.epochs / self.sample_rate - 1e-9))
+
+    def to_dict(self) -> dict[str, object]:
+        """The config as a plain dict."""
+        return asdict(self)
+
+
+@dataclass
+class LocalResult:
+    """What one local training produced (metrics only; no data)."""
+
+    steps: int
+    sample_rate: float
+    examples: int
+    mean_loss: float
+
+
+def make_accountant(kind: str = "prv") -> IAccountant:
+    """A fresh Opacus accountant of the given kind (``"prv"`` or ``"rdp"``)."""
+    if kind == "prv":
+        return PRVAccountant()
+    if kind == "rdp":
+        return RDPAccountant()
+    raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {kind!r}")
+
+
+
+
+def epsilon_after(
+    accountant: IAccountant,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    target_delta: float,
+) -> float:
+    """ε the accountant would report after ``steps`` more steps (the accountant is unchanged)."""
+    if noise_multiplier == 0:
+        return math.inf
+    trial = copy.deepcopy(accountant)
+    trial.history.append((noise_multiplier, sample_rate, steps))
+    return float(trial.get_epsilon(delta=target_delta))
+
+
+def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.Tensor:
+    """Exact squared norm of each example's gradient over the whole parameter set.
+
+    ``grads`` are the gradients of the summed loss w.r.t. ``g.tensors()``. An example touches
+    one user row and ``K`` item rows; when two of its ``K`` items are the same row their
+    gradients add, so the item part is ``Σ_{k,l: id_k = id_l} <g_k, g_l>``.
+    """
+    g_user, g_items = grads[0], grads[1]
+    same = (g.item_ids.unsqueeze(2) == g.item_ids.unsqueeze(1)).to(g_items.dtype)  # (B,K,K)
+    gram = torch.einsum("bkd,bld->bkl", g_items, g_items)
+    sq = g_user.pow(2).sum(-1) + (gram * same).sum((1, 2))
+    if len(grads) > 2:
+        g_bias = grads[2]
+        sq = sq + torch.einsum("bk,bl,bkl->b", g_bias, g_bias, same)
+    return sq
+
+
+def _local_optimizer(model: MatrixFactorization, local: LocalConfig) -> torch.optim.Optimizer:
+    groups = [
+        {"params": model.local_parameters(), "lr": local.lr * local.user_lr_scale},
+        {"params": [p for p in model.global_parameters() if p.requires_grad], "lr": local.lr},
+    ]
+    if local.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups)
+
+
+def train_local(
+    model: MatrixFactorization,
+    positives: np.ndarray,
+    *,
+    local: LocalConfig,
+    dp: DPConfig | None,
+    accountant: IAccountant | None = None,
+    generator: torch.Generator | None = None,
+) -> LocalResult:
+    """Train ``model`` (one user, ``n_users == 1``) on the user's positive items, in place.
+
+    Args:
+        model: the device's model; the item table should hold the server's current values.
+        positives: the user's training item indices.
+        local: the local training recipe.
+        dp: DP-SGD settings, or ``None`` for non-private training (same sampling, no clipping
+            or noise).
+        accountant: the device's Opacus accountant; required with ``dp``; every step is
+            recorded in it.
+        generator: source of randomness for sampling and noise (a seeded one in simulations;
+            ``None`` uses torch's default generator).
+
+    Returns:
+        Steps taken, sampling rate, examples seen, mean loss.
+    """
+    if model.n_users != 1:
+        raise ValueError("train_local trains a single user's model (n_users == 1)")
+    if dp is not None and accountant is None:
+        raise ValueError("DP training needs the device's accountant to record its steps")
+    pos = torch.as_tensor(np.asarray(positives, dtype=np.int64))
+    n = len(pos)
+    if n < 1:
+        raise ValueError("a device needs at least one training interaction")
+    q, steps = local.sample_rate, local.steps
+    gen = generator if generator is not None else torch.Generator().manual_seed(
+        int(torch.randint(0, 2**62, (1,)))
+    )
+    n_neg = 1 if local.loss == "bpr" else local.n_negatives
+    base = _local_optimizer(model, local)
+    params = [p for group in base.param_groups for p in group["params"]]
+    optimizer: torch.optim.Optimizer = base
+    if dp is not None:
+        optimizer = DPOptimizerFastGradientClipping(
+            base,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=max(1.0, q * n),
+            loss_reduction="mean",
+            generator=gen,
+            secure_mode=dp.secure_mode,
+        )
+    sampler = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=q, generator=gen, steps=steps
+    )
+    zero_user = torch.zeros(1, dtype=torch.long)
+    total_loss, seen = 0.0, 0
+    model.train()
+    for batch in sampler:
+        optimizer.zero_grad(set_to_none=False)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if batch:
+            idx = torch.as_tensor(batch, dtype=torch.long)
+            b_pos = pos[idx]
+            neg = sample_negatives(b_pos, model.n_items, n_neg, gen)
+            g = gather(model, zero_user.expand(len(idx)), torch.cat([b_pos.unsqueeze(1), neg], 1))
+            losses = example_losses(g, loss=local.loss, l2=local.l2)
+            total_loss += float(losses.detach().sum())
+            seen += len(idx)
+            tensors = g.tensors()
+            if dp is None:
+                (losses.sum() / max(1.0, q * n)).backward()
+            else:
+                grads = torch.autograd.grad(losses.sum(), tensors, retain_graph=True)
+                norms = per_example_sq_norms(g, list(grads)).sqrt()
+                factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+                torch.autograd.backward(
+                    tensors,
+                    [gr * factor.view(-1, *([1] * (gr.dim() - 1))) for gr in grads],
+                )
+        optimizer.step()
+        if dp is not None and accountant is not None:
+            accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=q)
+    model.eval()
+    return LocalResult(
+        steps=steps, sample_rate=q, examples=seen, mean_loss=total_loss / max(1, seen)
+    )
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "prv",
+) -> float:
+    """The smallest noise multiplier whose ε after ``steps`` steps is at most the target.
+
+    Uses Opacus' :func:`~opacus.accountants.utils.get_noise_multiplier` with the same
+    accountant the device uses, so a device that trains exactly ``steps`` steps ends at (or
+    just under) its budget.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if target_epsilon <= 0:
+        raise ValueError(f"target_epsilon must be positive, got {target_epsilon}")
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=target_delta,
+            sample_rate=sample_rate, steps=steps, accountant=accountant, epsilon_tolerance=0.005,
+        )
+    )

@@ -1,0 +1,179 @@
+"""The server's side of a round, independent of the transport.
+
+:class:`Coordinator` owns the global item table and the server optimizer. It picks devices
+(without looking at any device's data), validates replies, aggregates, steps, and combines
+evaluation sums. The Flower strategy (:mod:`fedrec.server.strategy`) drives it over a Flower
+``Grid``; the plain-loop benchmark drives it by calling devices directly. Replies are plain
+:class:`Reply` objects either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedrec.common.config import RunConfig
+from fedrec.common.metrics import combine_metric_sums
+from fedrec.server.aggregation import (
+    ServerOptimizer,
+    make_server_optimizer,
+    validate_delta,
+    weighted_mean,
+)
+
+__all__ = ["Reply", "RoundReport", "Coordinator"]
+
+log = logging.getLogger("fedrec.server")
+
+
+@dataclass
+class Reply:
+    """A device's answer to a training request, as the server sees it.
+
+    Exactly one of ``delta`` (an update), ``refusal`` (the device declined, with its reason)
+    or ``error`` (the transport or the device failed) is set.
+    """
+
+    node: int
+    delta: dict[str, np.ndarray] | None = None
+    num_examples: float = 1.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    refusal: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RoundReport:
+    """What happened in one training round (no per-device data)."""
+
+    server_round: int
+    sampled: int
+    aggregated: int
+    refused: int
+    dropped: int
+    drop_reasons: list[str]
+    update_norm: float
+    train_metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able dict."""
+        return {
+            "round": self.server_round, "sampled": self.sampled, "aggregated": self.aggregated,
+            "refused": self.refused, "dropped": self.dropped,
+            "drop_reasons": self.drop_reasons, "update_norm": self.update_norm,
+            **{f"train_{k}": v for k, v in self.train_metrics.items()},
+        }
+
+
+class Coordinator:
+    """Global state and round logic of the server.
+
+    Args:
+        cfg: the run configuration (sampling fraction, server optimizer, limits).
+        initial_state: the initial global parameters (item embeddings and biases).
+        weighting: ``"examples"`` (weights from the replies' example counts: non-private
+            runs) or ``"uniform"`` (each device counts once: DP runs, where devices do not
+            reveal their example counts).
+        rng: randomness of device sampling.
+    """
+
+    def __init__(self, cfg: RunConfig, initial_state: Mapping[str, np.ndarray], *,
+                 weighting: str = "examples", rng: np.random.Generator | None = None):
+        if weighting not in ("examples", "uniform"):
+            raise ValueError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
+        self.cfg = cfg
+        self.state = {k: np.asarray(v, dtype=np.float32).copy() for k, v in initial_state.items()}
+        self.weighting = weighting
+        self.optimizer: ServerOptimizer = make_server_optimizer(
+            cfg.server_optimizer, lr=cfg.server_lr, beta1=cfg.server_beta1,
+            beta2=cfg.server_beta2, tau=cfg.server_tau,
+        )
+        self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self._queue: list[int] = []
+        self._pool: tuple[int, ...] = ()
+
+    # --- sampling ----------------------------------------------------------------------------
+    def sample(self, nodes: Sequence[int]) -> list[int]:
+        """Devices for the next training round: ``ceil(fraction · N)`` of ``nodes``.
+
+        Devices are drawn in shuffled passes over all nodes (each device trains once per pass
+        before any trains twice), so every device's number of participations is known in
+        advance and calibration can plan its budget. Nothing about any device's data is used.
+        """
+        pool = tuple(sorted(int(n) for n in nodes))
+        if not pool:
+            return []
+        if pool != self._pool:
+            self._pool, self._queue = pool, []
+        want = max(1, math.ceil(self.cfg.fraction_train * len(pool) - 1e-9))
+        chosen: list[int] = []
+        while len(chosen) < want:
+            if not self._queue:
+                rest = [n for n in pool if n not in chosen]
+                self._queue = list(self.rng.permutation(rest or list(pool)))
+            chosen.append(int(self._queue.pop()))
+        return chosen
+
+    def sample_evaluation(self, nodes: Sequence[int]) -> list[int]:
+        """Devices asked to evaluate (a fixed fraction, all by default)."""
+        pool = sorted(int(n) for n in nodes)
+        want = math.ceil(self.cfg.fraction_evaluate * len(pool) - 1e-9)
+        if want >= len(pool):
+            return pool
+        return sorted(int(n) for n in self.rng.choice(pool, size=want, replace=False))
+
+    # --- aggregation -------------------------------------------------------------------------
+    def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
+        """Validate replies, aggregate the good ones and step the global state."""
+        good: list[Reply] = []
+        reasons: list[str] = []
+        refused = 0
+        for r in replies:
+            if r.error is not None:
+                reasons.append(f"node {r.node}: error: {r.error}")
+            elif r.refusal is not None:
+                refused += 1
+            elif r.delta is None:
+                reasons.append(f"node {r.node}: reply carries no update")
+            else:
+                why = validate_delta(r.delta, self.state, max_norm=self.cfg.max_update_norm)
+                if why is None and not (np.isfinite(r.num_examples) and r.num_examples > 0):
+                    why = f"invalid example count {r.num_examples!r}"
+                if why is None:
+                    good.append(r)
+                else:
+                    reasons.append(f"node {r.node}: {why}")
+        for reason in reasons:
+            log.warning("round %d: dropped reply: %s", server_round, reason)
+        norm = 0.0
+        if good:
+            weights = [r.num_examples if self.weighting == "examples" else 1.0 for r in good]
+            mean = weighted_mean([r.delta for r in good], weights)  # type: ignore[misc]
+            norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
+            self.state = self.optimizer.step(self.state, mean)
+        train_metrics: dict[str, float] = {}
+        keys = set().union(*(r.metrics for r in good)) if good else set()
+        for k in sorted(keys):
+            vals = [float(r.metrics[k]) for r in good if k in r.metrics]
+            if k == "epsilon":
+                train_metrics["epsilon_max"] = max(vals)
+                train_metrics["epsilon_median"] = float(np.median(vals))
+            else:
+                train_metrics[k] = float(np.mean(vals))
+        return RoundReport(
+            server_round=server_round, sampled=len(replies), aggregated=len(good),
+            refused=refused, dropped=len(reasons), drop_reasons=reasons, update_norm=norm,
+            train_metrics=train_metrics,
+        )
+
+    @staticmethod
+    def combine_evaluation(sums: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        """Means of the devices' metric sums (keys like ``ndcg@10``, plus ``users``)."""
+        sums = [s for s in sums if s and s.get("users", 0) > 0]
+        if not sums:
+            return {}
+        return combine_metric_sums(sums)

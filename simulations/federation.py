@@ -1,0 +1,114 @@
+"""From a dataset to simulated devices: one device per user.
+
+:func:`federated_dataset` loads and splits the dataset a :class:`RunConfig` names (cached per
+process, so each Flower simulation worker loads it once); :func:`make_device` builds the
+:class:`~fedrec.client.device.Device` of one user, with its own ledger writer when DP is on.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.client.device import Device
+from fedrec.common.config import RunConfig
+from fedrec.common.dp import calibrate_noise_multiplier
+from fedrec.common.schema import Interactions
+from fedrec.common.splits import Split, random_split, temporal_split
+
+__all__ = ["FederatedDataset", "federated_dataset", "make_device", "resolve_noise_multiplier"]
+
+
+@dataclass
+class FederatedDataset:
+    """A dataset split per user: device ``u`` holds ``train_items[u]`` and ``test_items[u]``."""
+
+    data: Interactions
+    split: Split
+    train_items: list[np.ndarray]
+    test_items: list[np.ndarray]
+
+    @property
+    def n_users(self) -> int:
+        """Number of devices (one per user)."""
+        return self.data.n_users
+
+    @property
+    def n_items(self) -> int:
+        """Catalog size."""
+        return self.data.n_items
+
+
+def _load(cfg: RunConfig) -> Interactions:
+    from fedrec.common.loaders import load_dataset
+
+    if cfg.dataset == "synthetic":
+        return load_dataset(
+            "synthetic", n_users=cfg.synthetic_users, n_items=cfg.synthetic_items, seed=cfg.seed
+        )
+    if not cfg.data_dir:
+        raise ValueError(f"dataset {cfg.dataset!r} needs --data-dir (the folder with its files)")
+    return load_dataset(cfg.dataset, cfg.data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(dataset: str, data_dir: str, users: int, items: int, seed: int, split: str
+            ) -> FederatedDataset:
+    cfg = RunConfig(dataset=dataset, data_dir=data_dir, synthetic_users=users,
+                    synthetic_items=items, seed=seed, split=split)
+    data = _load(cfg)
+    sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
+    return FederatedDataset(data, sp, sp.train.user_items(), sp.test.user_items())
+
+
+def federated_dataset(cfg: RunConfig) -> FederatedDataset:
+    """The dataset of a run, split per user (cached per process)."""
+    return _cached(cfg.dataset, str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else "",
+                   cfg.synthetic_users, cfg.synthetic_items, cfg.seed, cfg.split)
+
+
+@functools.lru_cache(maxsize=16)
+def _calibrated(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    return calibrate_noise_multiplier(
+        target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+        accountant=accountant,
+    )
+
+
+def resolve_noise_multiplier(cfg: RunConfig) -> float:
+    """The run's noise multiplier: as configured, or calibrated to the budget.
+
+    Calibration spends the whole budget over the planned participations
+    (:attr:`RunConfig.planned_participations` rounds of :attr:`LocalConfig.steps` steps at
+    the configured sampling rate). It depends only on the configuration, never on any
+    device's data.
+    """
+    if cfg.privacy == "off":
+        return 0.0
+    if cfg.noise_multiplier > 0:
+        return cfg.noise_multiplier
+    local = cfg.local_config()
+    return _calibrated(cfg.epsilon, cfg.delta, local.sample_rate,
+                       local.steps * cfg.planned_participations, cfg.accountant)
+
+
+def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
+                ) -> Device:
+    """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``)."""
+    if not 0 <= user < fed.n_users:
+        raise ValueError(f"partition {user} does not exist: the dataset has {fed.n_users} users")
+    dp = cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy == "local" else None
+    device_id = f"device-{user:06d}"
+    on_release = None
+    if dp is not None and ledger_dir is not None:
+        from fedrec.client.ledger_writer import LedgerWriter
+
+        on_release = LedgerWriter(device_id, ledger_dir, unit="example")
+    return Device(
+        device_id, fed.train_items[user], n_items=fed.n_items, dim=cfg.dim,
+        local=cfg.local_config(), dp=dp, test_items=fed.test_items[user],
+        item_bias=cfg.item_bias, init_std=cfg.init_std, seed=cfg.seed, on_release=on_release,
+    )

@@ -1,0 +1,112 @@
+"""The same devices and server logic driven by a plain Python loop in one process.
+
+Not the product's simulation (that is :mod:`fedrec.simulations.runner`, on Flower's engine):
+this is the reference the benchmark compares Flower's overhead against, and a quick way to
+explore training recipes. Every device-side and server-side computation is the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedrec.client.device import Device, Refusal
+from fedrec.common.config import RunConfig
+from fedrec.common.model import MatrixFactorization
+from fedrec.server.coordinator import Coordinator, Reply
+from fedrec.simulations.federation import federated_dataset, make_device
+
+__all__ = ["PlainResult", "run_plain", "initial_global_state", "central_evaluation"]
+
+
+@dataclass
+class PlainResult:
+    """Per-round reports and evaluations of a plain-loop run."""
+
+    rounds: list[dict[str, object]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+
+
+def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
+    """The server's initial item table (seeded; no data involved)."""
+    import torch
+
+    model = MatrixFactorization(1, n_items, cfg.dim, item_bias=cfg.item_bias,
+                                init_std=cfg.init_std,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+    return model.global_state()
+
+
+def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
+                       ks: tuple[int, ...]) -> dict[str, float]:
+    """Evaluate with the server's metrics code on all devices' embeddings (simulation only).
+
+    Gathers every device's user embedding into one model and calls
+    :func:`fedrec.common.metrics.evaluate`, an independent path to the federated evaluation.
+    """
+    from fedrec.common.metrics import evaluate
+    from fedrec.common.schema import IdMap, Interactions
+
+    users = sorted(devices)
+    n_items = next(iter(devices.values())).model.n_items
+    emb = np.concatenate([devices[u].model.local_state()["user_embedding.weight"] for u in users])
+    scores = emb @ state["item_embedding.weight"].T + state["item_bias.weight"].T
+
+    def _inter(kind: str) -> Interactions:
+        rows = [(i, it) for i, u in enumerate(users)
+                for it in getattr(devices[u], kind) if getattr(devices[u], kind) is not None]
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        return Interactions(arr[:, 0], arr[:, 1], np.ones(len(arr)), np.zeros(len(arr)),
+                            IdMap(map(str, users)), IdMap(map(str, range(n_items))))
+
+    return evaluate(lambda rows: scores[rows], _inter("train_items"), _inter("test_items"), ks=ks)
+
+
+def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
+              ledger_dir=None) -> PlainResult:
+    """Run ``cfg`` with devices called in a loop; returns reports per round."""
+    t0 = time.perf_counter()
+    fed = federated_dataset(cfg)
+    coord = Coordinator(cfg, initial_global_state(cfg, fed.n_items),
+                        weighting="uniform" if cfg.privacy != "off" else "examples")
+    devices: dict[int, Device] = {}
+
+    def device(u: int) -> Device:
+        if u not in devices:
+            devices[u] = make_device(fed, u, cfg, ledger_dir=ledger_dir)
+        return devices[u]
+
+    result = PlainResult()
+    nodes = list(range(fed.n_users))
+    for rnd in range(1, cfg.num_rounds + 1):
+        t_round = time.perf_counter()
+        replies = []
+        for u in coord.sample(nodes):
+            out = device(u).train(coord.state, rnd)
+            if isinstance(out, Refusal):
+                replies.append(Reply(node=u, refusal=out.reason))
+            else:
+                metrics = dict(out.metrics)
+                if cfg.privacy != "off":
+                    metrics["epsilon"] = device(u).epsilon_spent()
+                replies.append(Reply(node=u, delta=out.delta, num_examples=out.num_examples,
+                                     metrics=metrics))
+        report = coord.aggregate(rnd, replies).to_dict()
+        result.train_seconds += time.perf_counter() - t_round
+        if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
+            sums = [device(u).evaluate(coord.state, cfg.k_values)
+                    for u in coord.sample_evaluation(nodes)]
+            report["eval"] = coord.combine_evaluation([s for s in sums if s])
+        result.rounds.append(report)
+        if on_round is not None:
+            on_round(report)
+    for u in nodes:
+        device(u)
+    result.final = central_evaluation(devices, coord.state, cfg.k_values)
+    result.seconds = time.perf_counter() - t0
+    return result
