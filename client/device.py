@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedrec.common.dp import DPConfig, LocalConfig, epsilon_after, make_accountant, train_local
+from fedrec.client import budget
+from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.metrics import user_metric_sums
 from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
 
@@ -128,15 +129,15 @@ class Device:
         """ε spent so far by this device's accountant at its δ (0 with DP off or no rounds)."""
         if self.dp is None or self.accountant is None or not self.accountant.history:
             return 0.0
-        return float(self.accountant.get_epsilon(delta=self.dp.target_delta))
+        return budget.epsilon_spent(self.accountant, self.dp.target_delta)
 
     def epsilon_if_trained(self) -> float:
         """ε after one more round with the current settings."""
         assert self.dp is not None and self.accountant is not None
-        return epsilon_after(
+        return budget.epsilon_after_round(
             self.accountant, noise_multiplier=self.dp.noise_multiplier,
             sample_rate=self.local.sample_rate, steps=self.local.steps,
-            target_delta=self.dp.target_delta,
+            delta=self.dp.target_delta,
         )
 
     # --- the round -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fedrec.server.aggregation import (
     weighted_mean,
 )
 
-__all__ = ["Reply", "RoundReport", "Coordinator"]
+__all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state"]
 
 log = logging.getLogger("fedrec.server")
 
@@ -69,6 +69,18 @@ class RoundReport:
         }
 
 
+def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
+    """The server's initial item table, seeded by the run's seed (no data involved)."""
+    import torch
+
+    from fedrec.common.model import MatrixFactorization
+
+    model = MatrixFactorization(1, n_items, cfg.dim, item_bias=cfg.item_bias,
+                                init_std=cfg.init_std,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+    return model.global_state()
+
+
 class Coordinator:
     """Global state and round logic of the server.
 
@@ -93,29 +105,28 @@ class Coordinator:
             beta2=cfg.server_beta2, tau=cfg.server_tau,
         )
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
-        self._queue: list[int] = []
-        self._pool: tuple[int, ...] = ()
+        self._participations: dict[int, int] = {}
 
     # --- sampling ----------------------------------------------------------------------------
     def sample(self, nodes: Sequence[int]) -> list[int]:
         """Devices for the next training round: ``ceil(fraction · N)`` of ``nodes``.
 
-        Devices are drawn in shuffled passes over all nodes (each device trains once per pass
-        before any trains twice), so every device's number of participations is known in
-        advance and calibration can plan its budget. Nothing about any device's data is used.
+        The devices asked least often so far go first, ties broken at random: in effect
+        shuffled passes over all nodes (each device trains once per pass before any trains
+        twice), robust to nodes joining late. Every device's number of participations is thus
+        known in advance, so calibration can plan its budget. No device data is used.
         """
-        pool = tuple(sorted(int(n) for n in nodes))
+        pool = sorted(int(n) for n in nodes)
         if not pool:
             return []
-        if pool != self._pool:
-            self._pool, self._queue = pool, []
         want = max(1, math.ceil(self.cfg.fraction_train * len(pool) - 1e-9))
-        chosen: list[int] = []
-        while len(chosen) < want:
-            if not self._queue:
-                rest = [n for n in pool if n not in chosen]
-                self._queue = list(self.rng.permutation(rest or list(pool)))
-            chosen.append(int(self._queue.pop()))
+        # least-used first, random among equals (positions, not ids: ids may exceed int64)
+        ties = self.rng.permutation(len(pool))
+        order = sorted(range(len(pool)),
+                       key=lambda i: (self._participations.get(pool[i], 0), ties[i]))
+        chosen = [pool[i] for i in order[:want]]
+        for n in chosen:
+            self._participations[n] = self._participations.get(n, 0) + 1
         return chosen
 
     def sample_evaluation(self, nodes: Sequence[int]) -> list[int]:
@@ -124,7 +135,8 @@ class Coordinator:
         want = math.ceil(self.cfg.fraction_evaluate * len(pool) - 1e-9)
         if want >= len(pool):
             return pool
-        return sorted(int(n) for n in self.rng.choice(pool, size=want, replace=False))
+        picked = self.rng.choice(len(pool), size=want, replace=False)
+        return sorted(pool[int(i)] for i in picked)
 
     # --- aggregation -------------------------------------------------------------------------
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:

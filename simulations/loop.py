@@ -15,11 +15,10 @@ import numpy as np
 
 from fedrec.client.device import Device, Refusal
 from fedrec.common.config import RunConfig
-from fedrec.common.model import MatrixFactorization
-from fedrec.server.coordinator import Coordinator, Reply
+from fedrec.server.coordinator import Coordinator, Reply, initial_global_state
 from fedrec.simulations.federation import federated_dataset, make_device
 
-__all__ = ["PlainResult", "run_plain", "initial_global_state", "central_evaluation"]
+__all__ = ["PlainResult", "run_plain", "central_evaluation"]
 
 
 @dataclass
@@ -30,16 +29,6 @@ class PlainResult:
     final: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     train_seconds: float = 0.0
-
-
-def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
-    """The server's initial item table (seeded; no data involved)."""
-    import torch
-
-    model = MatrixFactorization(1, n_items, cfg.dim, item_bias=cfg.item_bias,
-                                init_std=cfg.init_std,
-                                generator=torch.Generator().manual_seed(cfg.seed))
-    return model.global_state()
 
 
 def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],

@@ -1,0 +1,7 @@
+"""``python -m fedrec.cli``."""
+
+import sys
+
+from fedrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""``fedrec simulate``: federated (DP) training on Flower's simulation engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fedrec.cli._common import print_metrics_table
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """Add the subcommand."""
+    from fedrec.common.config import PRIVACY_MODES
+    from fedrec.common.loaders import DATASETS
+
+    p = sub.add_parser(
+        name, help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run a federated training on Flower's simulation engine: one simulated device per "
+            "user, each training matrix factorization on its own interactions (with Opacus "
+            "DP-SGD when --privacy local) and sending only a dense item-table delta.\n\n"
+            "With no arguments: the built-in synthetic data, example-level DP with epsilon 8 "
+            "per device, a few minutes on a laptop. Every run writes a run directory (config, "
+            "metrics.jsonl, checkpoints, item embeddings, signed privacy ledgers, plots)."),
+        epilog="Any run-config key can be set with --set KEY=VALUE; the keys:\n  "
+               "fedrec simulate --list-keys",
+    )
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="dataset loader (default: synthetic)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds")
+    p.add_argument("--privacy", choices=PRIVACY_MODES, default=None,
+                   help="off, or local (each device adds its full DP noise; default)")
+    p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
+    p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
+    p.add_argument("--run-dir", default=None, help="output folder (default runs/<timestamp>)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any run-config key (kebab-case), repeatable")
+    p.add_argument("--engine", choices=("flower", "loop"), default="flower",
+                   help="flower (the simulation engine, default) or loop (the same device "
+                        "and server code in a plain loop: a reference for benchmarks)")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine")
+    p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`RunConfig` the arguments describe."""
+    from fedrec.common.config import RunConfig
+
+    flat: dict[str, object] = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        flat[key.strip()] = value.strip()
+    named = {"dataset": args.dataset, "data-dir": args.data_dir, "num-rounds": args.rounds,
+             "privacy": args.privacy, "epsilon": args.epsilon, "delta": args.delta,
+             "run-dir": args.run_dir, "seed": args.seed}
+    flat.update({k: v for k, v in named.items() if v is not None})
+    return RunConfig.from_flat(flat)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the simulation with a progress bar and print the final table."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedrec.common.config import RunConfig
+
+    console = Console()
+    if args.list_keys:
+        for key, doc in RunConfig.describe().items():
+            console.print(f"[bold]{key}[/]: {doc}")
+        return 0
+    cfg = config_from_args(args)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    console.print(f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
+                  + (f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, example-level)"
+                     if cfg.privacy != "off" else "")
+                  + f", {cfg.num_rounds} rounds, engine {args.engine}")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("round {task.completed}/{task.total}"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), console=console) as progress:
+        task = progress.add_task("training", total=cfg.num_rounds, status="starting")
+
+        def on_round(r: dict[str, object]) -> None:
+            ev = r.get("eval") or {}
+            status = f"devices {r.get('aggregated', 0)}/{r.get('sampled', 0)}"
+            if ev:
+                status += f"  NDCG@10 {ev.get('ndcg@10', float('nan')):.4f}"
+            if r.get("train_epsilon_max") is not None:
+                status += f"  eps max {r['train_epsilon_max']:.2f}"
+            progress.update(task, advance=1, status=status)
+
+        if args.engine == "flower":
+            from fedrec.simulations.runner import simulate
+
+            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus)
+            summary, run_dir = result.summary, result.run_dir
+        else:
+            from fedrec.simulations.runner import simulate_loop
+
+            summary, run_dir = simulate_loop(cfg, on_round=on_round)
+    quality = summary.get("quality") or {}
+    print_metrics_table(f"Federated evaluation after {summary['rounds']} rounds "
+                        f"({summary['devices']} devices, {summary['items']} items)",
+                        {"federated MF": quality},
+                        ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20",
+                         "recall@20"))
+    priv = summary["privacy"]
+    if priv.get("mode") == "off":
+        console.print("privacy: [bold red]off[/] — updates are not differentially private")
+    else:
+        console.print(
+            f"privacy: {priv['mode']} DP, unit {priv['unit']}, {priv['relation']}, "
+            f"delta {priv['delta']:g}, accountant {priv['accountant']}; epsilon spent: max "
+            f"{priv['epsilon_max']:.3f}, median {priv['epsilon_median']:.3f} over "
+            f"{priv['devices_with_releases']} devices (budget {priv['budget_epsilon']:g}); "
+            f"noise multiplier {priv['noise_multiplier']:.3f}; trust: {priv['trust']}")
+    console.print(f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
+                  f"wall time {summary['wall_seconds']:.1f} s")
+    console.print(f"run directory: [bold]{run_dir}[/]")
+    return 0

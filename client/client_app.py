@@ -1,0 +1,113 @@
+"""Flower ``ClientApp`` glue around :class:`~fedrec.client.device.Device` (Message API).
+
+The app is stateless between messages, as Flower requires; the device's own state (user
+embedding, accountant, round count, RNG) is kept in the node's ``context.state`` and restored
+for every message, so it persists across rounds on the device and never travels to the
+server. How a device is built (its data, its storage) is given by a *device factory*: the
+simulation's factory serves one user of a dataset per SuperNode (:mod:`fedrec.simulations.apps`).
+
+Messages (the wire contract with :mod:`fedrec.server.strategy`):
+
+* train request: ``arrays`` (the global item table), ``config`` (``server-round``);
+* train reply: ``arrays`` (the dense item-table delta) and ``metrics``
+  (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``reason``,
+  ``epsilon-spent``, ``epsilon-needed``);
+* evaluate request: ``arrays``, ``config`` (``ks``); reply: ``metrics`` (metric sums).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.client.device import Device, Refusal
+
+__all__ = ["make_client_app", "DeviceFactory", "arrays_to_numpy", "numpy_to_arrays"]
+
+#: Builds the device of this SuperNode from its context (run config, node config).
+DeviceFactory = Callable[[Context], Device]
+
+STATE_ARRAYS = "fedrec.device.arrays"
+STATE_CONFIG = "fedrec.device.config"
+
+
+def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Wrap named numpy arrays in a Flower ``ArrayRecord``."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Named numpy arrays of a Flower ``ArrayRecord``."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _restore(device: Device, context: Context) -> None:
+    if STATE_CONFIG not in context.state:
+        return
+    arrays = arrays_to_numpy(context.state[STATE_ARRAYS])  # type: ignore[arg-type]
+    config = context.state[STATE_CONFIG]
+    device.load_state_dict({
+        "user_embedding": arrays["user_embedding"],
+        "generator": arrays.get("generator"),
+        "accountant": config["accountant"],
+        "rounds_trained": config["rounds-trained"],
+    })
+
+
+def _persist(device: Device, context: Context) -> None:
+    state = device.state_dict()
+    context.state[STATE_ARRAYS] = numpy_to_arrays({
+        "user_embedding": np.asarray(state["user_embedding"]),
+        "generator": np.asarray(state["generator"]),
+    })
+    context.state[STATE_CONFIG] = ConfigRecord({
+        "accountant": str(state["accountant"]),
+        "rounds-trained": int(state["rounds_trained"]),  # type: ignore[arg-type]
+    })
+
+
+def make_client_app(device_factory: DeviceFactory) -> ClientApp:
+    """A ``ClientApp`` whose SuperNodes run the device the factory builds."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        device = device_factory(context)
+        _restore(device, context)
+        global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+        server_round = int(msg.content["config"]["server-round"])  # type: ignore[index]
+        outcome = device.train(global_state, server_round)
+        _persist(device, context)  # accountant state saved even if the reply is lost
+        if isinstance(outcome, Refusal):
+            content = RecordDict({"refusal": ConfigRecord({
+                "reason": outcome.reason,
+                "epsilon-spent": float(outcome.epsilon_spent),
+                "epsilon-needed": float(outcome.epsilon_needed),
+            })})
+            return Message(content, reply_to=msg)
+        metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
+        metrics.update({k: float(v) for k, v in outcome.metrics.items()})
+        if device.dp is not None:
+            metrics["epsilon"] = device.epsilon_spent()
+        content = RecordDict({
+            "arrays": numpy_to_arrays(outcome.delta),
+            "metrics": MetricRecord(metrics),
+        })
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        device = device_factory(context)
+        _restore(device, context)
+        global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+        ks_text = str(msg.content["config"].get("ks", "10,20"))  # type: ignore[union-attr]
+        ks = tuple(int(k) for k in ks_text.split(","))
+        sums = device.evaluate(global_state, ks) or {"users": 0}
+        return Message(RecordDict({"metrics": MetricRecord(
+            {k: float(v) if k != "users" else int(v) for k, v in sums.items()}
+        )}), reply_to=msg)
+
+    return app

@@ -1,0 +1,60 @@
+"""Flower ``ServerApp`` glue: builds the coordinator and strategy, runs the rounds.
+
+The app needs the catalog (its size and item ids: public, no user data), which a
+*catalog provider* gives; the simulation passes one that reads the dataset's item map.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.common.config import RunConfig
+from fedrec.server.coordinator import Coordinator, initial_global_state
+from fedrec.server.run_directory import RunDirectory, new_run_dir
+from fedrec.server.strategy import ItemEmbeddingStrategy, _to_arrays
+
+__all__ = ["make_server_app", "CatalogProvider"]
+
+log = logging.getLogger("fedrec.server")
+
+#: Returns ``(n_items, item ids)`` for a run configuration.
+CatalogProvider = Callable[[RunConfig], tuple[int, list[str] | None]]
+
+
+def make_server_app(
+    catalog: CatalogProvider,
+    *,
+    config: RunConfig | None = None,
+    on_round: Callable[[dict[str, object]], None] | None = None,
+    on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
+) -> ServerApp:
+    """A ``ServerApp`` running fedrec's rounds.
+
+    Args:
+        catalog: gives the catalog size and item ids of a configuration.
+        config: the run configuration; ``None`` parses ``context.run_config`` (``flwr run``).
+        on_round: called with each round's record (progress displays).
+        on_finish: called with the coordinator and run directory after the last round.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config if config is not None else RunConfig.from_flat(context.run_config)
+        run_dir = RunDirectory(cfg.run_dir or new_run_dir())
+        n_items, item_ids = catalog(cfg)
+        state = initial_global_state(cfg, n_items)
+        coordinator = Coordinator(cfg, state,
+                                  weighting="uniform" if cfg.privacy != "off" else "examples")
+        strategy = ItemEmbeddingStrategy(cfg, coordinator, run_dir=run_dir, on_round=on_round)
+        strategy.summary()
+        strategy.start(grid, _to_arrays(state), num_rounds=cfg.num_rounds)
+        run_dir.save_final(coordinator.state, item_ids)
+        if on_finish is not None:
+            on_finish(coordinator, run_dir)
+
+    return app

@@ -1,0 +1,174 @@
+"""A Flower strategy for item-embedding federation, on the Message API of flwr 1.42.
+
+:class:`ItemEmbeddingStrategy` implements Flower's :class:`~flwr.serverapp.strategy.Strategy`
+(``configure_train`` / ``aggregate_train`` / ``configure_evaluate`` / ``aggregate_evaluate``)
+over a :class:`~fedrec.server.coordinator.Coordinator`. Unlike ``FedAvg`` it never lets a
+malformed reply raise: every reply is checked (shape, dtype, finite, norm) and a bad one is
+dropped with a logged reason while the round goes on. Devices reply with *deltas* of the item
+table; refusals (a device over its budget) are counted, not aggregated.
+
+:meth:`ItemEmbeddingStrategy.start` runs the rounds, writes one JSON line per round and a
+checkpoint to the run directory, and reports progress through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedrec.common.config import RunConfig
+from fedrec.server.coordinator import Coordinator, Reply, RoundReport
+from fedrec.server.run_directory import RunDirectory
+
+__all__ = ["ItemEmbeddingStrategy", "reply_from_message"]
+
+log = logging.getLogger("fedrec.server")
+
+
+def _to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
+    from flwr.app import Array
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def reply_from_message(msg: Message) -> Reply:
+    """Turn a device's reply message into a :class:`Reply`, never raising."""
+    node = int(msg.metadata.src_node_id)
+    try:
+        if msg.has_error():
+            return Reply(node=node, error=str(msg.error.reason))
+        content = msg.content
+        if "refusal" in content:
+            return Reply(node=node, refusal=str(content["refusal"].get("reason", "refused")))
+        if "arrays" not in content:
+            return Reply(node=node, error="reply has neither 'arrays' nor 'refusal'")
+        delta = _to_numpy(content["arrays"])  # type: ignore[arg-type]
+        metrics = dict(content["metrics"]) if "metrics" in content else {}
+        n = float(metrics.pop("num-examples", 1))
+        return Reply(node=node, delta=delta, num_examples=n,
+                     metrics={k: float(v) for k, v in metrics.items()
+                              if isinstance(v, (int, float))})
+    except Exception as exc:  # a malformed reply must not crash the server
+        return Reply(node=node, error=f"unreadable reply: {type(exc).__name__}: {exc}")
+
+
+class ItemEmbeddingStrategy(Strategy):
+    """Server strategy: sample devices, aggregate item-table deltas, step, evaluate.
+
+    Args:
+        cfg: the run configuration.
+        coordinator: holds the global state and the round logic.
+        run_dir: where round records and checkpoints go (``None``: nowhere).
+        on_round: called with each round's record (for progress displays).
+    """
+
+    def __init__(self, cfg: RunConfig, coordinator: Coordinator, *,
+                 run_dir: RunDirectory | None = None,
+                 on_round: Callable[[dict[str, object]], None] | None = None):
+        self.cfg = cfg
+        self.coordinator = coordinator
+        self.run_dir = run_dir
+        self.on_round = on_round
+        self.last_report: RoundReport | None = None
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log.info("ItemEmbeddingStrategy: %s, fraction-train %.3f, privacy %s",
+                 self.cfg.server_optimizer, self.cfg.fraction_train, self.cfg.privacy)
+
+    # --- Strategy API --------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Messages to the devices sampled for this round."""
+        nodes = self.coordinator.sample(list(grid.get_node_ids()))
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n)
+                for n in nodes]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate and aggregate the replies; returns the new global arrays and metrics."""
+        report = self.coordinator.aggregate(server_round,
+                                            [reply_from_message(m) for m in replies])
+        self.last_report = report
+        metrics = MetricRecord({
+            "aggregated": report.aggregated, "refused": report.refused,
+            "dropped": report.dropped, "update-norm": report.update_norm,
+            **{k.replace("_", "-"): v for k, v in report.train_metrics.items()},
+        })
+        return _to_arrays(self.coordinator.state), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Evaluation requests (every ``eval-every`` rounds and the last)."""
+        if not (server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_rounds):
+            return []
+        nodes = self.coordinator.sample_evaluation(list(grid.get_node_ids()))
+        config["server-round"] = server_round
+        config["ks"] = ",".join(map(str, self.cfg.k_values))
+        record = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n)
+                for n in nodes]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Means of the devices' metric sums."""
+        sums = []
+        for m in replies:
+            if m.has_error() or "metrics" not in m.content:
+                continue
+            try:
+                sums.append({k: float(v) for k, v in m.content["metrics"].items()})
+            except (TypeError, ValueError):
+                log.warning("round %d: dropped an unreadable evaluation reply", server_round)
+        combined = self.coordinator.combine_evaluation(sums)
+        return MetricRecord(combined) if combined else None
+
+    # --- the rounds ----------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              ) -> Result:
+        """Run ``num_rounds`` rounds; record and checkpoint each one."""
+        result = Result()
+        arrays = initial_arrays
+        for rnd in range(1, num_rounds + 1):
+            t0 = time.perf_counter()
+            replies = grid.send_and_receive(
+                self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid),
+                timeout=timeout,
+            )
+            new_arrays, train_metrics = self.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[rnd] = train_metrics
+            record: dict[str, object] = self.last_report.to_dict() if self.last_report else {}
+            eval_msgs = list(self.configure_evaluate(
+                rnd, arrays, ConfigRecord(dict(evaluate_config or {})), grid))
+            if eval_msgs:
+                ev = self.aggregate_evaluate(rnd, grid.send_and_receive(eval_msgs,
+                                                                        timeout=timeout))
+                if ev is not None:
+                    result.evaluate_metrics_clientapp[rnd] = ev
+                    record["eval"] = dict(ev)
+            record["seconds"] = time.perf_counter() - t0
+            if self.run_dir is not None:
+                self.run_dir.append_metrics(record)
+                self.run_dir.checkpoint(rnd, self.coordinator.state,
+                                        self.coordinator.optimizer.state_dict())
+            if self.on_round is not None:
+                self.on_round(record)
+        return result

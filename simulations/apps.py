@@ -1,0 +1,72 @@
+"""The simulation's Flower apps: one SuperNode per user of a dataset.
+
+``pyproject.toml`` registers :data:`server_app` and :data:`client_app` for ``flwr run .``
+(configuration from ``[tool.flwr.app.config]``); ``fedrec simulate`` builds the same apps
+with :func:`make_apps` around a resolved :class:`RunConfig` and runs them on Flower's
+simulation engine (:mod:`fedrec.simulations.runner`).
+
+A SuperNode's ``partition-id`` (from Flower's simulation engine) is the dense user index of
+the device it simulates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedrec.client.client_app import make_client_app
+from fedrec.client.device import Device
+from fedrec.common.config import RunConfig
+from fedrec.server.coordinator import Coordinator
+from fedrec.server.run_directory import RunDirectory
+from fedrec.server.server_app import make_server_app
+from fedrec.simulations.federation import federated_dataset, make_device
+
+__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory", "catalog"]
+
+DEFAULT_FLWR_RUN_DIR = "runs/flwr-run"
+
+
+def catalog(cfg: RunConfig) -> tuple[int, list[str]]:
+    """Catalog size and item ids of the run's dataset (public information)."""
+    data = federated_dataset(cfg).data
+    return data.n_items, data.item_map.to_list()
+
+
+def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Context], Device]:
+    """A device factory serving user ``partition-id`` of the run's dataset."""
+
+    def factory(context: Context) -> Device:
+        cfg = config if config is not None else RunConfig.from_flat(
+            {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+        fed = federated_dataset(cfg)
+        user = int(context.node_config["partition-id"])
+        return make_device(fed, user, cfg, ledger_dir=Path(cfg.run_dir) / "ledgers")
+
+    return factory
+
+
+def make_apps(
+    config: RunConfig,
+    *,
+    on_round: Callable[[dict[str, object]], None] | None = None,
+    on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
+) -> tuple[ServerApp, ClientApp]:
+    """Server and client apps bound to a resolved configuration."""
+    return (
+        make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish),
+        make_client_app(simulated_device_factory(config)),
+    )
+
+
+def _flwr_run_catalog(cfg: RunConfig) -> tuple[int, list[str]]:
+    return catalog(cfg)
+
+
+#: For ``flwr run .``: configuration from the run config.
+server_app = make_server_app(_flwr_run_catalog)
+client_app = make_client_app(simulated_device_factory())
