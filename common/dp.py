@@ -21,7 +21,7 @@ which items the user has.
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -40,7 +40,8 @@ __all__ = [
     "LocalResult",
     "make_accountant",
     "epsilon_after",
-        "train_local",
+    "epsilon_of_history",
+    "train_local",
     "per_example_sq_norms",
     "calibrate_noise_multiplier",
 ]
@@ -152,6 +153,38 @@ def make_accountant(kind: str = "prv") -> IAccountant:
 
 
 
+@functools.lru_cache(maxsize=4096)
+def _epsilon_cached(kind: str, history: tuple[tuple[float, float, int], ...], delta: float
+                    ) -> float:
+    acc = make_accountant(kind)
+    acc.history = [tuple(h) for h in history]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def epsilon_of_history(kind: str, history, target_delta: float) -> float:
+    """ε of an accountant of ``kind`` whose history is ``history`` (memoised).
+
+    An Opacus accountant's ε is a pure function of its history of
+    ``(noise_multiplier, sample_rate, steps)`` entries, and every simulated device follows the
+    same schedule, so the (expensive: ~1-2 s for PRV) computation is done once per distinct
+    history and reused. The value is exactly what ``accountant.get_epsilon`` returns.
+    """
+    if kind not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {kind!r}")
+    key = tuple((float(nm), float(q), int(n)) for nm, q, n in history)
+    if not key:
+        return 0.0
+    return _epsilon_cached(kind, key, float(target_delta))
+
+
+def _accountant_kind(accountant: IAccountant) -> str | None:
+    if type(accountant) is PRVAccountant:
+        return "prv"
+    if type(accountant) is RDPAccountant:
+        return "rdp"
+    return None
+
+
 def epsilon_after(
     accountant: IAccountant,
     *,
@@ -163,8 +196,14 @@ def epsilon_after(
     """ε the accountant would report after ``steps`` more steps (the accountant is unchanged)."""
     if noise_multiplier == 0:
         return math.inf
+    history = [*accountant.history, (noise_multiplier, sample_rate, steps)]
+    kind = _accountant_kind(accountant)
+    if kind is not None:
+        return epsilon_of_history(kind, history, target_delta)
+    import copy
+
     trial = copy.deepcopy(accountant)
-    trial.history.append((noise_multiplier, sample_rate, steps))
+    trial.history = history
     return float(trial.get_epsilon(delta=target_delta))
 
 
@@ -177,12 +216,41 @@ def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.T
     """
     g_user, g_items = grads[0], grads[1]
     same = (g.item_ids.unsqueeze(2) == g.item_ids.unsqueeze(1)).to(g_items.dtype)  # (B,K,K)
-    gram = torch.einsum("bkd,bld->bkl", g_items, g_items)
-    sq = g_user.pow(2).sum(-1) + (gram * same).sum((1, 2))
     if len(grads) > 2:
-        g_bias = grads[2]
-        sq = sq + torch.einsum("bk,bl,bkl->b", g_bias, g_bias, same)
-    return sq
+        # the bias is one more coordinate of each gathered row: <g_k, g_l> + b_k b_l
+        g_items = torch.cat([g_items, grads[2].unsqueeze(-1)], -1)
+    gram = torch.bmm(g_items, g_items.transpose(1, 2))  # (B,K,K)
+    return g_user.pow(2).sum(-1) + (gram * same).sum((1, 2))
+
+
+class _DPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' fast-gradient-clipping DP optimizer, accumulating without ``copy.deepcopy``.
+
+    Opacus stores ``p.summed_grad = copy.deepcopy(p.grad.data)`` on every step, which goes
+    through Python's deepcopy machinery for each parameter; ``clone()`` makes the same copy.
+    Noise, scaling and the step are Opacus' own.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad.data)
+            else:
+                p.summed_grad = p.grad.data.clone()
+
+
+def _accumulate_clipped(model: MatrixFactorization, g: GatheredBatch,
+                        grads: list[torch.Tensor], factor: torch.Tensor) -> None:
+    """Add the clipped per-example gradients into the tables' ``.grad`` (what a second
+    backward pass through the embedding lookups of :func:`gather` would add)."""
+    f = factor.unsqueeze(-1)
+    user_grad = model.user_embedding.weight.grad
+    user_grad.index_add_(0, g.user_ids, grads[0] * f)
+    ids = g.item_ids.reshape(-1)
+    d = grads[1].shape[-1]
+    model.item_embedding.weight.grad.index_add_(0, ids, (grads[1] * f.unsqueeze(-1)).reshape(-1, d))
+    if len(grads) > 2:
+        model.item_bias.weight.grad.index_add_(0, ids, (grads[2] * f).reshape(-1, 1))
 
 
 def _local_optimizer(model: MatrixFactorization, local: LocalConfig) -> torch.optim.Optimizer:
@@ -237,7 +305,7 @@ def train_local(
     params = [p for group in base.param_groups for p in group["params"]]
     optimizer: torch.optim.Optimizer = base
     if dp is not None:
-        optimizer = DPOptimizerFastGradientClipping(
+        optimizer = _DPOptimizer(
             base,
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
@@ -269,13 +337,10 @@ def train_local(
             if dp is None:
                 (losses.sum() / max(1.0, q * n)).backward()
             else:
-                grads = torch.autograd.grad(losses.sum(), tensors, retain_graph=True)
+                grads = torch.autograd.grad(losses.sum(), tensors)
                 norms = per_example_sq_norms(g, list(grads)).sqrt()
                 factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-                torch.autograd.backward(
-                    tensors,
-                    [gr * factor.view(-1, *([1] * (gr.dim() - 1))) for gr in grads],
-                )
+                _accumulate_clipped(model, g, list(grads), factor)
         optimizer.step()
         if dp is not None and accountant is not None:
             accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=q)

@@ -23,6 +23,8 @@ log = logging.getLogger("fedrec.server")
 
 #: Returns ``(n_items, item ids)`` for a run configuration.
 CatalogProvider = Callable[[RunConfig], tuple[int, list[str] | None]]
+#: Returns how many devices to wait for before the first round.
+NodeCountProvider = Callable[[RunConfig], int]
 
 
 def make_server_app(
@@ -31,6 +33,7 @@ def make_server_app(
     config: RunConfig | None = None,
     on_round: Callable[[dict[str, object]], None] | None = None,
     on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
+    expected_nodes: NodeCountProvider | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` running fedrec's rounds.
 
@@ -39,6 +42,7 @@ def make_server_app(
         config: the run configuration; ``None`` parses ``context.run_config`` (``flwr run``).
         on_round: called with each round's record (progress displays).
         on_finish: called with the coordinator and run directory after the last round.
+        expected_nodes: how many devices to wait for before round 1 (default 1).
     """
     app = ServerApp()
 
@@ -50,7 +54,9 @@ def make_server_app(
         state = initial_global_state(cfg, n_items)
         coordinator = Coordinator(cfg, state,
                                   weighting="uniform" if cfg.privacy != "off" else "examples")
-        strategy = ItemEmbeddingStrategy(cfg, coordinator, run_dir=run_dir, on_round=on_round)
+        strategy = ItemEmbeddingStrategy(
+            cfg, coordinator, run_dir=run_dir, on_round=on_round,
+            min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1)
         strategy.summary()
         strategy.start(grid, _to_arrays(state), num_rounds=cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)

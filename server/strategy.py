@@ -70,12 +70,17 @@ class ItemEmbeddingStrategy(Strategy):
         coordinator: holds the global state and the round logic.
         run_dir: where round records and checkpoints go (``None``: nowhere).
         on_round: called with each round's record (for progress displays).
+        min_nodes: wait until this many devices are connected before the first round.
+        wait_timeout: give up waiting after this many seconds (start with those present).
     """
 
     def __init__(self, cfg: RunConfig, coordinator: Coordinator, *,
                  run_dir: RunDirectory | None = None,
-                 on_round: Callable[[dict[str, object]], None] | None = None):
+                 on_round: Callable[[dict[str, object]], None] | None = None,
+                 min_nodes: int = 1, wait_timeout: float = 600.0):
         self.cfg = cfg
+        self.min_nodes = min_nodes
+        self.wait_timeout = wait_timeout
         self.coordinator = coordinator
         self.run_dir = run_dir
         self.on_round = on_round
@@ -135,6 +140,17 @@ class ItemEmbeddingStrategy(Strategy):
         combined = self.coordinator.combine_evaluation(sums)
         return MetricRecord(combined) if combined else None
 
+    def wait_for_nodes(self, grid: Grid) -> int:
+        """Block until ``min_nodes`` devices are connected (or the timeout); return the count."""
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            n = len(list(grid.get_node_ids()))
+            if n >= self.min_nodes or time.monotonic() > deadline:
+                if n < self.min_nodes:
+                    log.warning("starting with %d of the %d expected devices", n, self.min_nodes)
+                return n
+            time.sleep(0.2)
+
     # --- the rounds ----------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
@@ -144,6 +160,7 @@ class ItemEmbeddingStrategy(Strategy):
         """Run ``num_rounds`` rounds; record and checkpoint each one."""
         result = Result()
         arrays = initial_arrays
+        self.wait_for_nodes(grid)
         for rnd in range(1, num_rounds + 1):
             t0 = time.perf_counter()
             replies = grid.send_and_receive(

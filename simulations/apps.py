@@ -37,6 +37,11 @@ def catalog(cfg: RunConfig) -> tuple[int, list[str]]:
     return data.n_items, data.item_map.to_list()
 
 
+def device_count(cfg: RunConfig) -> int:
+    """Number of simulated devices (one per user)."""
+    return federated_dataset(cfg).n_users
+
+
 def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Context], Device]:
     """A device factory serving user ``partition-id`` of the run's dataset."""
 
@@ -58,7 +63,8 @@ def make_apps(
 ) -> tuple[ServerApp, ClientApp]:
     """Server and client apps bound to a resolved configuration."""
     return (
-        make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish),
+        make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
+                        expected_nodes=device_count),
         make_client_app(simulated_device_factory(config)),
     )
 
@@ -68,5 +74,5 @@ def _flwr_run_catalog(cfg: RunConfig) -> tuple[int, list[str]]:
 
 
 #: For ``flwr run .``: configuration from the run config.
-server_app = make_server_app(_flwr_run_catalog)
+server_app = make_server_app(_flwr_run_catalog, expected_nodes=device_count)
 client_app = make_client_app(simulated_device_factory())

@@ -1,0 +1,229 @@
+"""Accountants: pinned numbers, agreement within stated error, adapters."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import dp_accounting as dpa
+import pytest
+from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
+from dp_accounting.pld import PLDAccountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from fedrec.common.accounting import (
+    ACCOUNTANTS,
+    DpRelease,
+    accountant_error,
+    analytic_gaussian_delta,
+    analytic_gaussian_epsilon,
+    brackets_overlap,
+    canonical_history,
+    delta_for,
+    epsilon,
+    opacus_accountant_from_releases,
+    releases_from_opacus_accountant,
+    to_dp_event,
+)
+
+DELTA = 1e-5
+
+
+# --------------------------------------------------------------------------- pinned numbers
+# ε at δ = 1e-5, Poisson-sampled Gaussian, add/remove (the issue's reference values).
+
+
+@pytest.mark.parametrize(
+    ("q", "sigma", "steps", "accountant", "expected"),
+    [
+        (0.01, 1.0, 1000, "pld", 1.828),
+        (0.01, 1.0, 1000, "rdp", 2.101),
+        (0.1, 1.1, 100, "pld", 5.913),
+        (0.1, 1.1, 100, "rdp", 6.614),
+        (1.0, 5.0, 50, "pld", 6.573),
+    ],
+)
+def test_pinned_epsilons(q, sigma, steps, accountant, expected):
+    eps = epsilon([DpRelease(sigma, q, steps)], target_delta=DELTA, accountant=accountant)
+    assert eps == pytest.approx(expected, abs=0.005)
+
+
+def test_pinned_analytic_gaussian_is_exact():
+    # 50 Gaussians with σ = 5 are one Gaussian with σ = 5/√50 (Balle & Wang 2018).
+    eps = epsilon([DpRelease(5.0, None, 50)], target_delta=DELTA, accountant="analytic")
+    assert eps == pytest.approx(6.5730, abs=1e-3)
+    assert analytic_gaussian_epsilon(
+        noise_multiplier=5.0, target_delta=DELTA, steps=50
+    ) == pytest.approx(eps, abs=1e-12)
+    # Independent implementation in dp_accounting.
+    assert eps == pytest.approx(get_epsilon_gaussian(5.0 / math.sqrt(50), DELTA), abs=1e-8)
+    # And the δ it gives back is the target.
+    assert analytic_gaussian_delta(eps, noise_multiplier=5.0 / math.sqrt(50)) == pytest.approx(
+        DELTA, rel=1e-6
+    )
+
+
+def test_pld_agrees_with_analytic_gaussian():
+    releases = [DpRelease(5.0, 1.0, 50)]  # q = 1.0 is no sampling
+    pld = epsilon(releases, target_delta=DELTA, accountant="pld")
+    exact = epsilon(releases, target_delta=DELTA, accountant="analytic")
+    assert exact <= pld <= exact + accountant_error("pld", releases)
+    assert pld == pytest.approx(exact, abs=1e-3)
+
+
+def test_pld_is_dp_accountings_pld_accountant():
+    releases = [DpRelease(1.0, 0.05, 20)] * 2 + [DpRelease(2.0, None, 3)]
+    acc = PLDAccountant()
+    acc.compose(to_dp_event(releases))
+    assert epsilon(releases, target_delta=DELTA) == pytest.approx(acc.get_epsilon(DELTA), abs=1e-6)
+
+
+def test_prv_and_rdp_are_opacus_accountants():
+    releases = [DpRelease(1.1, 0.1, 100)]
+    prv, rdp = PRVAccountant(), RDPAccountant()
+    prv.history = [(1.1, 0.1, 100)]
+    rdp.history = [(1.1, 0.1, 100)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert epsilon(releases, target_delta=DELTA, accountant="prv") == pytest.approx(
+            prv.get_epsilon(DELTA), abs=1e-9
+        )
+    assert epsilon(releases, target_delta=DELTA, accountant="rdp") == pytest.approx(
+        rdp.get_epsilon(DELTA), abs=1e-9
+    )
+
+
+# --------------------------------------------------------------------------- agreement
+
+GRID = [(q, s, n) for q in (0.01, 0.1, 0.5) for s in (0.8, 1.5, 3.0) for n in (10, 100)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("q", "sigma", "steps"), GRID)
+def test_accountants_agree_within_stated_error(q, sigma, steps):
+    releases = [DpRelease(sigma, q, steps)]
+    values = {a: epsilon(releases, target_delta=DELTA, accountant=a) for a in ("pld", "prv", "rdp")}
+    errors = {a: accountant_error(a, releases) for a in ("pld", "prv")}
+    # The tight ones: brackets [ε - error, ε] meet.
+    assert brackets_overlap(values["pld"], errors["pld"], values["prv"], errors["prv"])
+    # RDP is an upper bound: never below a tight lower bound.
+    assert values["rdp"] >= max(values[a] - errors[a] for a in errors) - 1e-9
+    # And in practice PLD and PRV are within a few hundredths.
+    assert abs(values["pld"] - values["prv"]) <= errors["prv"]
+
+
+def test_stated_errors_are_documented_for_every_accountant():
+    releases = [DpRelease(1.0, 0.1, 100), DpRelease(2.0, None, 3)]
+    assert accountant_error("pld", releases) == pytest.approx(1e-4 * (100 + 1))
+    assert accountant_error("prv", releases) == pytest.approx(0.02)
+    assert accountant_error("rdp", releases) == math.inf
+    assert accountant_error("analytic", []) < 1e-9
+    for name, info in ACCOUNTANTS.items():
+        assert info.name == name and info.error and info.kind in ("tight", "upper bound")
+
+
+def test_brackets_overlap():
+    assert brackets_overlap(1.0, 0.1, 0.95, 0.02)
+    assert not brackets_overlap(1.0, 0.01, 0.9, 0.02)  # [0.99, 1] vs [0.88, 0.9]
+    assert brackets_overlap(math.inf, 0, math.inf, 0)
+    assert not brackets_overlap(math.inf, 0, 3.0, 0.1)
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_composition_order_and_splitting_do_not_matter():
+    a = [DpRelease(1.0, 0.1, 10), DpRelease(2.0, 0.05, 5), DpRelease(1.0, 0.1, 10)]
+    b = [DpRelease(2.0, 0.05, 5), DpRelease(1.0, 0.1, 20)]
+    assert canonical_history(a) == canonical_history(b)
+    for name in ("pld", "prv", "rdp"):
+        assert epsilon(a, target_delta=DELTA, accountant=name) == epsilon(
+            b, target_delta=DELTA, accountant=name
+        )
+
+
+def test_edge_cases():
+    assert epsilon([], target_delta=DELTA) == 0.0
+    assert epsilon([DpRelease(1.0, 0.1, 0), DpRelease(1.0, 0.0, 10)], target_delta=DELTA) == 0.0
+    for name in ("pld", "prv", "rdp"):
+        assert epsilon([DpRelease(0.0, 0.1, 1)], target_delta=DELTA, accountant=name) == math.inf
+    assert delta_for([DpRelease(0.0, 0.1, 1)], target_epsilon=5.0) == 1.0
+    assert DpRelease(1.0, 1.0, 3) == DpRelease(1.0, None, 3)
+    assert not DpRelease(1.0, 1.0, 3).sampled
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"noise_multiplier": -1.0, "sampling_probability": 0.1, "steps": 1},
+        {"noise_multiplier": math.nan, "sampling_probability": 0.1, "steps": 1},
+        {"noise_multiplier": 1.0, "sampling_probability": 1.5, "steps": 1},
+        {"noise_multiplier": 1.0, "sampling_probability": 0.1, "steps": -1},
+        {"noise_multiplier": 1.0, "sampling_probability": 0.1, "steps": 1.5},
+    ],
+)
+def test_release_validation(kwargs):
+    with pytest.raises(ValueError):
+        DpRelease(**kwargs)
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="choose one of"):
+        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=DELTA, accountant="moments")
+    with pytest.raises(ValueError, match="target_delta"):
+        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=0.0)
+    with pytest.raises(ValueError, match="without sampling"):
+        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=DELTA, accountant="analytic")
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp", "analytic"])
+def test_delta_for_inverts_epsilon(accountant):
+    releases = [DpRelease(2.0, None, 4)] if accountant == "analytic" else [DpRelease(1.0, 0.1, 30)]
+    eps = epsilon(releases, target_delta=DELTA, accountant=accountant)
+    delta = delta_for(releases, target_epsilon=eps, accountant=accountant)
+    assert delta == pytest.approx(DELTA, rel=0.05)
+    assert delta_for(releases, target_epsilon=eps * 1.2, accountant=accountant) < DELTA
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sigma=st.floats(0.5, 20.0),
+    steps=st.integers(1, 200),
+    delta=st.floats(1e-9, 1e-3),
+)
+def test_rdp_never_below_analytic_for_unsampled_gaussians(sigma, steps, delta):
+    releases = [DpRelease(sigma, None, steps)]
+    exact = epsilon(releases, target_delta=delta, accountant="analytic")
+    assert epsilon(releases, target_delta=delta, accountant="rdp") >= exact - 1e-9
+
+
+# --------------------------------------------------------------------------- Opacus adapters
+
+
+def test_opacus_accountant_round_trip_through_state_dict():
+    releases = [DpRelease(1.0, 0.1, 10), DpRelease(1.0, 0.1, 10), DpRelease(1.5, 0.05, 4)]
+    acc = opacus_accountant_from_releases(releases, "prv")
+    assert acc.history == [(1.0, 0.1, 20), (1.5, 0.05, 4)]
+    restored = PRVAccountant()
+    restored.load_state_dict(acc.state_dict())
+    assert releases_from_opacus_accountant(restored) == [
+        DpRelease(1.0, 0.1, 20),
+        DpRelease(1.5, 0.05, 4),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert restored.get_epsilon(DELTA) == pytest.approx(
+            epsilon(releases, target_delta=DELTA, accountant="prv"), abs=1e-6
+        )
+
+
+def test_dp_event_structure():
+    event = to_dp_event([DpRelease(1.0, 0.1, 3), DpRelease(2.0, None, 2)])
+    assert event == dpa.ComposedDpEvent(
+        [
+            dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0)), 3),
+            dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(2.0), 2),
+        ]
+    )
