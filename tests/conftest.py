@@ -1,0 +1,17 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-100k"
+
+
+@pytest.fixture
+def ml100k_dir() -> Path:
+    if not (ML100K / "u.data").exists():
+        pytest.skip(f"{ML100K} not present")
+    return ML100K

@@ -1,0 +1,84 @@
+"""The ClientApp as Flower calls it: what leaves the device, and what stays."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedrec.client.client_app import STATE_ARRAYS, STATE_CONFIG, arrays_to_numpy, numpy_to_arrays
+from fedrec.common.config import RunConfig
+from fedrec.common.model import GLOBAL_KEYS
+from fedrec.server.coordinator import initial_global_state
+from fedrec.simulations.apps import make_apps
+from fedrec.simulations.federation import federated_dataset
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=8, num_rounds=4,
+                    fraction_train=0.5, accountant="rdp", run_dir=str(tmp_path / "run"))
+    _, client_app = make_apps(cfg)
+    context = Context(run_id=1, node_id=11, node_config={"partition-id": 3,
+                                                         "num-partitions": 40},
+                      state=RecordDict(), run_config=cfg.to_flat())
+    return cfg, client_app, context
+
+
+def _train_msg(cfg, rnd):
+    state = initial_global_state(cfg, federated_dataset(cfg).n_items)
+    return Message(content=RecordDict({"arrays": numpy_to_arrays(state),
+                                       "config": ConfigRecord({"server-round": rnd})}),
+                   dst_node_id=11, message_type="train")
+
+
+def test_outgoing_message_carries_only_the_item_delta(setup):
+    cfg, app, context = setup
+    reply = app(_train_msg(cfg, 1), context)
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    delta = arrays_to_numpy(reply.content["arrays"])
+    assert set(delta) == set(GLOBAL_KEYS)
+    assert set(reply.content["metrics"].keys()) <= {"num-examples", "epsilon"}
+    assert reply.content["metrics"]["num-examples"] == 1  # DP: the count is not revealed
+    user = arrays_to_numpy(context.state[STATE_ARRAYS])["user_embedding"].ravel()
+    fed = federated_dataset(cfg)
+    items = set(fed.train_items[3].tolist()) | set(fed.test_items[3].tolist())
+    for arr in delta.values():
+        assert np.count_nonzero(arr) == arr.size  # dense: every row noised
+        for row in np.atleast_2d(arr):
+            if row.size == user.size:
+                assert not np.allclose(row, user, atol=1e-3)
+    # nothing in the message is a list of the user's items
+    for value in reply.content["metrics"].values():
+        assert not (isinstance(value, list) and set(value) & items)
+
+
+def test_accountant_state_persists_in_the_node_context(setup):
+    cfg, app, context = setup
+    app(_train_msg(cfg, 1), context)
+    first = json.loads(context.state[STATE_CONFIG]["accountant"])["history"]
+    app(_train_msg(cfg, 2), context)
+    second = json.loads(context.state[STATE_CONFIG]["accountant"])["history"]
+    steps = cfg.local_config().steps
+    assert sum(h[2] for h in first) == steps
+    assert sum(h[2] for h in second) == 2 * steps
+    ledger = (context.run_config["run-dir"] + "/ledgers/device-000003.jsonl")
+    lines = open(ledger).read().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2]
+
+
+def test_device_over_budget_replies_with_a_refusal(setup):
+    cfg, app, context = setup
+    rounds = cfg.planned_participations
+    for r in range(1, rounds + 1):
+        assert "arrays" in app(_train_msg(cfg, r), context).content
+    reply = app(_train_msg(cfg, rounds + 1), context)
+    assert set(reply.content.keys()) == {"refusal"}
+    assert "budget" in reply.content["refusal"]["reason"]
