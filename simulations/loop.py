@@ -91,6 +91,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
             sums = [device(u).evaluate(coord.state, cfg.k_values)
                     for u in coord.sample_evaluation(nodes)]
             report["eval"] = coord.combine_evaluation([s for s in sums if s])
+        report["seconds"] = time.perf_counter() - t_round
         result.rounds.append(report)
         if on_round is not None:
             on_round(report)

@@ -1,0 +1,154 @@
+"""Benchmarks of the federated job (a script that prints figures; not a test).
+
+``python -m fedrec.simulations.benchmark [--quick]`` prints:
+
+1. local training time per device-epoch: non-private, our DP-SGD (exact per-example clipping
+   from one backward pass + Opacus' ``DPOptimizerFastGradientClipping``), and, as a
+   reference, Opacus' default per-sample gradient hooks (``GradSampleModule``) on the same
+   model and data; medians of several repetitions, ratios measured in the same run;
+2. wall time per round of Flower's simulation engine against the same device and server
+   code in a plain loop in one process (median over rounds after the first; the engine's
+   start-up is reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from fedrec.common.config import RunConfig
+from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.model import MatrixFactorization
+from fedrec.common.training import example_losses, gather, sample_negatives
+
+
+def _time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local: LocalConfig,
+                       dp: DPConfig, gen: torch.Generator) -> None:
+    """One round with Opacus' default per-sample hooks (reference implementation)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    class Pairwise(torch.nn.Module):
+        def __init__(self, mf):
+            super().__init__()
+            self.mf = mf
+
+        def forward(self, items):
+            g = gather(self.mf, torch.zeros(len(items), dtype=torch.long), items)
+            return example_losses(g, loss=local.loss, l2=local.l2)
+
+    gsm = GradSampleModule(Pairwise(model))
+    n = len(positives)
+    opt = DPOptimizer(torch.optim.SGD(model.trainable_parameters(), lr=local.lr),
+                      noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                      expected_batch_size=max(1, int(local.sample_rate * n)), generator=gen)
+    pos = torch.as_tensor(positives)
+    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=local.sample_rate,
+                                            generator=gen, steps=local.steps)
+    for batch in sampler:
+        opt.zero_grad()
+        if batch:
+            p = pos[torch.as_tensor(batch)]
+            items = torch.cat([p.unsqueeze(1), sample_negatives(p, model.n_items, 1, gen)], 1)
+            gsm(items).mean().backward()
+        opt.step()
+    gsm._close()
+
+
+def bench_local(n_items: int, dim: int, n_examples: int, reps: int) -> dict[str, float]:
+    """Seconds per device-epoch for each implementation, and ratios to non-private."""
+    gen = torch.Generator().manual_seed(0)
+    positives = torch.randperm(n_items, generator=gen)[:n_examples].numpy()
+    local = LocalConfig(epochs=1.0, sample_rate=0.25, lr=0.1)
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp")
+
+    def run(kind: str) -> None:
+        model = MatrixFactorization(1, n_items, dim, generator=gen)
+        if kind == "non-private":
+            train_local(model, positives, local=local, dp=None, generator=gen)
+        elif kind == "dp-sgd (fedrec)":
+            train_local(model, positives, local=local, dp=dp, accountant=make_accountant("rdp"),
+                        generator=gen)
+        else:
+            opacus_hooks_epoch(model, positives, local, dp, gen)
+
+    out = {}
+    for kind in ("non-private", "dp-sgd (fedrec)", "opacus per-sample hooks"):
+        run(kind)  # warm-up
+        out[kind] = _time(lambda k=kind: run(k), reps) / local.epochs
+    return out
+
+
+def bench_rounds(users: int, rounds: int) -> dict[str, float]:
+    """Median seconds per round, Flower engine against the plain loop (same config)."""
+    from fedrec.simulations.loop import run_plain
+    from fedrec.simulations.runner import simulate
+
+    cfg = RunConfig(synthetic_users=users, synthetic_items=400, num_rounds=rounds,
+                    eval_every=10**6, fraction_evaluate=0.0, accountant="rdp",
+                    fraction_train=0.25)
+    t0 = time.perf_counter()
+    plain = run_plain(cfg)
+    plain_rounds = _round_times(plain.rounds)
+    plain_total = time.perf_counter() - t0
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = simulate(cfg.replace(run_dir=f"{tmp}/run"))
+        flower_total = time.perf_counter() - t0
+    flower_rounds = [float(r["seconds"]) for r in res.rounds]
+    return {
+        "plain loop s/round": statistics.median(plain_rounds[1:] or plain_rounds),
+        "flower s/round": statistics.median(flower_rounds[1:] or flower_rounds),
+        "flower first round s": flower_rounds[0],
+        "plain total s": plain_total,
+        "flower total s (incl. engine start)": flower_total,
+    }
+
+
+def _round_times(rounds: list[dict[str, object]]) -> list[float]:
+    return [float(r["seconds"]) for r in rounds]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the benchmark figures."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and rounds")
+    ap.add_argument("--items", type=int, default=1682, help="catalog size (ML-100K: 1682)")
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--examples", type=int, default=85,
+                    help="a device's interactions (ML-100K train median is about 50-90)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    reps = 5 if args.quick else 15
+    local = bench_local(args.items, args.dim, args.examples, reps)
+    base = local["non-private"]
+    print(f"local training per device-epoch ({args.items} items, d={args.dim}, "
+          f"{args.examples} interactions, sampling rate 0.25; median of {reps}):")
+    for kind, sec in local.items():
+        print(f"  {kind:26s} {sec * 1e3:8.2f} ms   {sec / base:5.2f}x non-private")
+    rounds = bench_rounds(users=120 if args.quick else 400, rounds=4 if args.quick else 8)
+    print("simulation rounds (synthetic, fraction 0.25, DP on, no evaluation):")
+    for k, v in rounds.items():
+        print(f"  {k:36s} {v:8.3f}")
+    print(f"  flower/plain per round: {rounds['flower s/round'] / rounds['plain loop s/round']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
