@@ -77,7 +77,7 @@ class ItemEmbeddingStrategy(Strategy):
     def __init__(self, cfg: RunConfig, coordinator: Coordinator, *,
                  run_dir: RunDirectory | None = None,
                  on_round: Callable[[dict[str, object]], None] | None = None,
-                 min_nodes: int = 1, wait_timeout: float = 600.0):
+                 min_nodes: int = 1, wait_timeout: float = 120.0):
         self.cfg = cfg
         self.min_nodes = min_nodes
         self.wait_timeout = wait_timeout
