@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--budget",
         type=float,
         metavar="EPS",
-        help="check every ledger against this ε (default: each ledger's declared budget)",
+        help="check every device's example-level ε against this budget (default: each "
+        "ledger's declared budget; the server's user-level ledger keeps its own)",
     )
     parser.add_argument(
         "--out", metavar="DIR", help="where to write the reports (default: PATH/audit)"
@@ -67,11 +68,20 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument(
         "--json", action="store_true", help="print report.json to stdout instead of a table"
     )
+    parser.add_argument(
+        "--pld-interval",
+        type=float,
+        default=1e-3,
+        metavar="X",
+        help="PLD discretization interval; its stated error is X x steps (default: "
+        "%(default)g; 1e-4 is tighter and about 10x slower)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     parser.add_argument(
-        "--all-signatures",
+        "--fast-signatures",
         action="store_true",
-        help="verify every record's signature (default: each chain's last, which covers it)",
+        help="verify only each chain's last signature (it authenticates every signed byte "
+        "through the hash chain, but not earlier records' signature fields)",
     )
     parser.add_argument(
         "--workers",
@@ -103,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         plots=not args.no_plots,
         workers=args.workers,
-        all_signatures=args.all_signatures,
+        all_signatures=not args.fast_signatures,
+        value_discretization_interval=args.pld_interval,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
@@ -113,10 +124,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console(highlight=False)
-    table = Table(
-        title=f"Example-level ε over {len(report.devices)} devices "
-        f"(unit: one example; add/remove; δ as recorded)",
-    )
+    table = Table(title=f"Example-level ε, {len(report.devices)} devices")
+    table.caption = "unit: one example; add/remove neighbours; δ as recorded"
     for column in ("accountant", "max", "median", "min"):
         table.add_column(column, justify="left" if column == "accountant" else "right")
     for name in (*report.accountants, "certified"):

@@ -36,8 +36,8 @@ Accountants (:data:`ACCOUNTANTS`; the numbers in :func:`accountant_error`):
     series, a valid but looser bound: 6.621 instead of 6.614 for q = 0.1, σ = 1.1, 100 steps,
     δ = 1e-5, which is why the exact signed series of Opacus is used here.)
 ``"analytic"``
-    Exact ε of the Gaussian mechanism (Balle & Wang 2018, Theorem 8), only for releases
-    without sampling: ``k`` Gaussian releases with multipliers ``σ_i`` compose to one
+    Exact ε of the Gaussian mechanism (Balle & Wang 2018's analytic Gaussian mechanism), only
+    for releases without sampling: ``k`` Gaussian releases with multipliers ``σ_i`` compose to one
     Gaussian with ``σ = (Σ 1/σ_i²)^(-1/2)``. Error: the root finder's tolerance.
 
 "Error" here is one-sided: every accountant's value is an upper bound on the true ε, and
@@ -223,7 +223,7 @@ def _non_private(history: History) -> bool:
 
 
 def analytic_gaussian_delta(epsilon: float, *, noise_multiplier: float) -> float:
-    """δ(ε) of the Gaussian mechanism with sensitivity 1 (Balle & Wang 2018, Theorem 8).
+    """Return δ(ε) of the Gaussian mechanism with sensitivity 1 (Balle & Wang 2018).
 
     ``δ(ε) = Φ(μ/2 - ε/μ) - e^ε Φ(-μ/2 - ε/μ)`` with ``μ = 1/σ``.
     """

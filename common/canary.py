@@ -13,7 +13,7 @@ It must never exceed the accountant's upper bound (else the accounting or the im
 wrong); a run with the noise switched off is caught because its bound exceeds what was claimed.
 
 :func:`one_run_epsilon_lower_bound` computes the bound exactly as the paper's reference code
-(its appendix; the (ε, δ) case of their main theorem): the p-value of ``v`` correct out of ``r``
+(its appendix; the (ε, δ) version of their main theorem): the p-value of ``v`` correct out of ``r``
 is ::
 
     P[Binomial(r, p) >= v] + 2 m δ · max_{1<=i<=v} P[v - i <= Binomial(r, p) < v] / i,
@@ -21,8 +21,7 @@ is ::
 
 and the bound is the largest ε with p-value ``< β``, found by bisection (the p-value increases
 with ε). With β = 0.05 and δ = 1e-5: m = 1000, r = 100, v = 100 gives 3.465; m = 1000, r = 500,
-v = 400 gives 1.198. With δ = 0 the δ term vanishes and this is the pure-DP bound (their
-Theorem 3.1).
+v = 400 gives 1.198. With δ = 0 the δ term vanishes and this is their pure ε-DP bound.
 
 Validity needs what the paper needs: the scores may depend on the trained model only, not on
 the inclusion bits, and the canaries' inclusion must be the only randomness the guesses are

@@ -333,11 +333,12 @@ def verify_ledger(
     ``hash`` must be ``expected_head`` (which catches records cut off the end).
 
     With ``all_signatures=False`` only the last record's signature is checked when everything
-    else is intact: its hash commits, through ``prev_hash``, to every earlier record, so the
-    one signature authenticates the whole chain (as strongly as SHA-256 resists collisions)
-    at a fraction of the cost. Any failure falls back to the full check, so the first bad
-    record is named exactly as with ``all_signatures=True``. It does not notice a record the
-    signer itself signed wrongly in the middle of an otherwise intact chain.
+    else is intact: its hash commits, through ``prev_hash``, to every earlier record's signed
+    contents, so the one signature authenticates everything that was signed (as strongly as
+    SHA-256 resists collisions) at a fraction of the cost; any failure falls back to the full
+    check, so the first bad record is named as with ``all_signatures=True``. What it cannot
+    notice is damage to an earlier record's ``signature`` field itself (no hash covers it), so
+    the default checks every signature.
     """
     key = load_public_key(public_key)
     raw = Path(path).read_bytes()
