@@ -59,3 +59,21 @@ def test_every_device_that_trained_has_a_ledger_within_budget(run):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["privacy"]["epsilon_max"] <= cfg.epsilon
     assert summary["privacy"]["unit"].startswith("example")
+
+
+@pytest.mark.slow
+def test_audit_of_a_simulation_recomputes_what_devices_claimed(run):
+    from fedrec.cli import main
+    from fedrec.common.audit import audit_run
+
+    cfg, result, _ = run
+    report = audit_run(result.run_dir, accountants=("pld", "rdp"), plots=False,
+                       out_dir=result.run_dir / "audit")
+    assert report.ok and not report.tampered and not report.over_budget
+    assert len(report.devices) == 24
+    for dev in report.devices:
+        assert dev.integrity == "ok"
+        assert dev.claim_status in ("match", "within-error", "conservative")
+        assert dev.epsilon["rdp"] == pytest.approx(dev.claimed_epsilon, rel=1e-6)
+    assert main(["audit", str(result.run_dir), "--accountants", "rdp", "--no-plots",
+                 "--out", str(result.run_dir / "audit2")]) == 0
