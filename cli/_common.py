@@ -46,7 +46,10 @@ def print_metrics_table(title: str, rows: dict[str, dict[str, float]],
         table.add_column(k, justify="right")
     for name, metrics in rows.items():
         table.add_row(name, *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in keys))
-    Console().print(table)
+    console = Console()
+    if console.width < 120:  # keep metric names readable in logs and narrow terminals
+        console = Console(width=120)
+    console.print(table)
 
 
 def write_json(path: str | Path, obj: object) -> Path:
