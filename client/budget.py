@@ -3,31 +3,27 @@
 Opacus' PRV accountant takes about a second per ``get_epsilon`` on this class of machine.
 An accountant's ε depends only on its history of ``(noise_multiplier, sample_rate, steps)``
 and δ, and in a federation every device with the same settings and participation count has
-the same history, so results are memoised per process on that history.
+the same history, so results are memoised per process on that history
+(:func:`fedrec.common.dp.epsilon_of_history`); histories are first merged so that equal
+spends written in different step groupings share one entry.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 from opacus.accountants import IAccountant
 
-from fedrec.common.dp import make_accountant
+from fedrec.common.dp import epsilon_of_history
 
 __all__ = ["epsilon_of", "epsilon_spent", "epsilon_after_round"]
 
 
-@functools.lru_cache(maxsize=4096)
 def epsilon_of(kind: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     """ε of an Opacus accountant of ``kind`` with this history at δ (memoised)."""
-    if not history:
-        return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf
-    acc = make_accountant(kind)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta))
+    return epsilon_of_history(kind, _merged(list(history)), delta)
 
 
 def _kind(accountant: IAccountant) -> str:

@@ -65,6 +65,10 @@ class RunConfig:
     l2: float = _doc("per-example L2 penalty on gathered rows", default=0.0)
     user_lr_scale: float = _doc("user-embedding learning rate as a multiple of local-lr",
                                 default=1.0)
+    batch_size_norm: float = _doc(
+        "divide each step's summed gradient by this constant; 0 = the device's expected batch "
+        "size q*n (per-device mean; under DP small devices then carry the most noise)",
+        default=0.0)
     # privacy
     privacy: str = _doc("off, or local (each device adds its full DP-SGD noise)",
                         default="local")
@@ -132,7 +136,7 @@ class RunConfig:
         return LocalConfig(
             epochs=self.local_epochs, sample_rate=self.sample_rate, lr=self.local_lr,
             optimizer=self.local_optimizer, loss=self.loss, n_negatives=self.n_negatives,
-            l2=self.l2, user_lr_scale=self.user_lr_scale,
+            l2=self.l2, user_lr_scale=self.user_lr_scale, batch_size_norm=self.batch_size_norm,
         )
 
     def dp_config(self, noise_multiplier: float) -> DPConfig:

@@ -101,6 +101,14 @@ class LocalConfig:
         n_negatives: sampled negatives per positive (``"bce"``; ``"bpr"`` uses 1).
         l2: per-example L2 penalty on the gathered embedding rows.
         user_lr_scale: the user embedding's learning rate as a multiple of ``lr``.
+        batch_size_norm: what a step's summed (clipped, noised) gradient is divided by.
+            ``0`` (default): the expected batch size ``q·n`` of this device (Opacus' "mean"
+            reduction), so every device's step has the same scale and its noise grows as
+            ``1/n`` (small devices dominate the noise of an unweighted server mean).
+            ``> 0``: this constant for every device, so noise has the same scale on every
+            device and heavy devices carry proportionally more signal; the scaling no longer
+            depends on the device's data size. Post-processing either way: the DP guarantee
+            is the same.
     """
 
     epochs: float = 1.0
@@ -111,6 +119,7 @@ class LocalConfig:
     n_negatives: int = 1
     l2: float = 0.0
     user_lr_scale: float = 1.0
+    batch_size_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -121,6 +130,10 @@ class LocalConfig:
             raise ValueError(f"sample_rate must lie in (0, 1], got {self.sample_rate}")
         if self.epochs <= 0 or self.lr <= 0 or self.n_negatives < 1:
             raise ValueError("epochs, lr and n_negatives must be positive")
+        if self.user_lr_scale < 0:
+            raise ValueError(f"user_lr_scale must be >= 0, got {self.user_lr_scale}")
+        if self.batch_size_norm < 0:
+            raise ValueError(f"batch_size_norm must be >= 0, got {self.batch_size_norm}")
 
     @property
     def steps(self) -> int:
@@ -301,6 +314,7 @@ def train_local(
         int(torch.randint(0, 2**62, (1,)))
     )
     n_neg = 1 if local.loss == "bpr" else local.n_negatives
+    norm_size = local.batch_size_norm if local.batch_size_norm > 0 else max(1.0, q * n)
     base = _local_optimizer(model, local)
     params = [p for group in base.param_groups for p in group["params"]]
     optimizer: torch.optim.Optimizer = base
@@ -309,7 +323,7 @@ def train_local(
             base,
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=max(1.0, q * n),
+            expected_batch_size=norm_size,
             loss_reduction="mean",
             generator=gen,
             secure_mode=dp.secure_mode,
@@ -335,7 +349,7 @@ def train_local(
             seen += len(idx)
             tensors = g.tensors()
             if dp is None:
-                (losses.sum() / max(1.0, q * n)).backward()
+                (losses.sum() / norm_size).backward()
             else:
                 grads = torch.autograd.grad(losses.sum(), tensors)
                 norms = per_example_sq_norms(g, list(grads)).sqrt()
