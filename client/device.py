@@ -83,6 +83,8 @@ class Device:
             draws from the OS.
         on_release: called with a :class:`PrivacyEvent` after local DP training and before
             the reply is returned (the ledger writer). If it raises, nothing is sent.
+        report_metrics: with DP off, send the example count and the training loss (both are
+            data; set False when the protection is elsewhere, e.g. server-side user-level DP).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Device:
         init_std: float = 0.1,
         seed: int | None = None,
         on_release: Callable[[PrivacyEvent], None] | None = None,
+        report_metrics: bool = True,
     ):
         self.device_id = str(device_id)
         self.train_items = np.asarray(train_items, dtype=np.int64)
@@ -110,6 +113,7 @@ class Device:
             raise ValueError(f"device {device_id}: item indices outside [0, {n_items})")
         self.local, self.dp = local, dp
         self.on_release = on_release
+        self.report_metrics = report_metrics and dp is None
         seed_bytes = hashlib.sha256(f"{seed}/{device_id}".encode()).digest()
         self._seed = int.from_bytes(seed_bytes[:8], "little") if seed is not None else None
         gen = torch.Generator()
@@ -176,6 +180,8 @@ class Device:
             if self.on_release is not None:
                 self.on_release(event)  # recorded before the update leaves
             # Under DP the example count and the loss are data: send neither.
+            return TrainReply(delta=delta, num_examples=1, metrics={})
+        if not self.report_metrics:
             return TrainReply(delta=delta, num_examples=1, metrics={})
         return TrainReply(
             delta=delta, num_examples=len(self.train_items),

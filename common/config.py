@@ -18,7 +18,7 @@ from fedrec.common.dp import DPConfig, LocalConfig
 
 __all__ = ["RunConfig", "PRIVACY_MODES", "SERVER_OPTIMIZERS"]
 
-PRIVACY_MODES = ("off", "local")
+PRIVACY_MODES = ("off", "local", "user")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
 
 
@@ -70,8 +70,10 @@ class RunConfig:
         "size q*n (per-device mean; under DP small devices then carry the most noise)",
         default=0.0)
     # privacy
-    privacy: str = _doc("off, or local (each device adds its full DP-SGD noise)",
-                        default="local")
+    privacy: str = _doc(
+        "off; local (example-level: each device adds its full DP-SGD noise, server untrusted); "
+        "user (user-level DP-FedAvg: whole updates clipped, noise on the aggregate by a "
+        "trusted server, Poisson device sampling)", default="local")
     epsilon: float = _doc("each device's example-level epsilon budget", default=8.0)
     delta: float = _doc("delta of the (epsilon, delta) guarantee", default=1e-5)
     noise_multiplier: float = _doc(
@@ -79,6 +81,11 @@ class RunConfig:
         default=0.0)
     max_grad_norm: float = _doc("per-example clipping norm", default=1.0)
     accountant: str = _doc("device accountant: prv or rdp", default="prv")
+    user_clip: float = _doc("user-level DP: L2 clipping norm of a device's whole update",
+                            default=1.0)
+    user_noise_multiplier: float = _doc(
+        "user-level DP: noise multiplier on the sum; 0 = calibrate to epsilon over num-rounds",
+        default=0.0)
     # server
     server_optimizer: str = _doc("fedavg (server learning-rate step) or fedadam",
                                  default="fedavg")
@@ -111,8 +118,12 @@ class RunConfig:
         if self.server_lr <= 0 or self.max_update_norm <= 0:
             raise ValueError("server-lr and max-update-norm must be positive")
         _ = self.k_values, self.local_config()  # validate
-        if self.privacy != "off":
+        if self.privacy == "local":
             self.dp_config(1.0)
+        if self.privacy == "user" and (self.user_clip <= 0 or self.user_noise_multiplier < 0):
+            raise ValueError("user-clip must be positive and user-noise-multiplier >= 0")
+        if self.privacy != "off" and not 0 < self.delta < 1:
+            raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
 
     # --- derived ---------------------------------------------------------------------------
     @property
@@ -125,6 +136,20 @@ class RunConfig:
         if not ks or min(ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         return ks
+
+    def user_noise(self) -> float:
+        """User-level noise multiplier: as configured or calibrated to ``epsilon``.
+
+        The accounting is a Poisson-sampled Gaussian (rate ``fraction-train``) composed over
+        ``num-rounds`` rounds, at ``delta`` (Opacus' PRV accountant).
+        """
+        if self.user_noise_multiplier > 0:
+            return self.user_noise_multiplier
+        from fedrec.common.dp import calibrate_noise_multiplier
+
+        return calibrate_noise_multiplier(
+            target_epsilon=self.epsilon, target_delta=self.delta,
+            sample_rate=self.fraction_train, steps=self.num_rounds, accountant="prv")
 
     @property
     def planned_participations(self) -> int:

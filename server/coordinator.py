@@ -18,6 +18,7 @@ import numpy as np
 
 from fedrec.common.config import RunConfig
 from fedrec.common.metrics import combine_metric_sums
+from fedrec.server.user_dp import UserLevelDP, noisy_mean
 from fedrec.server.aggregation import (
     ServerOptimizer,
     make_server_optimizer,
@@ -25,7 +26,7 @@ from fedrec.server.aggregation import (
     weighted_mean,
 )
 
-__all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state"]
+__all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state", "make_coordinator"]
 
 log = logging.getLogger("fedrec.server")
 
@@ -81,6 +82,18 @@ def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
     return model.global_state()
 
 
+def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None) -> Coordinator:
+    """The coordinator a run's privacy mode calls for (weighting, user-level DP)."""
+    user_dp = None
+    if cfg.privacy == "user":
+        user_dp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=cfg.user_clip,
+                              noise_multiplier=cfg.user_noise(), target_delta=cfg.delta,
+                              budget_epsilon=cfg.epsilon, ledger_dir=ledger_dir)
+    return Coordinator(cfg, initial_global_state(cfg, n_items),
+                       weighting="examples" if cfg.privacy == "off" else "uniform",
+                       user_dp=user_dp)
+
+
 class Coordinator:
     """Global state and round logic of the server.
 
@@ -91,10 +104,13 @@ class Coordinator:
             runs) or ``"uniform"`` (each device counts once: DP runs, where devices do not
             reveal their example counts).
         rng: randomness of device sampling.
+        user_dp: server-side user-level DP (DP-FedAvg); ``None`` for none. With it, devices
+            are Poisson-sampled, each update is clipped, and the mean carries Gaussian noise.
     """
 
     def __init__(self, cfg: RunConfig, initial_state: Mapping[str, np.ndarray], *,
-                 weighting: str = "examples", rng: np.random.Generator | None = None):
+                 weighting: str = "examples", rng: np.random.Generator | None = None,
+                 user_dp: UserLevelDP | None = None):
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.cfg = cfg
@@ -105,6 +121,8 @@ class Coordinator:
             beta2=cfg.server_beta2, tau=cfg.server_tau,
         )
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self.user_dp = user_dp
+        self._pool_size = 0
         self._participations: dict[int, int] = {}
 
     # --- sampling ----------------------------------------------------------------------------
@@ -117,8 +135,11 @@ class Coordinator:
         known in advance, so calibration can plan its budget. No device data is used.
         """
         pool = sorted(int(n) for n in nodes)
+        self._pool_size = len(pool)
         if not pool:
             return []
+        if self.user_dp is not None:  # Poisson: the sampling the accountant assumes
+            return self.user_dp.sample(pool, self.rng)
         want = max(1, math.ceil(self.cfg.fraction_train * len(pool) - 1e-9))
         # least-used first, random among equals (positions, not ids: ids may exceed int64)
         ties = self.rng.permutation(len(pool))
@@ -162,7 +183,17 @@ class Coordinator:
         for reason in reasons:
             log.warning("round %d: dropped reply: %s", server_round, reason)
         norm = 0.0
-        if good:
+        if self.user_dp is not None:
+            # Noise is added even when no device replied: the release happens every round.
+            mean = noisy_mean(
+                [r.delta for r in good], self.state, clip=self.user_dp.clip,  # type: ignore[misc]
+                noise_multiplier=self.user_dp.noise_multiplier,
+                expected_count=max(1e-9, self.user_dp.sampling_probability * self._pool_size),
+                rng=self.rng)
+            self.user_dp.record(server_round)  # ledger first, then the table changes
+            norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
+            self.state = self.optimizer.step(self.state, mean)
+        elif good:
             weights = [r.num_examples if self.weighting == "examples" else 1.0 for r in good]
             mean = weighted_mean([r.delta for r in good], weights)  # type: ignore[misc]
             norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))

@@ -13,7 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common.config import RunConfig
-from fedrec.server.coordinator import Coordinator, initial_global_state
+from fedrec.server.coordinator import Coordinator, make_coordinator
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.server.strategy import ItemEmbeddingStrategy, _to_arrays
 
@@ -51,9 +51,8 @@ def make_server_app(
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         n_items, item_ids = catalog(cfg)
-        state = initial_global_state(cfg, n_items)
-        coordinator = Coordinator(cfg, state,
-                                  weighting="uniform" if cfg.privacy != "off" else "examples")
+        coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir)
+        state = coordinator.state
         strategy = ItemEmbeddingStrategy(
             cfg, coordinator, run_dir=run_dir, on_round=on_round,
             min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1)

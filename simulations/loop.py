@@ -15,7 +15,7 @@ import numpy as np
 
 from fedrec.client.device import Device, Refusal
 from fedrec.common.config import RunConfig
-from fedrec.server.coordinator import Coordinator, Reply, initial_global_state
+from fedrec.server.coordinator import Reply, make_coordinator
 from fedrec.simulations.federation import federated_dataset, make_device
 
 __all__ = ["PlainResult", "run_plain", "central_evaluation"]
@@ -61,8 +61,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
     """Run ``cfg`` with devices called in a loop; returns reports per round."""
     t0 = time.perf_counter()
     fed = federated_dataset(cfg)
-    coord = Coordinator(cfg, initial_global_state(cfg, fed.n_items),
-                        weighting="uniform" if cfg.privacy != "off" else "examples")
+    coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir)
     devices: dict[int, Device] = {}
 
     def device(u: int) -> Device:
@@ -81,7 +80,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
                 replies.append(Reply(node=u, refusal=out.reason))
             else:
                 metrics = dict(out.metrics)
-                if cfg.privacy != "off":
+                if cfg.privacy == "local":
                     metrics["epsilon"] = device(u).epsilon_spent()
                 replies.append(Reply(node=u, delta=out.delta, num_examples=out.num_examples,
                                      metrics=metrics))

@@ -42,6 +42,26 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     """ε spent per device from the ledgers' last claimed ε (max/median), with assumptions."""
     if cfg.privacy == "off":
         return {"mode": "off", "guarantee": "none: updates are not differentially private"}
+    if cfg.privacy == "user":
+        server = Path(ledger_dir) / "server.jsonl"
+        lines = server.read_text().splitlines() if server.exists() else []
+        eps_user = float(json.loads(lines[-1])["claimed_epsilon"]) if lines else 0.0
+        return {
+            "mode": "user",
+            "unit": "user (all of one device's data)",
+            "relation": "add/remove",
+            "delta": cfg.delta,
+            "accountant": "pld (dp-accounting), Poisson-sampled Gaussian over rounds",
+            "trust": "the server sees individual (clipped) updates and adds the noise; "
+                     "everything it publishes is user-level DP",
+            "noise_multiplier": cfg.user_noise(),
+            "max_grad_norm": cfg.user_clip,
+            "sample_rate": cfg.fraction_train,
+            "budget_epsilon": cfg.epsilon,
+            "devices_with_releases": len(lines),
+            "epsilon_max": eps_user,
+            "epsilon_median": eps_user,
+        }
     eps = []
     for path in sorted(Path(ledger_dir).glob("*.jsonl")):
         lines = path.read_text().splitlines()
