@@ -15,9 +15,15 @@ __all__ = ["main", "build_parser"]
 
 # subcommand name -> (module in fedrec.cli, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "baselines": ("baselines", "most-popular and centralized MF on a dataset (the reference numbers)"),
+    "baselines": ("baselines", "most-popular and centralized MF on a dataset (reference numbers)"),
     "simulate": ("simulate", "federated DP training on Flower's simulation engine (the main job)"),
     "audit": ("audit", "recompute and check every device's epsilon from a run's ledgers"),
+    "certs": ("deploy", "generate a CA and the SuperLink's TLS certificate (real deployment)"),
+    "node-keys": ("deploy", "generate SuperNode authentication key pairs (real deployment)"),
+    "connection": ("deploy", "add a SuperLink connection (TLS) for `flwr` to FLWR_HOME"),
+    "deploy-app": ("deploy", "write the Flower App of a real deployment, for `flwr run`"),
+    "superlink": ("deploy", "start flower-superlink with TLS and SuperNode authentication"),
+    "supernode": ("deploy", "start flower-supernode for one device and its SQLite store"),
 }
 
 _EPILOG = """\

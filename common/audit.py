@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -699,7 +699,7 @@ def audit_run(
         curve_median=curve_median,
         claimed_curve_max=claimed_max,
         distinct_histories=len(jobs),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
     if write:
         out = Path(out_dir) if out_dir is not None else _default_out_dir(source, ledger_dir)

@@ -7,6 +7,7 @@ Both expose ``fit(train) -> self`` and ``scores(users) -> (len(users), n_items)`
 from __future__ import annotations
 
 import numpy as np
+
 from fedrec.common.schema import Interactions
 
 __all__ = ["MostPopular", "RandomRecommender"]

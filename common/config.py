@@ -35,8 +35,9 @@ class RunConfig:
     """
 
     # data
-    dataset: str = _doc("dataset name: synthetic, ml-100k, ml-1m, ml-latest(-small), recbole, events",
-                        default="synthetic")
+    dataset: str = _doc(
+        "dataset name: synthetic, ml-100k, ml-1m, ml-latest(-small), recbole, events",
+        default="synthetic")
     data_dir: str = _doc("where the dataset's files are (unused for synthetic)", default="")
     synthetic_users: int = _doc("users of the synthetic dataset", default=600)
     synthetic_items: int = _doc("items of the synthetic dataset", default=400)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
 from fedrec.common.schema import Interactions
 
 __all__ = [

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+
 from fedrec.common.schema import Interactions
 
 __all__ = ["Split", "temporal_split", "validation_split", "random_split", "held_out_counts"]

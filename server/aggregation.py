@@ -59,7 +59,8 @@ def weighted_mean(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         raise ValueError("one positive weight per delta is required")
     w = w / w.sum()
     return {
-        k: sum(wi * d[k].astype(np.float64) for wi, d in zip(w, deltas)).astype(np.float32)
+        k: sum(wi * d[k].astype(np.float64)
+               for wi, d in zip(w, deltas, strict=True)).astype(np.float32)
         for k in deltas[0]
     }
 

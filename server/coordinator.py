@@ -18,13 +18,13 @@ import numpy as np
 
 from fedrec.common.config import RunConfig
 from fedrec.common.metrics import combine_metric_sums
-from fedrec.server.user_dp import UserLevelDP, noisy_mean
 from fedrec.server.aggregation import (
     ServerOptimizer,
     make_server_optimizer,
     validate_delta,
     weighted_mean,
 )
+from fedrec.server.user_dp import UserLevelDP, noisy_mean
 
 __all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state", "make_coordinator"]
 

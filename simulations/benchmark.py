@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     print("simulation rounds (synthetic, fraction 0.25, DP on, no evaluation):")
     for k, v in rounds.items():
         print(f"  {k:36s} {v:8.3f}")
-    print(f"  flower/plain per round: {rounds['flower s/round'] / rounds['plain loop s/round']:.2f}x")
+    ratio = rounds["flower s/round"] / rounds["plain loop s/round"]
+    print(f"  flower/plain per round: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

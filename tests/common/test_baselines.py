@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedrec.common.baselines import MostPopular, RandomRecommender
 from fedrec.common.metrics import evaluate, evaluate_sampled
 from fedrec.common.schema import IdMap, Interactions

@@ -1,7 +1,7 @@
 import logging
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ REAL_ML100K = Path(__file__).resolve().parents[2].parent / "shared/datasets/ml-1
 
 
 def utc(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+    return int(datetime(*args, tzinfo=UTC).timestamp())
 
 
 def triples(data: Interactions) -> list[tuple[str, str, float, int]]:
@@ -406,9 +406,9 @@ def test_event_log_parquet(tmp_path):
         "item": ["b", "a", "c"],
         "score": pa.array([0.5, 2.0, 1.0], pa.float32()),
         "at": pa.array(
-            [datetime(2024, 1, 5, 10, tzinfo=timezone.utc),
-             datetime(2024, 1, 6, tzinfo=timezone.utc),
-             datetime(2024, 1, 7, tzinfo=timezone.utc)],
+            [datetime(2024, 1, 5, 10, tzinfo=UTC),
+             datetime(2024, 1, 6, tzinfo=UTC),
+             datetime(2024, 1, 7, tzinfo=UTC)],
             pa.timestamp("ms", tz="UTC"),
         ),
         "iso": ["2024-01-05T10:00:00Z", "2024-01-06", "2024-01-07T00:00:00+00:00"],

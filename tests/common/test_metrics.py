@@ -4,6 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedrec.common.metrics import (
     combine_metric_sums,
     evaluate,
@@ -13,8 +16,6 @@ from fedrec.common.metrics import (
     user_metric_sums,
 )
 from fedrec.common.schema import IdMap, Interactions
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 L2 = math.log2
 

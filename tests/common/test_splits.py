@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedrec.common.schema import IdMap, Interactions
 from fedrec.common.splits import (
     Split,
@@ -10,8 +13,6 @@ from fedrec.common.splits import (
     temporal_split,
     validation_split,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def make(users, items, timestamps, n_users=None, n_items=None) -> Interactions:
