@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     quality = summary.get("quality") or {}
     print_metrics_table(f"Federated evaluation after {summary['rounds']} rounds "
                         f"({summary['devices']} devices, {summary['items']} items)",
-                        {"federated MF": quality},
+                        {"federated MF": quality,
+                         "most-popular (same split)": summary.get("most_popular") or {}},
                         ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20",
                          "recall@20"))
     priv = summary["privacy"]

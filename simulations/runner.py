@@ -136,7 +136,10 @@ def simulate(
             "error Flower reported")
     wall = time.perf_counter() - t0
     last_eval = next((r["eval"] for r in reversed(result.rounds) if "eval" in r), {})
+    from fedrec.simulations.baselines import most_popular
+
     result.summary = {
+        "most_popular": most_popular(fed.split, ks=cfg.k_values),
         "rounds": len(result.rounds),
         "devices": fed.n_users,
         "items": fed.n_items,
@@ -170,7 +173,10 @@ def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], Non
 
     res = run_plain(cfg, on_round=record, ledger_dir=run_dir.ledger_dir)
     last_eval = next((r["eval"] for r in reversed(res.rounds) if "eval" in r), {})
+    from fedrec.simulations.baselines import most_popular
+
     summary = {
+        "most_popular": most_popular(fed.split, ks=cfg.k_values),
         "rounds": len(res.rounds), "devices": fed.n_users, "items": fed.n_items,
         "quality": last_eval, "central_evaluation": res.final,
         "privacy": privacy_summary(run_dir.ledger_dir, cfg, sigma),

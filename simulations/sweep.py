@@ -33,7 +33,7 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
         "local": {"num-rounds": 6, "fraction-train": 0.5, "dim": 8, "loss": "bce",
                   "n-negatives": 4, "sample-rate": 1.0, "local-epochs": 10,
                   "local-lr": 0.5, "max-grad-norm": 1.0, "server-lr": 24.0,
-                  "eval-every": 6},
+                  "batch-size-norm": 85.0, "eval-every": 6},
     },
     "quick": {
         "off": {"num-rounds": 10, "fraction-train": 0.25, "eval-every": 10},
