@@ -14,7 +14,9 @@ def _delta(value=1.0):
 
 
 def _coord(**kw):
-    return Coordinator(RunConfig(privacy="off", max_update_norm=100.0, **kw), STATE)
+    # server-lr 1: the new state is the old one plus the mean delta
+    return Coordinator(RunConfig(privacy="off", max_update_norm=100.0, server_lr=1.0, **kw),
+                       STATE)
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -48,7 +50,7 @@ def test_weighting_by_examples_and_uniform():
     c.aggregate(1, [Reply(node=1, delta=a, num_examples=3), Reply(node=2, delta=b,
                                                                    num_examples=1)])
     np.testing.assert_allclose(c.state["item_bias.weight"], 1.5)
-    u = Coordinator(RunConfig(privacy="off"), STATE, weighting="uniform")
+    u = Coordinator(RunConfig(privacy="off", server_lr=1.0), STATE, weighting="uniform")
     u.aggregate(1, [Reply(node=1, delta=a, num_examples=3), Reply(node=2, delta=b,
                                                                    num_examples=1)])
     np.testing.assert_allclose(u.state["item_bias.weight"], 2.0)
