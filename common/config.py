@@ -13,8 +13,10 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
-from fedrec.common.dp import DPConfig, LocalConfig
+if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
+    from fedrec.common.dp import DPConfig, LocalConfig
 
 __all__ = ["RunConfig", "PRIVACY_MODES", "SERVER_OPTIMIZERS"]
 
@@ -165,6 +167,8 @@ class RunConfig:
 
     def local_config(self) -> LocalConfig:
         """The device's local training recipe."""
+        from fedrec.common.dp import LocalConfig
+
         return LocalConfig(
             epochs=self.local_epochs, sample_rate=self.sample_rate, lr=self.local_lr,
             optimizer=self.local_optimizer, loss=self.loss, n_negatives=self.n_negatives,
@@ -173,6 +177,8 @@ class RunConfig:
 
     def dp_config(self, noise_multiplier: float) -> DPConfig:
         """The device's DP settings with a given (resolved) noise multiplier."""
+        from fedrec.common.dp import DPConfig
+
         return DPConfig(
             noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
             target_delta=self.delta, budget_epsilon=self.epsilon, accountant=self.accountant,

@@ -11,8 +11,9 @@ keys, ``fedrec deploy-app`` to write them).
 
 Every training request carries the catalog's fingerprint so that a device holding another
 catalog refuses rather than training the wrong rows. Rounds, checkpoints and the final item
-table go to the run directory (``run-dir``) as in a simulation; the devices' ledgers stay on
-the devices (an auditor collects them).
+table go to the run directory (``run-dir``) as in a simulation, with the server's ledger when
+the run adds user-level DP (``privacy = "user"``); the devices' ledgers stay on the devices (an
+auditor collects them).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fedrec.common.deployment import (
     catalog_fingerprint,
     split_run_config,
 )
-from fedrec.server.coordinator import Coordinator, initial_global_state
+from fedrec.server.coordinator import Coordinator, make_coordinator
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.server.strategy import ItemEmbeddingStrategy, _to_arrays
 
@@ -74,9 +75,8 @@ def make_deployment_server_app(
             "round-timeout": settings.round_timeout, "runtime": "deployment",
             "run-id": int(context.run_id), "started-at": time.time(),
         })
-        state = initial_global_state(cfg, n_items)
-        coordinator = Coordinator(cfg, state,
-                                  weighting="uniform" if cfg.privacy != "off" else "examples")
+        coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir)
+        state = coordinator.state
         strategy = DeploymentStrategy(cfg, coordinator, run_dir=run_dir, on_round=on_round,
                                          min_nodes=settings.min_nodes,
                                          wait_timeout=settings.wait_timeout)

@@ -1,0 +1,401 @@
+"""The ClientApp of a real SuperNode (``fedrec.client.deployment:client_app``).
+
+In a simulation the device's state lives in Flower's in-memory ``context.state``
+(:mod:`fedrec.client.client_app`). A real device must keep its state when the SuperNode
+process restarts, the machine reboots or the battery dies, so here every message opens the
+device's :class:`~fedrec.client.sdk.FedRecClient` store (one SQLite file: events, user
+embedding, accountant, spend, signed ledger, last item table) and trains through
+:meth:`FedRecClient.train_round`, which commits the intended privacy spend *before*
+training and the ledger record before the reply leaves. Nothing is kept in ``context.state``.
+
+The SuperNode's ``--node-config`` says where the store is and how the device behaves:
+
+===================== ===================================================================
+node-config key       meaning
+===================== ===================================================================
+store                 path of the device's SQLite store (required)
+events                demo/tests: a JSON or CSV file of this user's events, imported once
+                      (JSON: a list of ``{"kind", "item_id", "timestamp", "value"}``
+                      objects, or ``{"events": [...]}``; CSV: a header with those columns)
+catalog               JSON file of the item ids in row order (else the store's catalog,
+                      else the ids are the row numbers ``"0" .. "n-1"``)
+device-id             the device's id in its ledger (else stored, else generated)
+epsilon-budget        this device's ε budget. Without it the run's ``epsilon`` is used, but
+                      never above a budget the store already holds: a server cannot raise
+                      a device's budget
+charging, on-wifi     the training policy's signals (default true: a plugged-in SuperNode;
+                      an app passes the platform's real signals to the SDK)
+battery-level         battery fraction in [0, 1] (optional)
+require-charging,     the :class:`~fedrec.client.sdk.TrainingPolicy` (defaults: its
+require-wifi,         defaults, e.g. at most 4 trainings a day; ``"none"`` lifts a limit)
+min-battery-level,
+max-rounds-per-day,
+max-cpu-seconds-per-day
+allow-no-dp           accept a run without local DP: ``privacy = "off"``, or ``"user"`` (the
+                      server adds user-level noise; the device must trust it). Default
+                      false: refuse
+seed                  seeds the device's sampling and noise (tests only)
+===================== ===================================================================
+
+The training recipe (local epochs, sampling rate, learning rate, noise multiplier, clipping
+norm, δ, accountant) comes from the run config the server published (``noise-multiplier = 0``:
+calibrated, from public inputs only, so that the run's ``epsilon`` is spent over the planned
+participations, as in a simulation); the device's budget guard refuses any round that would
+take it past its own ε budget. The device also records the node id of its Flower session in
+the store, so that ``fedrec supernode`` can close a session a crash left open.
+
+Wire contract: that of :mod:`fedrec.client.client_app` (reply ``arrays`` + ``metrics``, or
+``refusal``). A training request may also carry the server catalog's fingerprint
+(``catalog-sha256``); a device whose catalog differs refuses. An evaluation request keeps the
+received item table for offline :meth:`~fedrec.client.sdk.FedRecClient.recommend` and
+replies ``users = 0``: a deployed device holds no held-out split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.client.events import Event
+from fedrec.client.sdk import FedRecClient, PolicySignals, TrainingPolicy
+from fedrec.common.deployment import (
+    CATALOG_FINGERPRINT_KEY,
+    NODE_ID_META,
+    catalog_fingerprint,
+    load_catalog_file,
+    split_run_config,
+)
+
+__all__ = [
+    "open_device",
+    "device_settings",
+    "import_events",
+    "read_events_file",
+    "make_deployment_client_app",
+    "client_app",
+    "DeploymentDeviceFactory",
+    "NODE_ID_META",
+]
+
+log = logging.getLogger("fedrec.client")
+
+#: Opens this SuperNode's device from its context: returns the client (caller closes it)
+#: and the policy signals to train with.
+DeploymentDeviceFactory = Callable[[Context], tuple[FedRecClient, PolicySignals]]
+
+_IMPORTED_META = "deployment.imported_event_files"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+# The helpers of fedrec.client.client_app, without importing it: it imports torch, which an
+# evaluation request (or a refusal) does not need; training imports it when it starts.
+def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Wrap named numpy arrays in a Flower ``ArrayRecord``."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Named numpy arrays of a Flower ``ArrayRecord``."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+# --------------------------------------------------------------------------- node config
+
+
+def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    if key not in config:
+        return default
+    value = config[key]
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"node-config {key!r} must be true or false, got {value!r}")
+
+
+def _limit(config: Mapping[str, Any], key: str, default: float | None, kind: type
+           ) -> float | None:
+    if key not in config:
+        return default
+    value = config[key]
+    if isinstance(value, str) and value.strip().lower() in ("none", "", "inf"):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"node-config {key!r} must be a number or 'none', got {value!r}"
+                         ) from None
+
+
+def _policy(config: Mapping[str, Any]) -> tuple[TrainingPolicy, PolicySignals]:
+    base = TrainingPolicy()
+    policy = TrainingPolicy(
+        require_charging=_bool(config, "require-charging", base.require_charging),
+        require_wifi=_bool(config, "require-wifi", base.require_wifi),
+        min_battery_level=_limit(config, "min-battery-level", base.min_battery_level, float),
+        max_rounds_per_day=_limit(config, "max-rounds-per-day",  # type: ignore[arg-type]
+                                  base.max_rounds_per_day, int),
+        max_cpu_seconds_per_day=_limit(config, "max-cpu-seconds-per-day",
+                                       base.max_cpu_seconds_per_day, float),
+    )
+    battery = _limit(config, "battery-level", None, float)
+    signals = PolicySignals(charging=_bool(config, "charging", True),
+                            on_wifi=_bool(config, "on-wifi", True), battery_level=battery)
+    return policy, signals
+
+
+def device_settings(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
+                    stored_dp: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None,
+                                                                  dict[str, Any]]:
+    """The DP settings and local recipe this device trains with: ``(dp or None, local)``.
+
+    The recipe is the run's; the budget is the device's (``epsilon-budget``), else the run's
+    ``epsilon`` capped by any budget already stored. ``None`` for DP only when the run asks for
+    no local DP (``privacy`` ``off``, or ``user``: the server adds user-level noise) *and* the
+    node config allows it (``allow-no-dp``).
+
+    Raises:
+        PermissionError: the run asks for training without local DP and the device does not
+            allow it.
+    """
+    cfg, _ = split_run_config(run_config)
+    local = cfg.local_config().to_dict()
+    if cfg.privacy != "local":
+        if not _bool(node_config, "allow-no-dp", False):
+            why = ("the run asks for training WITHOUT differential privacy"
+                   if cfg.privacy == "off" else
+                   "the run relies on user-level DP added by the server (privacy = "
+                   f"{cfg.privacy!r}): updates would leave this device WITHOUT local noise, "
+                   "trusting the server")
+            raise PermissionError(f"policy: {why}; this device does not allow it "
+                                  "(node-config allow-no-dp=true would)")
+        return None, local
+    if "epsilon-budget" in node_config:
+        budget = float(node_config["epsilon-budget"])
+    else:
+        budget = float(cfg.epsilon)
+        if stored_dp and stored_dp.get("budget_epsilon") is not None:
+            budget = min(budget, float(stored_dp["budget_epsilon"]))
+    if not (budget > 0 and math.isfinite(budget)):
+        raise ValueError(f"the device's epsilon budget must be positive, got {budget}")
+    noise = float(cfg.noise_multiplier)
+    if noise <= 0:
+        noise = _calibrated(float(cfg.epsilon), float(cfg.delta), float(cfg.sample_rate),
+                            int(cfg.local_config().steps * cfg.planned_participations),
+                            str(cfg.accountant))
+    dp = {"noise_multiplier": noise, "max_grad_norm": float(cfg.max_grad_norm),
+          "target_delta": float(cfg.delta), "budget_epsilon": budget,
+          "accountant": str(cfg.accountant)}
+    return dp, local
+
+
+_CALIBRATION: dict[tuple[float, float, float, int, str], float] = {}
+
+
+def _calibrated(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    """The run's noise multiplier calibrated to its epsilon (public inputs only)."""
+    key = (epsilon, delta, q, steps, accountant)
+    if key not in _CALIBRATION:
+        from fedrec.common.dp import calibrate_noise_multiplier
+
+        _CALIBRATION[key] = calibrate_noise_multiplier(
+            target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+            accountant=accountant)
+    return _CALIBRATION[key]
+
+
+# --------------------------------------------------------------------------- events
+
+
+def read_events_file(path: str | Path) -> list[Event]:
+    """Events from a JSON (list, or ``{"events": [...]}``) or CSV file (header row)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"events file {p} does not exist")
+    rows: list[Mapping[str, Any]]
+    if p.suffix.lower() == ".csv":
+        with open(p, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        value = json.loads(p.read_text(encoding="utf-8"))
+        rows = value.get("events", []) if isinstance(value, Mapping) else value
+        if not isinstance(rows, list):
+            raise ValueError(f"{p}: expected a JSON list of events or {{\"events\": [...]}}")
+    events = []
+    for i, row in enumerate(rows):
+        try:
+            raw_value = row.get("value")
+            events.append(Event(
+                kind=str(row["kind"]), item_id=str(row["item_id"]),
+                timestamp=float(row["timestamp"]),
+                value=None if raw_value in (None, "") else float(raw_value),
+                context=row.get("context") if isinstance(row.get("context"), dict) else None))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{p}: event {i}: {exc}") from None
+    return events
+
+
+def import_events(client: FedRecClient, path: str | Path) -> int:
+    """Import an events file into the store once (by content hash); returns events added."""
+    p = Path(path).expanduser()
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    done = list(client.store.get_meta(_IMPORTED_META, []) or [])
+    if digest in done:
+        return 0
+    events = read_events_file(p)
+    client.record_many(events)
+    client.store.set_meta(_IMPORTED_META, [*done, digest])
+    log.info("imported %d events from %s", len(events), p)
+    return len(events)
+
+
+# --------------------------------------------------------------------------- the factory
+
+
+def open_device(context: Context) -> tuple[FedRecClient, PolicySignals]:
+    """Open this SuperNode's device from its node config (the deployment device factory).
+
+    Returns the open client (the caller closes it) and the policy signals to train with.
+    """
+    node = dict(context.node_config)
+    if not node.get("store"):
+        raise ValueError("this SuperNode has no device store: start it with --node-config "
+                         "'store=\"/path/device.db\"' (see `fedrec supernode --help`)")
+    path = Path(str(node["store"])).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored_dp = _stored_dp(path)
+    dp, local = device_settings(dict(context.run_config), node, stored_dp)
+    policy, signals = _policy(node)
+    kwargs: dict[str, Any] = {}
+    if "device-id" in node:
+        kwargs["device_id"] = str(node["device-id"])
+    if "seed" in node:
+        kwargs["seed"] = int(node["seed"])  # type: ignore[call-overload]
+    if dp is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # allowed explicitly by the node config
+            client = FedRecClient.open(path, dp=None, local=local, policy=policy, **kwargs)
+    else:
+        client = FedRecClient.open(path, dp=dp, local=local, policy=policy, **kwargs)
+    try:
+        if node.get("catalog"):
+            ids = load_catalog_file(str(node["catalog"]))
+            stored = client.store.get_json("catalog")
+            if stored is None or list(stored.get("item_ids", [])) != ids:
+                client.set_catalog(ids)
+        if node.get("events"):
+            import_events(client, str(node["events"]))
+        node_id = int(context.node_id)
+        if client.store.get_meta(NODE_ID_META) != node_id:
+            client.store.set_meta(NODE_ID_META, node_id)
+    except BaseException:
+        client.close()
+        raise
+    return client, signals
+
+
+def _stored_dp(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    from fedrec.client.storage import DeviceStore
+
+    with DeviceStore(path) as store:
+        value = store.get_meta("dp")
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def _device_fingerprint(client: FedRecClient, n_rows: int) -> str:
+    catalog = client.store.get_json("catalog")
+    ids = list(catalog["item_ids"]) if catalog else [str(i) for i in range(n_rows)]
+    return catalog_fingerprint(ids)
+
+
+def _refusal(msg: Message, reason: str, spent: float, needed: float) -> Message:
+    return Message(RecordDict({"refusal": ConfigRecord({
+        "reason": reason, "epsilon-spent": float(spent), "epsilon-needed": float(needed),
+    })}), reply_to=msg)
+
+
+# --------------------------------------------------------------------------- the ClientApp
+
+
+def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -> ClientApp:
+    """A ClientApp whose device is the SQLite-backed SDK client the factory opens."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from fedrec.client.device import Refusal
+
+        try:
+            client, signals = factory(context)
+        except PermissionError as exc:
+            return _refusal(msg, str(exc), 0.0, 0.0)
+        try:
+            global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+            config = msg.content["config"]
+            server_round = int(config["server-round"])  # type: ignore[index,arg-type]
+            expected = config.get(CATALOG_FINGERPRINT_KEY)  # type: ignore[union-attr]
+            n_rows = int(next(iter(global_state.values())).shape[0])
+            if expected and _device_fingerprint(client, n_rows) != str(expected):
+                spent = client.privacy_report().epsilon_spent
+                return _refusal(msg, "data: this device's catalog differs from the server's "
+                                     "(fingerprints differ); not training the wrong rows",
+                                spent, spent)
+            outcome = client.train_round(global_state, server_round, policy_signals=signals)
+            report = client.privacy_report()
+            if isinstance(outcome, Refusal):
+                log.info("round %d: refused: %s", server_round, outcome.reason)
+                return _refusal(msg, outcome.reason, outcome.epsilon_spent,
+                                outcome.epsilon_needed)
+            metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
+            metrics.update({k: float(v) for k, v in outcome.metrics.items()})
+            if report.dp_enabled:
+                metrics["epsilon"] = float(report.epsilon_spent)
+            log.info("round %d: trained; epsilon spent %.4g of %s", server_round,
+                     report.epsilon_spent, report.budget_epsilon)
+            return Message(RecordDict({
+                "arrays": numpy_to_arrays(outcome.delta),
+                "metrics": MetricRecord(metrics),
+            }), reply_to=msg)
+        finally:
+            client.close()
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        try:
+            client, _ = factory(context)
+        except PermissionError:
+            return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)
+        try:
+            global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+            server_round = msg.content["config"].get("server-round")  # type: ignore[union-attr]
+            n_rows = int(next(iter(global_state.values())).shape[0])
+            if client.n_items in (None, n_rows):
+                client.receive_model(global_state, server_round=(
+                    int(server_round) if server_round is not None else None))  # type: ignore[arg-type]
+        finally:
+            client.close()
+        return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)
+
+    return app
+
+
+#: For SuperNodes (``fedrec deploy-app`` writes the Flower App naming it).
+client_app = make_deployment_client_app()
