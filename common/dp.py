@@ -254,8 +254,10 @@ class _DPOptimizer(DPOptimizerFastGradientClipping):
 
 def _accumulate_clipped(model: MatrixFactorization, g: GatheredBatch,
                         grads: list[torch.Tensor], factor: torch.Tensor) -> None:
-    """Add the clipped per-example gradients into the tables' ``.grad`` (what a second
-    backward pass through the embedding lookups of :func:`gather` would add).
+    """Add the clipped per-example gradients into the tables' ``.grad``.
+
+    This is what a second backward pass through the embedding lookups of :func:`gather`
+    would add.
     """
     f = factor.unsqueeze(-1)
     user_grad = model.user_embedding.weight.grad
