@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
                          "most-popular (same split)": summary.get("most_popular") or {}},
                         ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20",
                          "recall@20"))
+    pop = (summary.get("most_popular") or {}).get("ndcg@10")
+    if pop is not None and "ndcg@10" in quality:
+        verdict = "beats" if quality["ndcg@10"] > pop else "does NOT beat"
+        console.print(f"the federated model {verdict} the most-popular list on NDCG@10 "
+                      f"({quality['ndcg@10']:.4f} vs {pop:.4f})")
     priv = summary["privacy"]
     if priv.get("mode") == "off":
         console.print("privacy: [bold red]off[/] — updates are not differentially private")
