@@ -84,6 +84,29 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     }
 
 
+def _finish(run_dir: RunDirectory, cfg: RunConfig, fed, rounds: list[dict[str, object]],
+            sigma: float, *, wall: float, **extra: object) -> dict[str, object]:
+    """Build, write and plot a run's summary (final quality beside most-popular, privacy)."""
+    from fedrec.simulations.baselines import most_popular
+    from fedrec.simulations.plots import plot_run
+
+    summary = {
+        "most_popular": most_popular(fed.split, ks=cfg.k_values),
+        "rounds": len(rounds),
+        "devices": fed.n_users,
+        "items": fed.n_items,
+        "quality": next((r["eval"] for r in reversed(rounds) if "eval" in r), {}),
+        "privacy": privacy_summary(run_dir.ledger_dir, cfg, sigma),
+        "wall_seconds": wall,
+        "refusals": int(sum(int(r.get("refused", 0)) for r in rounds)),
+        "dropped": int(sum(int(r.get("dropped", 0)) for r in rounds)),
+        **extra,
+    }
+    run_dir.write_json("summary.json", summary)
+    plot_run(run_dir.path)
+    return summary
+
+
 def simulate(
     cfg: RunConfig,
     *,
@@ -134,25 +157,8 @@ def simulate(
         raise RuntimeError(
             "the simulation ended without completing a round; see the log above for the "
             "error Flower reported")
-    wall = time.perf_counter() - t0
-    last_eval = next((r["eval"] for r in reversed(result.rounds) if "eval" in r), {})
-    from fedrec.simulations.baselines import most_popular
-
-    result.summary = {
-        "most_popular": most_popular(fed.split, ks=cfg.k_values),
-        "rounds": len(result.rounds),
-        "devices": fed.n_users,
-        "items": fed.n_items,
-        "quality": last_eval,
-        "privacy": privacy_summary(run_dir.ledger_dir, cfg, sigma),
-        "wall_seconds": wall,
-        "refusals": int(sum(int(r.get("refused", 0)) for r in result.rounds)),
-        "dropped": int(sum(int(r.get("dropped", 0)) for r in result.rounds)),
-    }
-    run_dir.write_json("summary.json", result.summary)
-    from fedrec.simulations.plots import plot_run
-
-    plot_run(run_dir.path)
+    result.summary = _finish(run_dir, cfg, fed, result.rounds, sigma,
+                             wall=time.perf_counter() - t0)
     return result
 
 
@@ -172,21 +178,6 @@ def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], Non
             on_round(r)
 
     res = run_plain(cfg, on_round=record, ledger_dir=run_dir.ledger_dir)
-    last_eval = next((r["eval"] for r in reversed(res.rounds) if "eval" in r), {})
-    from fedrec.simulations.baselines import most_popular
-
-    summary = {
-        "most_popular": most_popular(fed.split, ks=cfg.k_values),
-        "rounds": len(res.rounds), "devices": fed.n_users, "items": fed.n_items,
-        "quality": last_eval, "central_evaluation": res.final,
-        "privacy": privacy_summary(run_dir.ledger_dir, cfg, sigma),
-        "wall_seconds": res.seconds,
-        "refusals": int(sum(int(r.get("refused", 0)) for r in res.rounds)),
-        "dropped": int(sum(int(r.get("dropped", 0)) for r in res.rounds)),
-        "engine": "loop",
-    }
-    run_dir.write_json("summary.json", summary)
-    from fedrec.simulations.plots import plot_run
-
-    plot_run(run_dir.path)
+    summary = _finish(run_dir, cfg, fed, res.rounds, sigma, wall=res.seconds,
+                      central_evaluation=res.final, engine="loop")
     return summary, run_dir.path
