@@ -1,0 +1,25 @@
+import json
+
+from fedrec.cli import main
+
+
+def test_simulate_command_writes_a_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rc = main(["simulate", "--engine", "loop", "--rounds", "2", "--set", "synthetic-users=30",
+               "--set", "synthetic-items=40", "--set", "accountant=rdp",
+               "--run-dir", str(run_dir)])
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["privacy"]["epsilon_max"] <= 8.0
+    assert "most_popular" in summary
+    out = capsys.readouterr().out
+    assert "epsilon spent" in out and "most-popular" in out
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(capsys):
+    assert main(["simulate", "--set", "num-round=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown run-config key 'num-round'" in err and "Traceback" not in err
+    assert main(["simulate", "--dataset", "ml-100k"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["baselines", "--dataset", "ml-1m", "--data-dir", "/nonexistent"]) == 2
