@@ -39,7 +39,6 @@ __all__ = [
     "LocalConfig",
     "LocalResult",
     "make_accountant",
-    "epsilon_after",
     "epsilon_of_history",
     "train_local",
     "per_example_sq_norms",
@@ -188,36 +187,6 @@ def epsilon_of_history(kind: str, history, target_delta: float) -> float:
     if not key:
         return 0.0
     return _epsilon_cached(kind, key, float(target_delta))
-
-
-def _accountant_kind(accountant: IAccountant) -> str | None:
-    if type(accountant) is PRVAccountant:
-        return "prv"
-    if type(accountant) is RDPAccountant:
-        return "rdp"
-    return None
-
-
-def epsilon_after(
-    accountant: IAccountant,
-    *,
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
-    target_delta: float,
-) -> float:
-    """ε the accountant would report after ``steps`` more steps (the accountant is unchanged)."""
-    if noise_multiplier == 0:
-        return math.inf
-    history = [*accountant.history, (noise_multiplier, sample_rate, steps)]
-    kind = _accountant_kind(accountant)
-    if kind is not None:
-        return epsilon_of_history(kind, history, target_delta)
-    import copy
-
-    trial = copy.deepcopy(accountant)
-    trial.history = history
-    return float(trial.get_epsilon(delta=target_delta))
 
 
 def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.Tensor:

@@ -69,10 +69,6 @@ def make_apps(
     )
 
 
-def _flwr_run_catalog(cfg: RunConfig) -> tuple[int, list[str]]:
-    return catalog(cfg)
-
-
 #: For ``flwr run .``: configuration from the run config.
-server_app = make_server_app(_flwr_run_catalog, expected_nodes=device_count)
+server_app = make_server_app(catalog, expected_nodes=device_count)
 client_app = make_client_app(simulated_device_factory())
