@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "dispatch"]
 
 # subcommand name -> (module in fedrec.cli, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedrec`` console script; returns the exit status."""
-    parser = build_parser()
+    return dispatch(build_parser(), argv)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; bad input is one line, exit status 2."""
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

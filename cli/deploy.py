@@ -111,6 +111,17 @@ INSECURE_WARNING = """\
 # --------------------------------------------------------------------------- crypto material
 
 
+def _tls_flags(certs_dir: str | Path) -> list[str]:
+    """Flower's ``--ssl-*`` flags for the files ``fedrec certs DIR`` wrote (checked to exist)."""
+    d = Path(certs_dir).expanduser()
+    files = {"--ssl-ca-certfile": d / "ca.crt", "--ssl-certfile": d / "server.pem",
+             "--ssl-keyfile": d / "server.key"}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing {', '.join(missing)}: run `fedrec certs {d}`")
+    return [x for flag, path in files.items() for x in (flag, str(path))]
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write a secret file readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -390,14 +401,7 @@ def superlink_command(*, certs: str | Path | None, host: str = "127.0.0.1", port
     else:
         if certs is None:
             raise ValueError("--certs DIR (from `fedrec certs DIR`) is required; or --insecure")
-        d = Path(certs).expanduser()
-        files = {"--ssl-ca-certfile": d / "ca.crt", "--ssl-certfile": d / "server.pem",
-                 "--ssl-keyfile": d / "server.key"}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"missing {', '.join(missing)}: run `fedrec certs {d}`")
-        for flag, path in files.items():
-            cmd += [flag, str(path)]
+        cmd += _tls_flags(certs)
         cmd.append("--enable-supernode-auth")
     if database is not None:
         cmd += ["--database", str(database)]
@@ -459,14 +463,7 @@ def supernode_command(*, superlink: str, store: str | Path,
         cmd += ["--root-certificates", str(Path(root_certificates).expanduser()),
                 "--auth-supernode-private-key", str(Path(auth_key).expanduser())]
     if runtime_certs is not None:
-        d = Path(runtime_certs).expanduser()
-        files = {"--ssl-ca-certfile": d / "ca.crt", "--ssl-certfile": d / "server.pem",
-                 "--ssl-keyfile": d / "server.key"}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"missing {', '.join(missing)}: run `fedrec certs {d}`")
-        for flag, path in files.items():
-            cmd += [flag, str(path)]
+        cmd += _tls_flags(runtime_certs)
     if max_retries is not None:
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
@@ -818,15 +815,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (module, help_text) in _COMMANDS.items():
         if module == "deploy":
             register(sub, name, help_text)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fedrec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    from fedrec.cli import dispatch
+
+    return dispatch(parser, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

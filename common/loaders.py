@@ -1124,6 +1124,14 @@ def load_ml100k(
     )
 
 
+def _optional_metadata(root: Path, filename: str, reader: Callable[[Path], Any]) -> Any:
+    """Read an optional item-metadata file, or log that there is none and return ``None``."""
+    if (root / filename).is_file():
+        return reader(root / filename)
+    logger.info("%s: no %s; loading without item metadata", root, filename)
+    return None
+
+
 def load_ml1m(
     path: str | Path, *, duplicates: str = "keep-last", name: str = "ml-1m"
 ) -> Interactions:
@@ -1155,11 +1163,7 @@ def load_ml1m(
     users, items, weights, times = _ml_ratings(
         table, user="UserID", item="MovieID", rating="Rating", timestamp="Timestamp"
     )
-    catalog = None
-    if (root / "movies.dat").is_file():
-        catalog = _read_movies_dat(root / "movies.dat")
-    else:
-        logger.info("%s: no movies.dat; loading without item metadata", root)
+    catalog = _optional_metadata(root, "movies.dat", _read_movies_dat)
     return _assemble(
         name=name, path=data_path, table=table, user_ids=users, item_ids=items, weight=weights,
         timestamp=times, catalog=catalog, duplicates=duplicates,
@@ -1211,11 +1215,7 @@ def load_ml_latest(
     users, items, weights, times = _ml_ratings(
         table, user="user", item="item", rating="rating", timestamp="timestamp"
     )
-    catalog = None
-    if (root / "movies.csv").is_file():
-        catalog = _read_movies_csv(root / "movies.csv")
-    else:
-        logger.info("%s: no movies.csv; loading without item metadata", root)
+    catalog = _optional_metadata(root, "movies.csv", _read_movies_csv)
     return _assemble(
         name=name, path=data_path, table=table, user_ids=users, item_ids=items, weight=weights,
         timestamp=times, catalog=catalog, duplicates=duplicates,
