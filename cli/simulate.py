@@ -31,9 +31,15 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
     p.add_argument("--rounds", type=int, default=None, help="federated rounds")
     p.add_argument("--privacy", choices=PRIVACY_MODES, default=None,
-                   help="off, or local (each device adds its full DP noise; default)")
+                   help="off; local (example-level, each device adds its full DP noise; "
+                        "default); distributed (example-level, devices add noise shares and "
+                        "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
+                        "noise added by the server)")
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
+    p.add_argument("--population", type=int, default=None,
+                   help="devices in all (adds synthetic train-only devices resampled from the "
+                        "real users; evaluation stays on real users)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -58,7 +64,7 @@ def config_from_args(args: argparse.Namespace):
         flat[key.strip()] = value.strip()
     named = {"dataset": args.dataset, "data-dir": args.data_dir, "num-rounds": args.rounds,
              "privacy": args.privacy, "epsilon": args.epsilon, "delta": args.delta,
-             "run-dir": args.run_dir, "seed": args.seed}
+             "run-dir": args.run_dir, "seed": args.seed, "population": args.population}
     flat.update({k: v for k, v in named.items() if v is not None})
     return RunConfig.from_flat(flat)
 

@@ -8,7 +8,10 @@ simulation's factory serves one user of a dataset per SuperNode (:mod:`fedrec.si
 
 Messages (the wire contract with :mod:`fedrec.server.strategy`):
 
-* train request: ``arrays`` (the global item table), ``config`` (``server-round``);
+* train request: ``arrays`` (the global item table), ``config`` (``server-round``; with
+  distributed DP also ``noise-share``: the device then adds that share of the noise and its
+  reply only ever leaves inside Flower's SecAgg+, via
+  :func:`~fedrec.client.secure_aggregation.secure_aggregation_mod`, installed on every app);
 * train reply: ``arrays`` (the dense item-table delta) and ``metrics``
   (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``reason``,
   ``epsilon-spent``, ``epsilon-needed``);
@@ -24,6 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedrec.client.device import Device, Refusal
+from fedrec.client.secure_aggregation import is_secure_request, secure_aggregation_mod
 
 __all__ = ["make_client_app", "DeviceFactory", "arrays_to_numpy", "numpy_to_arrays"]
 
@@ -69,17 +73,31 @@ def _persist(device: Device, context: Context) -> None:
     })
 
 
-def make_client_app(device_factory: DeviceFactory) -> ClientApp:
-    """A ``ClientApp`` whose SuperNodes run the device the factory builds."""
-    app = ClientApp()
+def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) -> ClientApp:
+    """A ``ClientApp`` whose SuperNodes run the device the factory builds.
+
+    The app carries fedrec's SecAgg+ mod, which leaves ordinary messages untouched and runs
+    the secure-aggregation protocol around ``train`` messages of distributed-DP rounds.
+    ``mods`` run before it (outermost first), e.g. a simulation's dropout injection.
+    """
+    app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         device = device_factory(context)
         _restore(device, context)
         global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-        server_round = int(msg.content["config"]["server-round"])  # type: ignore[index]
-        outcome = device.train(global_state, server_round)
+        config = msg.content["config"]
+        server_round = int(config["server-round"])  # type: ignore[index]
+        share = config.get("noise-share")  # type: ignore[union-attr]
+        if share is not None and not is_secure_request(msg):
+            # a noise share is only safe inside a secure sum: never reply in the clear
+            content = RecordDict({"refusal": ConfigRecord({
+                "reason": "noise-share requested outside secure aggregation",
+                "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
+            return Message(content, reply_to=msg)
+        outcome = device.train(global_state, server_round,
+                               noise_share=float(share) if share is not None else None)
         _persist(device, context)  # accountant state saved even if the reply is lost
         if isinstance(outcome, Refusal):
             content = RecordDict({"refusal": ConfigRecord({

@@ -46,6 +46,7 @@ class PrivacyEvent:
     budget_epsilon: float
     claimed_epsilon: float
     accountant: str
+    purpose: str = "dp-sgd"
 
 
 @dataclass
@@ -145,9 +146,17 @@ class Device:
         )
 
     # --- the round -------------------------------------------------------------------------
-    def train(self, global_state: Mapping[str, np.ndarray], server_round: int
-              ) -> TrainReply | Refusal:
-        """Train one round from the server's item table; reply or refuse."""
+    def train(self, global_state: Mapping[str, np.ndarray], server_round: int, *,
+              noise_share: float | None = None) -> TrainReply | Refusal:
+        """Train one round from the server's item table; reply or refuse.
+
+        ``noise_share`` switches to distributed DP for this round (see
+        :func:`fedrec.common.dp.train_local`): the item update carries that share of the noise
+        and must only ever leave the device inside a secure sum of at least
+        ``1 / noise_share²`` devices. The ledger records the full noise multiplier the sum is
+        provisioned for (``purpose="distributed-dp-sgd"``); the server records the noise that
+        was actually present.
+        """
         if len(self.train_items) == 0:
             return Refusal("no training interactions on this device", 0.0, 0.0)
         if self.dp is not None:
@@ -164,6 +173,7 @@ class Device:
         result = train_local(
             self.model, self.train_items, local=self.local, dp=self.dp,
             accountant=self.accountant, generator=self._generator,
+            noise_share=noise_share if self.dp is not None else None,
         )
         self.rounds_trained += 1
         after = self.model.global_state()
@@ -176,6 +186,7 @@ class Device:
                 steps=result.steps, target_delta=self.dp.target_delta,
                 budget_epsilon=self.dp.budget_epsilon, claimed_epsilon=self.epsilon_spent(),
                 accountant=self.dp.accountant,
+                purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd",
             )
             if self.on_release is not None:
                 self.on_release(event)  # recorded before the update leaves

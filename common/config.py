@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.dp import DPConfig, LocalConfig
 
-__all__ = ["RunConfig", "PRIVACY_MODES", "SERVER_OPTIMIZERS"]
+__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS"]
 
-PRIVACY_MODES = ("off", "local", "user")
+PRIVACY_MODES = ("off", "local", "distributed", "user")
+#: Modes in which devices run example-level DP-SGD (and keep an accountant and a ledger).
+DEVICE_DP_MODES = ("local", "distributed")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
 
 
@@ -50,6 +52,10 @@ class RunConfig:
     synthetic_users: int = _doc("users of the synthetic dataset", default=500)
     synthetic_items: int = _doc("items of the synthetic dataset", default=400)
     split: str = _doc("temporal (DESIGN.md protocol) or random", default="temporal")
+    population: int = _doc(
+        "simulated devices in all: 0 = one per user; more adds synthetic train-only devices "
+        "resampled from the real users' training data (evaluation stays on the real users)",
+        default=0)
     seed: int = _doc("seed of everything random in a simulation", default=0)
     # rounds
     num_rounds: int = _doc("federated rounds", default=8)
@@ -81,6 +87,8 @@ class RunConfig:
     # privacy
     privacy: str = _doc(
         "off; local (example-level: each device adds its full DP-SGD noise, server untrusted); "
+        "distributed (example-level: each device adds a share of the noise, SecAgg+ shows the "
+        "server only the sum, which carries the full noise; server honest-but-curious); "
         "user (user-level DP-FedAvg: whole updates clipped, noise on the aggregate by a "
         "trusted server, Poisson device sampling)", default="local")
     epsilon: float = _doc("each device's example-level epsilon budget", default=8.0)
@@ -90,6 +98,16 @@ class RunConfig:
         default=0.0)
     max_grad_norm: float = _doc("per-example clipping norm", default=1.0)
     accountant: str = _doc("device accountant: prv or rdp", default="prv")
+    dropout_tolerance: float = _doc(
+        "distributed DP: fraction of a round's sampled devices that may drop out while the "
+        "secure sum still carries the full noise (each device adds 1/sqrt(survivors) of it)",
+        default=0.1)
+    simulated_dropout: float = _doc(
+        "simulations: probability that a sampled device goes offline mid-round (after SecAgg+ "
+        "key sharing), to study dropouts", default=0.0)
+    secagg_clipping_range: float = _doc(
+        "distributed DP: SecAgg+ clips each update coordinate to +-this before quantizing",
+        default=8.0)
     user_clip: float = _doc("user-level DP: L2 clipping norm of a device's whole update",
                             default=1.0)
     user_noise_multiplier: float = _doc(
@@ -118,6 +136,8 @@ class RunConfig:
             )
         if self.split not in ("temporal", "random"):
             raise ValueError(f"split must be temporal or random, got {self.split!r}")
+        if self.population < 0:
+            raise ValueError(f"population must be >= 0, got {self.population}")
         if self.num_rounds < 1:
             raise ValueError(f"num-rounds must be >= 1, got {self.num_rounds}")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
@@ -127,8 +147,17 @@ class RunConfig:
         if self.server_lr <= 0 or self.max_update_norm <= 0:
             raise ValueError("server-lr and max-update-norm must be positive")
         _ = self.k_values, self.local_config()  # validate
-        if self.privacy == "local":
+        if self.privacy in DEVICE_DP_MODES:
             self.dp_config(1.0)
+        if not 0 <= self.dropout_tolerance < 1:
+            raise ValueError(f"dropout-tolerance must lie in [0, 1), got {self.dropout_tolerance}")
+        if not 0 <= self.simulated_dropout < 1:
+            raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
+        if self.secagg_clipping_range <= 0:
+            raise ValueError("secagg-clipping-range must be positive")
+        if self.privacy == "distributed" and self.local_optimizer != "sgd":
+            raise ValueError("privacy distributed needs local-optimizer sgd (linear in the "
+                             "gradients, so the secure sum is a post-processing of DP sums)")
         if self.privacy == "user" and (self.user_clip <= 0 or self.user_noise_multiplier < 0):
             raise ValueError("user-clip must be positive and user-noise-multiplier >= 0")
         if self.privacy != "off" and not 0 < self.delta < 1:
@@ -159,6 +188,26 @@ class RunConfig:
         return calibrate_noise_multiplier(
             target_epsilon=self.epsilon, target_delta=self.delta,
             sample_rate=self.fraction_train, steps=self.num_rounds, accountant="prv")
+
+    def device_noise(self) -> float:
+        """Example-level noise multiplier of the devices (``local``/``distributed``).
+
+        As configured, or calibrated so that the planned participations
+        (:attr:`planned_participations` rounds of the local recipe's steps at its sampling rate)
+        spend exactly ``epsilon`` at ``delta`` with the devices' accountant. It depends only on
+        the configuration, never on any device's data. 0 when devices do not run DP-SGD.
+        """
+        if self.privacy not in DEVICE_DP_MODES:
+            return 0.0
+        if self.noise_multiplier > 0:
+            return self.noise_multiplier
+        from fedrec.common.dp import calibrate_noise_multiplier
+
+        local = self.local_config()
+        return calibrate_noise_multiplier(
+            target_epsilon=self.epsilon, target_delta=self.delta,
+            sample_rate=local.sample_rate, steps=local.steps * self.planned_participations,
+            accountant=self.accountant)
 
     @property
     def planned_participations(self) -> int:

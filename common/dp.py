@@ -210,8 +210,31 @@ class _DPOptimizer(DPOptimizerFastGradientClipping):
 
     Opacus stores ``p.summed_grad = copy.deepcopy(p.grad.data)`` on every step, which goes
     through Python's deepcopy machinery for each parameter; ``clone()`` makes the same copy.
-    Noise, scaling and the step are Opacus' own.
+    Noise, scaling and the step are Opacus' own, except that parameters listed in
+    ``noise_scale`` get that fraction of the noise std (distributed DP: the item tables carry a
+    share of the noise, the rest coming from the other devices in the secure sum).
     """
+
+    noise_scale: dict[int, float] | None = None
+
+    def add_noise(self) -> None:
+        if not self.noise_scale:
+            super().add_noise()
+            return
+        from opacus.optimizers.optimizer import (
+            _check_processed_flag,
+            _generate_noise,
+            _mark_as_processed,
+        )
+
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = _generate_noise(
+                std=self.noise_multiplier * self.max_grad_norm * self.noise_scale.get(id(p), 1.0),
+                reference=p.summed_grad, generator=self.generator, secure_mode=self.secure_mode,
+            )
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
 
     def accumulate(self) -> None:
         for p in self.params:
@@ -256,6 +279,7 @@ def train_local(
     dp: DPConfig | None,
     accountant: IAccountant | None = None,
     generator: torch.Generator | None = None,
+    noise_share: float | None = None,
 ) -> LocalResult:
     """Train ``model`` (one user, ``n_users == 1``) on the user's positive items, in place.
 
@@ -269,6 +293,16 @@ def train_local(
             recorded in it.
         generator: source of randomness for sampling and noise (a seeded one in simulations;
             ``None`` uses torch's default generator).
+        noise_share: distributed DP (needs ``dp``): the item tables get noise of std
+            ``noise_share · noise_multiplier · max_grad_norm`` per step instead of the full
+            std, and are **not** moved during local training: every step's gradient is taken
+            at the server's item table, and the item tables end at
+            ``initial - lr · Σ_steps noisy_grad``. The user embedding gets the full noise and
+            is updated every step. So the secure *sum* over ``k ≥ 1/noise_share²`` devices of
+            their item updates is a post-processing of per-step Gaussian releases with the full
+            noise, exactly as one centralized DP-SGD step per local step would be (see
+            :mod:`fedrec.server.distributed_dp`). Needs the plain ``"sgd"`` optimizer, which is
+            linear in the gradients.
 
     Returns:
         Steps taken, sampling rate, examples seen, mean loss.
@@ -285,10 +319,21 @@ def train_local(
     gen = generator if generator is not None else torch.Generator().manual_seed(
         int(torch.randint(0, 2**62, (1,)))
     )
+    if noise_share is not None:
+        if dp is None:
+            raise ValueError("noise_share (distributed DP) needs DP settings")
+        if not 0 < noise_share <= 1:
+            raise ValueError(f"noise_share must lie in (0, 1], got {noise_share}")
+        if local.optimizer != "sgd":
+            raise ValueError("distributed DP needs the linear 'sgd' local optimizer")
     n_neg = 1 if local.loss == "bpr" else local.n_negatives
     norm_size = local.batch_size_norm if local.batch_size_norm > 0 else max(1.0, q * n)
     base = _local_optimizer(model, local)
     params = [p for group in base.param_groups for p in group["params"]]
+    global_params = [p for p in model.global_parameters() if p.requires_grad]
+    if noise_share is not None:
+        base.param_groups[1]["lr"] = 0.0  # item tables stay at the server's values ...
+        summed = [torch.zeros_like(p) for p in global_params]  # ... their noisy grads add up
     optimizer: torch.optim.Optimizer = base
     if dp is not None:
         optimizer = _DPOptimizer(
@@ -300,6 +345,8 @@ def train_local(
             generator=gen,
             secure_mode=dp.secure_mode,
         )
+        if noise_share is not None:
+            optimizer.noise_scale = {id(p): float(noise_share) for p in global_params}
     sampler = UniformWithReplacementSampler(
         num_samples=n, sample_rate=q, generator=gen, steps=steps
     )
@@ -328,14 +375,22 @@ def train_local(
                 factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
                 _accumulate_clipped(model, g, list(grads), factor)
         optimizer.step()
+        if noise_share is not None:
+            for acc, p in zip(summed, global_params, strict=True):
+                acc.add_(p.grad)
         if dp is not None and accountant is not None:
             accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=q)
+    if noise_share is not None:
+        with torch.no_grad():
+            for acc, p in zip(summed, global_params, strict=True):
+                p.sub_(local.lr * acc)
     model.eval()
     return LocalResult(
         steps=steps, sample_rate=q, examples=seen, mean_loss=total_loss / max(1, seen)
     )
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_noise_multiplier(
     *,
     target_epsilon: float,
@@ -348,7 +403,7 @@ def calibrate_noise_multiplier(
 
     Uses Opacus' :func:`~opacus.accountants.utils.get_noise_multiplier` with the same
     accountant the device uses, so a device that trains exactly ``steps`` steps ends at (or
-    just under) its budget.
+    just under) its budget. Memoised (a pure function of its arguments).
     """
     from opacus.accountants.utils import get_noise_multiplier
 

@@ -24,6 +24,7 @@ from fedrec.server.aggregation import (
     validate_delta,
     weighted_mean,
 )
+from fedrec.server.distributed_dp import DistributedDP, RoundPlan
 from fedrec.server.user_dp import UserLevelDP, noisy_mean
 
 __all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state", "make_coordinator"]
@@ -84,14 +85,21 @@ def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
 
 def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None) -> Coordinator:
     """The coordinator a run's privacy mode calls for (weighting, user-level DP)."""
-    user_dp = None
+    user_dp = distributed = None
+    if cfg.privacy == "distributed":
+        local = cfg.local_config()
+        distributed = DistributedDP(
+            noise_multiplier=cfg.device_noise(), max_grad_norm=cfg.max_grad_norm,
+            sample_rate=local.sample_rate, steps=local.steps,
+            dropout_tolerance=cfg.dropout_tolerance, target_delta=cfg.delta,
+            budget_epsilon=cfg.epsilon, accountant=cfg.accountant, ledger_dir=ledger_dir)
     if cfg.privacy == "user":
         user_dp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=cfg.user_clip,
                               noise_multiplier=cfg.user_noise(), target_delta=cfg.delta,
                               budget_epsilon=cfg.epsilon, ledger_dir=ledger_dir)
     return Coordinator(cfg, initial_global_state(cfg, n_items),
                        weighting="examples" if cfg.privacy == "off" else "uniform",
-                       user_dp=user_dp)
+                       user_dp=user_dp, distributed=distributed)
 
 
 class Coordinator:
@@ -106,11 +114,13 @@ class Coordinator:
         rng: randomness of device sampling.
         user_dp: server-side user-level DP (DP-FedAvg); ``None`` for none. With it, devices
             are Poisson-sampled, each update is clipped, and the mean carries Gaussian noise.
+        distributed: distributed DP (devices add noise shares, the server sees only secure
+            sums: :meth:`aggregate_sum`); ``None`` for none.
     """
 
     def __init__(self, cfg: RunConfig, initial_state: Mapping[str, np.ndarray], *,
                  weighting: str = "examples", rng: np.random.Generator | None = None,
-                 user_dp: UserLevelDP | None = None):
+                 user_dp: UserLevelDP | None = None, distributed: DistributedDP | None = None):
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.cfg = cfg
@@ -122,6 +132,7 @@ class Coordinator:
         )
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.user_dp = user_dp
+        self.distributed = distributed
         self._pool_size = 0
         self._participations: dict[int, int] = {}
 
@@ -211,6 +222,55 @@ class Coordinator:
             server_round=server_round, sampled=len(replies), aggregated=len(good),
             refused=refused, dropped=len(reasons), drop_reasons=reasons, update_norm=norm,
             train_metrics=train_metrics,
+        )
+
+    def plan_round(self, sampled: int) -> RoundPlan:
+        """Distributed DP: the provisioning (noise share) of a round of ``sampled`` devices."""
+        if self.distributed is None:
+            raise RuntimeError("plan_round is for distributed DP runs")
+        return self.distributed.plan(sampled)
+
+    def aggregate_sum(self, server_round: int, plan: RoundPlan,
+                      total: Mapping[str, np.ndarray] | None, included: Sequence[int], *,
+                      refused: int = 0, drop_reasons: Sequence[str] = ()) -> RoundReport:
+        """Distributed DP: step with a secure sum of ``len(included)`` devices' updates.
+
+        The server never holds an individual update here, only ``total``. It checks the sum
+        (keys, shape, finite, norm at most ``len(included) · max-update-norm``), accounts the
+        round for every included device at the noise actually present (before the table
+        changes), then steps with the mean ``total / len(included)``.
+        """
+        if self.distributed is None:
+            raise RuntimeError("aggregate_sum is for distributed DP runs")
+        reasons = list(drop_reasons)
+        n = len(included)
+        norm = 0.0
+        if total is not None and n > 0:
+            why = validate_delta(dict(total), self.state,
+                                 max_norm=self.cfg.max_update_norm * n)
+            if why is not None:
+                reasons.append(f"secure sum rejected: {why}")
+                n = 0
+        if total is not None and n > 0:
+            sigma = self.distributed.record(server_round, plan, [str(i) for i in included])
+            if sigma < self.distributed.noise_multiplier:
+                log.warning("round %d: %d of %d devices summed (provisioned %d): the sum carried "
+                            "noise multiplier %.4g < %.4g, accounted as such", server_round, n,
+                            plan.sampled, plan.min_included, sigma,
+                            self.distributed.noise_multiplier)
+            mean = {k: (np.asarray(v, dtype=np.float64) / n).astype(np.float32)
+                    for k, v in total.items()}
+            norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
+            self.state = self.optimizer.step(self.state, mean)
+        for reason in reasons:
+            log.warning("round %d: %s", server_round, reason)
+        eps = [self.distributed.epsilon(str(i)) for i in included] if n > 0 else []
+        metrics = ({"epsilon_max": max(eps), "epsilon_median": float(np.median(eps))}
+                   if eps else {})
+        return RoundReport(
+            server_round=server_round, sampled=plan.sampled, aggregated=n, refused=refused,
+            dropped=plan.sampled - n - refused, drop_reasons=reasons, update_norm=norm,
+            train_metrics=metrics,
         )
 
     @staticmethod

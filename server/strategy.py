@@ -114,6 +114,59 @@ class ItemEmbeddingStrategy(Strategy):
         })
         return _to_arrays(self.coordinator.state), metrics
 
+    def secure_round(self, grid: Grid, server_round: int, arrays: ArrayRecord,
+                     config: ConfigRecord, *, timeout: float | None = None
+                     ) -> tuple[ArrayRecord, MetricRecord]:
+        """A distributed-DP training round: noise shares on devices, SecAgg+ sum on the server.
+
+        The sampled devices receive the item table and ``noise-share`` (``1/√k`` for the ``k``
+        devices the round is provisioned to sum); Flower's SecAgg+ protocol
+        (:func:`fedrec.server.secure_aggregation.secure_sum`) gives the server only the sum of
+        their updates and who is in it. Devices that decline (budget) count as refusals, others
+        that drop out as dropped; the coordinator accounts the noise that was actually present.
+        """
+        from fedrec.server.secure_aggregation import (
+            SecAggConfig,
+            SecureAggregationError,
+            secure_sum,
+        )
+
+        coord = self.coordinator
+        nodes = coord.sample(list(grid.get_node_ids()))
+        plan = coord.plan_round(max(1, len(nodes)))
+        config["server-round"] = server_round
+        config["noise-share"] = plan.noise_share
+        config["min-included"] = plan.min_included
+        content = RecordDict({"arrays": arrays, "config": config})
+        secagg = SecAggConfig(clipping_range=self.cfg.secagg_clipping_range,
+                              timeout=timeout if timeout is not None else None)
+        total, included, reasons, declined = None, [], [], 0
+        clip_note: dict[str, float] = {}
+        try:
+            res = secure_sum(grid, nodes, content, config=secagg, group_id=str(server_round),
+                             shapes={k: tuple(v.shape) for k, v in coord.state.items()})
+            total, included = res.total, list(res.included)
+            declined = len(res.declined)
+            reasons = [f"node {n}: {why}" for n, why in sorted(res.drop_reasons.items())
+                       if n not in set(res.declined)]
+            clip_note = {"secagg_error_bound": float(res.error_bound),
+                         "secagg_clipped_values": float(res.clipped_values)}
+            if res.clipping_nodes:
+                log.warning("round %d: %d devices hit the SecAgg+ clipping range %g",
+                            server_round, res.clipping_nodes, secagg.clipping_range)
+        except (SecureAggregationError, ValueError) as exc:
+            reasons = [f"secure aggregation failed: {exc}"]
+        report = coord.aggregate_sum(server_round, plan, total, included, refused=declined,
+                                     drop_reasons=reasons)
+        report.train_metrics.update(clip_note)
+        self.last_report = report
+        metrics = MetricRecord({
+            "aggregated": report.aggregated, "refused": report.refused,
+            "dropped": report.dropped, "update-norm": report.update_norm,
+            **{k.replace("_", "-"): v for k, v in report.train_metrics.items()},
+        })
+        return _to_arrays(coord.state), metrics
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Evaluation requests (every ``eval-every`` rounds and the last)."""
@@ -163,11 +216,16 @@ class ItemEmbeddingStrategy(Strategy):
         self.wait_for_nodes(grid)
         for rnd in range(1, num_rounds + 1):
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid),
-                timeout=timeout,
-            )
-            new_arrays, train_metrics = self.aggregate_train(rnd, replies)
+            if self.coordinator.distributed is not None:
+                new_arrays, train_metrics = self.secure_round(
+                    grid, rnd, arrays, ConfigRecord(dict(train_config or {})), timeout=timeout)
+            else:
+                replies = grid.send_and_receive(
+                    self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})),
+                                         grid),
+                    timeout=timeout,
+                )
+                new_arrays, train_metrics = self.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
             if train_metrics is not None:

@@ -55,6 +55,40 @@ def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Conte
     return factory
 
 
+def simulated_dropout_mod(config: RunConfig | None = None):
+    """A client mod that takes a device offline mid-round with probability ``simulated-dropout``.
+
+    In a distributed-DP (SecAgg+) round the device fails at the collect-masked-vectors stage,
+    after key sharing, as a phone that loses its connection would: its update never reaches
+    the sum and SecAgg+ removes its masks. The coin is a hash of the run's seed, the device
+    and the round, so a run is reproducible. Other messages pass through.
+    """
+    import hashlib
+
+    from flwr.app import Message
+    from flwr.common.secure_aggregation.secaggplus_constants import (
+        RECORD_KEY_CONFIGS,
+        Key,
+        Stage,
+    )
+
+    def mod(msg: Message, context: Context, call_next):
+        cfg = config if config is not None else RunConfig.from_flat(
+            {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+        p = cfg.simulated_dropout
+        if p > 0 and msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+            stage = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
+            if stage == Stage.COLLECT_MASKED_VECTORS:
+                rnd = msg.content.config_records.get("config", {}).get("server-round", 0)
+                part = context.node_config.get("partition-id", context.node_id)
+                coin = hashlib.sha256(f"{cfg.seed}/{part}/{rnd}".encode()).digest()
+                if int.from_bytes(coin[:8], "little") / 2**64 < p:
+                    raise RuntimeError(f"simulated dropout of device {part} in round {rnd}")
+        return call_next(msg, context)
+
+    return mod
+
+
 def make_apps(
     config: RunConfig,
     *,
@@ -65,10 +99,11 @@ def make_apps(
     return (
         make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
                         expected_nodes=device_count),
-        make_client_app(simulated_device_factory(config)),
+        make_client_app(simulated_device_factory(config),
+                        mods=[simulated_dropout_mod(config)]),
     )
 
 
 #: For ``flwr run .``: configuration from the run config.
 server_app = make_server_app(catalog, expected_nodes=device_count)
-client_app = make_client_app(simulated_device_factory())
+client_app = make_client_app(simulated_device_factory(), mods=[simulated_dropout_mod()])

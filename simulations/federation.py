@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.client.device import Device
-from fedrec.common.config import RunConfig
-from fedrec.common.dp import calibrate_noise_multiplier
+from fedrec.common.config import DEVICE_DP_MODES, RunConfig
 from fedrec.common.schema import Interactions
 from fedrec.common.splits import Split, random_split, temporal_split
 
@@ -33,7 +32,12 @@ class FederatedDataset:
 
     @property
     def n_users(self) -> int:
-        """Number of devices (one per user)."""
+        """Number of devices (one per user; synthetic devices included)."""
+        return len(self.train_items)
+
+    @property
+    def n_real_users(self) -> int:
+        """Number of real users (the first ``n_real_users`` devices; the rest are synthetic)."""
         return self.data.n_users
 
     @property
@@ -55,44 +59,32 @@ def _load(cfg: RunConfig) -> Interactions:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(dataset: str, data_dir: str, users: int, items: int, seed: int, split: str
-            ) -> FederatedDataset:
+def _cached(dataset: str, data_dir: str, users: int, items: int, seed: int, split: str,
+            population: int = 0) -> FederatedDataset:
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, synthetic_users=users,
                     synthetic_items=items, seed=seed, split=split)
     data = _load(cfg)
     sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
-    return FederatedDataset(data, sp, sp.train.user_items(), sp.test.user_items())
+    train, test = sp.train.user_items(), sp.test.user_items()
+    if population > len(train):
+        from fedrec.simulations.population import augment
+
+        extra = augment(train, data.n_items, population, seed=seed)
+        train = train + extra
+        test = test + [np.zeros(0, dtype=np.int64)] * len(extra)
+    return FederatedDataset(data, sp, train, test)
 
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
     """The dataset of a run, split per user (cached per process)."""
     return _cached(cfg.dataset, str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else "",
-                   cfg.synthetic_users, cfg.synthetic_items, cfg.seed, cfg.split)
-
-
-@functools.lru_cache(maxsize=16)
-def _calibrated(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    return calibrate_noise_multiplier(
-        target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
-        accountant=accountant,
-    )
+                   cfg.synthetic_users, cfg.synthetic_items, cfg.seed, cfg.split,
+                   cfg.population)
 
 
 def resolve_noise_multiplier(cfg: RunConfig) -> float:
-    """The run's noise multiplier: as configured, or calibrated to the budget.
-
-    Calibration spends the whole budget over the planned participations
-    (:attr:`RunConfig.planned_participations` rounds of :attr:`LocalConfig.steps` steps at
-    the configured sampling rate). It depends only on the configuration, never on any
-    device's data.
-    """
-    if cfg.privacy == "off":
-        return 0.0
-    if cfg.noise_multiplier > 0:
-        return cfg.noise_multiplier
-    local = cfg.local_config()
-    return _calibrated(cfg.epsilon, cfg.delta, local.sample_rate,
-                       local.steps * cfg.planned_participations, cfg.accountant)
+    """The run's device noise multiplier (:meth:`RunConfig.device_noise`)."""
+    return cfg.device_noise()
 
 
 def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
@@ -100,7 +92,8 @@ def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir:
     """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``)."""
     if not 0 <= user < fed.n_users:
         raise ValueError(f"partition {user} does not exist: the dataset has {fed.n_users} users")
-    dp = cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy == "local" else None
+    dp = (cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy in DEVICE_DP_MODES
+          else None)
     device_id = f"device-{user:06d}"
     on_release = None
     if dp is not None and ledger_dir is not None:

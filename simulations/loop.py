@@ -20,6 +20,8 @@ from fedrec.simulations.federation import federated_dataset, make_device
 
 __all__ = ["PlainResult", "run_plain", "central_evaluation"]
 
+_KEEP_DEVICES = 5000
+
 
 @dataclass
 class PlainResult:
@@ -56,46 +58,87 @@ def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
     return evaluate(lambda rows: scores[rows], _inter("train_items"), _inter("test_items"), ks=ks)
 
 
+def _secure_sum_in_clear(coord, rnd: int, plan, replies: list[Reply],
+                         rng: np.random.Generator | None, dropout: float):
+    """What SecAgg+ computes, as a plain sum (the loop is a reference, not a deployment)."""
+    ok = [r for r in replies if r.delta is not None]
+    if rng is not None:
+        ok = [r for r in ok if rng.random() >= dropout]
+    total = None
+    if ok:
+        total = {k: np.sum([r.delta[k] for r in ok], axis=0, dtype=np.float64).astype(np.float32)  # type: ignore[index]
+                 for k in ok[0].delta}  # type: ignore[union-attr]
+    return coord.aggregate_sum(rnd, plan, total, [r.node for r in ok],
+                               refused=sum(r.refusal is not None for r in replies))
+
+
 def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
-              ledger_dir=None) -> PlainResult:
-    """Run ``cfg`` with devices called in a loop; returns reports per round."""
+              ledger_dir=None, dropout: float = 0.0) -> PlainResult:
+    """Run ``cfg`` with devices called in a loop; returns reports per round.
+
+    ``dropout`` (distributed DP only) drops each device's update from the sum with that
+    probability, as if it had gone offline mid-round.
+    """
     t0 = time.perf_counter()
     fed = federated_dataset(cfg)
     coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir)
     devices: dict[int, Device] = {}
+    # Large populations keep only each device's own state (user embedding, accountant, RNG)
+    # and rebuild the device per use, as a Flower ClientApp does: a Device holds a copy of
+    # the item table, and 20,000 of them would not fit in memory.
+    keep_devices = fed.n_users <= _KEEP_DEVICES
+    states: dict[int, dict[str, object]] = {}
 
     def device(u: int) -> Device:
-        if u not in devices:
-            devices[u] = make_device(fed, u, cfg, ledger_dir=ledger_dir)
-        return devices[u]
+        if u in devices:
+            return devices[u]
+        dev = make_device(fed, u, cfg, ledger_dir=ledger_dir)
+        if keep_devices:
+            devices[u] = dev
+        elif u in states:
+            dev.load_state_dict(states[u])
+        return dev
+
+    def done(u: int, dev: Device) -> None:
+        if not keep_devices:
+            states[u] = dev.state_dict()
 
     result = PlainResult()
     nodes = list(range(fed.n_users))
+    drop_rng = np.random.default_rng([cfg.seed, 7])
     for rnd in range(1, cfg.num_rounds + 1):
         t_round = time.perf_counter()
         replies = []
-        for u in coord.sample(nodes):
-            out = device(u).train(coord.state, rnd)
+        sampled = coord.sample(nodes)
+        plan = coord.plan_round(len(sampled)) if cfg.privacy == "distributed" else None
+        for u in sampled:
+            dev = device(u)
+            out = dev.train(coord.state, rnd,
+                            noise_share=plan.noise_share if plan is not None else None)
+            done(u, dev)
             if isinstance(out, Refusal):
                 replies.append(Reply(node=u, refusal=out.reason))
             else:
                 metrics = dict(out.metrics)
-                if cfg.privacy == "local":
-                    metrics["epsilon"] = device(u).epsilon_spent()
+                if cfg.privacy in ("local", "distributed"):
+                    metrics["epsilon"] = dev.epsilon_spent()
                 replies.append(Reply(node=u, delta=out.delta, num_examples=out.num_examples,
                                      metrics=metrics))
-        report = coord.aggregate(rnd, replies).to_dict()
+        if plan is not None:  # the secure sum, computed in the clear (same arithmetic)
+            report = _secure_sum_in_clear(coord, rnd, plan, replies,
+                                          drop_rng if dropout > 0 else None, dropout).to_dict()
+        else:
+            report = coord.aggregate(rnd, replies).to_dict()
         result.train_seconds += time.perf_counter() - t_round
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
             sums = [device(u).evaluate(coord.state, cfg.k_values)
-                    for u in coord.sample_evaluation(nodes)]
+                    for u in coord.sample_evaluation(range(fed.n_real_users))]
             report["eval"] = coord.combine_evaluation([s for s in sums if s])
         report["seconds"] = time.perf_counter() - t_round
         result.rounds.append(report)
         if on_round is not None:
             on_round(report)
-    for u in nodes:
-        device(u)
-    result.final = central_evaluation(devices, coord.state, cfg.k_values)
+    evaluated = {u: device(u) for u in range(fed.n_real_users)}  # real users only
+    result.final = central_evaluation(evaluated, coord.state, cfg.k_values)
     result.seconds = time.perf_counter() - t0
     return result

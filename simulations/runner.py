@@ -62,18 +62,36 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
             "epsilon_max": eps_user,
             "epsilon_median": eps_user,
         }
-    eps = []
-    for path in sorted(Path(ledger_dir).glob("*.jsonl")):
-        lines = path.read_text().splitlines()
-        if lines:
-            eps.append(float(json.loads(lines[-1])["claimed_epsilon"]))
+    def last_claims(folder: Path) -> list[float]:
+        eps = []
+        for path in sorted(folder.glob("*.jsonl")):
+            lines = path.read_text().splitlines()
+            if lines:
+                eps.append(float(json.loads(lines[-1])["claimed_epsilon"]))
+        return eps
+
+    extra: dict[str, object] = {}
+    if cfg.privacy == "distributed":
+        # what counts is the noise actually present in each secure sum (server-side ledgers);
+        # the devices' own ledgers hold the noise they provisioned for
+        eps = last_claims(Path(ledger_dir) / "secure-sum")
+        provisioned = last_claims(Path(ledger_dir))
+        trust = ("honest-but-curious server: SecAgg+ shows it only the sum of a round's "
+                 "updates, which carries the full noise; devices add 1/sqrt(k) of it each "
+                 f"(provisioned for {cfg.dropout_tolerance:.0%} dropouts)")
+        extra = {"epsilon_max_provisioned": max(provisioned) if provisioned else 0.0,
+                 "dropout_tolerance": cfg.dropout_tolerance,
+                 "ledgers": "ledgers/secure-sum (noise present), ledgers/ (device claims)"}
+    else:
+        eps = last_claims(Path(ledger_dir))
+        trust = "none: each device adds its full noise; the server sees every update"
     return {
         "mode": cfg.privacy,
         "unit": "example (one interaction)",
         "relation": "add/remove",
         "delta": cfg.delta,
         "accountant": cfg.accountant,
-        "trust": "none: each device adds its full noise; the server sees every update",
+        "trust": trust,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": cfg.max_grad_norm,
         "sample_rate": cfg.sample_rate,
@@ -81,6 +99,7 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
         "devices_with_releases": len(eps),
         "epsilon_max": max(eps) if eps else 0.0,
         "epsilon_median": float(np.median(eps)) if eps else 0.0,
+        **extra,
     }
 
 

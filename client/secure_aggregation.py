@@ -1,0 +1,209 @@
+"""The device's side of fedrec's secure aggregation: Flower's SecAgg+ ``secaggplus_mod``.
+
+A ClientApp takes part in :func:`fedrec.server.secure_aggregation.secure_sum` by adding one
+mod::
+
+    app = ClientApp(mods=[secure_aggregation_mod])
+
+    @app.train()
+    def train(msg, context):
+        ...
+        return Message(RecordDict({"arrays": ArrayRecord(...)}), reply_to=msg)
+
+:func:`secure_aggregation_mod` runs Flower's own ``secaggplus_mod`` (key agreement, secret
+sharing, masking: no cryptography of fedrec's) for ``train`` messages that carry SecAgg+
+instructions and passes every other message through untouched. The ``train`` handler is
+called once per secure round, at the collect-masked-vectors stage, with the server's content
+(plus the protocol's ``secaggplus_configs`` record) and replies as usual; the mod turns the
+reply into the legacy ``FitRes`` layout that ``secaggplus_mod`` masks
+(:func:`secure_train_reply`):
+
+* the arrays of the ``arrays`` record (or of the only ``ArrayRecord``), as float64 in their
+  order, plus two values on the clipping of this update (whether any value exceeded the
+  clipping range, and the fraction that did), scaled into the clipping range so they are
+  summed securely with the rest;
+* ``num_examples = 1`` (the server wants the plain sum; see the server module);
+* the names and shapes of the arrays in the clear (``fedrec.secagg.layout``).
+
+Nothing else of the reply leaves the device: ``secaggplus_mod`` empties the array records,
+and the mod drops the reply's other records (metrics would be per-device values in the
+clear; sum such numbers as arrays instead).
+
+Declining: a device that will not train (privacy budget spent) replies with
+:func:`decline_reply` (or with fedrec's usual ``refusal`` record); the mod then answers the
+server with an error reply whose reason starts with :data:`DECLINED_PREFIX`, after key
+sharing, so SecAgg+ treats the device as a dropout, removes its masks from the others' and the
+round completes without it. The reply is an error *message*, not an exception, so the node's
+context (e.g. the accountant state the handler saved) is kept. Exceptions of the handler
+propagate (Flower turns them into error replies too; the node is dropped the same way).
+
+Flower's bare ``secaggplus_mod`` (re-exported) also works with a handler that returns
+:func:`secure_train_reply`, but not with declines: it reads the content of the handler's
+error reply and raises, so the server sees a generic error rather than a decline and, in
+deployment, the node's context changes of that message are lost. Prefer
+:func:`secure_aggregation_mod`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import cast
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+)
+from flwr.compat.common import recorddict_compat as compat
+
+__all__ = [
+    "secure_aggregation_mod",
+    "secaggplus_mod",
+    "secure_train_reply",
+    "decline_reply",
+    "is_secure_request",
+    "LAYOUT_KEY",
+    "DECLINED_PREFIX",
+]
+
+#: Wire contract with :mod:`fedrec.server.secure_aggregation` (same values there).
+LAYOUT_KEY = "fedrec.secagg.layout"
+#: Prefix of the error reason of a device that declined to train.
+DECLINED_PREFIX = "fedrec.secagg.declined: "
+#: The record of a handler's reply that holds the update.
+ARRAYS_KEY = "arrays"
+_FITRES_PARAMETERS = "fitres.parameters"
+
+
+def is_secure_request(msg: Message) -> bool:
+    """Whether ``msg`` is a ``train`` message of a SecAgg+ round (any stage)."""
+    return (msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
+            and RECORD_KEY_CONFIGS in msg.content.config_records)
+
+
+def _clipping_range(context: Context) -> float:
+    state = context.state.config_records.get(RECORD_KEY_STATE)
+    if state is None or "clipping_range" not in state:
+        raise ValueError("no SecAgg+ session on this node: the ClientApp needs "
+                         "secure_aggregation_mod (or secaggplus_mod)")
+    return float(cast(float, state["clipping_range"]))
+
+
+def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
+                       context: Context) -> Message:
+    """The reply to a SecAgg+ ``train`` request, in the layout ``secaggplus_mod`` masks.
+
+    Args:
+        msg: the ``train`` request (collect-masked-vectors stage of a SecAgg+ round).
+        arrays: the update, named arrays of finite numbers (their order is the wire order).
+        context: the node's context (holds the SecAgg+ session and its clipping range).
+
+    Returns:
+        A reply whose content is a legacy ``FitRes`` (``num_examples = 1``, the layout in its
+        metrics); ``secaggplus_mod`` replaces the arrays by the masked vector.
+
+    Raises:
+        ValueError: ``msg`` is not a SecAgg+ request, there is no SecAgg+ session, or the
+            update is empty or not finite.
+    """
+    if not is_secure_request(msg):
+        raise ValueError("not a SecAgg+ train request; reply with a plain Message instead")
+    c = _clipping_range(context)
+    if not arrays:
+        raise ValueError("the update has no arrays")
+    names, values = [], []
+    for name, array in arrays.items():
+        value = np.asarray(array, dtype=np.float64)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"array {name!r} has non-finite values")
+        names.append([str(name), list(value.shape)])
+        values.append(np.ascontiguousarray(value))
+    size = sum(v.size for v in values)
+    clipped = sum(int(np.count_nonzero(np.abs(v) > c)) for v in values)
+    stats = np.array([c if clipped else 0.0, c * clipped / size if size else 0.0])
+    fitres = FitRes(
+        status=Status(code=Code.OK, message="OK"),
+        parameters=ndarrays_to_parameters([*values, stats]),
+        num_examples=1,
+        metrics={LAYOUT_KEY: json.dumps(names)},
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def decline_reply(msg: Message, reason: str) -> Message:
+    """An error reply saying that this device declines to train (counted as a dropout).
+
+    Args:
+        msg: the ``train`` request.
+        reason: why (e.g. ``"privacy budget spent"``); the server sees it.
+    """
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                         reason=DECLINED_PREFIX + reason), reply_to=msg)
+
+
+class _Declined(Exception):
+    """The handler declined; carries the error to send instead of a masked vector."""
+
+    def __init__(self, error: Error):
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _to_secure_reply(call_next: ClientAppCallable) -> ClientAppCallable:
+    """Wrap the handler: its Message-API reply becomes the legacy layout to mask."""
+
+    def handler(msg: Message, context: Context) -> Message:
+        reply = call_next(msg, context)
+        if reply.has_error():
+            raise _Declined(reply.error)
+        content = reply.content
+        if _FITRES_PARAMETERS in content.array_records:
+            return reply  # already formatted by secure_train_reply
+        if "refusal" in content.config_records:
+            reason = str(content.config_records["refusal"].get("reason", "refused"))
+            raise _Declined(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                  reason=DECLINED_PREFIX + reason))
+        records = content.array_records
+        if ARRAYS_KEY in records:
+            record = records[ARRAYS_KEY]
+        elif len(records) == 1:
+            record = next(iter(records.values()))
+        else:
+            raise ValueError(f"the train reply must hold its update in the ArrayRecord "
+                             f"{ARRAYS_KEY!r}; it has {sorted(records)}")
+        return secure_train_reply(msg, _numpy(record), context)
+
+    return handler
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def secure_aggregation_mod(msg: Message, context: Context,
+                           call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: take part in SecAgg+ rounds; other messages pass through.
+
+    For a SecAgg+ ``train`` message this runs Flower's ``secaggplus_mod``; at the
+    collect-masked-vectors stage it calls the handler and converts its reply (see the module
+    docstring). A declining handler yields an error reply marked with
+    :data:`DECLINED_PREFIX`, and this node's SecAgg+ session is discarded.
+
+    Args:
+        msg: the incoming message.
+        context: the node's context.
+        call_next: the next mod or the handler.
+    """
+    if not is_secure_request(msg):
+        return call_next(msg, context)
+    try:
+        return secaggplus_mod(msg, context, _to_secure_reply(call_next))
+    except _Declined as declined:
+        context.state.config_records.pop(RECORD_KEY_STATE, None)
+        return Message(declined.error, reply_to=msg)
