@@ -102,6 +102,11 @@ class RunConfig:
         "distributed DP: fraction of a round's sampled devices that may drop out while the "
         "secure sum still carries the full noise (each device adds 1/sqrt(survivors) of it)",
         default=0.1)
+    dropout_policy: str = _doc(
+        "distributed DP, when more devices drop out than provisioned: abort (never unmask a "
+        "sum with less than the full noise; the round is skipped) or account (use the sum and "
+        "account the smaller noise actually present, which may exceed the budget)",
+        default="abort")
     simulated_dropout: float = _doc(
         "simulations: probability that a sampled device goes offline mid-round (after SecAgg+ "
         "key sharing), to study dropouts", default=0.0)
@@ -151,6 +156,9 @@ class RunConfig:
             self.dp_config(1.0)
         if not 0 <= self.dropout_tolerance < 1:
             raise ValueError(f"dropout-tolerance must lie in [0, 1), got {self.dropout_tolerance}")
+        if self.dropout_policy not in ("abort", "account"):
+            raise ValueError(
+                f"dropout-policy must be abort or account, got {self.dropout_policy!r}")
         if not 0 <= self.simulated_dropout < 1:
             raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
         if self.secagg_clipping_range <= 0:

@@ -151,6 +151,13 @@ class Coordinator:
             return []
         if self.user_dp is not None:  # Poisson: the sampling the accountant assumes
             return self.user_dp.sample(pool, self.rng)
+        if self.distributed is not None:
+            # a device past its planned participations would decline (budget) and take its
+            # noise share out of the sum: do not ask it (the plan is data-independent)
+            cap = self.cfg.planned_participations
+            pool = [n for n in pool if self._participations.get(n, 0) < cap]
+            if not pool:
+                return []
         want = max(1, math.ceil(self.cfg.fraction_train * len(pool) - 1e-9))
         # least-used first, random among equals (positions, not ids: ids may exceed int64)
         ties = self.rng.permutation(len(pool))
@@ -251,6 +258,11 @@ class Coordinator:
             if why is not None:
                 reasons.append(f"secure sum rejected: {why}")
                 n = 0
+        if (total is not None and 0 < n < plan.min_included
+                and self.cfg.dropout_policy == "abort"):
+            reasons.append(f"secure sum not used: {n} devices summed, fewer than the "
+                           f"{plan.min_included} provisioned for the full noise")
+            n = 0
         if total is not None and n > 0:
             sigma = self.distributed.record(server_round, plan, [str(i) for i in included])
             if sigma < self.distributed.noise_multiplier:

@@ -560,6 +560,7 @@ def secure_sum(
     config: SecAggConfig | None = None,
     group_id: str | int,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    min_included: int | None = None,
 ) -> SecureSumResult:
     """Securely sum the updates of ``nodes``: the server learns only the sum and who is in it.
 
@@ -578,6 +579,9 @@ def secure_sum(
         group_id: the message group of this round (e.g. the server round).
         shapes: the expected names and shapes of the devices' arrays; replies that differ are
             dropped. Without it, the layout most devices agree on is used.
+        min_included: abort *before the unmask stage* (so the server never learns the sum)
+            when fewer masked vectors than this were collected; e.g. distributed DP, whose
+            sum carries the full noise only with enough noise shares in it.
 
     Returns:
         The dequantized float32 sum and the included / dropped nodes.
@@ -635,6 +639,10 @@ def secure_sum(
     if not workflow.collect_masked_vectors_stage(proxy, context, state):
         raise fail(Stage.COLLECT_MASKED_VECTORS, "too few masked vectors")
     included = sorted(state.active_node_ids)
+    if min_included is not None and len(included) < min_included:
+        raise fail(Stage.COLLECT_MASKED_VECTORS,
+                   f"{len(included)} masked vectors, fewer than the {min_included} required; "
+                   "not unmasking")
     if not workflow.unmask_stage(proxy, context, state) or strategy.results is None:
         raise fail(Stage.UNMASK, "too few key shares to remove the masks")
 

@@ -133,7 +133,11 @@ class ItemEmbeddingStrategy(Strategy):
 
         coord = self.coordinator
         nodes = coord.sample(list(grid.get_node_ids()))
-        plan = coord.plan_round(max(1, len(nodes)))
+        if not nodes:
+            self.last_report = RoundReport(server_round, 0, 0, 0, 0, ["no device left to ask"],
+                                           0.0, {})
+            return _to_arrays(coord.state), MetricRecord({"aggregated": 0})
+        plan = coord.plan_round(len(nodes))
         config["server-round"] = server_round
         config["noise-share"] = plan.noise_share
         config["min-included"] = plan.min_included
@@ -143,8 +147,10 @@ class ItemEmbeddingStrategy(Strategy):
         total, included, reasons, declined = None, [], [], 0
         clip_note: dict[str, float] = {}
         try:
-            res = secure_sum(grid, nodes, content, config=secagg, group_id=str(server_round),
-                             shapes={k: tuple(v.shape) for k, v in coord.state.items()})
+            res = secure_sum(
+                grid, nodes, content, config=secagg, group_id=str(server_round),
+                shapes={k: tuple(v.shape) for k, v in coord.state.items()},
+                min_included=plan.min_included if self.cfg.dropout_policy == "abort" else None)
             total, included = res.total, list(res.included)
             declined = len(res.declined)
             reasons = [f"node {n}: {why}" for n, why in sorted(res.drop_reasons.items())

@@ -110,7 +110,8 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         t_round = time.perf_counter()
         replies = []
         sampled = coord.sample(nodes)
-        plan = coord.plan_round(len(sampled)) if cfg.privacy == "distributed" else None
+        plan = (coord.plan_round(len(sampled)) if cfg.privacy == "distributed" and sampled
+                else None)
         for u in sampled:
             dev = device(u)
             out = dev.train(coord.state, rnd,

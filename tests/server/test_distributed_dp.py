@@ -136,7 +136,8 @@ def test_accounting_matches_dp_accounting_with_the_noise_present(tmp_path):
 
 def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
     cfg = RunConfig(privacy="distributed", dim=2, num_rounds=2, fraction_train=0.5,
-                    server_lr=1.0, noise_multiplier=1.0, dropout_tolerance=0.2)
+                    server_lr=1.0, noise_multiplier=1.0, dropout_tolerance=0.2,
+                    dropout_policy="account")
     coord = make_coordinator(cfg, 4, ledger_dir=tmp_path)
     before = {k: v.copy() for k, v in coord.state.items()}
     plan = coord.plan_round(5)
@@ -157,18 +158,39 @@ def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
     assert len(coord.distributed.histories["1"]) == 1
 
 
-def test_loop_run_with_dropouts_accounts_less_noise(tmp_path):
+@pytest.mark.parametrize("policy", ["account", "abort"])
+def test_loop_run_with_more_dropouts_than_provisioned(tmp_path, policy):
     from fedrec.simulations.loop import run_plain
     from fedrec.simulations.runner import privacy_summary
 
     cfg = RunConfig(dataset="synthetic", synthetic_users=30, synthetic_items=40, dim=4,
                     num_rounds=2, fraction_train=0.5, privacy="distributed", epsilon=5.0,
-                    local_epochs=1, sample_rate=0.5, dropout_tolerance=0.1, eval_every=2)
+                    local_epochs=1, sample_rate=0.5, dropout_tolerance=0.1, eval_every=2,
+                    dropout_policy=policy)
     res = run_plain(cfg, ledger_dir=tmp_path, dropout=0.5)
-    assert all(r["aggregated"] < r["sampled"] for r in res.rounds)
     assert "ndcg@10" in res.rounds[-1]["eval"]
     summary = privacy_summary(tmp_path, cfg, cfg.device_noise())
-    # more devices dropped than provisioned: the noise present was smaller than planned, and
-    # the reported ε (from the server's secure-sum ledgers) is above the devices' claims
-    assert summary["epsilon_max"] > summary["epsilon_max_provisioned"] > 0
+    if policy == "account":
+        # the noise present was smaller than planned, and the reported ε (from the server's
+        # secure-sum ledgers) is above the devices' claims
+        assert all(0 < r["aggregated"] < r["sampled"] for r in res.rounds)
+        assert summary["epsilon_max"] > summary["epsilon_max_provisioned"] > 0
+    else:
+        # never use a sum with less than the full noise: nothing aggregated, nothing spent
+        # beyond what the devices provisioned for
+        assert all(r["aggregated"] == 0 for r in res.rounds)
+        assert all("fewer than the" in r["drop_reasons"][-1] for r in res.rounds)
+        assert summary["epsilon_max"] == 0.0
+        assert not (tmp_path / "secure-sum").exists()
     assert "SecAgg+" in summary["trust"]
+
+
+def test_sampling_never_asks_a_device_past_its_planned_participations():
+    cfg = RunConfig(privacy="distributed", num_rounds=5, fraction_train=0.3, dim=2,
+                    noise_multiplier=1.0)
+    coord = make_coordinator(cfg, 4)
+    counts = {}
+    for _ in range(cfg.num_rounds):
+        for n in coord.sample(list(range(10))):
+            counts[n] = counts.get(n, 0) + 1
+    assert max(counts.values()) <= cfg.planned_participations == 2

@@ -133,6 +133,7 @@ class RecordingGrid:
         self._grid = grid
         self.seen: list[np.ndarray] = []
         self.records: list[set[str]] = []
+        self.stages: list[str] = []  # the SecAgg+ stage of every message sent
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -145,8 +146,17 @@ class RecordingGrid:
                 self.records.append(set(r.content.keys()))
         return replies
 
+    def _note_stages(self, messages):
+        messages = list(messages)
+        for m in messages:
+            cfg = m.content.config_records.get(RECORD_KEY_CONFIGS) if m.has_content() else None
+            if cfg is not None:
+                self.stages.append(str(cfg.get(Key.STAGE)))
+        return messages
+
     def send_and_receive(self, messages, *, timeout=None):
-        return self._record(self._grid.send_and_receive(messages, timeout=timeout))
+        return self._record(self._grid.send_and_receive(self._note_stages(messages),
+                                                        timeout=timeout))
 
     def pull_messages(self, message_ids):
         return self._record(self._grid.pull_messages(message_ids))
@@ -209,6 +219,18 @@ def _scenarios(grid: Grid) -> None:
     except SecureAggregationError as exc:
         RESULTS["toomany"] = exc
     RESULTS["toomany:seen"] = rec.take()
+
+    # 4b. enough survivors for SecAgg+ (8 of 10) but fewer than the caller requires (9):
+    #     aborted before the unmask stage, so the server never learns the sum
+    sent_before = len(rec.stages)
+    try:
+        secure_sum(rec, nodes, _content(6), config=CONFIG, min_included=9,
+                   group_id=_group("short", collect_masked_vectors=nodes[:2]))
+        RESULTS["short"] = None
+    except SecureAggregationError as exc:
+        RESULTS["short"] = exc
+    RESULTS["short:stages"] = rec.stages[sent_before:]
+    RESULTS["short:seen"] = rec.take()
 
     # 5. sanity check of the recorder: the same nodes answer a plain (non-SecAgg) train
     #    message, which the mod passes through, so updates travel in the clear
@@ -371,9 +393,19 @@ def test_too_many_dropouts_raise_with_the_reasons(sim):
     assert sorted(exc.drop_reasons) == nodes[:5]
 
 
+def test_too_few_for_the_caller_aborts_before_unmasking(sim):
+    exc = sim["short"]
+    assert isinstance(exc, SecureAggregationError)
+    assert exc.stage == Stage.COLLECT_MASKED_VECTORS and "not unmasking" in str(exc)
+    assert sorted(exc.drop_reasons) == sim["nodes"][:2]
+    stages = sim["short:stages"]
+    assert Stage.COLLECT_MASKED_VECTORS in stages and Stage.UNMASK not in stages
+
+
 def test_the_server_never_sees_an_individual_update(sim):
     nodes = sim["nodes"]
-    for name, senders in (("all", N_NODES), ("drop", 6), ("clip", N_NODES), ("toomany", 5)):
+    for name, senders in (("all", N_NODES), ("drop", 6), ("clip", N_NODES), ("toomany", 5),
+                          ("short", 8)):
         seen, records = sim[f"{name}:seen"]
         # not vacuous: the recorder decoded one masked vector per node that sent one
         assert sum(a.shape == SHAPES["w"] for a in seen) == senders, name

@@ -32,7 +32,8 @@ def run(tmp_path_factory):
     cfg = RunConfig(synthetic_users=20, synthetic_items=30, dim=4, num_rounds=1,
                     fraction_train=0.5, eval_every=1, privacy="distributed", epsilon=6.0,
                     accountant="rdp", local_epochs=1, sample_rate=0.5, dropout_tolerance=0.1,
-                    simulated_dropout=0.3, server_optimizer="fedavg", server_lr=2.0,
+                    simulated_dropout=0.3, dropout_policy="account",
+                    server_optimizer="fedavg", server_lr=2.0,
                     run_dir=str(base / "run"))
     factory = simulated_device_factory(cfg)
 
