@@ -112,3 +112,21 @@ def test_evaluate_returns_sums_and_excludes_train_items():
 def test_rejects_items_outside_catalog():
     with pytest.raises(ValueError, match="outside"):
         _device([N_ITEMS + 1])
+
+
+def test_local_mode_accounting_matches_dp_accounting_over_rounds():
+    """The device's claimed ε (Opacus PRV, persisted across rounds) is dp-accounting's PLD ε."""
+    import dp_accounting
+
+    from fedrec.common.dp import DPConfig, LocalConfig
+
+    local = LocalConfig(epochs=1, sample_rate=0.25, lr=0.1)
+    dev = Device("d", np.arange(8), n_items=20, dim=4, local=local,
+                 dp=DPConfig(noise_multiplier=1.1, budget_epsilon=50.0), seed=0)
+    state = MatrixFactorization(1, 20, 4).global_state()
+    for rnd in range(1, 4):
+        assert not isinstance(dev.train(state, rnd), Refusal)
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.1)),
+                3 * local.steps)
+    assert dev.epsilon_spent() == pytest.approx(acc.get_epsilon(1e-5), rel=0.02)
