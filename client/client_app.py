@@ -20,6 +20,8 @@ Messages (the wire contract with :mod:`fedrec.server.strategy`):
 
 from __future__ import annotations
 
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -61,8 +63,9 @@ def _restore(device: Device, context: Context) -> None:
     })
 
 
-def _persist(device: Device, context: Context) -> None:
+def _persist(device: Device, context: Context) -> str:
     state = device.state_dict()
+    token = secrets.token_hex(8)
     context.state[STATE_ARRAYS] = numpy_to_arrays({
         "user_embedding": np.asarray(state["user_embedding"]),
         "generator": np.asarray(state["generator"]),
@@ -70,7 +73,43 @@ def _persist(device: Device, context: Context) -> None:
     context.state[STATE_CONFIG] = ConfigRecord({
         "accountant": str(state["accountant"]),
         "rounds-trained": int(state["rounds_trained"]),  # type: ignore[arg-type]
+        "token": token,
     })
+    return token
+
+
+class _DeviceCache:
+    """Devices already built in this process, reused while the node's state is unchanged.
+
+    ``context.state`` stays the only source of truth: every persist writes a fresh random
+    token there and beside the cached device; a message whose context carries another token
+    (or none: another process served the node in between, or the state was reset) rebuilds
+    the device and restores it from the context. The cache only saves rebuilding the device and
+    parsing its state for consecutive messages of one node in one process.
+    """
+
+    def __init__(self, max_devices: int = 2048):
+        self.max_devices = max_devices
+        self._devices: OrderedDict[tuple[int, int], tuple[str, Device]] = OrderedDict()
+
+    def get(self, factory: DeviceFactory, context: Context) -> Device:
+        key = (int(context.run_id), int(context.node_id))
+        config = context.state.config_records.get(STATE_CONFIG)
+        token = str(config.get("token", "")) if config is not None else ""
+        hit = self._devices.get(key)
+        if hit is not None and token and hit[0] == token:
+            self._devices.move_to_end(key)
+            return hit[1]
+        device = factory(context)
+        _restore(device, context)
+        return device
+
+    def put(self, device: Device, context: Context, token: str) -> None:
+        key = (int(context.run_id), int(context.node_id))
+        self._devices[key] = (token, device)
+        self._devices.move_to_end(key)
+        while len(self._devices) > self.max_devices:
+            self._devices.popitem(last=False)
 
 
 def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) -> ClientApp:
@@ -81,11 +120,11 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
     ``mods`` run before it (outermost first), e.g. a simulation's dropout injection.
     """
     app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
+    cache = _DeviceCache()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        device = device_factory(context)
-        _restore(device, context)
+        device = cache.get(device_factory, context)
         global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
         config = msg.content["config"]
         server_round = int(config["server-round"])  # type: ignore[index]
@@ -98,7 +137,8 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
             return Message(content, reply_to=msg)
         outcome = device.train(global_state, server_round,
                                noise_share=float(share) if share is not None else None)
-        _persist(device, context)  # accountant state saved even if the reply is lost
+        # accountant state saved even if the reply is lost
+        cache.put(device, context, _persist(device, context))
         if isinstance(outcome, Refusal):
             content = RecordDict({"refusal": ConfigRecord({
                 "reason": outcome.reason,
@@ -118,8 +158,7 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        device = device_factory(context)
-        _restore(device, context)
+        device = cache.get(device_factory, context)
         global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
         ks_text = str(msg.content["config"].get("ks", "10,20"))  # type: ignore[union-attr]
         ks = tuple(int(k) for k in ks_text.split(","))

@@ -82,3 +82,44 @@ def test_device_over_budget_replies_with_a_refusal(setup):
     reply = app(_train_msg(cfg, rounds + 1), context)
     assert set(reply.content.keys()) == {"refusal"}
     assert "budget" in reply.content["refusal"]["reason"]
+
+
+def _counting_app(cfg):
+    from fedrec.client.client_app import make_client_app
+    from fedrec.simulations.apps import simulated_device_factory
+
+    built = []
+    factory = simulated_device_factory(cfg)
+
+    def counting(context):
+        built.append(context.node_id)
+        return factory(context)
+
+    return make_client_app(counting), built
+
+
+def test_a_node_s_device_is_reused_only_while_its_context_state_is_unchanged(setup):
+    cfg, _, context = setup
+    cfg = cfg.replace(num_rounds=8)  # 4 planned participations: no refusal below
+    context.run_config = cfg.to_flat()
+    app, built = _counting_app(cfg)
+    app(_train_msg(cfg, 1), context)
+    app(_train_msg(cfg, 2), context)
+    assert built == [11]  # same process, same state: the device is reused
+    # the node's state moves on elsewhere (another process served it): a copy of the context
+    # whose token differs must rebuild and restore, continuing from that state
+    moved = Context(run_id=1, node_id=11, node_config=dict(context.node_config),
+                    state=RecordDict(), run_config=dict(context.run_config))
+    other_app, _ = _counting_app(cfg)
+    moved.state = context.state
+    other_app(_train_msg(cfg, 3), moved)  # advances the state and its token
+    app(_train_msg(cfg, 4), moved)
+    assert built == [11, 11]
+    history = json.loads(moved.state[STATE_CONFIG]["accountant"])["history"]
+    assert sum(h[2] for h in history) == 4 * cfg.local_config().steps  # nothing lost
+    ledger = cfg.run_dir + "/ledgers/device-000003.jsonl"
+    from fedrec.common.ledger import verify_ledger
+
+    assert [json.loads(x)["round"] for x in open(ledger).read().splitlines()] == [1, 2, 3, 4]
+    key = cfg.run_dir + "/ledgers/keys/device-000003.pub.pem"
+    assert verify_ledger(ledger, key).ok
