@@ -115,12 +115,6 @@ class RunConfig:
         default=8.0)
     user_clip: float = _doc("user-level DP: L2 clipping norm of a device's whole update",
                             default=1.0)
-    bias_rounds: int = _doc(
-        "user-level DP: first rounds in which only the item biases are trained and released",
-        default=0)
-    train_top_items: int = _doc(
-        "user-level DP: after bias-rounds, train and release only the embeddings of the N items "
-        "with the highest DP item biases (0 = all items)", default=0)
     user_noise_multiplier: float = _doc(
         "user-level DP: noise multiplier on the sum; 0 = calibrate to epsilon over num-rounds",
         default=0.0)
@@ -147,8 +141,6 @@ class RunConfig:
             )
         if self.split not in ("temporal", "random"):
             raise ValueError(f"split must be temporal or random, got {self.split!r}")
-        if self.bias_rounds < 0 or self.train_top_items < 0:
-            raise ValueError("bias-rounds and train-top-items must be >= 0")
         if self.population < 0:
             raise ValueError(f"population must be >= 0, got {self.population}")
         if self.num_rounds < 1:

@@ -135,7 +135,6 @@ class Coordinator:
         self.distributed = distributed
         self._pool_size = 0
         self._participations: dict[int, int] = {}
-        self._selected: np.ndarray | None = None
 
     # --- sampling ----------------------------------------------------------------------------
     def sample(self, nodes: Sequence[int]) -> list[int]:
@@ -178,32 +177,6 @@ class Coordinator:
         picked = self.rng.choice(len(pool), size=want, replace=False)
         return sorted(pool[int(i)] for i in picked)
 
-    def trainable_mask(self, server_round: int) -> dict[str, np.ndarray] | None:
-        """Which item rows a user-level DP round releases (``None``: all of them).
-
-        For ``bias-rounds`` rounds only the item biases are trained; after that, with
-        ``train-top-items`` N > 0, only the embeddings of the N items with the highest item
-        biases at that moment (a post-processing of earlier DP releases, fixed from then on;
-        ties to the lower index). The biases are always trained.
-        """
-        cfg = self.cfg
-        if cfg.bias_rounds == 0 and cfg.train_top_items == 0:
-            return None
-        n_items = self.state["item_embedding.weight"].shape[0]
-        rows = np.ones((n_items, 1), dtype=bool)
-        if server_round <= cfg.bias_rounds:
-            rows[:] = False
-        elif cfg.train_top_items:
-            if self._selected is None:
-                bias = self.state["item_bias.weight"][:, 0] if "item_bias.weight" in self.state \
-                    else np.zeros(n_items)
-                self._selected = np.argsort(-bias, kind="stable")[:cfg.train_top_items]
-                log.info("round %d: training embeddings of the top %d items by DP item bias",
-                         server_round, len(self._selected))
-            rows[:] = False
-            rows[self._selected] = True
-        return {"item_embedding.weight": rows}
-
     # --- aggregation -------------------------------------------------------------------------
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
         """Validate replies, aggregate the good ones and step the global state."""
@@ -234,7 +207,7 @@ class Coordinator:
                 [r.delta for r in good], self.state, clip=self.user_dp.clip,  # type: ignore[misc]
                 noise_multiplier=self.user_dp.noise_multiplier,
                 expected_count=max(1e-9, self.user_dp.sampling_probability * self._pool_size),
-                rng=self.rng, mask=self.trainable_mask(server_round))
+                rng=self.rng)
             self.user_dp.record(server_round)  # ledger first, then the table changes
             norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
             self.state = self.optimizer.step(self.state, mean)

@@ -42,33 +42,16 @@ def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, 
 
 def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
                *, clip: float, noise_multiplier: float, expected_count: float,
-               rng: np.random.Generator, mask: Mapping[str, np.ndarray] | None = None
-               ) -> dict[str, np.ndarray]:
-    """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate.
-
-    With ``mask`` (per key, boolean, broadcastable to the arrays; chosen without looking at
-    any update, e.g. from earlier DP releases), each update is first restricted to the
-    coordinates the mask keeps, and only those are released: the others come back as exact
-    zeros and carry no noise. Restricting is a fixed projection, so a device's contribution
-    still has norm at most ``S`` and the guarantee is unchanged, while the clipping norm and
-    the noise are spent only on the coordinates that are trained.
-    """
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate."""
     total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
-    keep = {k: (np.broadcast_to(np.asarray(mask[k], dtype=bool), v.shape)
-                if mask is not None and k in mask else None) for k, v in reference.items()}
     for d in deltas:
-        restricted = {k: (v * keep[k] if keep[k] is not None else v) for k, v in d.items()}
-        clipped, _ = clip_delta(restricted, clip)
+        clipped, _ = clip_delta(d, clip)
         for k in total:
             total[k] += clipped[k]
     std = noise_multiplier * clip
-    out = {}
-    for k, v in total.items():
-        noise = rng.normal(0.0, std, size=v.shape)
-        if keep[k] is not None:
-            noise = noise * keep[k]
-        out[k] = ((v + noise) / expected_count).astype(np.float32)
-    return out
+    return {k: ((v + rng.normal(0.0, std, size=v.shape)) / expected_count).astype(np.float32)
+            for k, v in total.items()}
 
 
 @dataclass

@@ -62,35 +62,3 @@ def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_pat
     report = audit_run(tmp_path, accountants=("pld",), plots=False, write=False)
     assert report.server is not None and report.server.integrity == "ok"
     assert report.server.epsilon["pld"] == pytest.approx(expected, abs=0.02)
-
-
-def test_masked_rows_are_neither_trained_nor_noised_and_clipping_sees_only_kept_rows():
-    ref = {"e": np.zeros((6, 2), np.float32), "b": np.zeros((6, 1), np.float32)}
-    keep = np.array([[True], [True], [False], [False], [False], [False]])
-    big = {"e": np.full((6, 2), 10.0, np.float32), "b": np.zeros((6, 1), np.float32)}
-    out = noisy_mean([big], ref, clip=1.0, noise_multiplier=0.0, expected_count=1.0,
-                     rng=np.random.default_rng(0), mask={"e": keep})
-    assert np.all(out["e"][2:] == 0)
-    # the whole clipping norm went to the kept rows
-    assert np.sqrt(np.square(out["e"][:2]).sum()) == pytest.approx(1.0, rel=1e-5)
-    noisy = noisy_mean([], {"e": np.zeros((4000, 2), np.float32)}, clip=1.0,
-                       noise_multiplier=2.0, expected_count=1.0,
-                       rng=np.random.default_rng(1),
-                       mask={"e": np.arange(4000)[:, None] < 2000})
-    assert np.all(noisy["e"][2000:] == 0)
-    assert np.std(noisy["e"][:2000]) == pytest.approx(2.0, rel=0.05)
-
-
-def test_bias_rounds_then_top_items_by_dp_bias():
-    cfg = RunConfig(privacy="user", fraction_train=0.5, num_rounds=6, epsilon=4.0,
-                    delta=1e-4, dim=2, bias_rounds=2, train_top_items=3)
-    coord = make_coordinator(cfg, 8)
-    assert not coord.trainable_mask(1)["item_embedding.weight"].any()
-    coord.state["item_bias.weight"][:, 0] = [0, 5, 1, 7, 2, 6, 3, 4]
-    rows = coord.trainable_mask(3)["item_embedding.weight"][:, 0]
-    assert sorted(np.flatnonzero(rows)) == [1, 3, 5]
-    coord.state["item_bias.weight"][:, 0] = 0  # fixed once chosen
-    later = coord.trainable_mask(4)["item_embedding.weight"][:, 0]
-    assert sorted(np.flatnonzero(later)) == [1, 3, 5]
-    plain = make_coordinator(cfg.replace(bias_rounds=0, train_top_items=0), 8)
-    assert plain.trainable_mask(1) is None
