@@ -58,3 +58,18 @@ def test_cli_help_lists_the_commands():
                          capture_output=True, text=True).stdout
     for command in ("simulate", "baselines"):
         assert command in out
+
+
+def test_flwr_run_config_lists_every_run_config_key_with_its_default():
+    """``flwr run .`` reads [tool.flwr.app.config]: every key, at the library's defaults."""
+    import tomllib
+
+    from fedrec.common.config import RunConfig
+
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = RunConfig().to_flat()
+    assert set(table) == set(defaults)
+    for key, value in table.items():
+        if key == "run-dir":  # flwr run writes to a fixed folder instead of a timestamped one
+            continue
+        assert RunConfig.from_flat({key: value}).to_flat()[key] == defaults[key], key
