@@ -37,12 +37,8 @@ class LedgerWriter:
 
     def _open(self) -> Ledger:
         if self._ledger is None:
-            key_path = self.key_dir / "ledger-key.pem"
-            if key_path.exists():
-                key = DeviceKey.load(key_path)
-            else:
-                key = DeviceKey.generate()
-                key.save(key_path, public_path=self.key_dir / "ledger-key.pub.pem")
+            key = DeviceKey.load_or_generate(self.key_dir / "ledger-key.pem",
+                                             public_path=self.key_dir / "ledger-key.pub.pem")
             pub = self.ledger_dir / "keys" / f"{self.device_id}.pub.pem"
             if not pub.exists():
                 key.save_public(pub)

@@ -220,6 +220,16 @@ class DeviceKey:
             raise LedgerError(f"{path}: not an Ed25519 private key.")
         return cls(key)
 
+    @classmethod
+    def load_or_generate(cls, path: str | Path, public_path: str | Path | None = None
+                         ) -> DeviceKey:
+        """The key stored at ``path``, or a new one saved there (with its public PEM)."""
+        if Path(path).exists():
+            return cls.load(path)
+        key = cls.generate()
+        key.save(path, public_path=public_path)
+        return key
+
     def save(self, path: str | Path, public_path: str | Path | None = None) -> Path:
         """Write the private key PEM (mode 0600) and the public PEM; returns the public path.
 

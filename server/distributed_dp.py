@@ -143,12 +143,10 @@ class DistributedDP:
 
         if device not in self._ledgers:
             folder = Path(self.ledger_dir) / "secure-sum"  # type: ignore[arg-type]
-            if self._key is None:
+            if self._key is None:  # the server's ledger key, shared with user-level DP
                 key_path = Path(self.ledger_dir).parent / "server" / "ledger-key.pem"  # type: ignore[arg-type]
-                key = DeviceKey.load(key_path) if key_path.exists() else DeviceKey.generate()
-                if not key_path.exists():
-                    key.save(key_path, public_path=key_path.with_suffix(".pub.pem"))
-                self._key = key
+                self._key = DeviceKey.load_or_generate(
+                    key_path, public_path=key_path.with_suffix(".pub.pem"))
             name = f"node-{device}"
             if not (folder / "keys" / f"{name}.pub.pem").exists():
                 self._key.save_public(folder / "keys" / f"{name}.pub.pem")

@@ -109,9 +109,7 @@ class UserLevelDP:
             from fedrec.common.ledger import DeviceKey, Ledger
 
             key_path = Path(self.ledger_dir).parent / "server" / "ledger-key.pem"
-            key = DeviceKey.load(key_path) if key_path.exists() else DeviceKey.generate()
-            if not key_path.exists():
-                key.save(key_path, public_path=key_path.with_suffix(".pub.pem"))
+            key = DeviceKey.load_or_generate(key_path, public_path=key_path.with_suffix(".pub.pem"))
             key.save_public(Path(self.ledger_dir) / "keys" / "server.pub.pem")
             self._ledger = Ledger(Path(self.ledger_dir) / "server.jsonl", key,
                                   device_id="server")
