@@ -143,7 +143,7 @@ class ItemEmbeddingStrategy(Strategy):
         config["min-included"] = plan.min_included
         content = RecordDict({"arrays": arrays, "config": config})
         secagg = SecAggConfig(clipping_range=self.cfg.secagg_clipping_range,
-                              timeout=timeout if timeout is not None else None)
+                              timeout=timeout)
         total, included, reasons, declined = None, [], [], 0
         clip_note: dict[str, float] = {}
         try:

@@ -15,7 +15,8 @@ import numpy as np
 
 from fedrec.client.device import Device, Refusal
 from fedrec.common.config import RunConfig
-from fedrec.server.coordinator import Reply, make_coordinator
+from fedrec.server.coordinator import Coordinator, Reply, RoundReport, make_coordinator
+from fedrec.server.distributed_dp import RoundPlan
 from fedrec.simulations.federation import federated_dataset, make_device
 
 __all__ = ["PlainResult", "run_plain", "central_evaluation"]
@@ -58,16 +59,17 @@ def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
     return evaluate(lambda rows: scores[rows], _inter("train_items"), _inter("test_items"), ks=ks)
 
 
-def _secure_sum_in_clear(coord, rnd: int, plan, replies: list[Reply],
-                         rng: np.random.Generator | None, dropout: float):
+def _secure_sum_in_clear(coord: Coordinator, rnd: int, plan: RoundPlan, replies: list[Reply],
+                         rng: np.random.Generator, dropout: float) -> RoundReport:
     """What SecAgg+ computes, as a plain sum (the loop is a reference, not a deployment)."""
     ok = [r for r in replies if r.delta is not None]
-    if rng is not None:
+    if dropout > 0:
         ok = [r for r in ok if rng.random() >= dropout]
     total = None
     if ok:
-        total = {k: np.sum([r.delta[k] for r in ok], axis=0, dtype=np.float64).astype(np.float32)  # type: ignore[index]
-                 for k in ok[0].delta}  # type: ignore[union-attr]
+        keys = ok[0].delta  # type: ignore[union-attr]
+        total = {k: np.sum([r.delta[k] for r in ok],  # type: ignore[index]
+                           axis=0, dtype=np.float64).astype(np.float32) for k in keys}
     return coord.aggregate_sum(rnd, plan, total, [r.node for r in ok],
                                refused=sum(r.refusal is not None for r in replies))
 
@@ -127,7 +129,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
                                      metrics=metrics))
         if plan is not None:  # the secure sum, computed in the clear (same arithmetic)
             report = _secure_sum_in_clear(coord, rnd, plan, replies,
-                                          drop_rng if dropout > 0 else None, dropout).to_dict()
+                                          drop_rng, dropout).to_dict()
         else:
             report = coord.aggregate(rnd, replies).to_dict()
         result.train_seconds += time.perf_counter() - t_round
