@@ -126,12 +126,16 @@ def run(args: argparse.Namespace) -> int:
     if priv.get("mode") == "off":
         console.print("privacy: [bold red]off[/] — updates are not differentially private")
     else:
+        sigma = priv["noise_multiplier"]
+        sigma_text = (", ".join(f"{v:.3f}" for v in sigma) if isinstance(sigma, list)
+                      else f"{sigma:.3f}")
         console.print(
             f"privacy: {priv['mode']} DP, unit {priv['unit']}, {priv['relation']}, "
             f"delta {priv['delta']:g}, accountant {priv['accountant']}; epsilon spent: max "
             f"{priv['epsilon_max']:.3f}, median {priv['epsilon_median']:.3f} over "
             f"{priv['devices_with_releases']} devices (budget {priv['budget_epsilon']:g}); "
-            f"noise multiplier {priv['noise_multiplier']:.3f}; trust: {priv['trust']}")
+            f"noise multiplier {sigma_text}; algorithm {priv.get('algorithm', 'sgd')}; "
+            f"trust: {priv['trust']}")
     console.print(f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
                   f"wall time {summary['wall_seconds']:.1f} s")
     console.print(f"run directory: [bold]{run_dir}[/]")

@@ -135,8 +135,19 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
                 "reason": "noise-share requested outside secure aggregation",
                 "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
             return Message(content, reply_to=msg)
-        outcome = device.train(global_state, server_round,
-                               noise_share=float(share) if share is not None else None)
+        phase = config.get("spectral-phase")  # type: ignore[union-attr]
+        if phase is not None and device.spectral is None:
+            content = RecordDict({"refusal": ConfigRecord({
+                "reason": "spectral round sent to a device not configured for it",
+                "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
+            return Message(content, reply_to=msg)
+        if phase is not None:
+            outcome = device.spectral_round(
+                str(phase), server_round, selected=global_state.get("selected-items"),
+                noise_share=float(share) if share is not None else None)
+        else:
+            outcome = device.train(global_state, server_round,
+                                   noise_share=float(share) if share is not None else None)
         # accountant state saved even if the reply is lost
         cache.put(device, context, _persist(device, context))
         if isinstance(outcome, Refusal):

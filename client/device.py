@@ -28,6 +28,7 @@ from fedrec.client import budget
 from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.metrics import user_metric_sums
 from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
+from fedrec.common.spectral import PHASES, SpectralSpec, contribution
 
 __all__ = ["Device", "TrainReply", "Refusal", "PrivacyEvent"]
 
@@ -86,6 +87,10 @@ class Device:
             the reply is returned (the ledger writer). If it raises, nothing is sent.
         report_metrics: with DP off, send the example count and the training loss (both are
             data; set False when the protection is elsewhere, e.g. server-side user-level DP).
+        spectral: the run's spectral settings (``algorithm = "spectral"``): the device then
+            answers :meth:`spectral_round` and ranks with the fold-in of its own items.
+        spectral_noise: ``(σ_popularity, σ_cooccurrence)`` the device adds (times the
+            sensitivity) in spectral rounds under example-level DP (needs ``dp``).
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class Device:
         seed: int | None = None,
         on_release: Callable[[PrivacyEvent], None] | None = None,
         report_metrics: bool = True,
+        spectral: SpectralSpec | None = None,
+        spectral_noise: tuple[float, float] | None = None,
     ):
         self.device_id = str(device_id)
         self.train_items = np.asarray(train_items, dtype=np.int64)
@@ -128,6 +135,10 @@ class Device:
         )
         self.accountant = make_accountant(dp.accountant) if dp is not None else None
         self.rounds_trained = 0
+        self.spectral = spectral
+        if spectral is not None and dp is not None and spectral_noise is None:
+            raise ValueError("a spectral device under DP needs its noise multipliers")
+        self.spectral_noise = spectral_noise
 
     # --- privacy ---------------------------------------------------------------------------
     def epsilon_spent(self) -> float:
@@ -199,12 +210,71 @@ class Device:
             metrics={"loss": result.mean_loss},
         )
 
+    def spectral_round(self, phase: str, server_round: int, *,
+                       selected: np.ndarray | None = None,
+                       noise_share: float | None = None) -> TrainReply | Refusal:
+        """Answer one round of the spectral algorithm (:mod:`fedrec.common.spectral`).
+
+        The reply's only array, named after ``phase``, is the device's contribution: under
+        example-level DP (``dp`` set) with Gaussian noise of std ``σ_phase · Δ_phase`` already
+        added (times ``noise_share`` inside a secure sum), accounted and written to the ledger
+        before it is returned; otherwise noise-free (the server adds user-level noise). Its
+        shape depends only on the run's settings.
+        """
+        if self.spectral is None:
+            raise RuntimeError("this device is not configured for the spectral algorithm")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if len(self.train_items) == 0:
+            return Refusal("no training interactions on this device", 0.0, 0.0)
+        index = PHASES.index(phase)
+        sigma = self.spectral_noise[index] if self.spectral_noise is not None else 0.0
+        if self.dp is not None:
+            spent = self.epsilon_spent()
+            needed = budget.epsilon_after_round(self.accountant, noise_multiplier=sigma,
+                                                sample_rate=1.0, steps=1,
+                                                delta=self.dp.target_delta)
+            if needed > self.dp.budget_epsilon + 1e-9:
+                return Refusal(
+                    f"budget: this round would bring epsilon to {needed:.4g} > budget "
+                    f"{self.dp.budget_epsilon:g} (spent {spent:.4g})", spent, needed)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
+        rng = np.random.default_rng(seed)
+        values = contribution(self.train_items, phase, self.spectral,
+                              selected=None if selected is None
+                              else np.asarray(selected, dtype=np.int64), rng=rng)
+        self.rounds_trained += 1
+        if self.dp is None:
+            return TrainReply(delta={phase: values.astype(np.float32)}, num_examples=1)
+        std = sigma * self.spectral.sensitivity(phase) * (
+            1.0 if noise_share is None else float(noise_share))
+        values = values + rng.normal(0.0, std, size=values.shape)
+        self.accountant.history.append((float(sigma), 1.0, 1))
+        event = PrivacyEvent(
+            device_id=self.device_id, server_round=int(server_round), noise_multiplier=sigma,
+            max_grad_norm=self.spectral.sensitivity(phase), sample_rate=1.0, steps=1,
+            target_delta=self.dp.target_delta, budget_epsilon=self.dp.budget_epsilon,
+            claimed_epsilon=self.epsilon_spent(), accountant=self.dp.accountant,
+            purpose=f"spectral-{phase}" + ("" if noise_share is None else "-distributed"))
+        if self.on_release is not None:
+            self.on_release(event)  # recorded before the contribution leaves
+        return TrainReply(delta={phase: values.astype(np.float32)}, num_examples=1)
+
+    def _fold_in(self) -> None:
+        """Spectral: the user embedding is the sum of the embeddings of the device's items."""
+        emb = self.model.item_embedding.weight.detach().numpy()
+        u = emb[self.train_items].sum(axis=0, keepdims=True) if len(self.train_items) else \
+            np.zeros((1, emb.shape[1]), dtype=np.float32)
+        self.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})
+
     def evaluate(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]
                  ) -> dict[str, float] | None:
         """Rank all items locally against the held-out items; metric *sums* (or None)."""
         if self.test_items is None or len(self.test_items) == 0:
             return None
         self.model.load_global_state(global_state)
+        if self.spectral is not None:
+            self._fold_in()
         scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
         return user_metric_sums(scores, self.train_items, self.test_items, ks=ks)
 
@@ -215,6 +285,8 @@ class Device:
 
         if global_state is not None:
             self.model.load_global_state(global_state)
+        if self.spectral is not None:
+            self._fold_in()
         scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
         return topk_items(scores, self.train_items, k)
 

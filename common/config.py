@@ -10,6 +10,7 @@ it back (what a run directory's ``config.json`` holds).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,12 +19,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.dp import DPConfig, LocalConfig
 
-__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS"]
+__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS", "ALGORITHMS"]
 
 PRIVACY_MODES = ("off", "local", "distributed", "user")
 #: Modes in which devices run example-level DP-SGD (and keep an accountant and a ledger).
 DEVICE_DP_MODES = ("local", "distributed")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+#: ``sgd``: local (DP-)SGD rounds; ``spectral``: two DP releases, popularity and co-occurrence
+#: (:mod:`fedrec.common.spectral`).
+ALGORITHMS = ("sgd", "spectral")
 
 
 def _doc(text: str, **kw: object) -> object:
@@ -68,6 +72,19 @@ class RunConfig:
     dim: int = _doc("embedding dimension", default=8)
     item_bias: bool = _doc("learn item biases (global)", default=True)
     init_std: float = _doc("initialisation scale of embeddings", default=0.1)
+    # algorithm
+    algorithm: str = _doc(
+        "sgd (rounds of local (DP-)SGD on the MF model) or spectral (two rounds: a DP item "
+        "popularity count, then a DP co-occurrence matrix of the top items, eigendecomposed into "
+        "the item embeddings; needs num-rounds 2)", default="sgd")
+    spectral_top_items: int = _doc(
+        "spectral: items selected by DP popularity for the co-occurrence round", default=300)
+    spectral_max_items: int = _doc(
+        "spectral, example-level DP: a device contributes at most this many of its items per "
+        "round (drawn at random); bounds the sensitivity", default=100)
+    spectral_popularity_share: float = _doc(
+        "spectral: fraction of the privacy budget (of 1/sigma^2) spent on the popularity count",
+        default=0.2)
     # local training
     local_epochs: float = _doc("expected passes over a device's interactions per round",
                                default=10.0)
@@ -170,6 +187,21 @@ class RunConfig:
             raise ValueError("user-clip must be positive and user-noise-multiplier >= 0")
         if self.privacy != "off" and not 0 < self.delta < 1:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.algorithm == "spectral":
+            if self.num_rounds != 2:
+                raise ValueError("algorithm spectral runs exactly 2 rounds (popularity, then "
+                                 f"co-occurrence): set num-rounds 2, not {self.num_rounds}")
+            if not self.item_bias:
+                raise ValueError("algorithm spectral needs item-bias true (it ranks the items "
+                                 "outside the selection by bias)")
+            if self.spectral_top_items < self.dim:
+                raise ValueError("spectral-top-items must be at least dim")
+            if self.spectral_max_items < 1:
+                raise ValueError("spectral-max-items must be positive")
+            if not 0 < self.spectral_popularity_share < 1:
+                raise ValueError("spectral-popularity-share must lie in (0, 1)")
 
     # --- derived ---------------------------------------------------------------------------
     @property
@@ -189,6 +221,8 @@ class RunConfig:
         The accounting is a Poisson-sampled Gaussian (rate ``fraction-train``) composed over
         ``num-rounds`` rounds, at ``delta`` (Opacus' PRV accountant).
         """
+        if self.algorithm == "spectral":
+            return self.spectral_noise()[1]
         if self.user_noise_multiplier > 0:
             return self.user_noise_multiplier
         from fedrec.common.dp import calibrate_noise_multiplier
@@ -196,6 +230,30 @@ class RunConfig:
         return calibrate_noise_multiplier(
             target_epsilon=self.epsilon, target_delta=self.delta,
             sample_rate=self.fraction_train, steps=self.num_rounds, accountant="prv")
+
+    def spectral_spec(self, n_items: int):
+        """The :class:`~fedrec.common.spectral.SpectralSpec` of this run for ``n_items`` items."""
+        from fedrec.common.spectral import SpectralSpec
+
+        return SpectralSpec(
+            n_items=n_items, dim=self.dim, top_items=self.spectral_top_items,
+            max_items=self.spectral_max_items,
+            unit="user" if self.privacy == "user" else "example",
+            popularity_share=self.spectral_popularity_share)
+
+    def spectral_noise(self) -> tuple[float, float]:
+        """Noise multipliers ``(σ_popularity, σ_cooccurrence)`` of a spectral run.
+
+        Calibrated so that the two releases spend ``epsilon`` at ``delta``: example-level
+        (``local``, ``distributed``) with the devices' accountant at sampling rate 1,
+        user-level with dp-accounting's PLD at the device sampling rate ``fraction-train``.
+        ``(0, 0)`` with privacy off.
+        """
+        if self.privacy == "off":
+            return 0.0, 0.0
+        return _spectral_noise(self.privacy, self.epsilon, self.delta,
+                               self.spectral_popularity_share, self.accountant,
+                               self.fraction_train)
 
     def device_noise(self) -> float:
         """Example-level noise multiplier of the devices (``local``/``distributed``).
@@ -207,6 +265,8 @@ class RunConfig:
         """
         if self.privacy not in DEVICE_DP_MODES:
             return 0.0
+        if self.algorithm == "spectral":  # the co-occurrence round's (the larger) multiplier
+            return self.spectral_noise()[1]
         if self.noise_multiplier > 0:
             return self.noise_multiplier
         from fedrec.common.dp import calibrate_noise_multiplier
@@ -274,6 +334,27 @@ class RunConfig:
             f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r})"
             for f in fields(cls)
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _spectral_noise(privacy: str, epsilon: float, delta: float, share: float, accountant: str,
+                    fraction: float) -> tuple[float, float]:
+    from fedrec.common.spectral import noise_multipliers
+
+    if privacy == "user":
+        from fedrec.common.accounting import DpRelease
+        from fedrec.common.accounting import epsilon as pld_epsilon
+
+        def eps(history: list[tuple[float, float, int]]) -> float:
+            return pld_epsilon([DpRelease(z, q, n) for z, q, n in history],
+                               target_delta=delta, accountant="pld")
+
+        return noise_multipliers(eps, target_epsilon=epsilon, popularity_share=share,
+                                 sample_rate=fraction)
+    from fedrec.common.dp import epsilon_of_history
+
+    return noise_multipliers(lambda h: epsilon_of_history(accountant, h, delta),
+                             target_epsilon=epsilon, popularity_share=share)
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -25,6 +25,7 @@ from fedrec.server.aggregation import (
     weighted_mean,
 )
 from fedrec.server.distributed_dp import DistributedDP, RoundPlan
+from fedrec.server.spectral import SpectralServer
 from fedrec.server.user_dp import UserLevelDP, noisy_mean
 
 __all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state", "make_coordinator"]
@@ -85,7 +86,10 @@ def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
 
 def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None) -> Coordinator:
     """The coordinator a run's privacy mode calls for (weighting, user-level DP)."""
-    user_dp = distributed = None
+    user_dp = distributed = spectral = None
+    if cfg.algorithm == "spectral":
+        spectral = SpectralServer(cfg.spectral_spec(n_items), cfg.spectral_noise(),
+                                  device_noise=cfg.privacy == "local")
     if cfg.privacy == "distributed":
         local = cfg.local_config()
         distributed = DistributedDP(
@@ -94,12 +98,13 @@ def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None) -> Coordi
             dropout_tolerance=cfg.dropout_tolerance, target_delta=cfg.delta,
             budget_epsilon=cfg.epsilon, accountant=cfg.accountant, ledger_dir=ledger_dir)
     if cfg.privacy == "user":
-        user_dp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=cfg.user_clip,
+        clip = 1.0 if spectral is not None else cfg.user_clip  # spectral: sensitivity 1
+        user_dp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=clip,
                               noise_multiplier=cfg.user_noise(), target_delta=cfg.delta,
                               budget_epsilon=cfg.epsilon, ledger_dir=ledger_dir)
     return Coordinator(cfg, initial_global_state(cfg, n_items),
                        weighting="examples" if cfg.privacy == "off" else "uniform",
-                       user_dp=user_dp, distributed=distributed)
+                       user_dp=user_dp, distributed=distributed, spectral=spectral)
 
 
 class Coordinator:
@@ -116,11 +121,15 @@ class Coordinator:
             are Poisson-sampled, each update is clipped, and the mean carries Gaussian noise.
         distributed: distributed DP (devices add noise shares, the server sees only secure
             sums: :meth:`aggregate_sum`); ``None`` for none.
+        spectral: the spectral algorithm's server state (replies are contributions to a
+            popularity count or a co-occurrence matrix, not item-table deltas; the table is
+            set after the second round); ``None`` for rounds of SGD.
     """
 
     def __init__(self, cfg: RunConfig, initial_state: Mapping[str, np.ndarray], *,
                  weighting: str = "examples", rng: np.random.Generator | None = None,
-                 user_dp: UserLevelDP | None = None, distributed: DistributedDP | None = None):
+                 user_dp: UserLevelDP | None = None, distributed: DistributedDP | None = None,
+                 spectral: SpectralServer | None = None):
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.cfg = cfg
@@ -133,6 +142,7 @@ class Coordinator:
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.user_dp = user_dp
         self.distributed = distributed
+        self.spectral = spectral
         self._pool_size = 0
         self._participations: dict[int, int] = {}
 
@@ -178,8 +188,31 @@ class Coordinator:
         return sorted(pool[int(i)] for i in picked)
 
     # --- aggregation -------------------------------------------------------------------------
+    def round_arrays(self, server_round: int) -> dict[str, np.ndarray]:
+        """Arrays sent with a training request besides the item table (spectral: selection)."""
+        if self.spectral is None:
+            return {}
+        return self.spectral.round_arrays(self.spectral.phase(server_round))
+
+    def _reference(self, server_round: int) -> tuple[Mapping[str, np.ndarray], float]:
+        """The shape every reply must have, and its largest acceptable norm."""
+        if self.spectral is None:
+            return self.state, self.cfg.max_update_norm
+        phase = self.spectral.phase(server_round)
+        return self.spectral.reference(phase), self.spectral.reply_norm_bound(phase)
+
+    def _spectral_step(self, server_round: int, total: Mapping[str, np.ndarray]) -> float:
+        """Use a spectral round's (noisy) sum; returns its norm."""
+        assert self.spectral is not None
+        phase = self.spectral.phase(server_round)
+        new_state = self.spectral.finish(phase, total[phase])
+        if new_state is not None:
+            self.state = {k: np.asarray(v, dtype=np.float32) for k, v in new_state.items()}
+        return float(np.linalg.norm(np.asarray(total[phase], dtype=np.float64)))
+
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
         """Validate replies, aggregate the good ones and step the global state."""
+        reference, max_norm = self._reference(server_round)
         good: list[Reply] = []
         reasons: list[str] = []
         refused = 0
@@ -191,7 +224,7 @@ class Coordinator:
             elif r.delta is None:
                 reasons.append(f"node {r.node}: reply carries no update")
             else:
-                why = validate_delta(r.delta, self.state, max_norm=self.cfg.max_update_norm)
+                why = validate_delta(r.delta, reference, max_norm=max_norm)
                 if why is None and not (np.isfinite(r.num_examples) and r.num_examples > 0):
                     why = f"invalid example count {r.num_examples!r}"
                 if why is None:
@@ -201,7 +234,24 @@ class Coordinator:
         for reason in reasons:
             log.warning("round %d: dropped reply: %s", server_round, reason)
         norm = 0.0
-        if self.user_dp is not None:
+        if self.spectral is not None:
+            phase = self.spectral.phase(server_round)
+            if self.user_dp is not None:  # user-level: clip (norm 1) and noise on the sum
+                z = self.spectral.noise_multiplier(phase)
+                total = noisy_mean([r.delta for r in good], reference,  # type: ignore[misc]
+                                   clip=self.user_dp.clip, noise_multiplier=z,
+                                   expected_count=1.0, rng=self.rng)
+                self.user_dp.record(server_round, noise_multiplier=z,
+                                    purpose=f"spectral-{phase}")
+                norm = self._spectral_step(server_round, total)
+            elif good:  # off, or local DP: each contribution already carries its noise
+                total = {phase: np.sum([r.delta[phase] for r in good],  # type: ignore[index]
+                                       axis=0, dtype=np.float64)}
+                norm = self._spectral_step(server_round, total)
+            else:
+                log.warning("round %d: no contribution to sum; the round changed nothing",
+                            server_round)
+        elif self.user_dp is not None:
             # Noise is added even when no device replied: the release happens every round.
             mean = noisy_mean(
                 [r.delta for r in good], self.state, clip=self.user_dp.clip,  # type: ignore[misc]
@@ -252,9 +302,14 @@ class Coordinator:
         reasons = list(drop_reasons)
         n = len(included)
         norm = 0.0
+        reference = self.state
+        max_norm = self.cfg.max_update_norm * n
+        if self.spectral is not None:
+            phase = self.spectral.phase(server_round)
+            reference = self.spectral.reference(phase)
+            max_norm = self.spectral.reply_norm_bound(phase, plan.noise_share) * n
         if total is not None and n > 0:
-            why = validate_delta(dict(total), self.state,
-                                 max_norm=self.cfg.max_update_norm * n)
+            why = validate_delta(dict(total), reference, max_norm=max_norm)
             if why is not None:
                 reasons.append(f"secure sum rejected: {why}")
                 n = 0
@@ -264,16 +319,26 @@ class Coordinator:
                            f"{plan.min_included} provisioned for the full noise")
             n = 0
         if total is not None and n > 0:
-            sigma = self.distributed.record(server_round, plan, [str(i) for i in included])
-            if sigma < self.distributed.noise_multiplier:
+            release: dict[str, object] = {}
+            if self.spectral is not None:
+                release = {"noise_multiplier": self.spectral.noise_multiplier(phase),
+                           "sensitivity": self.spectral.spec.sensitivity(phase),
+                           "sample_rate": 1.0, "steps": 1,
+                           "purpose": f"secure-sum-spectral-{phase}"}
+            provisioned = release.get("noise_multiplier", self.distributed.noise_multiplier)
+            sigma = self.distributed.record(server_round, plan, [str(i) for i in included],
+                                            **release)  # type: ignore[arg-type]
+            if sigma < provisioned:  # type: ignore[operator]
                 log.warning("round %d: %d of %d devices summed (provisioned %d): the sum carried "
                             "noise multiplier %.4g < %.4g, accounted as such", server_round, n,
-                            plan.sampled, plan.min_included, sigma,
-                            self.distributed.noise_multiplier)
-            mean = {k: (np.asarray(v, dtype=np.float64) / n).astype(np.float32)
-                    for k, v in total.items()}
-            norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
-            self.state = self.optimizer.step(self.state, mean)
+                            plan.sampled, plan.min_included, sigma, provisioned)
+            if self.spectral is not None:
+                norm = self._spectral_step(server_round, total)
+            else:
+                mean = {k: (np.asarray(v, dtype=np.float64) / n).astype(np.float32)
+                        for k, v in total.items()}
+                norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
+                self.state = self.optimizer.step(self.state, mean)
         for reason in reasons:
             log.warning("round %d: %s", server_round, reason)
         eps = [self.distributed.epsilon(str(i)) for i in included] if n > 0 else []

@@ -98,7 +98,8 @@ class DistributedDP:
         k = max(1, math.ceil(sampled * (1.0 - self.dropout_tolerance) - 1e-9))
         return RoundPlan(sampled=sampled, min_included=k, noise_share=1.0 / math.sqrt(k))
 
-    def effective_noise_multiplier(self, plan: RoundPlan, included: int) -> float:
+    def effective_noise_multiplier(self, plan: RoundPlan, included: int, *,
+                                   noise_multiplier: float | None = None) -> float:
         """The noise multiplier actually protecting a round in which ``included`` shares add up.
 
         ``σ·√(included/min_included)`` for the item sum, capped at σ because each device's user
@@ -106,24 +107,36 @@ class DistributedDP:
         """
         if included <= 0:
             return 0.0
-        return self.noise_multiplier * min(1.0, math.sqrt(included / plan.min_included))
+        sigma = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        return sigma * min(1.0, math.sqrt(included / plan.min_included))
 
-    def record(self, server_round: int, plan: RoundPlan, included: Sequence[str]) -> float:
-        """Account the round for every included device; returns the effective σ."""
-        sigma = self.effective_noise_multiplier(plan, len(included))
+    def record(self, server_round: int, plan: RoundPlan, included: Sequence[str], *,
+               noise_multiplier: float | None = None, sensitivity: float | None = None,
+               sample_rate: float | None = None, steps: int | None = None,
+               purpose: str = "secure-sum-effective-noise") -> float:
+        """Account the round for every included device; returns the effective σ.
+
+        The keyword arguments override the configured release for this round (the spectral
+        algorithm: one Gaussian release per round, of its own σ and sensitivity).
+        """
+        sigma = self.effective_noise_multiplier(plan, len(included),
+                                                noise_multiplier=noise_multiplier)
         if sigma <= 0:
             return 0.0
-        entry = (sigma, float(self.sample_rate), int(self.steps))
+        q = float(self.sample_rate if sample_rate is None else sample_rate)
+        n_steps = int(self.steps if steps is None else steps)
+        clip = float(self.max_grad_norm if sensitivity is None else sensitivity)
+        entry = (sigma, q, n_steps)
         for device in included:
             history = self.histories.setdefault(str(device), [])
             history.append(entry)
             if self.ledger_dir is not None:
                 self._ledger(str(device)).append(
-                    round=server_round, noise_multiplier=sigma, max_grad_norm=self.max_grad_norm,
-                    sampling_probability=self.sample_rate, steps=self.steps,
+                    round=server_round, noise_multiplier=sigma, max_grad_norm=clip,
+                    sampling_probability=q, steps=n_steps,
                     target_delta=self.target_delta, unit="example",
                     budget_epsilon=self.budget_epsilon, claimed_epsilon=self.epsilon(device),
-                    accountant=self.accountant, purpose="secure-sum-effective-noise",
+                    accountant=self.accountant, purpose=purpose,
                 )
         return sigma
 

@@ -97,9 +97,20 @@ class ItemEmbeddingStrategy(Strategy):
         """Messages to the devices sampled for this round."""
         nodes = self.coordinator.sample(list(grid.get_node_ids()))
         config["server-round"] = server_round
+        arrays = self._spectral_request(server_round, arrays, config)
         record = RecordDict({"arrays": arrays, "config": config})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n)
                 for n in nodes]
+
+    def _spectral_request(self, server_round: int, arrays: ArrayRecord,
+                          config: ConfigRecord) -> ArrayRecord:
+        """Spectral runs: name the round's phase and add the selected items to the request."""
+        spectral = self.coordinator.spectral
+        if spectral is None:
+            return arrays
+        config["spectral-phase"] = spectral.phase(server_round)
+        extra = self.coordinator.round_arrays(server_round)
+        return _to_arrays({**_to_numpy(arrays), **extra}) if extra else arrays
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -141,6 +152,8 @@ class ItemEmbeddingStrategy(Strategy):
         config["server-round"] = server_round
         config["noise-share"] = plan.noise_share
         config["min-included"] = plan.min_included
+        arrays = self._spectral_request(server_round, arrays, config)
+        reference, _ = coord._reference(server_round)
         content = RecordDict({"arrays": arrays, "config": config})
         secagg = SecAggConfig(clipping_range=self.cfg.secagg_clipping_range,
                               timeout=timeout)
@@ -149,7 +162,7 @@ class ItemEmbeddingStrategy(Strategy):
         try:
             res = secure_sum(
                 grid, nodes, content, config=secagg, group_id=str(server_round),
-                shapes={k: tuple(v.shape) for k, v in coord.state.items()},
+                shapes={k: tuple(v.shape) for k, v in reference.items()},
                 min_included=plan.min_included if self.cfg.dropout_policy == "abort" else None)
             total, included = res.total, list(res.included)
             declined = len(res.declined)

@@ -43,7 +43,10 @@ def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, 
 def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
                *, clip: float, noise_multiplier: float, expected_count: float,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate."""
+    """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate.
+
+    ``expected_count = 1`` gives the noisy sum.
+    """
     total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
     for d in deltas:
         clipped, _ = clip_delta(d, clip)
@@ -83,6 +86,7 @@ class UserLevelDP:
             raise ValueError("user-level DP needs a positive noise multiplier")
         self._ledger = None
         self.rounds = 0
+        self.history: list[float] = []  # the noise multiplier of each recorded release
 
     def sample(self, nodes: Sequence[int], rng: np.random.Generator) -> list[int]:
         """Each node independently with probability ``q`` (may be empty)."""
@@ -94,15 +98,26 @@ class UserLevelDP:
         """User-level ε after ``rounds`` rounds (PLD accountant)."""
         from fedrec.common.accounting import DpRelease, epsilon
 
-        n = self.rounds if rounds is None else rounds
-        if n == 0:
+        if rounds is None:
+            if not self.history:
+                return 0.0
+            return epsilon([DpRelease(z, self.sampling_probability, 1) for z in self.history],
+                           target_delta=self.target_delta, accountant="pld")
+        if rounds == 0:
             return 0.0
-        return epsilon([DpRelease(self.noise_multiplier, self.sampling_probability, n)],
+        return epsilon([DpRelease(self.noise_multiplier, self.sampling_probability, rounds)],
                        target_delta=self.target_delta, accountant="pld")
 
-    def record(self, server_round: int) -> None:
-        """Count the round and write it to the server's signed ledger."""
+    def record(self, server_round: int, *, noise_multiplier: float | None = None,
+               purpose: str = "dp-fedavg") -> None:
+        """Count the round and write it to the server's signed ledger.
+
+        ``noise_multiplier`` overrides the configured one for this release (the spectral
+        algorithm's two releases carry different noise).
+        """
+        z = self.noise_multiplier if noise_multiplier is None else float(noise_multiplier)
         self.rounds += 1
+        self.history.append(z)
         if self.ledger_dir is None:
             return
         if self._ledger is None:
@@ -114,8 +129,8 @@ class UserLevelDP:
             self._ledger = Ledger(Path(self.ledger_dir) / "server.jsonl", key,
                                   device_id="server")
         self._ledger.append(
-            round=server_round, noise_multiplier=self.noise_multiplier,
+            round=server_round, noise_multiplier=z,
             max_grad_norm=self.clip, sampling_probability=self.sampling_probability, steps=1,
             target_delta=self.target_delta, unit="user", budget_epsilon=self.budget_epsilon,
-            claimed_epsilon=self.epsilon(), accountant="pld", purpose="dp-fedavg",
+            claimed_epsilon=self.epsilon(), accountant="pld", purpose=purpose,
         )

@@ -114,10 +114,15 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         sampled = coord.sample(nodes)
         plan = (coord.plan_round(len(sampled)) if cfg.privacy == "distributed" and sampled
                 else None)
+        share = plan.noise_share if plan is not None else None
+        extra = coord.round_arrays(rnd)
         for u in sampled:
             dev = device(u)
-            out = dev.train(coord.state, rnd,
-                            noise_share=plan.noise_share if plan is not None else None)
+            if coord.spectral is not None:
+                out = dev.spectral_round(coord.spectral.phase(rnd), rnd, noise_share=share,
+                                         selected=extra.get("selected-items"))
+            else:
+                out = dev.train(coord.state, rnd, noise_share=share)
             done(u, dev)
             if isinstance(out, Refusal):
                 replies.append(Reply(node=u, refusal=out.reason))

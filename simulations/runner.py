@@ -40,6 +40,23 @@ class SimulationResult:
 def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
                     ) -> dict[str, object]:
     """ε spent per device from the ledgers' last claimed ε (max/median), with assumptions."""
+    summary = _privacy_summary(ledger_dir, cfg, noise_multiplier)
+    summary["algorithm"] = cfg.algorithm
+    if cfg.algorithm == "spectral" and cfg.privacy != "off":
+        from fedrec.common.spectral import PHASES
+
+        spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
+        summary.update({
+            "mechanism": "two Gaussian releases (popularity, co-occurrence of the top items)",
+            "noise_multiplier": list(cfg.spectral_noise()),
+            "max_grad_norm": [spec.sensitivity(p) for p in PHASES],
+            "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0,
+        })
+    return summary
+
+
+def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
+                     ) -> dict[str, object]:
     if cfg.privacy == "off":
         return {"mode": "off", "guarantee": "none: updates are not differentially private"}
     if cfg.privacy == "user":

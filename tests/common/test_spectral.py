@@ -1,0 +1,169 @@
+"""The spectral algorithm's building blocks: contributions, sensitivity, factorization, noise."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fedrec.common.spectral import (
+    PHASES,
+    SpectralSpec,
+    contribution,
+    factorize,
+    noise_multipliers,
+    phase_of_round,
+    select_items,
+)
+
+
+def _contrib(items, phase, spec, selected=None, seed=0):
+    return contribution(np.asarray(items), phase, spec, selected=selected,
+                        rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("unit", ["example", "user"])
+def test_contribution_shape_and_norm_do_not_depend_on_the_items(unit):
+    spec = SpectralSpec(n_items=50, dim=3, top_items=20, max_items=8, unit=unit)
+    selected = np.arange(0, 40, 2)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        items = rng.choice(50, size=int(rng.integers(1, 50)), replace=False)
+        for phase in PHASES:
+            c = _contrib(items, phase, spec, selected if phase == "cooccurrence" else None,
+                         seed=int(rng.integers(1 << 30)))
+            assert c.shape == spec.shape(phase)
+            assert np.linalg.norm(c) <= spec.max_norm(phase) + 1e-9
+            if unit == "user":
+                assert np.linalg.norm(c) <= 1.0 + 1e-9
+
+
+def test_example_level_sensitivity_holds_for_adding_and_swapping_one_item():
+    m = 6
+    spec = SpectralSpec(n_items=30, dim=2, top_items=30, max_items=m, unit="example")
+    selected = np.arange(30)
+    rng = np.random.default_rng(2)
+    worst = {p: 0.0 for p in PHASES}
+    for _ in range(200):
+        base = rng.choice(30, size=int(rng.integers(1, m + 1)), replace=False)
+        others = np.setdiff1d(np.arange(30), base)
+        new = rng.choice(others)
+        if len(base) < m:  # adding one item (no capping involved)
+            neighbour = np.append(base, new)
+        else:  # the capped subset of the neighbour differs by one swap (the coupling)
+            neighbour = np.append(np.delete(base, int(rng.integers(m))), new)
+        for phase in PHASES:
+            sel = selected if phase == "cooccurrence" else None
+            diff = np.linalg.norm(_contrib(base, phase, spec, sel)
+                                  - _contrib(neighbour, phase, spec, sel))
+            worst[phase] = max(worst[phase], diff)
+            assert diff <= spec.sensitivity(phase) + 1e-9, (phase, base, neighbour)
+    # the bound is attained by swaps: it is not loose by more than rounding
+    assert worst["cooccurrence"] == pytest.approx(math.sqrt(2 * m))
+    assert worst["popularity"] == pytest.approx(math.sqrt(2))
+
+
+def test_capping_keeps_at_most_max_items():
+    spec = SpectralSpec(n_items=100, dim=2, top_items=100, max_items=10, unit="example")
+    c = _contrib(np.arange(60), "popularity", spec)
+    assert c.sum() == 10 and set(np.unique(c)) <= {0.0, 1.0}
+
+
+def test_cooccurrence_only_counts_selected_items():
+    spec = SpectralSpec(n_items=10, dim=1, top_items=3, max_items=10, unit="example")
+    selected = np.array([1, 4, 7])
+    c = _contrib([1, 2, 7, 9], "cooccurrence", spec, selected)
+    # upper triangle of x xᵀ with x = (1, 0, 1) over the selection
+    assert c.tolist() == [1, 0, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="selected items"):
+        _contrib([1], "cooccurrence", spec, None)
+
+
+def test_select_items_takes_the_most_popular_with_deterministic_ties():
+    spec = SpectralSpec(n_items=6, dim=1, top_items=3)
+    assert select_items(np.array([5, 1, 5, 9, 0, 5]), spec).tolist() == [0, 2, 3]
+    with pytest.raises(ValueError):
+        select_items(np.ones(5), spec)
+
+
+def test_factorize_recovers_two_taste_groups_and_ranks_unselected_items_last():
+    # items 0-9 liked by group A, 10-19 by group B; items 20-29 are never selected
+    spec = SpectralSpec(n_items=30, dim=2, top_items=20, max_items=100, unit="example")
+    rng = np.random.default_rng(3)
+    users = [rng.choice(10, 6, replace=False) for _ in range(30)]
+    users += [10 + rng.choice(10, 6, replace=False) for _ in range(30)]
+    pop = sum(_contrib(u, "popularity", spec) for u in users)
+    selected = select_items(pop, spec)
+    assert selected.tolist() == list(range(20))
+    gram = sum(_contrib(u, "cooccurrence", spec, selected) for u in users)
+    table = factorize(pop, gram, selected, spec)
+    emb, bias = table["item_embedding.weight"], table["item_bias.weight"][:, 0]
+    assert emb.shape == (30, 2) and bias.shape == (30,)
+    assert np.allclose(emb[selected].T @ emb[selected], np.eye(2), atol=1e-5)
+    for items, group in ((users[0], set(range(10))), (users[-1], set(range(10, 20)))):
+        u = emb[items].sum(axis=0)  # the device's fold-in
+        scores = emb @ u + bias
+        scores[items] = -np.inf
+        top = np.argsort(-scores)[:4]
+        assert set(top.tolist()) <= group
+        assert scores[20:].max() < scores[selected[~np.isin(selected, items)]].min()
+
+
+def _dp_accounting_epsilon(sigmas, q, delta):
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    acc = pld_privacy_accountant.PLDAccountant()
+    for s in sigmas:
+        event = dp_accounting.GaussianDpEvent(s)
+        if q < 1:
+            event = dp_accounting.PoissonSampledDpEvent(q, event)
+        acc.compose(event)
+    return acc.get_epsilon(delta)
+
+
+def test_user_level_noise_spends_the_budget_per_dp_accounting():
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig(privacy="user", algorithm="spectral", num_rounds=2, epsilon=4.0,
+                    delta=1e-4, fraction_train=0.6, spectral_popularity_share=0.3)
+    s_pop, s_co = cfg.spectral_noise()
+    assert s_pop / s_co == pytest.approx(math.sqrt(0.7 / 0.3), rel=1e-6)
+    eps = _dp_accounting_epsilon([s_pop, s_co], 0.6, 1e-4)
+    assert 0.97 * 4.0 <= eps <= 4.0 * 1.001
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_example_level_noise_spends_the_budget_per_dp_accounting(accountant):
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig(privacy="distributed", algorithm="spectral", num_rounds=2, epsilon=3.0,
+                    accountant=accountant)
+    s_pop, s_co = cfg.spectral_noise()
+    eps = _dp_accounting_epsilon([s_pop, s_co], 1.0, cfg.delta)
+    # the devices' accountant (Opacus) and dp-accounting's PLD agree on two Gaussians;
+    # RDP is an upper bound, so its calibration is conservative
+    assert eps <= 3.0 * 1.01
+    assert eps >= (0.8 if accountant == "rdp" else 0.97) * 3.0
+
+
+def test_noise_multipliers_rejects_bad_budgets():
+    with pytest.raises(ValueError):
+        noise_multipliers(lambda h: 1.0, target_epsilon=0.0, popularity_share=0.5)
+
+
+def test_spec_and_config_validation():
+    from fedrec.common.config import RunConfig
+
+    with pytest.raises(ValueError, match="exactly 2 rounds"):
+        RunConfig(algorithm="spectral", num_rounds=5)
+    with pytest.raises(ValueError, match="item-bias"):
+        RunConfig(algorithm="spectral", num_rounds=2, item_bias=False)
+    with pytest.raises(ValueError, match="algorithm"):
+        RunConfig(algorithm="als")
+    with pytest.raises(ValueError):
+        SpectralSpec(n_items=10, dim=5, top_items=3)
+    with pytest.raises(ValueError):
+        SpectralSpec(n_items=10, dim=1, unit="group")
+    assert phase_of_round(1) == "popularity" and phase_of_round(2) == "cooccurrence"
+    with pytest.raises(ValueError):
+        phase_of_round(3)
