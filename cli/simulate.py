@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "default); distributed (example-level, devices add noise shares and "
                         "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
                         "noise added by the server)")
+    p.add_argument("--algorithm", choices=("sgd", "spectral"), default=None,
+                   help="sgd (rounds of local DP-SGD; default) or spectral (two DP releases, "
+                        "popularity and co-occurrence, factorized; runs 2 rounds)")
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
     p.add_argument("--population", type=int, default=None,
@@ -64,8 +67,12 @@ def config_from_args(args: argparse.Namespace):
         flat[key.strip()] = value.strip()
     named = {"dataset": args.dataset, "data-dir": args.data_dir, "num-rounds": args.rounds,
              "privacy": args.privacy, "epsilon": args.epsilon, "delta": args.delta,
-             "run-dir": args.run_dir, "seed": args.seed, "population": args.population}
+             "run-dir": args.run_dir, "seed": args.seed, "population": args.population,
+             "algorithm": getattr(args, "algorithm", None)}
     flat.update({k: v for k, v in named.items() if v is not None})
+    if flat.get("algorithm") == "spectral":  # its two rounds, unless asked otherwise
+        flat.setdefault("num-rounds", 2)
+        flat.setdefault("eval-every", 2)
     return RunConfig.from_flat(flat)
 
 

@@ -11,7 +11,10 @@ overhead; ``--engine flower`` runs them on Flower instead). It writes ``sweep.js
 ``sweep.md`` and ``sweep.png`` (NDCG@10 against ε per mode, with most-popular and
 non-private as horizontal lines).
 
-Recipes (``--recipe``) are named sets of run-config overrides in :data:`RECIPES`; pass
+Recipes (``--recipe``) are named sets of run-config overrides in :data:`RECIPES`, one per
+sweep label; a label is a privacy mode, optionally with a suffix naming a variant
+(``distributed-sgd`` runs ``--privacy distributed`` with DP-SGD rounds, where the ML-100K
+recipe of ``distributed`` is the spectral algorithm, the better of the two there). Pass
 ``--set KEY=VALUE`` to change any key for every run.
 """
 
@@ -36,12 +39,19 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
                   "n-negatives": 4, "sample-rate": 1.0, "local-epochs": 10,
                   "local-lr": 0.5, "max-grad-norm": 1.0, "server-lr": 24.0,
                   "batch-size-norm": 85.0, "eval-every": 6, "delta": 1e-5},
-        "distributed": {"num-rounds": 50, "fraction-train": 0.1, "dim": 2, "loss": "bce",
+        "distributed": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0,
+                        "dim": 8, "spectral-top-items": 300, "spectral-max-items": 100,
+                        "spectral-popularity-share": 0.2, "dropout-tolerance": 0.1,
+                        "eval-every": 2, "delta": 1e-5},
+        "distributed-sgd": {"num-rounds": 50, "fraction-train": 0.1, "dim": 2, "loss": "bce",
                         "n-negatives": 8, "sample-rate": 1.0, "local-epochs": 1,
                         "local-lr": 0.5, "batch-size-norm": 10.0,
                         "server-optimizer": "fedadam", "server-lr": 0.1,
                         "dropout-tolerance": 0.1, "eval-every": 50, "delta": 1e-5},
-        "user": {"num-rounds": 20, "fraction-train": 0.5, "dim": 32, "loss": "bce",
+        "user": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0, "dim": 8,
+                 "spectral-top-items": 300, "spectral-popularity-share": 0.2,
+                 "eval-every": 2, "delta": 1e-4},
+        "user-sgd": {"num-rounds": 20, "fraction-train": 0.5, "dim": 32, "loss": "bce",
                  "n-negatives": 8, "l2": 0.01, "local-epochs": 10, "sample-rate": 1.0,
                  "local-lr": 0.5, "batch-size-norm": 40.0, "server-optimizer": "fedadam",
                  "server-lr": 0.05, "user-clip": 0.5, "eval-every": 20, "delta": 1e-4},
@@ -53,11 +63,26 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
                         "server-optimizer": "fedadam", "server-lr": 0.05, "eval-every": 10},
         "user": {"num-rounds": 10, "fraction-train": 0.5, "server-optimizer": "fedadam",
                  "server-lr": 0.05, "eval-every": 10, "delta": 1e-4},
+        "distributed-spectral": {"algorithm": "spectral", "num-rounds": 2,
+                                 "fraction-train": 1.0, "eval-every": 2,
+                                 "spectral-top-items": 50},
+        "user-spectral": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0,
+                          "eval-every": 2, "spectral-top-items": 50, "delta": 1e-4},
     },
 }
 
 #: The unit of privacy and δ convention of each mode (for the table and the plot).
 UNITS = {"local": "example", "distributed": "example", "user": "user"}
+
+
+def privacy_of(label: str) -> str:
+    """The privacy mode of a sweep label: ``distributed-sgd`` runs ``--privacy distributed``."""
+    return label.split("-", 1)[0]
+
+
+def unit_of(label: str) -> str:
+    """The unit of privacy of a sweep label's mode."""
+    return UNITS.get(privacy_of(label), "-")
 
 
 def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
@@ -84,6 +109,10 @@ def run_sweep(base: dict[str, object], *, recipe: str, epsilons: list[float],
     from fedrec.simulations.federation import federated_dataset
 
     recipes = RECIPES[recipe]
+    unknown = [m for m in modes if m not in recipes or m == "off"]
+    if unknown:
+        raise ValueError(f"no recipe {unknown} in {recipe!r}; choose from "
+                         f"{sorted(k for k in recipes if k != 'off')}")
     cfg0 = RunConfig.from_flat(base)
     pop = most_popular(federated_dataset(cfg0).split)
     log(f"most-popular NDCG@10 {pop['ndcg@10']:.4f}")
@@ -96,7 +125,7 @@ def run_sweep(base: dict[str, object], *, recipe: str, epsilons: list[float],
             f"({r['seconds']:.0f} s)")
         for mode in modes:
             for eps in epsilons:
-                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": mode,
+                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": privacy_of(mode),
                                            "epsilon": eps, "seed": seed})
                 r = _run(cfg, engine)
                 runs.append({"mode": mode, "epsilon": eps, "seed": seed, **r})
@@ -130,9 +159,9 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     for (mode, eps), vals in groups.items():
         med = statistics.median(vals)
         delta = "-" if eps is None else f"{deltas.get((mode, eps)):g}"
-        lines.append(f"| {mode} | {UNITS.get(mode, '-')} | {'-' if eps is None else f'{eps:g}'}"
+        lines.append(f"| {mode} | {unit_of(mode) if eps is not None else '-'} | {'-' if eps is None else f'{eps:g}'}"
                      f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |")
-    if any(mode == "user" for mode, _ in groups):
+    if any(privacy_of(mode) == "user" for mode, _ in groups):
         lines.append("")
         lines.append("δ = 1e-4 for user-level runs is weak for 943 users (1/N ≈ 1.1e-3 would be "
                      "meaningless; 1e-4 still allows a 1-in-10,000 failure per user).")
@@ -147,7 +176,7 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
         pts = sorted((e, statistics.median(v)) for (m, e), v in groups.items()
                      if m == mode and e is not None)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                label=f"{mode} DP ({UNITS.get(mode, '?')}-level)")
+                label=f"{mode} DP ({unit_of(mode)}-level)")
     ax.set_xscale("log")
     ax.set_xlabel("epsilon (example-level: local, distributed; user-level: user)")
     ax.set_ylabel("NDCG@10")

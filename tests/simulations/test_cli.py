@@ -23,3 +23,19 @@ def test_bad_input_is_one_clear_line_not_a_traceback(capsys):
     assert main(["simulate", "--dataset", "ml-100k"]) == 2
     assert "--data-dir" in capsys.readouterr().err
     assert main(["baselines", "--dataset", "ml-1m", "--data-dir", "/nonexistent"]) == 2
+
+
+def test_simulate_spectral_user_level_from_the_command_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rc = main(["simulate", "--engine", "loop", "--algorithm", "spectral", "--privacy", "user",
+               "--delta", "1e-4", "--set", "synthetic-users=40", "--set", "synthetic-items=30",
+               "--set", "spectral-top-items=20", "--set", "fraction-train=1.0",
+               "--run-dir", str(run_dir)])
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    priv = summary["privacy"]
+    assert summary["rounds"] == 2 and priv["algorithm"] == "spectral"
+    assert priv["unit"].startswith("user") and 7.9 < priv["epsilon_max"] <= 8.0 + 1e-6
+    assert "algorithm spectral" in capsys.readouterr().out
+    assert main(["simulate", "--algorithm", "spectral", "--rounds", "5"]) == 2
+    assert "exactly 2 rounds" in capsys.readouterr().err

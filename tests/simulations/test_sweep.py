@@ -26,3 +26,20 @@ def test_sweep_runs_every_mode_and_writes_table_and_plot(tmp_path):
     assert "1e-4 for user-level runs is weak" in table
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert json.loads((tmp_path / "sweep.json").read_text())["recipe"] == "quick"
+
+
+def test_sweep_labels_name_a_mode_and_a_variant(tmp_path):
+    import pytest
+
+    base = {"dataset": "synthetic", "synthetic-users": 24, "synthetic-items": 30, "dim": 4,
+            "num-rounds": 3, "eval-every": 3}
+    result = run_sweep(base, recipe="quick", epsilons=[8.0], modes=["user-spectral"],
+                       log=lambda _m: None)
+    run = result["runs"][-1]
+    assert run["mode"] == "user-spectral"
+    assert run["config"]["privacy"] == "user" and run["config"]["algorithm"] == "spectral"
+    write_outputs(result, tmp_path)
+    assert "| user-spectral | user | 8 | 0.0001 |" in (tmp_path / "sweep.md").read_text()
+    with pytest.raises(ValueError, match="no recipe"):
+        run_sweep(base, recipe="quick", epsilons=[8.0], modes=["user-als"])
+    assert RECIPES["ml-100k"]["distributed"]["algorithm"] == "spectral"

@@ -1,0 +1,134 @@
+"""The spectral algorithm through the device and the coordinator, in each privacy mode."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedrec.client.device import Device, Refusal, TrainReply
+from fedrec.common.config import RunConfig
+from fedrec.common.dp import DPConfig
+from fedrec.common.spectral import SpectralSpec, contribution
+from fedrec.server.coordinator import Reply, make_coordinator
+
+SPEC = SpectralSpec(n_items=40, dim=2, top_items=12, max_items=5, unit="example")
+SELECTED = np.arange(0, 24, 2)
+
+
+def _device(items, *, dp=True, noise=(2.0, 1.5), on_release=None, budget=100.0, spec=SPEC):
+    cfg = RunConfig(dim=spec.dim)
+    return Device("d", np.asarray(items), n_items=spec.n_items, dim=spec.dim,
+                  local=cfg.local_config(),
+                  dp=DPConfig(noise_multiplier=noise[1], max_grad_norm=1.0, target_delta=1e-5,
+                              budget_epsilon=budget, accountant="rdp") if dp else None,
+                  seed=0, spectral=spec, spectral_noise=noise if dp else None,
+                  on_release=on_release)
+
+
+def test_device_adds_calibrated_noise_and_records_before_replying():
+    events = []
+    dev = _device(range(0, 30, 3), on_release=events.append)
+    out = dev.spectral_round("popularity", 1)
+    assert isinstance(out, TrainReply) and list(out.delta) == ["popularity"]
+    assert len(events) == 1 and events[0].noise_multiplier == 2.0
+    assert events[0].max_grad_norm == pytest.approx(math.sqrt(2))
+    assert events[0].purpose == "spectral-popularity"
+    assert dev.accountant.history == [(2.0, 1.0, 1)]
+    # a large co-occurrence reply: its noise has std σ·Δ (times the share in a secure sum)
+    spec = SpectralSpec(n_items=400, dim=2, top_items=300, max_items=5, unit="example")
+    for share in (None, 0.25):
+        dev = _device([], spec=spec)
+        dev.train_items = np.array([1])  # one item outside the selection: a zero contribution
+        out = dev.spectral_round("cooccurrence", 2, selected=np.arange(300) + 100,
+                                 noise_share=share)
+        std = float(np.std(out.delta["cooccurrence"]))
+        expected = 1.5 * math.sqrt(2 * 5) * (1.0 if share is None else share)
+        assert std == pytest.approx(expected, rel=0.02)
+
+
+def test_reply_has_one_shape_and_no_user_data():
+    shapes = set()
+    for items in ([3], list(range(20)), [0, 39]):
+        dev = _device(items)
+        for rnd, phase in ((1, "popularity"), (2, "cooccurrence")):
+            out = dev.spectral_round(phase, rnd, selected=SELECTED)
+            assert set(out.delta) == {phase} and out.num_examples == 1 and out.metrics == {}
+            shapes.add((phase, out.delta[phase].shape, out.delta[phase].dtype))
+    assert len(shapes) == 2
+
+
+def test_device_refuses_a_release_past_its_budget():
+    dev = _device(range(10), budget=2.0, noise=(1.0, 1.0))
+    out = dev.spectral_round("popularity", 1)
+    assert isinstance(out, Refusal) and "budget" in out.reason
+    assert dev.accountant.history == []
+
+
+def test_fold_in_ranks_with_the_devices_own_items():
+    dev = _device([0, 1], dp=False)
+    emb = np.zeros((40, 2), np.float32)
+    emb[[0, 1, 5]] = [[1, 0], [1, 0], [1, 0]]
+    emb[7] = [0, 1]
+    state = {"item_embedding.weight": emb, "item_bias.weight": np.zeros((40, 1), np.float32)}
+    assert dev.recommend(1, state).tolist() == [5]
+
+
+def _coordinator(privacy, tmp_path, **kw):
+    cfg = RunConfig(privacy=privacy, algorithm="spectral", num_rounds=2, dim=2,
+                    fraction_train=1.0, epsilon=8.0, delta=1e-4 if privacy == "user" else 1e-5,
+                    spectral_top_items=12, spectral_max_items=5, accountant="rdp", **kw)
+    return cfg, make_coordinator(cfg, 40, ledger_dir=tmp_path / "ledgers")
+
+
+def test_user_level_noise_on_the_sums_is_ledgered_and_replayed(tmp_path):
+    from fedrec.common.audit import audit_run
+
+    cfg, coord = _coordinator("user", tmp_path)
+    spec = coord.spectral.spec
+    z = cfg.spectral_noise()
+    rng = np.random.default_rng(0)
+    users = [rng.choice(40, 8, replace=False) for _ in range(30)]
+    replies = [Reply(node=i, delta={"popularity": contribution(
+        u, "popularity", spec, rng=rng).astype(np.float32)}) for i, u in enumerate(users)]
+    clean = sum(r.delta["popularity"] for r in replies)
+    report = coord.aggregate(1, replies)
+    assert report.aggregated == 30
+    # the noise on the released sum has std z_pop (sensitivity 1)
+    assert np.std(coord.spectral.popularity - clean) == pytest.approx(z[0], rel=0.35)
+    selected = coord.round_arrays(2)["selected-items"]
+    replies = [Reply(node=i, delta={"cooccurrence": contribution(
+        u, "cooccurrence", spec, selected=selected, rng=rng).astype(np.float32)})
+        for i, u in enumerate(users)]
+    coord.aggregate(2, replies)
+    assert coord.state["item_embedding.weight"].shape == (40, 2)
+    records = [json.loads(line) for line in
+               (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()]
+    assert [r["mechanism"]["noise_multiplier"] for r in records] == pytest.approx(list(z))
+    assert [r["purpose"] for r in records] == ["spectral-popularity", "spectral-cooccurrence"]
+    assert records[-1]["claimed_epsilon"] <= 8.0 + 1e-6
+    report = audit_run(tmp_path / "ledgers", accountants=("pld",), workers=1, plots=False,
+                       write=False)
+    assert report.ok and report.ledgers[0].epsilon["pld"] <= 8.0 * 1.01
+
+
+def test_a_reply_of_the_wrong_shape_or_too_large_is_dropped(tmp_path):
+    _, coord = _coordinator("local", tmp_path)
+    good = np.zeros(40, np.float32)
+    replies = [Reply(node=0, delta={"popularity": good}),
+               Reply(node=1, delta={"popularity": np.zeros(39, np.float32)}),
+               Reply(node=2, delta={"cooccurrence": good}),
+               Reply(node=3, delta={"popularity": np.full(40, 1e6, np.float32)})]
+    report = coord.aggregate(1, replies)
+    assert report.aggregated == 1 and report.dropped == 3
+
+
+def test_distributed_secure_sum_is_accounted_at_the_noise_present(tmp_path):
+    _, coord = _coordinator("distributed", tmp_path, dropout_policy="account")
+    plan = coord.plan_round(10)
+    total = {"popularity": np.zeros(40, np.float32)}
+    coord.aggregate_sum(1, plan, total, list(range(5)))  # 5 of the 9 provisioned
+    z_pop = coord.spectral.noise_multiplier("popularity")
+    history = coord.distributed.histories["0"]
+    assert history == [(pytest.approx(z_pop * math.sqrt(5 / 9)), 1.0, 1)]
+    assert coord.spectral.selected is not None
