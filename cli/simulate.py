@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     console.print(f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
-                  + (f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, example-level)"
+                  + (f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
+                     f"{'user' if cfg.privacy == 'user' else 'example'}-level)"
                      if cfg.privacy != "off" else "")
                   + f", {cfg.num_rounds} rounds, engine {args.engine}")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),

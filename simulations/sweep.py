@@ -159,7 +159,8 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     for (mode, eps), vals in groups.items():
         med = statistics.median(vals)
         delta = "-" if eps is None else f"{deltas.get((mode, eps)):g}"
-        lines.append(f"| {mode} | {unit_of(mode) if eps is not None else '-'} | {'-' if eps is None else f'{eps:g}'}"
+        unit = unit_of(mode) if eps is not None else "-"
+        lines.append(f"| {mode} | {unit} | {'-' if eps is None else f'{eps:g}'}"
                      f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |")
     if any(privacy_of(mode) == "user" for mode, _ in groups):
         lines.append("")
