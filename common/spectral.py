@@ -6,9 +6,8 @@ eigendecomposition of the item co-occurrence matrix (PureSVD, Cremonesi et al., 
 with private item selection by frequency as in Chien et al., "Private Alternating Least
 Squares" (ICML 2021). Two rounds:
 
-1. **popularity**: each device sends the indicator vector of its items (at most
-   ``max_items`` of them, drawn at random, for example-level DP; scaled to norm 1 for
-   user-level DP). The noisy sum is the DP popularity; the ``top_items`` most popular are
+1. **popularity**: each device sends the indicator vector of its items (scaled to norm 1
+   for user-level DP). The noisy sum is the DP popularity; the ``top_items`` most popular are
    selected (post-processing, public).
 2. **cooccurrence**: each device sends the upper triangle of ``x xᵀ`` for its indicator
    ``x`` restricted to the selected items (again capped at ``max_items`` items, or scaled to
@@ -21,11 +20,11 @@ device (``u = Vᵀx``: the PureSVD fold-in), and never leaves it.
 
 **Sensitivity** (L2, the neighbouring relation add/remove):
 
-* example-level, one interaction: a device's capped set changes by at most one item added,
-  one removed, or one swapped (a uniformly random subset of ``m`` items is coupled so that
-  its neighbour's differs by at most one swap). Popularity: ``√2``. Co-occurrence: a swap
-  changes the ``m`` upper-triangle entries of the removed item and the ``m`` of the added
-  one, so ``√(2m)``.
+* example-level, one interaction: popularity changes in one coordinate by 1, so ``1``.
+  Co-occurrence: a device's capped set changes by at most one item added, one removed, or
+  one swapped (a uniformly random subset of ``m`` items is coupled so that its neighbour's
+  differs by at most one swap); a swap changes the ``m`` upper-triangle entries of the
+  removed item and the ``m`` of the added one, so ``√(2m)``.
 * user-level, a whole device: the contribution has norm at most 1 in both rounds, so 1.
 
 Each round is then a Gaussian mechanism with noise std ``σ_r·Δ_r`` on the sum, i.e. one
@@ -66,8 +65,8 @@ class SpectralSpec:
         n_items: catalog size.
         dim: embedding dimension (eigenvectors kept).
         top_items: items selected by DP popularity for the co-occurrence round.
-        max_items: example-level contribution bound: a device contributes at most this many
-            of its items (drawn uniformly at random) in each round.
+        max_items: example-level contribution bound of the co-occurrence round: a device
+            contributes at most this many of its items (drawn uniformly at random).
         unit: ``"example"`` (one interaction) or ``"user"`` (a whole device).
         popularity_share: the fraction of the budget (of ``1/σ²``) spent on popularity.
     """
@@ -108,15 +107,17 @@ class SpectralSpec:
         self.shape(phase)
         if self.unit == "user":
             return 1.0
-        return math.sqrt(2.0) if phase == "popularity" else math.sqrt(2.0 * self.max_items)
+        return 1.0 if phase == "popularity" else math.sqrt(2.0 * self.max_items)
 
     def max_norm(self, phase: str) -> float:
         """The largest norm a (noise-free) contribution can have."""
         self.shape(phase)
         if self.unit == "user":
             return 1.0
-        m = min(self.max_items, self.n_selected if phase == "cooccurrence" else self.n_items)
-        return math.sqrt(m) if phase == "popularity" else math.sqrt(m * (m + 1) / 2)
+        if phase == "popularity":
+            return math.sqrt(self.n_items)
+        m = min(self.max_items, self.n_selected)
+        return math.sqrt(m * (m + 1) / 2)
 
 
 def _capped(items: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -141,7 +142,7 @@ def contribution(items: np.ndarray, phase: str, spec: SpectralSpec, *,
     items = np.asarray(items, dtype=np.int64)
     if phase == "popularity":
         x = np.zeros(spec.n_items)
-        keep = _capped(items, spec.max_items, rng) if spec.unit == "example" else np.unique(items)
+        keep = np.unique(items)
         x[keep] = 1.0
         if spec.unit == "user" and len(keep):
             x /= math.sqrt(len(keep))
