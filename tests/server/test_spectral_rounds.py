@@ -32,7 +32,7 @@ def test_device_adds_calibrated_noise_and_records_before_replying():
     out = dev.spectral_round("popularity", 1)
     assert isinstance(out, TrainReply) and list(out.delta) == ["popularity"]
     assert len(events) == 1 and events[0].noise_multiplier == 2.0
-    assert events[0].max_grad_norm == pytest.approx(math.sqrt(2))
+    assert events[0].max_grad_norm == pytest.approx(1.0)
     assert events[0].purpose == "spectral-popularity"
     assert dev.accountant.history == [(2.0, 1.0, 1)]
     # a large co-occurrence reply: its noise has std σ·Δ (times the share in a secure sum)
