@@ -80,8 +80,8 @@ class RunConfig:
     spectral_top_items: int = _doc(
         "spectral: items selected by DP popularity for the co-occurrence round", default=300)
     spectral_max_items: int = _doc(
-        "spectral, example-level DP: a device contributes at most this many of its items per "
-        "round (drawn at random); bounds the sensitivity", default=100)
+        "spectral, example-level DP: a device contributes at most this many of its items to "
+        "the co-occurrence round (drawn at random); bounds its sensitivity", default=100)
     spectral_popularity_share: float = _doc(
         "spectral: fraction of the privacy budget (of 1/sigma^2) spent on the popularity count",
         default=0.2)
