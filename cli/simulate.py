@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "noise added by the server)")
     p.add_argument("--algorithm", choices=("sgd", "spectral"), default=None,
                    help="sgd (rounds of local DP-SGD; default) or spectral (two DP releases, "
-                        "popularity and co-occurrence, factorized; runs 2 rounds)")
+                        "popularity and co-occurrence, factorized; runs 2 rounds, every device "
+                        "in each unless --set fraction-train says otherwise)")
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
     p.add_argument("--population", type=int, default=None,
@@ -73,6 +74,7 @@ def config_from_args(args: argparse.Namespace):
     if flat.get("algorithm") == "spectral":  # its two rounds, unless asked otherwise
         flat.setdefault("num-rounds", 2)
         flat.setdefault("eval-every", 2)
+        flat.setdefault("fraction-train", 1.0)
     return RunConfig.from_flat(flat)
 
 

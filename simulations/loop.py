@@ -26,10 +26,11 @@ _KEEP_DEVICES = 5000
 
 @dataclass
 class PlainResult:
-    """Per-round reports and evaluations of a plain-loop run."""
+    """Per-round reports and evaluations of a plain-loop run, and the final item table."""
 
     rounds: list[dict[str, object]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
     train_seconds: float = 0.0
 
@@ -148,5 +149,6 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
             on_round(report)
     evaluated = {u: device(u) for u in range(fed.n_real_users)}  # real users only
     result.final = central_evaluation(evaluated, coord.state, cfg.k_values)
+    result.state = {k: v.copy() for k, v in coord.state.items()}
     result.seconds = time.perf_counter() - t0
     return result

@@ -165,13 +165,7 @@ def simulate(
     run_dir = RunDirectory(cfg.run_dir)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
-    from fedrec.common.ledger import library_versions
-
-    run_dir.write_json("config.json", {
-        "run_config": cfg.to_flat(), "noise_multiplier": sigma,
-        "devices": fed.n_users, "items": fed.n_items, "interactions": len(fed.data),
-        "versions": library_versions(),
-    })
+    _write_config(run_dir, cfg, fed, sigma)
     result = SimulationResult(run_dir=run_dir.path, config=cfg)
 
     def record(r: dict[str, object]) -> None:
@@ -198,6 +192,17 @@ def simulate(
     return result
 
 
+def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> None:
+    """The run directory's ``config.json``: resolved configuration, noise, sizes, versions."""
+    from fedrec.common.ledger import library_versions
+
+    run_dir.write_json("config.json", {
+        "run_config": cfg.to_flat(), "noise_multiplier": sigma,
+        "devices": fed.n_users, "items": fed.n_items, "interactions": len(fed.data),
+        "versions": library_versions(),
+    })
+
+
 def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None
                   ) -> tuple[dict[str, object], Path]:
     """The same run with the plain loop of :mod:`fedrec.simulations.loop` (a reference)."""
@@ -207,6 +212,7 @@ def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], Non
     run_dir = RunDirectory(cfg.run_dir)
     fed = federated_dataset(cfg)
     sigma = resolve_noise_multiplier(cfg)
+    _write_config(run_dir, cfg, fed, sigma)
 
     def record(r: dict[str, object]) -> None:
         run_dir.append_metrics(r)
@@ -214,6 +220,7 @@ def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], Non
             on_round(r)
 
     res = run_plain(cfg, on_round=record, ledger_dir=run_dir.ledger_dir)
+    run_dir.save_final(res.state, fed.data.item_map.to_list())
     summary = _finish(run_dir, cfg, fed, res.rounds, sigma, wall=res.seconds,
                       central_evaluation=res.final, engine="loop")
     return summary, run_dir.path

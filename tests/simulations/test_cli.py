@@ -29,12 +29,14 @@ def test_simulate_spectral_user_level_from_the_command_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     rc = main(["simulate", "--engine", "loop", "--algorithm", "spectral", "--privacy", "user",
                "--delta", "1e-4", "--set", "synthetic-users=40", "--set", "synthetic-items=30",
-               "--set", "spectral-top-items=20", "--set", "fraction-train=1.0",
-               "--run-dir", str(run_dir)])
+               "--set", "spectral-top-items=20", "--run-dir", str(run_dir)])
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     priv = summary["privacy"]
     assert summary["rounds"] == 2 and priv["algorithm"] == "spectral"
+    config = json.loads((run_dir / "config.json").read_text())["run_config"]
+    assert config["fraction-train"] == 1.0 and config["num-rounds"] == 2
+    assert (run_dir / "item_embeddings.npz").exists()
     assert priv["unit"].startswith("user") and 7.9 < priv["epsilon_max"] <= 8.0 + 1e-6
     assert "algorithm spectral" in capsys.readouterr().out
     assert main(["simulate", "--algorithm", "spectral", "--rounds", "5"]) == 2
