@@ -10,6 +10,10 @@ released change of its item's bias and embedding norm: guess "included" for the 
 scores and "excluded" for the lowest. The one-run bound then gives an ε lower bound at
 confidence 1−β that must not exceed the ε the device's accountant claims; with the noise
 switched off the bound exceeds it, which catches a broken implementation.
+
+``--algorithm spectral`` audits the spectral algorithm's popularity release instead
+(:meth:`fedrec.client.device.Device.spectral_round`, example-level): the device's items are
+the included canaries, and each canary is scored by the released count of its item.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from fedrec.common.canary import run_canary_audit
 from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.model import MatrixFactorization
 
-__all__ = ["MFCanaryResult", "audit_device_training"]
+__all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release"]
 
 
 @dataclass
@@ -75,6 +79,43 @@ def audit_device_training(*, m: int = 1000, k_guesses: int = 200, noise_multipli
     return MFCanaryResult(result.r, result.v, result.epsilon_lower_bound, eps)
 
 
+def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multiplier: float,
+                           claimed_noise_multiplier: float | None = None, seed: int = 0,
+                           beta: float = 0.05, delta: float = 1e-5) -> MFCanaryResult:
+    """Audit one device's spectral popularity release with ``m`` canary items.
+
+    The device is the product's :class:`~fedrec.client.device.Device`; with
+    ``noise_multiplier`` 0 it releases its contribution without noise (a broken release)
+    while the claim is computed at ``claimed_noise_multiplier``.
+    """
+    from fedrec.client.device import Device
+    from fedrec.common.spectral import SpectralSpec
+
+    claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
+        claimed_noise_multiplier
+    spec = SpectralSpec(n_items=m, dim=1, top_items=1, unit="example")
+    local = LocalConfig()
+
+    def release_and_score(included: np.ndarray) -> np.ndarray:
+        dp = (DPConfig(noise_multiplier=noise_multiplier, max_grad_norm=1.0,
+                       budget_epsilon=1e9, target_delta=delta, accountant="rdp")
+              if noise_multiplier > 0 else None)
+        device = Device("canary-device", np.flatnonzero(included), n_items=m, dim=1,
+                        local=local, dp=dp, seed=seed, spectral=spec,
+                        spectral_noise=(noise_multiplier, noise_multiplier) if dp else None)
+        if not included.any():
+            return np.zeros(m)
+        return np.asarray(device.spectral_round("popularity", 1).delta["popularity"],
+                          dtype=np.float64)
+
+    result = run_canary_audit(release_and_score, m=m, seed=seed, beta=beta, delta=delta,
+                              k_guesses=k_guesses)
+    claimed = make_accountant("rdp")
+    claimed.history = [(claimed_sigma, 1.0, 1)]
+    return MFCanaryResult(result.r, result.v, result.epsilon_lower_bound,
+                          float(claimed.get_epsilon(delta=delta)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the audit of an honest run and of a run with the noise switched off."""
     ap = argparse.ArgumentParser(description=__doc__,
@@ -83,13 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--m", type=int, default=1000)
     ap.add_argument("--guesses", type=int, default=200)
+    ap.add_argument("--algorithm", choices=("sgd", "spectral"), default="sgd",
+                    help="audit DP-SGD training (default) or the spectral popularity release")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    honest = audit_device_training(m=args.m, k_guesses=args.guesses,
-                                   noise_multiplier=args.noise_multiplier, rounds=args.rounds)
-    broken = audit_device_training(m=args.m, k_guesses=args.guesses, noise_multiplier=0.0,
-                                   claimed_noise_multiplier=args.noise_multiplier,
-                                   rounds=args.rounds)
+    if args.algorithm == "spectral":
+        honest = audit_spectral_release(m=args.m, k_guesses=args.guesses,
+                                        noise_multiplier=args.noise_multiplier)
+        broken = audit_spectral_release(m=args.m, k_guesses=args.guesses, noise_multiplier=0.0,
+                                        claimed_noise_multiplier=args.noise_multiplier)
+    else:
+        honest = audit_device_training(m=args.m, k_guesses=args.guesses,
+                                       noise_multiplier=args.noise_multiplier,
+                                       rounds=args.rounds)
+        broken = audit_device_training(m=args.m, k_guesses=args.guesses, noise_multiplier=0.0,
+                                       claimed_noise_multiplier=args.noise_multiplier,
+                                       rounds=args.rounds)
     for name, res in (("honest", honest), ("noise off (broken)", broken)):
         verdict = "CAUGHT: lower bound exceeds the claim" if (
             res.epsilon_lower_bound > res.claimed_epsilon) else "consistent with the claim"
