@@ -141,6 +141,12 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
                 "reason": "spectral round sent to a device not configured for it",
                 "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
             return Message(content, reply_to=msg)
+        if phase is not None and device.dp is None and not is_secure_request(msg):
+            # without device noise a spectral contribution is the item indicator itself
+            content = RecordDict({"refusal": ConfigRecord({
+                "reason": "spectral contribution without device noise requested outside "
+                          "secure aggregation", "epsilon-spent": 0.0, "epsilon-needed": 0.0})})
+            return Message(content, reply_to=msg)
         if phase is not None:
             outcome = device.spectral_round(
                 str(phase), server_round, selected=global_state.get("selected-items"),

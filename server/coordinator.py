@@ -235,16 +235,11 @@ class Coordinator:
             log.warning("round %d: dropped reply: %s", server_round, reason)
         norm = 0.0
         if self.spectral is not None:
+            if self.secure:
+                raise RuntimeError("spectral rounds without device noise go through the secure "
+                                   "sum (aggregate_sum): their contributions are item indicators")
             phase = self.spectral.phase(server_round)
-            if self.user_dp is not None:  # user-level: clip (norm 1) and noise on the sum
-                z = self.spectral.noise_multiplier(phase)
-                total = noisy_mean([r.delta for r in good], reference,  # type: ignore[misc]
-                                   clip=self.user_dp.clip, noise_multiplier=z,
-                                   expected_count=1.0, rng=self.rng)
-                self.user_dp.record(server_round, noise_multiplier=z,
-                                    purpose=f"spectral-{phase}")
-                norm = self._spectral_step(server_round, total)
-            elif good:  # off, or local DP: each contribution already carries its noise
+            if good:  # off, or local DP: each contribution already carries its noise
                 total = {phase: np.sum([r.delta[phase] for r in good],  # type: ignore[index]
                                        axis=0, dtype=np.float64)}
                 norm = self._spectral_step(server_round, total)
@@ -281,24 +276,46 @@ class Coordinator:
             train_metrics=train_metrics,
         )
 
+    @property
+    def secure(self) -> bool:
+        """Whether training rounds go through a secure sum (SecAgg+) instead of replies.
+
+        Distributed DP, and the spectral algorithm whenever devices add no noise of their own
+        (user-level DP, privacy off): its contributions are then the devices' item indicators,
+        which must never reach the server one by one.
+        """
+        return self.distributed is not None or (self.spectral is not None
+                                                and not self.spectral.device_noise)
+
     def plan_round(self, sampled: int) -> RoundPlan:
-        """Distributed DP: the provisioning (noise share) of a round of ``sampled`` devices."""
-        if self.distributed is None:
-            raise RuntimeError("plan_round is for distributed DP runs")
-        return self.distributed.plan(sampled)
+        """A secure round's provisioning: noise share (distributed DP) of ``sampled`` devices.
+
+        Spectral rounds without device noise carry no noise share (user-level: the server
+        adds the noise to the sum) and need no minimum beyond SecAgg+'s own.
+        """
+        if self.distributed is not None:
+            return self.distributed.plan(sampled)
+        if self.secure:
+            return RoundPlan(sampled=sampled, min_included=1, noise_share=0.0)
+        raise RuntimeError("plan_round is for rounds with a secure sum")
 
     def aggregate_sum(self, server_round: int, plan: RoundPlan,
                       total: Mapping[str, np.ndarray] | None, included: Sequence[int], *,
                       refused: int = 0, drop_reasons: Sequence[str] = ()) -> RoundReport:
-        """Distributed DP: step with a secure sum of ``len(included)`` devices' updates.
+        """Step with a secure sum of ``len(included)`` devices' updates.
 
         The server never holds an individual update here, only ``total``. It checks the sum
         (keys, shape, finite, norm at most ``len(included) · max-update-norm``), accounts the
         round for every included device at the noise actually present (before the table
-        changes), then steps with the mean ``total / len(included)``.
+        changes), then steps with the mean ``total / len(included)``. User-level spectral
+        rounds instead add the user-level noise to the sum and record it in the server's
+        ledger first.
         """
+        if not self.secure:
+            raise RuntimeError("aggregate_sum is for rounds with a secure sum")
         if self.distributed is None:
-            raise RuntimeError("aggregate_sum is for distributed DP runs")
+            return self._spectral_sum(server_round, plan, total, included, refused=refused,
+                                      drop_reasons=drop_reasons)
         reasons = list(drop_reasons)
         n = len(included)
         norm = 0.0
@@ -348,6 +365,46 @@ class Coordinator:
             server_round=server_round, sampled=plan.sampled, aggregated=n, refused=refused,
             dropped=plan.sampled - n - refused, drop_reasons=reasons, update_norm=norm,
             train_metrics=metrics,
+        )
+
+    def _spectral_sum(self, server_round: int, plan: RoundPlan,
+                      total: Mapping[str, np.ndarray] | None, included: Sequence[int], *,
+                      refused: int, drop_reasons: Sequence[str]) -> RoundReport:
+        """Spectral round on a secure sum: user-level noise added (and ledgered), then used.
+
+        Under user-level DP each device's contribution has norm at most 1 by construction (the
+        device clips); the server never sees one, only the sum, to which it adds ``N(0, z²)``
+        per coordinate. With privacy off the sum is used as it is.
+        """
+        assert self.spectral is not None
+        reasons = list(drop_reasons)
+        phase = self.spectral.phase(server_round)
+        reference = self.spectral.reference(phase)
+        n = len(included)
+        if total is not None and n > 0:
+            why = validate_delta(dict(total), reference,
+                                 max_norm=self.spectral.reply_norm_bound(phase) * n)
+            if why is not None:
+                reasons.append(f"secure sum rejected: {why}")
+                n = 0
+        norm = 0.0
+        eps: dict[str, float] = {}
+        if total is not None and n > 0:
+            noisy = {phase: np.asarray(total[phase], dtype=np.float64)}
+            if self.user_dp is not None:
+                z = self.spectral.noise_multiplier(phase)
+                noisy[phase] = noisy[phase] + self.rng.normal(
+                    0.0, z * self.user_dp.clip, size=reference[phase].shape)
+                self.user_dp.record(server_round, noise_multiplier=z,
+                                    purpose=f"spectral-{phase}")
+                eps = {"epsilon_user": self.user_dp.epsilon()}
+            norm = self._spectral_step(server_round, noisy)
+        for reason in reasons:
+            log.warning("round %d: %s", server_round, reason)
+        return RoundReport(
+            server_round=server_round, sampled=plan.sampled, aggregated=n, refused=refused,
+            dropped=plan.sampled - n - refused, drop_reasons=reasons, update_norm=norm,
+            train_metrics=eps,
         )
 
     @staticmethod

@@ -150,8 +150,9 @@ class ItemEmbeddingStrategy(Strategy):
             return _to_arrays(coord.state), MetricRecord({"aggregated": 0})
         plan = coord.plan_round(len(nodes))
         config["server-round"] = server_round
-        config["noise-share"] = plan.noise_share
-        config["min-included"] = plan.min_included
+        if coord.distributed is not None:
+            config["noise-share"] = plan.noise_share
+            config["min-included"] = plan.min_included
         arrays = self._spectral_request(server_round, arrays, config)
         reference, _ = coord._reference(server_round)
         content = RecordDict({"arrays": arrays, "config": config})
@@ -163,7 +164,8 @@ class ItemEmbeddingStrategy(Strategy):
             res = secure_sum(
                 grid, nodes, content, config=secagg, group_id=str(server_round),
                 shapes={k: tuple(v.shape) for k, v in reference.items()},
-                min_included=plan.min_included if self.cfg.dropout_policy == "abort" else None)
+                min_included=plan.min_included if (self.cfg.dropout_policy == "abort"
+                                                   and coord.distributed is not None) else None)
             total, included = res.total, list(res.included)
             declined = len(res.declined)
             reasons = [f"node {n}: {why}" for n, why in sorted(res.drop_reasons.items())
@@ -235,7 +237,7 @@ class ItemEmbeddingStrategy(Strategy):
         self.wait_for_nodes(grid)
         for rnd in range(1, num_rounds + 1):
             t0 = time.perf_counter()
-            if self.coordinator.distributed is not None:
+            if self.coordinator.secure:
                 new_arrays, train_metrics = self.secure_round(
                     grid, rnd, arrays, ConfigRecord(dict(train_config or {})), timeout=timeout)
             else:

@@ -113,9 +113,8 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         t_round = time.perf_counter()
         replies = []
         sampled = coord.sample(nodes)
-        plan = (coord.plan_round(len(sampled)) if cfg.privacy == "distributed" and sampled
-                else None)
-        share = plan.noise_share if plan is not None else None
+        plan = coord.plan_round(len(sampled)) if coord.secure and sampled else None
+        share = plan.noise_share if plan is not None and coord.distributed is not None else None
         extra = coord.round_arrays(rnd)
         for u in sampled:
             dev = device(u)

@@ -46,6 +46,10 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
         from fedrec.common.spectral import PHASES
 
         spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
+        if cfg.privacy == "user":
+            summary["trust"] = ("SecAgg+ shows the server only the sum of a round's "
+                                "contributions (each of norm at most 1, clipped on the device); "
+                                "the server adds the noise to the sum and is trusted to")
         summary.update({
             "mechanism": "two Gaussian releases (popularity, co-occurrence of the top items)",
             "noise_multiplier": list(cfg.spectral_noise()),

@@ -81,26 +81,29 @@ def _coordinator(privacy, tmp_path, **kw):
     return cfg, make_coordinator(cfg, 40, ledger_dir=tmp_path / "ledgers")
 
 
-def test_user_level_noise_on_the_sums_is_ledgered_and_replayed(tmp_path):
+def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
     from fedrec.common.audit import audit_run
 
     cfg, coord = _coordinator("user", tmp_path)
+    assert coord.secure  # the contributions are item indicators: only sums reach the server
+    with pytest.raises(RuntimeError, match="secure"):
+        coord.aggregate(1, [])
     spec = coord.spectral.spec
     z = cfg.spectral_noise()
     rng = np.random.default_rng(0)
     users = [rng.choice(40, 8, replace=False) for _ in range(30)]
-    replies = [Reply(node=i, delta={"popularity": contribution(
-        u, "popularity", spec, rng=rng).astype(np.float32)}) for i, u in enumerate(users)]
-    clean = sum(r.delta["popularity"] for r in replies)
-    report = coord.aggregate(1, replies)
-    assert report.aggregated == 30
+    clean = sum(contribution(u, "popularity", spec, rng=rng) for u in users)
+    plan = coord.plan_round(30)
+    assert plan.noise_share == 0.0
+    report = coord.aggregate_sum(1, plan, {"popularity": clean.astype(np.float32)},
+                                 list(range(30)))
+    assert report.aggregated == 30 and report.train_metrics["epsilon_user"] > 0
     # the noise on the released sum has std z_pop (sensitivity 1)
     assert np.std(coord.spectral.popularity - clean) == pytest.approx(z[0], rel=0.35)
     selected = coord.round_arrays(2)["selected-items"]
-    replies = [Reply(node=i, delta={"cooccurrence": contribution(
-        u, "cooccurrence", spec, selected=selected, rng=rng).astype(np.float32)})
-        for i, u in enumerate(users)]
-    coord.aggregate(2, replies)
+    gram = sum(contribution(u, "cooccurrence", spec, selected=selected, rng=rng) for u in users)
+    coord.aggregate_sum(2, coord.plan_round(30), {"cooccurrence": gram.astype(np.float32)},
+                        list(range(30)))
     assert coord.state["item_embedding.weight"].shape == (40, 2)
     records = [json.loads(line) for line in
                (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()]
@@ -110,6 +113,16 @@ def test_user_level_noise_on_the_sums_is_ledgered_and_replayed(tmp_path):
     report = audit_run(tmp_path / "ledgers", accountants=("pld",), workers=1, plots=False,
                        write=False)
     assert report.ok and report.ledgers[0].epsilon["pld"] <= 8.0 * 1.01
+
+
+def test_privacy_off_spectral_also_sums_securely_and_adds_no_noise(tmp_path):
+    _, coord = _coordinator("off", tmp_path)
+    assert coord.secure
+    total = np.full(40, 2.0, dtype=np.float32)  # within the bound of three indicator vectors
+    coord.aggregate_sum(1, coord.plan_round(3), {"popularity": total}, [0, 1, 2])
+    assert np.array_equal(coord.spectral.popularity, total)
+    _, local = _coordinator("local", tmp_path / "local")
+    assert not local.secure  # local DP: each contribution carries its full noise
 
 
 def test_a_reply_of_the_wrong_shape_or_too_large_is_dropped(tmp_path):

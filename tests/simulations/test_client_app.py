@@ -123,3 +123,18 @@ def test_a_node_s_device_is_reused_only_while_its_context_state_is_unchanged(set
     assert [json.loads(x)["round"] for x in open(ledger).read().splitlines()] == [1, 2, 3, 4]
     key = cfg.run_dir + "/ledgers/keys/device-000003.pub.pem"
     assert verify_ledger(ledger, key).ok
+
+
+def test_a_noiseless_spectral_contribution_never_leaves_outside_secure_aggregation(tmp_path):
+    cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=2, num_rounds=2,
+                    algorithm="spectral", privacy="user", delta=1e-4,
+                    spectral_top_items=10, run_dir=str(tmp_path / "run"))
+    _, app = make_apps(cfg)
+    context = Context(run_id=1, node_id=11, node_config={"partition-id": 3,
+                                                         "num-partitions": 40},
+                      state=RecordDict(), run_config=cfg.to_flat())
+    msg = _train_msg(cfg, 1)
+    msg.content["config"]["spectral-phase"] = "popularity"
+    reply = app(msg, context)
+    assert set(reply.content.keys()) == {"refusal"}
+    assert "secure aggregation" in reply.content["refusal"]["reason"]
