@@ -60,19 +60,36 @@ def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
     return evaluate(lambda rows: scores[rows], _inter("train_items"), _inter("test_items"), ks=ks)
 
 
-def _secure_sum_in_clear(coord: Coordinator, rnd: int, plan: RoundPlan, replies: list[Reply],
-                         rng: np.random.Generator, dropout: float) -> RoundReport:
-    """What SecAgg+ computes, as a plain sum (the loop is a reference, not a deployment)."""
-    ok = [r for r in replies if r.delta is not None]
-    if dropout > 0:
-        ok = [r for r in ok if rng.random() >= dropout]
-    total = None
-    if ok:
-        keys = ok[0].delta  # type: ignore[union-attr]
-        total = {k: np.sum([r.delta[k] for r in ok],  # type: ignore[index]
-                           axis=0, dtype=np.float64).astype(np.float32) for k in keys}
-    return coord.aggregate_sum(rnd, plan, total, [r.node for r in ok],
-                               refused=sum(r.refusal is not None for r in replies))
+class _ClearSecureSum:
+    """What SecAgg+ computes, as a plain running sum (the loop is a reference, not a deployment).
+
+    Replies are added as they come and not kept: a round of 20,000 co-occurrence replies would
+    otherwise hold gigabytes. ``dropout`` drops each update with that probability, as if its
+    device had gone offline mid-round.
+    """
+
+    def __init__(self, rng: np.random.Generator, dropout: float):
+        self.rng, self.dropout = rng, dropout
+        self.total: dict[str, np.ndarray] | None = None
+        self.included: list[int] = []
+        self.refused = 0
+
+    def add(self, reply: Reply) -> None:
+        if reply.refusal is not None:
+            self.refused += 1
+            return
+        if reply.delta is None or (self.dropout > 0 and self.rng.random() < self.dropout):
+            return
+        if self.total is None:
+            self.total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in reply.delta.items()}
+        for k in self.total:
+            self.total[k] += reply.delta[k]
+        self.included.append(reply.node)
+
+    def report(self, coord: Coordinator, rnd: int, plan: RoundPlan) -> RoundReport:
+        total = (None if self.total is None
+                 else {k: v.astype(np.float32) for k, v in self.total.items()})
+        return coord.aggregate_sum(rnd, plan, total, self.included, refused=self.refused)
 
 
 def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
@@ -116,6 +133,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         plan = coord.plan_round(len(sampled)) if coord.secure and sampled else None
         share = plan.noise_share if plan is not None and coord.distributed is not None else None
         extra = coord.round_arrays(rnd)
+        clear_sum = _ClearSecureSum(drop_rng, dropout) if plan is not None else None
         for u in sampled:
             dev = device(u)
             if coord.spectral is not None:
@@ -125,16 +143,19 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
                 out = dev.train(coord.state, rnd, noise_share=share)
             done(u, dev)
             if isinstance(out, Refusal):
-                replies.append(Reply(node=u, refusal=out.reason))
+                reply = Reply(node=u, refusal=out.reason)
             else:
                 metrics = dict(out.metrics)
                 if cfg.privacy in ("local", "distributed"):
                     metrics["epsilon"] = dev.epsilon_spent()
-                replies.append(Reply(node=u, delta=out.delta, num_examples=out.num_examples,
-                                     metrics=metrics))
-        if plan is not None:  # the secure sum, computed in the clear (same arithmetic)
-            report = _secure_sum_in_clear(coord, rnd, plan, replies,
-                                          drop_rng, dropout).to_dict()
+                reply = Reply(node=u, delta=out.delta, num_examples=out.num_examples,
+                              metrics=metrics)
+            if clear_sum is not None:  # the secure sum, computed in the clear
+                clear_sum.add(reply)
+            else:
+                replies.append(reply)
+        if clear_sum is not None:
+            report = clear_sum.report(coord, rnd, plan).to_dict()  # type: ignore[arg-type]
         else:
             report = coord.aggregate(rnd, replies).to_dict()
         result.train_seconds += time.perf_counter() - t_round
