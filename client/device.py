@@ -244,6 +244,9 @@ class Device:
                               selected=None if selected is None
                               else np.asarray(selected, dtype=np.int64), rng=rng)
         self.rounds_trained += 1
+        if self.spectral.unit == "user":  # norm 1 by construction; clipped to make it a rule
+            norm = float(np.linalg.norm(values))
+            values = values * min(1.0, 1.0 / norm) if norm > 0 else values
         if self.dp is None:
             return TrainReply(delta={phase: values.astype(np.float32)}, num_examples=1)
         std = sigma * self.spectral.sensitivity(phase) * (

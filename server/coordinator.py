@@ -239,7 +239,7 @@ class Coordinator:
                 raise RuntimeError("spectral rounds without device noise go through the secure "
                                    "sum (aggregate_sum): their contributions are item indicators")
             phase = self.spectral.phase(server_round)
-            if good:  # off, or local DP: each contribution already carries its noise
+            if good:  # local DP: each contribution already carries its full noise
                 total = {phase: np.sum([r.delta[phase] for r in good],  # type: ignore[index]
                                        axis=0, dtype=np.float64)}
                 norm = self._spectral_step(server_round, total)
@@ -372,9 +372,9 @@ class Coordinator:
                       refused: int, drop_reasons: Sequence[str]) -> RoundReport:
         """Spectral round on a secure sum: user-level noise added (and ledgered), then used.
 
-        Under user-level DP each device's contribution has norm at most 1 by construction (the
-        device clips); the server never sees one, only the sum, to which it adds ``N(0, z²)``
-        per coordinate. With privacy off the sum is used as it is.
+        Under user-level DP each device's contribution has norm at most 1 (built so, and
+        clipped to 1 on the device); the server never sees one, only the sum, to which it
+        adds ``N(0, z²)`` per coordinate. With privacy off the sum is used as it is.
         """
         assert self.spectral is not None
         reasons = list(drop_reasons)

@@ -145,3 +145,12 @@ def test_distributed_secure_sum_is_accounted_at_the_noise_present(tmp_path):
     history = coord.distributed.histories["0"]
     assert history == [(pytest.approx(z_pop * math.sqrt(5 / 9)), 1.0, 1)]
     assert coord.spectral.selected is not None
+
+
+def test_user_level_contributions_leave_the_device_with_norm_at_most_one():
+    spec = SpectralSpec(n_items=40, dim=2, top_items=12, unit="user")
+    for items in ([3], list(range(30)), [0, 2, 4, 39]):
+        dev = _device(items, dp=False, spec=spec)
+        for rnd, phase in ((1, "popularity"), (2, "cooccurrence")):
+            out = dev.spectral_round(phase, rnd, selected=SELECTED)
+            assert np.linalg.norm(out.delta[phase]) <= 1.0 + 1e-6
