@@ -112,6 +112,14 @@ class _DeviceCache:
             self._devices.popitem(last=False)
 
 
+def _refusal(msg: Message, reason: str, epsilon_spent: float,
+             epsilon_needed: float = 0.0) -> Message:
+    """The reply by which a device declines a training request, with its reason."""
+    return Message(RecordDict({"refusal": ConfigRecord({
+        "reason": reason, "epsilon-spent": float(epsilon_spent),
+        "epsilon-needed": float(epsilon_needed)})}), reply_to=msg)
+
+
 def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) -> ClientApp:
     """A ``ClientApp`` whose SuperNodes run the device the factory builds.
 
@@ -131,22 +139,16 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
         share = config.get("noise-share")  # type: ignore[union-attr]
         if share is not None and not is_secure_request(msg):
             # a noise share is only safe inside a secure sum: never reply in the clear
-            content = RecordDict({"refusal": ConfigRecord({
-                "reason": "noise-share requested outside secure aggregation",
-                "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
-            return Message(content, reply_to=msg)
+            return _refusal(msg, "noise-share requested outside secure aggregation",
+                            device.epsilon_spent())
         phase = config.get("spectral-phase")  # type: ignore[union-attr]
         if phase is not None and device.spectral is None:
-            content = RecordDict({"refusal": ConfigRecord({
-                "reason": "spectral round sent to a device not configured for it",
-                "epsilon-spent": device.epsilon_spent(), "epsilon-needed": 0.0})})
-            return Message(content, reply_to=msg)
+            return _refusal(msg, "spectral round sent to a device not configured for it",
+                            device.epsilon_spent())
         if phase is not None and device.dp is None and not is_secure_request(msg):
             # without device noise a spectral contribution is the item indicator itself
-            content = RecordDict({"refusal": ConfigRecord({
-                "reason": "spectral contribution without device noise requested outside "
-                          "secure aggregation", "epsilon-spent": 0.0, "epsilon-needed": 0.0})})
-            return Message(content, reply_to=msg)
+            return _refusal(msg, "spectral contribution without device noise requested "
+                                 "outside secure aggregation", 0.0)
         if phase is not None:
             outcome = device.spectral_round(
                 str(phase), server_round, selected=global_state.get("selected-items"),
@@ -157,12 +159,7 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
         # accountant state saved even if the reply is lost
         cache.put(device, context, _persist(device, context))
         if isinstance(outcome, Refusal):
-            content = RecordDict({"refusal": ConfigRecord({
-                "reason": outcome.reason,
-                "epsilon-spent": float(outcome.epsilon_spent),
-                "epsilon-needed": float(outcome.epsilon_needed),
-            })})
-            return Message(content, reply_to=msg)
+            return _refusal(msg, outcome.reason, outcome.epsilon_spent, outcome.epsilon_needed)
         metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
         metrics.update({k: float(v) for k, v in outcome.metrics.items()})
         if device.dp is not None:

@@ -156,6 +156,15 @@ class Device:
             delta=self.dp.target_delta,
         )
 
+    def _over_budget(self, needed: float) -> Refusal | None:
+        """The refusal of a release that would bring ε to ``needed``, or ``None`` if within."""
+        assert self.dp is not None
+        if needed <= self.dp.budget_epsilon + 1e-9:
+            return None
+        spent = self.epsilon_spent()
+        return Refusal(f"budget: this round would bring epsilon to {needed:.4g} > budget "
+                       f"{self.dp.budget_epsilon:g} (spent {spent:.4g})", spent, needed)
+
     # --- the round -------------------------------------------------------------------------
     def train(self, global_state: Mapping[str, np.ndarray], server_round: int, *,
               noise_share: float | None = None) -> TrainReply | Refusal:
@@ -171,14 +180,9 @@ class Device:
         if len(self.train_items) == 0:
             return Refusal("no training interactions on this device", 0.0, 0.0)
         if self.dp is not None:
-            spent = self.epsilon_spent()
-            needed = self.epsilon_if_trained()
-            if needed > self.dp.budget_epsilon + 1e-9:
-                return Refusal(
-                    f"budget: this round would bring epsilon to {needed:.4g} > budget "
-                    f"{self.dp.budget_epsilon:g} (spent {spent:.4g})",
-                    spent, needed,
-                )
+            refusal = self._over_budget(self.epsilon_if_trained())
+            if refusal is not None:
+                return refusal
         self.model.load_global_state(global_state)
         before = self.model.global_state()
         result = train_local(
@@ -230,14 +234,11 @@ class Device:
         index = PHASES.index(phase)
         sigma = self.spectral_noise[index] if self.spectral_noise is not None else 0.0
         if self.dp is not None:
-            spent = self.epsilon_spent()
-            needed = budget.epsilon_after_round(self.accountant, noise_multiplier=sigma,
-                                                sample_rate=1.0, steps=1,
-                                                delta=self.dp.target_delta)
-            if needed > self.dp.budget_epsilon + 1e-9:
-                return Refusal(
-                    f"budget: this round would bring epsilon to {needed:.4g} > budget "
-                    f"{self.dp.budget_epsilon:g} (spent {spent:.4g})", spent, needed)
+            refusal = self._over_budget(budget.epsilon_after_round(
+                self.accountant, noise_multiplier=sigma, sample_rate=1.0, steps=1,
+                delta=self.dp.target_delta))
+            if refusal is not None:
+                return refusal
         seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
         rng = np.random.default_rng(seed)
         values = contribution(self.train_items, phase, self.spectral,

@@ -194,12 +194,19 @@ class Coordinator:
             return {}
         return self.spectral.round_arrays(self.spectral.phase(server_round))
 
-    def _reference(self, server_round: int) -> tuple[Mapping[str, np.ndarray], float]:
-        """The shape every reply must have, and its largest acceptable norm."""
+    def reply_reference(self, server_round: int, noise_share: float = 1.0
+                        ) -> tuple[Mapping[str, np.ndarray], float]:
+        """The arrays every reply of a round must match, and one reply's largest norm.
+
+        SGD rounds: the item table and ``max-update-norm``. Spectral rounds: the phase's
+        contribution, with a bound that allows for the noise devices add (times
+        ``noise_share`` inside a secure sum).
+        """
         if self.spectral is None:
             return self.state, self.cfg.max_update_norm
         phase = self.spectral.phase(server_round)
-        return self.spectral.reference(phase), self.spectral.reply_norm_bound(phase)
+        return (self.spectral.reference(phase),
+                self.spectral.reply_norm_bound(phase, noise_share))
 
     def _spectral_step(self, server_round: int, total: Mapping[str, np.ndarray]) -> float:
         """Use a spectral round's (noisy) sum; returns its norm."""
@@ -212,7 +219,7 @@ class Coordinator:
 
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
         """Validate replies, aggregate the good ones and step the global state."""
-        reference, max_norm = self._reference(server_round)
+        reference, max_norm = self.reply_reference(server_round)
         good: list[Reply] = []
         reasons: list[str] = []
         refused = 0
@@ -319,14 +326,9 @@ class Coordinator:
         reasons = list(drop_reasons)
         n = len(included)
         norm = 0.0
-        reference = self.state
-        max_norm = self.cfg.max_update_norm * n
-        if self.spectral is not None:
-            phase = self.spectral.phase(server_round)
-            reference = self.spectral.reference(phase)
-            max_norm = self.spectral.reply_norm_bound(phase, plan.noise_share) * n
+        reference, max_norm = self.reply_reference(server_round, plan.noise_share)
         if total is not None and n > 0:
-            why = validate_delta(dict(total), reference, max_norm=max_norm)
+            why = validate_delta(dict(total), reference, max_norm=max_norm * n)
             if why is not None:
                 reasons.append(f"secure sum rejected: {why}")
                 n = 0
@@ -338,6 +340,7 @@ class Coordinator:
         if total is not None and n > 0:
             release: dict[str, object] = {}
             if self.spectral is not None:
+                phase = self.spectral.phase(server_round)
                 release = {"noise_multiplier": self.spectral.noise_multiplier(phase),
                            "sensitivity": self.spectral.spec.sensitivity(phase),
                            "sample_rate": 1.0, "steps": 1,
@@ -379,11 +382,10 @@ class Coordinator:
         assert self.spectral is not None
         reasons = list(drop_reasons)
         phase = self.spectral.phase(server_round)
-        reference = self.spectral.reference(phase)
+        reference, max_norm = self.reply_reference(server_round, plan.noise_share)
         n = len(included)
         if total is not None and n > 0:
-            why = validate_delta(dict(total), reference,
-                                 max_norm=self.spectral.reply_norm_bound(phase) * n)
+            why = validate_delta(dict(total), reference, max_norm=max_norm * n)
             if why is not None:
                 reasons.append(f"secure sum rejected: {why}")
                 n = 0

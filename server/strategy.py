@@ -154,7 +154,7 @@ class ItemEmbeddingStrategy(Strategy):
             config["noise-share"] = plan.noise_share
             config["min-included"] = plan.min_included
         arrays = self._spectral_request(server_round, arrays, config)
-        reference, _ = coord._reference(server_round)
+        reference, _ = coord.reply_reference(server_round)
         content = RecordDict({"arrays": arrays, "config": config})
         secagg = SecAggConfig(clipping_range=self.cfg.secagg_clipping_range,
                               timeout=timeout)
