@@ -10,7 +10,7 @@ from fedrec.cli._common import print_metrics_table
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Add the subcommand."""
-    from fedrec.common.config import PRIVACY_MODES
+    from fedrec.common.config import ALGORITHMS, PRIVACY_MODES
     from fedrec.common.loaders import DATASETS
 
     p = sub.add_parser(
@@ -35,10 +35,13 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "default); distributed (example-level, devices add noise shares and "
                         "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
                         "noise added by the server)")
-    p.add_argument("--algorithm", choices=("sgd", "spectral"), default=None,
-                   help="sgd (rounds of local DP-SGD; default) or spectral (two DP releases, "
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=None,
+                   help="sgd (rounds of local DP-SGD; default); spectral (two DP releases, "
                         "popularity and co-occurrence, factorized; runs 2 rounds, every device "
-                        "in each unless --set fraction-train says otherwise)")
+                        "in each unless --set fraction-train says otherwise); features (one DP "
+                        "popularity release, the catalog's public genres and release years as "
+                        "item embeddings, personalized on each device; 1 round, every device, "
+                        "dim 64; needs a dataset with item metadata)")
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
     p.add_argument("--population", type=int, default=None,
@@ -75,6 +78,11 @@ def config_from_args(args: argparse.Namespace):
         flat.setdefault("num-rounds", 2)
         flat.setdefault("eval-every", 2)
         flat.setdefault("fraction-train", 1.0)
+    if flat.get("algorithm") == "features":  # its one round; room for every feature column
+        flat.setdefault("num-rounds", 1)
+        flat.setdefault("eval-every", 1)
+        flat.setdefault("fraction-train", 1.0)
+        flat.setdefault("dim", 64)
     return RunConfig.from_flat(flat)
 
 

@@ -26,6 +26,7 @@ import torch
 
 from fedrec.client import budget
 from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.features import profile_fold_in
 from fedrec.common.metrics import user_metric_sums
 from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
 from fedrec.common.spectral import PHASES, SpectralSpec, contribution
@@ -227,8 +228,8 @@ class Device:
         """
         if self.spectral is None:
             raise RuntimeError("this device is not configured for the spectral algorithm")
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if phase not in self.spectral.phases:
+            raise ValueError(f"phase must be one of {self.spectral.phases}, got {phase!r}")
         if len(self.train_items) == 0:
             return Refusal("no training interactions on this device", 0.0, 0.0)
         index = PHASES.index(phase)
@@ -265,10 +266,21 @@ class Device:
         return TrainReply(delta={phase: values.astype(np.float32)}, num_examples=1)
 
     def _fold_in(self) -> None:
-        """Spectral: the user embedding is the sum of the embeddings of the device's items."""
+        """The user embedding from the device's own items and the item table, on the device.
+
+        Spectral: the sum of the embeddings of the device's items (PureSVD). Features (one
+        round): the log-ratio profile of :func:`fedrec.common.features.profile_fold_in`.
+        """
+        assert self.spectral is not None
         emb = self.model.item_embedding.weight.detach().numpy()
-        u = emb[self.train_items].sum(axis=0, keepdims=True) if len(self.train_items) else \
-            np.zeros((1, emb.shape[1]), dtype=np.float32)
+        if self.spectral.rounds == 1:
+            bias = self.model.item_bias.weight.detach().numpy()
+            u = profile_fold_in(emb, bias, self.train_items, scale=self.spectral.feature_scale,
+                                smoothing=self.spectral.feature_smoothing)
+        elif len(self.train_items):
+            u = emb[self.train_items].sum(axis=0, keepdims=True)
+        else:
+            u = np.zeros((1, emb.shape[1]), dtype=np.float32)
         self.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]

@@ -19,15 +19,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.dp import DPConfig, LocalConfig
 
-__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS", "ALGORITHMS"]
+__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS", "ALGORITHMS",
+           "RELEASE_ALGORITHMS"]
 
 PRIVACY_MODES = ("off", "local", "distributed", "user")
 #: Modes in which devices run example-level DP-SGD (and keep an accountant and a ledger).
 DEVICE_DP_MODES = ("local", "distributed")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
 #: ``sgd``: local (DP-)SGD rounds; ``spectral``: two DP releases, popularity and co-occurrence
-#: (:mod:`fedrec.common.spectral`).
-ALGORITHMS = ("sgd", "spectral")
+#: (:mod:`fedrec.common.spectral`); ``features``: one DP popularity release, public item
+#: features as the item embeddings (:mod:`fedrec.common.features`).
+ALGORITHMS = ("sgd", "spectral", "features")
+#: Algorithms made of DP releases of item statistics rather than SGD rounds.
+RELEASE_ALGORITHMS = ("spectral", "features")
 
 
 def _doc(text: str, **kw: object) -> object:
@@ -76,7 +80,10 @@ class RunConfig:
     algorithm: str = _doc(
         "sgd (rounds of local (DP-)SGD on the MF model) or spectral (two rounds: a DP item "
         "popularity count, then a DP co-occurrence matrix of the top items, eigendecomposed into "
-        "the item embeddings; needs num-rounds 2)", default="sgd")
+        "the item embeddings; needs num-rounds 2) or features (one round: a DP item popularity "
+        "count; the item embeddings are the catalog's public genres and release years, and "
+        "each device weighs them by its own history; needs num-rounds 1 and item metadata)",
+        default="sgd")
     spectral_top_items: int = _doc(
         "spectral: items selected by DP popularity for the co-occurrence round", default=300)
     spectral_max_items: int = _doc(
@@ -85,6 +92,15 @@ class RunConfig:
     spectral_popularity_share: float = _doc(
         "spectral: fraction of the privacy budget (of 1/sigma^2) spent on the popularity count",
         default=0.2)
+    feature_scale: float = _doc(
+        "features: how strongly a device tilts popularity towards its own genres and eras",
+        default=2.0)
+    feature_smoothing: float = _doc(
+        "features: smoothing of the log-ratio of the device's and the catalog's profiles",
+        default=0.01)
+    feature_year_bins: int = _doc(
+        "features: release-year bins (quantiles of the catalog's years); 0 = genres only",
+        default=10)
     # local training
     local_epochs: float = _doc("expected passes over a device's interactions per round",
                                default=10.0)
@@ -202,6 +218,17 @@ class RunConfig:
                 raise ValueError("spectral-max-items must be positive")
             if not 0 < self.spectral_popularity_share < 1:
                 raise ValueError("spectral-popularity-share must lie in (0, 1)")
+        if self.algorithm == "features":
+            if self.num_rounds != 1:
+                raise ValueError("algorithm features runs exactly 1 round (the popularity "
+                                 f"release): set num-rounds 1, not {self.num_rounds}")
+            if not self.item_bias:
+                raise ValueError("algorithm features needs item-bias true (the DP popularity "
+                                 "is the item bias)")
+            if self.feature_scale < 0 or self.feature_smoothing <= 0 or \
+                    self.feature_year_bins < 0:
+                raise ValueError("feature-scale and feature-year-bins must be >= 0, "
+                                 "feature-smoothing positive")
 
     # --- derived ---------------------------------------------------------------------------
     @property
@@ -221,8 +248,8 @@ class RunConfig:
         The accounting is a Poisson-sampled Gaussian (rate ``fraction-train``) composed over
         ``num-rounds`` rounds, at ``delta`` (Opacus' PRV accountant).
         """
-        if self.algorithm == "spectral":
-            return self.spectral_noise()[1]
+        if self.algorithm in RELEASE_ALGORITHMS:
+            return self.spectral_noise()[-1]
         if self.user_noise_multiplier > 0:
             return self.user_noise_multiplier
         from fedrec.common.dp import calibrate_noise_multiplier
@@ -235,24 +262,29 @@ class RunConfig:
         """The :class:`~fedrec.common.spectral.SpectralSpec` of this run for ``n_items`` items."""
         from fedrec.common.spectral import SpectralSpec
 
+        unit = "user" if self.privacy == "user" else "example"
+        if self.algorithm == "features":
+            return SpectralSpec(n_items=n_items, dim=self.dim, unit=unit, rounds=1,
+                                popularity_share=1.0, feature_scale=self.feature_scale,
+                                feature_smoothing=self.feature_smoothing)
         return SpectralSpec(
             n_items=n_items, dim=self.dim, top_items=self.spectral_top_items,
-            max_items=self.spectral_max_items,
-            unit="user" if self.privacy == "user" else "example",
+            max_items=self.spectral_max_items, unit=unit,
             popularity_share=self.spectral_popularity_share)
 
-    def spectral_noise(self) -> tuple[float, float]:
-        """Noise multipliers ``(σ_popularity, σ_cooccurrence)`` of a spectral run.
+    def spectral_noise(self) -> tuple[float, ...]:
+        """Noise multipliers of a spectral or features run, one per release.
 
-        Calibrated so that the two releases spend ``epsilon`` at ``delta``: example-level
-        (``local``, ``distributed``) with the devices' accountant at sampling rate 1,
-        user-level with dp-accounting's PLD at the device sampling rate ``fraction-train``.
-        ``(0, 0)`` with privacy off.
+        ``(σ_popularity, σ_cooccurrence)`` for spectral, ``(σ_popularity,)`` for features
+        (its one release gets the whole budget). Calibrated so that the releases spend
+        ``epsilon`` at ``delta``: example-level (``local``, ``distributed``) with the devices'
+        accountant at sampling rate 1, user-level with dp-accounting's PLD at the device
+        sampling rate ``fraction-train``. Zeros with privacy off.
         """
+        share = 1.0 if self.algorithm == "features" else self.spectral_popularity_share
         if self.privacy == "off":
-            return 0.0, 0.0
-        return _spectral_noise(self.privacy, self.epsilon, self.delta,
-                               self.spectral_popularity_share, self.accountant,
+            return (0.0,) if share == 1 else (0.0, 0.0)
+        return _spectral_noise(self.privacy, self.epsilon, self.delta, share, self.accountant,
                                self.fraction_train)
 
     def device_noise(self) -> float:
@@ -265,8 +297,8 @@ class RunConfig:
         """
         if self.privacy not in DEVICE_DP_MODES:
             return 0.0
-        if self.algorithm == "spectral":  # the co-occurrence round's (the larger) multiplier
-            return self.spectral_noise()[1]
+        if self.algorithm in RELEASE_ALGORITHMS:  # the last (for spectral the larger) multiplier
+            return self.spectral_noise()[-1]
         if self.noise_multiplier > 0:
             return self.noise_multiplier
         from fedrec.common.dp import calibrate_noise_multiplier
@@ -338,7 +370,7 @@ class RunConfig:
 
 @functools.lru_cache(maxsize=64)
 def _spectral_noise(privacy: str, epsilon: float, delta: float, share: float, accountant: str,
-                    fraction: float) -> tuple[float, float]:
+                    fraction: float) -> tuple[float, ...]:
     from fedrec.common.spectral import noise_multipliers
 
     if privacy == "user":

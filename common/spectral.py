@@ -50,10 +50,13 @@ PHASES = ("popularity", "cooccurrence")
 UNITS = ("example", "user")
 
 
-def phase_of_round(server_round: int) -> str:
-    """The phase of a (1-based) server round: ``popularity`` then ``cooccurrence``."""
-    if server_round not in (1, 2):
-        raise ValueError(f"the spectral algorithm has rounds 1 and 2, not {server_round}")
+def phase_of_round(server_round: int, rounds: int = 2) -> str:
+    """The phase of a (1-based) server round: ``popularity`` then ``cooccurrence``.
+
+    ``rounds = 1`` is the popularity release alone (``algorithm = "features"``).
+    """
+    if not 1 <= server_round <= rounds:
+        raise ValueError(f"this algorithm has rounds 1 to {rounds}, not {server_round}")
     return PHASES[server_round - 1]
 
 
@@ -69,6 +72,11 @@ class SpectralSpec:
             contributes at most this many of its items (drawn uniformly at random).
         unit: ``"example"`` (one interaction) or ``"user"`` (a whole device).
         popularity_share: the fraction of the budget (of ``1/σ²``) spent on popularity.
+        rounds: 2 (popularity, then co-occurrence) or 1 (popularity alone, with the whole
+            budget: ``popularity_share`` 1; the features algorithm, :mod:`fedrec.common.features`).
+        feature_scale: features algorithm: the user-profile scale of
+            :func:`~fedrec.common.features.profile_fold_in`.
+        feature_smoothing: features algorithm: its smoothing constant.
     """
 
     n_items: int
@@ -77,16 +85,33 @@ class SpectralSpec:
     max_items: int = 100
     unit: str = "example"
     popularity_share: float = 0.2
+    rounds: int = 2
+    feature_scale: float = 2.0
+    feature_smoothing: float = 0.01
 
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.dim < 1 or self.top_items < 1 or self.max_items < 1:
             raise ValueError("n_items, dim, top_items and max_items must be positive")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.rounds not in (1, 2):
+            raise ValueError(f"rounds must be 1 or 2, got {self.rounds}")
+        if self.rounds == 1:
+            if self.popularity_share != 1:
+                raise ValueError("a popularity-only run spends its whole budget on popularity: "
+                                 f"popularity_share must be 1, got {self.popularity_share}")
+            if self.feature_scale < 0 or self.feature_smoothing <= 0:
+                raise ValueError("feature_scale must be >= 0 and feature_smoothing positive")
+            return
         if not 0 < self.popularity_share < 1:
             raise ValueError(f"popularity_share must lie in (0, 1), got {self.popularity_share}")
         if self.dim > self.n_selected:
             raise ValueError(f"dim {self.dim} exceeds the {self.n_selected} selected items")
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases of this run, one per round."""
+        return PHASES[:self.rounds]
 
     @property
     def n_selected(self) -> int:
@@ -204,19 +229,22 @@ def factorize(popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.nda
 
 def noise_multipliers(epsilon_of: Callable[[list[tuple[float, float, int]]], float], *,
                       target_epsilon: float, popularity_share: float, sample_rate: float = 1.0
-                      ) -> tuple[float, float]:
+                      ) -> tuple[float, ...]:
     """``(σ_popularity, σ_cooccurrence)`` whose two releases spend ``target_epsilon``.
 
     ``σ_pop = s/√share`` and ``σ_co = s/√(1-share)``; ``s`` is found by bisection on
     ``epsilon_of(history)`` with ``history = [(σ_pop, q, 1), (σ_co, q, 1)]`` (the accountant
-    the run uses), the smallest ``s`` whose ε is at most the target.
+    the run uses), the smallest ``s`` whose ε is at most the target. With ``popularity_share``
+    1 there is one release and the result is ``(σ_popularity,)``.
     """
     if target_epsilon <= 0:
         raise ValueError(f"target_epsilon must be positive, got {target_epsilon}")
+    if not 0 < popularity_share <= 1:
+        raise ValueError(f"popularity_share must lie in (0, 1], got {popularity_share}")
+    shares = (1.0,) if popularity_share == 1 else (popularity_share, 1 - popularity_share)
 
     def eps(s: float) -> float:
-        return epsilon_of([(s / math.sqrt(popularity_share), sample_rate, 1),
-                           (s / math.sqrt(1 - popularity_share), sample_rate, 1)])
+        return epsilon_of([(s / math.sqrt(share), sample_rate, 1) for share in shares])
 
     lo, hi = 1e-2, 1.0
     while eps(hi) > target_epsilon:
@@ -231,4 +259,4 @@ def noise_multipliers(epsilon_of: Callable[[list[tuple[float, float, int]]], flo
             hi = mid
         if hi / lo < 1.001:
             break
-    return hi / math.sqrt(popularity_share), hi / math.sqrt(1 - popularity_share)
+    return tuple(hi / math.sqrt(share) for share in shares)

@@ -22,6 +22,9 @@ The generative process, for ``rng = numpy.random.default_rng(seed)``:
    ``start_spread_days`` of ``start`` and separated by positive gaps (exponential, mean
    ``mean_gap_s`` seconds, at least one second), so timestamps strictly increase per user.
 6. Weights are all 1.0 (implicit feedback).
+7. Public item metadata: item ``i`` has genre ``"g<j>"`` for every latent dimension ``j`` with
+   ``item_factors[i, j] > 1/√dim`` (one standard deviation), a noisy public view of the latent
+   structure like a movie's genres; derived without further random draws.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schema import IdMap, Interactions
+from .schema import IdMap, Interactions, ItemMetadata
 
 __all__ = ["SyntheticDataset", "generate_synthetic", "make_synthetic"]
 
@@ -178,6 +181,9 @@ def make_synthetic(
         user_map=IdMap(str(u) for u in range(n_users)),
         item_map=IdMap(str(i) for i in range(n_items)),
         name="synthetic",
+        items=ItemMetadata(genres=[
+            tuple(f"g{j}" for j in np.flatnonzero(row > 1.0 / np.sqrt(dim)))
+            for row in item_factors]),
     )
     return SyntheticDataset(
         interactions=interactions,

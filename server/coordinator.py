@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.common.config import RunConfig
+from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
 from fedrec.common.metrics import combine_metric_sums
 from fedrec.server.aggregation import (
     ServerOptimizer,
@@ -84,12 +84,29 @@ def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
     return model.global_state()
 
 
-def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None) -> Coordinator:
-    """The coordinator a run's privacy mode calls for (weighting, user-level DP)."""
+def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None,
+                     item_features: np.ndarray | None = None) -> Coordinator:
+    """The coordinator a run's privacy mode calls for (weighting, user-level DP).
+
+    ``item_features`` is the catalog's public feature matrix
+    (:func:`fedrec.common.features.item_features`), needed by ``algorithm = "features"``.
+    """
     user_dp = distributed = spectral = None
-    if cfg.algorithm == "spectral":
+    if cfg.algorithm == "features":
+        if item_features is None:
+            raise ValueError("algorithm features needs the catalog's public item features")
+        if item_features.shape != (n_items, item_features.shape[1]) or \
+                item_features.shape[1] > cfg.dim:
+            raise ValueError(f"algorithm features: the catalog has {item_features.shape[1]} "
+                             f"public item features for {item_features.shape[0]} items; they "
+                             f"need {n_items} rows and dim >= {item_features.shape[1]} "
+                             f"(dim is {cfg.dim}: set dim to at least "
+                             f"{item_features.shape[1]})")
+    if cfg.algorithm in RELEASE_ALGORITHMS:
         spectral = SpectralServer(cfg.spectral_spec(n_items), cfg.spectral_noise(),
-                                  device_noise=cfg.privacy == "local")
+                                  device_noise=cfg.privacy == "local",
+                                  features=item_features if cfg.algorithm == "features"
+                                  else None)
     if cfg.privacy == "distributed":
         local = cfg.local_config()
         distributed = DistributedDP(

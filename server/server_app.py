@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -23,6 +24,8 @@ log = logging.getLogger("fedrec.server")
 
 #: Returns ``(n_items, item ids)`` for a run configuration.
 CatalogProvider = Callable[[RunConfig], tuple[int, list[str] | None]]
+#: Returns the catalog's public item features (``algorithm = "features"``).
+FeatureProvider = Callable[[RunConfig], np.ndarray]
 #: Returns how many devices to wait for before the first round.
 NodeCountProvider = Callable[[RunConfig], int]
 
@@ -34,6 +37,7 @@ def make_server_app(
     on_round: Callable[[dict[str, object]], None] | None = None,
     on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
     expected_nodes: NodeCountProvider | None = None,
+    item_features: FeatureProvider | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` running fedrec's rounds.
 
@@ -43,6 +47,8 @@ def make_server_app(
         on_round: called with each round's record (progress displays).
         on_finish: called with the coordinator and run directory after the last round.
         expected_nodes: how many devices to wait for before round 1 (default 1).
+        item_features: gives the catalog's public item features (needed by
+            ``algorithm = "features"``; public metadata, never interaction data).
     """
     app = ServerApp()
 
@@ -51,7 +57,14 @@ def make_server_app(
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         n_items, item_ids = catalog(cfg)
-        coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir)
+        features = None
+        if cfg.algorithm == "features":
+            if item_features is None:
+                raise ValueError("algorithm features needs the catalog's public item features; "
+                                 "this server app was built without a provider")
+            features = item_features(cfg)
+        coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir,
+                                       item_features=features)
         state = coordinator.state
         strategy = ItemEmbeddingStrategy(
             cfg, coordinator, run_dir=run_dir, on_round=on_round,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.common.spectral import SpectralSpec, factorize, phase_of_round, select_items
+from fedrec.common.features import feature_table
+from fedrec.common.spectral import PHASES, SpectralSpec, factorize, phase_of_round, select_items
 
 __all__ = ["SpectralServer"]
 
@@ -31,22 +32,32 @@ class SpectralServer:
         noise: ``(σ_popularity, σ_cooccurrence)``, the noise multipliers of the two releases.
         device_noise: whether each device adds its full noise itself (local DP); the reply
             norm bound then allows for it.
+        features: the catalog's public item features (``algorithm = "features"``, a one-round
+            spec): the item table is then :func:`~fedrec.common.features.feature_table` of the
+            popularity release.
     """
 
     spec: SpectralSpec
-    noise: tuple[float, float]
+    noise: tuple[float, ...]
     device_noise: bool = False
+    features: np.ndarray | None = None
     popularity: np.ndarray | None = None
     selected: np.ndarray | None = None
 
-    @staticmethod
-    def phase(server_round: int) -> str:
+    def __post_init__(self) -> None:
+        if len(self.noise) != self.spec.rounds:
+            raise ValueError(f"{self.spec.rounds} noise multipliers needed, got {self.noise}")
+        if (self.features is not None) != (self.spec.rounds == 1):
+            raise ValueError("the one-round (features) algorithm needs the public item "
+                             "features, and only it uses them")
+
+    def phase(self, server_round: int) -> str:
         """``popularity`` (round 1) or ``cooccurrence`` (round 2)."""
-        return phase_of_round(server_round)
+        return phase_of_round(server_round, self.spec.rounds)
 
     def noise_multiplier(self, phase: str) -> float:
         """σ of ``phase``'s release."""
-        return self.noise[0] if phase == "popularity" else self.noise[1]
+        return self.noise[PHASES.index(phase)]
 
     def reference(self, phase: str) -> dict[str, np.ndarray]:
         """What a device's reply must look like in ``phase`` (names, shapes, dtype)."""
@@ -74,6 +85,8 @@ class SpectralServer:
         total = np.asarray(total, dtype=np.float64)
         if phase == "popularity":
             self.popularity = total
+            if self.features is not None:
+                return feature_table(total, self.features, self.spec.dim)
             self.selected = select_items(total, self.spec)
             return None
         if self.selected is None or self.popularity is None:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.client.device import Device
-from fedrec.common.config import DEVICE_DP_MODES, RunConfig
+from fedrec.common.config import DEVICE_DP_MODES, RELEASE_ALGORITHMS, RunConfig
 from fedrec.common.schema import Interactions
 from fedrec.common.splits import Split, random_split, temporal_split
 
-__all__ = ["FederatedDataset", "federated_dataset", "make_device", "resolve_noise_multiplier"]
+__all__ = ["FederatedDataset", "federated_dataset", "federated_features", "make_device",
+           "resolve_noise_multiplier"]
 
 
 @dataclass
@@ -82,6 +83,14 @@ def federated_dataset(cfg: RunConfig) -> FederatedDataset:
                    cfg.population)
 
 
+def federated_features(cfg: RunConfig) -> np.ndarray:
+    """The public item features of the run's dataset (genres, release-year bins)."""
+    from fedrec.common.features import item_features
+
+    data = federated_dataset(cfg).data
+    return item_features(data.items, data.n_items, year_bins=cfg.feature_year_bins)[0]
+
+
 def resolve_noise_multiplier(cfg: RunConfig) -> float:
     """The run's device noise multiplier (:meth:`RunConfig.device_noise`)."""
     return cfg.device_noise()
@@ -100,7 +109,8 @@ def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir:
         from fedrec.client.ledger_writer import LedgerWriter
 
         on_release = LedgerWriter(device_id, ledger_dir, unit="example")
-    spectral = cfg.spectral_spec(fed.n_items) if cfg.algorithm == "spectral" else None
+    spectral = (cfg.spectral_spec(fed.n_items) if cfg.algorithm in RELEASE_ALGORITHMS
+                else None)
     return Device(
         device_id, fed.train_items[user], n_items=fed.n_items, dim=cfg.dim,
         local=cfg.local_config(), dp=dp, test_items=fed.test_items[user],

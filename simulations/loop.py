@@ -17,7 +17,7 @@ from fedrec.client.device import Device, Refusal
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport, make_coordinator
 from fedrec.server.distributed_dp import RoundPlan
-from fedrec.simulations.federation import federated_dataset, make_device
+from fedrec.simulations.federation import federated_dataset, federated_features, make_device
 
 __all__ = ["PlainResult", "run_plain", "central_evaluation"]
 
@@ -101,7 +101,8 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
     """
     t0 = time.perf_counter()
     fed = federated_dataset(cfg)
-    coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir)
+    features = federated_features(cfg) if cfg.algorithm == "features" else None
+    coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir, item_features=features)
     devices: dict[int, Device] = {}
     # Large populations keep only each device's own state (user embedding, accountant, RNG)
     # and rebuild the device per use, as a Flower ClientApp does: a Device holds a copy of

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.config import RunConfig
+from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
 
@@ -42,18 +42,18 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     """ε spent per device from the ledgers' last claimed ε (max/median), with assumptions."""
     summary = _privacy_summary(ledger_dir, cfg, noise_multiplier)
     summary["algorithm"] = cfg.algorithm
-    if cfg.algorithm == "spectral" and cfg.privacy != "off":
-        from fedrec.common.spectral import PHASES
-
-        spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
+    if cfg.algorithm in RELEASE_ALGORITHMS and cfg.privacy != "off":
+        spec = cfg.spectral_spec(max(1 + cfg.spectral_top_items, cfg.dim))
         if cfg.privacy == "user":
             summary["trust"] = ("SecAgg+ shows the server only the sum of a round's "
                                 "contributions (each of norm at most 1, clipped on the device); "
                                 "the server adds the noise to the sum and is trusted to")
         summary.update({
-            "mechanism": "two Gaussian releases (popularity, co-occurrence of the top items)",
+            "mechanism": ("two Gaussian releases (popularity, co-occurrence of the top items)"
+                          if spec.rounds == 2 else "one Gaussian release (popularity); item "
+                          "embeddings from public metadata; personalization on the device"),
             "noise_multiplier": list(cfg.spectral_noise()),
-            "max_grad_norm": [spec.sensitivity(p) for p in PHASES],
+            "max_grad_norm": [spec.sensitivity(p) for p in spec.phases],
             "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0,
         })
     return summary

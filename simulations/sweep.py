@@ -14,8 +14,10 @@ non-private as horizontal lines).
 Recipes (``--recipe``) are named sets of run-config overrides in :data:`RECIPES`, one per
 sweep label; a label is a privacy mode, optionally with a suffix naming a variant
 (``distributed-sgd`` runs ``--privacy distributed`` with DP-SGD rounds, where the ML-100K
-recipe of ``distributed`` is the spectral algorithm, the better of the two there). Pass
-``--set KEY=VALUE`` to change any key for every run.
+recipe of ``distributed`` is the spectral algorithm, the better of the two there; the ML-100K
+``local`` recipe is the features algorithm, ``local-sgd`` DP-SGD). A label of mode ``off``
+(``off-features``: exact popularity with the public features) is a non-private reference, run
+once per seed and drawn as a line. Pass ``--set KEY=VALUE`` to change any key for every run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
         "off": {"num-rounds": 100, "fraction-train": 0.2, "dim": 64, "loss": "bce",
                 "n-negatives": 8, "l2": 0.01, "server-optimizer": "fedadam",
                 "server-lr": 0.03, "eval-every": 20},
-        "local": {"num-rounds": 6, "fraction-train": 0.5, "dim": 8, "loss": "bce",
+        "off-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
+                         "dim": 32, "eval-every": 1},
+        "local": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0, "dim": 32,
+                  "eval-every": 1, "delta": 1e-5},
+        "local-sgd": {"num-rounds": 6, "fraction-train": 0.5, "dim": 8, "loss": "bce",
                   "n-negatives": 4, "sample-rate": 1.0, "local-epochs": 10,
                   "local-lr": 0.5, "max-grad-norm": 1.0, "server-lr": 24.0,
                   "batch-size-norm": 85.0, "eval-every": 6, "delta": 1e-5},
@@ -43,6 +49,9 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
                         "dim": 8, "spectral-top-items": 300, "spectral-max-items": 100,
                         "spectral-popularity-share": 0.2, "dropout-tolerance": 0.1,
                         "eval-every": 2, "delta": 1e-5},
+        "distributed-features": {"algorithm": "features", "num-rounds": 1,
+                                 "fraction-train": 1.0, "dim": 32, "eval-every": 1,
+                                 "dropout-tolerance": 0.1, "delta": 1e-5},
         "distributed-sgd": {"num-rounds": 50, "fraction-train": 0.1, "dim": 2, "loss": "bce",
                         "n-negatives": 8, "sample-rate": 1.0, "local-epochs": 1,
                         "local-lr": 0.5, "batch-size-norm": 10.0,
@@ -51,6 +60,8 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
         "user": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0, "dim": 8,
                  "spectral-top-items": 300, "spectral-popularity-share": 0.2,
                  "eval-every": 2, "delta": 1e-4},
+        "user-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
+                          "dim": 32, "eval-every": 1, "delta": 1e-4},
         "user-sgd": {"num-rounds": 20, "fraction-train": 0.5, "dim": 32, "loss": "bce",
                  "n-negatives": 8, "l2": 0.01, "local-epochs": 10, "sample-rate": 1.0,
                  "local-lr": 0.5, "batch-size-norm": 40.0, "server-optimizer": "fedadam",
@@ -68,6 +79,10 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
                                  "spectral-top-items": 50},
         "user-spectral": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0,
                           "eval-every": 2, "spectral-top-items": 50, "delta": 1e-4},
+        "local-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
+                           "dim": 16, "eval-every": 1},
+        "off-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
+                         "dim": 16, "eval-every": 1},
     },
 }
 
@@ -124,6 +139,14 @@ def run_sweep(base: dict[str, object], *, recipe: str, epsilons: list[float],
         log(f"off seed {seed}: NDCG@10 {r['quality'].get('ndcg@10', float('nan')):.4f} "
             f"({r['seconds']:.0f} s)")
         for mode in modes:
+            if privacy_of(mode) == "off":  # a non-private reference: no ε to sweep
+                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": "off",
+                                           "seed": seed})
+                r = _run(cfg, engine)
+                runs.append({"mode": mode, "epsilon": None, "seed": seed, **r})
+                log(f"{mode} seed {seed}: NDCG@10 "
+                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)")
+                continue
             for eps in epsilons:
                 cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": privacy_of(mode),
                                            "epsilon": eps, "seed": seed})
@@ -173,6 +196,9 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     if off:
         ax.axhline(statistics.median(off), color="black", linestyle=":",
                    label="non-private federated")
+    for mode in sorted(m for m, e in groups if e is None and m != "off"):
+        ax.axhline(statistics.median(groups[(mode, None)]), color="tab:brown", linestyle="-.",
+                   label=f"{mode} (non-private)")
     for mode in sorted({m for m, e in groups if e is not None}):
         pts = sorted((e, statistics.median(v)) for (m, e), v in groups.items()
                      if m == mode and e is not None)

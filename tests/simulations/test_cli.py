@@ -41,3 +41,19 @@ def test_simulate_spectral_user_level_from_the_command_line(tmp_path, capsys):
     assert "algorithm spectral" in capsys.readouterr().out
     assert main(["simulate", "--algorithm", "spectral", "--rounds", "5"]) == 2
     assert "exactly 2 rounds" in capsys.readouterr().err
+
+
+def test_simulate_features_from_the_command_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rc = main(["simulate", "--engine", "loop", "--algorithm", "features", "--epsilon", "4",
+               "--set", "synthetic-users=30", "--set", "synthetic-items=30",
+               "--run-dir", str(run_dir)])
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())["run_config"]
+    assert (config["num-rounds"], config["fraction-train"], config["dim"]) == (1, 1.0, 64)
+    assert summary["privacy"]["algorithm"] == "features"
+    assert 3.9 < summary["privacy"]["epsilon_max"] <= 4.0 + 1e-6
+    assert "algorithm features" in capsys.readouterr().out
+    assert main(["simulate", "--algorithm", "features", "--rounds", "3"]) == 2
+    assert "exactly 1 round" in capsys.readouterr().err

@@ -43,3 +43,18 @@ def test_sweep_labels_name_a_mode_and_a_variant(tmp_path):
     with pytest.raises(ValueError, match="no recipe"):
         run_sweep(base, recipe="quick", epsilons=[8.0], modes=["user-als"])
     assert RECIPES["ml-100k"]["distributed"]["algorithm"] == "spectral"
+    assert RECIPES["ml-100k"]["local"]["algorithm"] == "features"
+
+
+def test_sweep_runs_off_variants_once_as_references(tmp_path):
+    base = {"dataset": "synthetic", "synthetic-users": 24, "synthetic-items": 30, "dim": 4,
+            "num-rounds": 3, "eval-every": 3}
+    result = run_sweep(base, recipe="quick", epsilons=[2.0, 8.0],
+                       modes=["off-features", "local-features"], log=lambda _m: None)
+    modes = [(r["mode"], r["epsilon"]) for r in result["runs"]]
+    assert modes == [("off", None), ("off-features", None), ("local-features", 2.0),
+                     ("local-features", 8.0)]
+    ref = result["runs"][1]["config"]
+    assert ref["privacy"] == "off" and ref["algorithm"] == "features"
+    write_outputs(result, tmp_path)
+    assert "| off-features | - | - | - |" in (tmp_path / "sweep.md").read_text()
