@@ -95,7 +95,7 @@ def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None,
     if cfg.algorithm == "features":
         if item_features is None:
             raise ValueError("algorithm features needs the catalog's public item features")
-        if item_features.shape != (n_items, item_features.shape[1]) or \
+        if item_features.ndim != 2 or item_features.shape[0] != n_items or \
                 item_features.shape[1] > cfg.dim:
             raise ValueError(f"algorithm features: the catalog has {item_features.shape[1]} "
                              f"public item features for {item_features.shape[0]} items; they "

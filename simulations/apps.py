@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -27,8 +26,7 @@ from fedrec.server.run_directory import RunDirectory
 from fedrec.server.server_app import make_server_app
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
 
-__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory", "catalog",
-           "item_features"]
+__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory", "catalog"]
 
 DEFAULT_FLWR_RUN_DIR = "runs/flwr-run"
 
@@ -37,11 +35,6 @@ def catalog(cfg: RunConfig) -> tuple[int, list[str]]:
     """Catalog size and item ids of the run's dataset (public information)."""
     data = federated_dataset(cfg).data
     return data.n_items, data.item_map.to_list()
-
-
-def item_features(cfg: RunConfig) -> np.ndarray:
-    """The public item features of the run's dataset (genres, release-year bins)."""
-    return federated_features(cfg)
 
 
 def device_count(cfg: RunConfig) -> int:
@@ -105,7 +98,7 @@ def make_apps(
     """Server and client apps bound to a resolved configuration."""
     return (
         make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
-                        item_features=item_features,
+                        item_features=federated_features,
                         expected_nodes=device_count),
         make_client_app(simulated_device_factory(config),
                         mods=[simulated_dropout_mod(config)]),
@@ -113,5 +106,6 @@ def make_apps(
 
 
 #: For ``flwr run .``: configuration from the run config.
-server_app = make_server_app(catalog, expected_nodes=device_count, item_features=item_features)
+server_app = make_server_app(catalog, expected_nodes=device_count,
+                             item_features=federated_features)
 client_app = make_client_app(simulated_device_factory(), mods=[simulated_dropout_mod()])

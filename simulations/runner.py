@@ -43,7 +43,7 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     summary = _privacy_summary(ledger_dir, cfg, noise_multiplier)
     summary["algorithm"] = cfg.algorithm
     if cfg.algorithm in RELEASE_ALGORITHMS and cfg.privacy != "off":
-        spec = cfg.spectral_spec(max(1 + cfg.spectral_top_items, cfg.dim))
+        spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
         if cfg.privacy == "user":
             summary["trust"] = ("SecAgg+ shows the server only the sum of a round's "
                                 "contributions (each of norm at most 1, clipped on the device); "
