@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -98,18 +97,20 @@ def test_personal_signal_is_in_the_data():
     assert auc(scores) > auc(np.broadcast_to(pop_scores, scores.shape)) + 0.05
 
 
-def test_fast_enough():
-    start = time.perf_counter()
-    generate_synthetic(n_users=1000, n_items=500, seed=0)
-    assert time.perf_counter() - start < 1.0
-
-
 @pytest.mark.slow
-def test_twenty_thousand_users_in_seconds():
-    start = time.perf_counter()
+def test_twenty_thousand_users():
+    # its speed (< 10 s) is measured by python -m fedrec.simulations.bench_data, not here
     data = generate_synthetic(n_users=20_000, n_items=500, seed=0)
-    assert data.n_users == 20_000
-    assert time.perf_counter() - start < 10.0
+    assert data.n_users == 20_000 and len(np.unique(data.user)) == 20_000
+
+
+def test_public_genres_follow_the_latent_factors():
+    data = make_synthetic(n_users=50, n_items=80, seed=3)
+    genres = data.interactions.items.genres
+    dim = data.item_factors.shape[1]
+    for row, g in zip(data.item_factors, genres, strict=True):
+        assert set(g) == {f"g{j}" for j in range(dim) if row[j] > 1 / dim ** 0.5}
+    assert sum(map(len, genres)) > 0
 
 
 def test_bad_arguments():
