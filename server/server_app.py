@@ -57,12 +57,8 @@ def make_server_app(
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         n_items, item_ids = catalog(cfg)
-        features = None
-        if cfg.algorithm == "features":
-            if item_features is None:
-                raise ValueError("algorithm features needs the catalog's public item features; "
-                                 "this server app was built without a provider")
-            features = item_features(cfg)
+        features = (item_features(cfg)  # make_coordinator says so if features lack one
+                    if cfg.algorithm == "features" and item_features is not None else None)
         coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir,
                                        item_features=features)
         state = coordinator.state
