@@ -23,9 +23,10 @@ __all__ = ["median_seconds", "main"]
 TARGETS_S = {"synthetic 1,000 x 500": 1.0, "synthetic 20,000 x 500": 10.0, "load ml-100k": 1.0}
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
+def median_seconds(fn: Callable[[], object], repeats: int, *, warmup: bool = True) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call if asked."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -25,15 +25,7 @@ from fedrec.common.config import RunConfig
 from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.model import MatrixFactorization
 from fedrec.common.training import example_losses, gather, sample_negatives
-
-
-def _time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from fedrec.simulations.bench_data import median_seconds
 
 
 def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local: LocalConfig,
@@ -90,7 +82,7 @@ def bench_local(n_items: int, dim: int, n_examples: int, reps: int) -> dict[str,
     out = {}
     for kind in ("non-private", "dp-sgd (fedrec)", "opacus per-sample hooks"):
         run(kind)  # warm-up
-        out[kind] = _time(lambda k=kind: run(k), reps) / local.epochs
+        out[kind] = median_seconds(lambda k=kind: run(k), reps, warmup=False) / local.epochs
     return out
 
 
