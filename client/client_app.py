@@ -13,13 +13,14 @@ Messages (the wire contract with :mod:`fedrec.server.strategy`):
   reply only ever leaves inside Flower's SecAgg+, via
   :func:`~fedrec.client.secure_aggregation.secure_aggregation_mod`, installed on every app);
 * train reply: ``arrays`` (the dense item-table delta) and ``metrics``
-  (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``reason``,
-  ``epsilon-spent``, ``epsilon-needed``);
+  (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``code``, one of the
+  fixed :class:`~fedrec.common.policy.RefusalCode` words: no number, no sentence);
 * evaluate request: ``arrays``, ``config`` (``ks``); reply: ``metrics`` (metric sums).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,12 +30,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedrec.client.device import Device, Refusal
-from fedrec.client.secure_aggregation import is_secure_request, secure_aggregation_mod
+from fedrec.client.secure_aggregation import (
+    is_secure_request,
+    secure_aggregation_mod,
+    secure_session,
+)
+from fedrec.common.policy import PolicyViolation, RefusalCode
 
 __all__ = ["make_client_app", "DeviceFactory", "arrays_to_numpy", "numpy_to_arrays"]
 
 #: Builds the device of this SuperNode from its context (run config, node config).
 DeviceFactory = Callable[[Context], Device]
+
+log = logging.getLogger("fedrec.client")
 
 STATE_ARRAYS = "fedrec.device.arrays"
 STATE_CONFIG = "fedrec.device.config"
@@ -112,12 +120,29 @@ class _DeviceCache:
             self._devices.popitem(last=False)
 
 
-def _refusal(msg: Message, reason: str, epsilon_spent: float,
-             epsilon_needed: float = 0.0) -> Message:
-    """The reply by which a device declines a training request, with its reason."""
-    return Message(RecordDict({"refusal": ConfigRecord({
-        "reason": reason, "epsilon-spent": float(epsilon_spent),
-        "epsilon-needed": float(epsilon_needed)})}), reply_to=msg)
+def _refusal(msg: Message, code: RefusalCode | str) -> Message:
+    """The reply by which a device declines a request: a fixed code and nothing else."""
+    return Message(RecordDict({"refusal": ConfigRecord({"code": str(RefusalCode(code))})}),
+                   reply_to=msg)
+
+
+def _train_request(msg: Message) -> tuple[dict[str, np.ndarray], int, float | None, str | None]:
+    """``(arrays, server round, noise share, spectral phase)`` of a train request.
+
+    Raises:
+        PolicyViolation: ``bad-request`` when a field is missing or of the wrong type.
+    """
+    try:
+        arrays = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+        config = msg.content["config"]
+        server_round = int(config["server-round"])  # type: ignore[index,arg-type]
+        share = config.get("noise-share")  # type: ignore[union-attr]
+        phase = config.get("spectral-phase")  # type: ignore[union-attr]
+        return (arrays, server_round, None if share is None else float(share),  # type: ignore[arg-type]
+                None if phase is None else str(phase))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PolicyViolation(RefusalCode.BAD_REQUEST, f"malformed train request: {exc!r}"
+                              ) from None
 
 
 def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) -> ClientApp:
@@ -126,6 +151,10 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
     The app carries fedrec's SecAgg+ mod, which leaves ordinary messages untouched and runs
     the secure-aggregation protocol around ``train`` messages of distributed-DP rounds.
     ``mods`` run before it (outermost first), e.g. a simulation's dropout injection.
+
+    Every request is checked before any work (:meth:`Device.check_secure`, the device's table
+    shapes, finite values, the noise share against the secure group); a refusal carries only
+    its :class:`~fedrec.common.policy.RefusalCode`, the detail goes to the device's log.
     """
     app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
     cache = _DeviceCache()
@@ -133,33 +162,27 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         device = cache.get(device_factory, context)
-        global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-        config = msg.content["config"]
-        server_round = int(config["server-round"])  # type: ignore[index]
-        share = config.get("noise-share")  # type: ignore[union-attr]
-        if share is not None and not is_secure_request(msg):
-            # a noise share is only safe inside a secure sum: never reply in the clear
-            return _refusal(msg, "noise-share requested outside secure aggregation",
-                            device.epsilon_spent())
-        phase = config.get("spectral-phase")  # type: ignore[union-attr]
-        if phase is not None and device.spectral is None:
-            return _refusal(msg, "spectral round sent to a device not configured for it",
-                            device.epsilon_spent())
-        if phase is not None and device.dp is None and not is_secure_request(msg):
-            # without device noise a spectral contribution is the item indicator itself
-            return _refusal(msg, "spectral contribution without device noise requested "
-                                 "outside secure aggregation", 0.0)
+        try:
+            global_state, server_round, share, phase = _train_request(msg)
+            if phase is not None and device.spectral is None:
+                raise PolicyViolation(RefusalCode.UNSUPPORTED, "spectral round sent to a "
+                                      "device not configured for it")
+            session = secure_session(msg, context) if is_secure_request(msg) else None
+            device.check_secure(session, noise_share=share, phase=phase)
+        except PolicyViolation as violation:
+            log.info("device %s refused: %s", device.device_id, violation)
+            return _refusal(msg, violation.code)
         if phase is not None:
             outcome = device.spectral_round(
-                str(phase), server_round, selected=global_state.get("selected-items"),
-                noise_share=float(share) if share is not None else None)
+                phase, server_round, selected=global_state.get("selected-items"),
+                noise_share=share)
         else:
-            outcome = device.train(global_state, server_round,
-                                   noise_share=float(share) if share is not None else None)
+            outcome = device.train(global_state, server_round, noise_share=share)
         # accountant state saved even if the reply is lost
         cache.put(device, context, _persist(device, context))
         if isinstance(outcome, Refusal):
-            return _refusal(msg, outcome.reason, outcome.epsilon_spent, outcome.epsilon_needed)
+            log.info("device %s refused: %s", device.device_id, outcome.reason)
+            return _refusal(msg, outcome.code)
         metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
         metrics.update({k: float(v) for k, v in outcome.metrics.items()})
         if device.dp is not None:

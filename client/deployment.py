@@ -20,9 +20,15 @@ events                demo/tests: a JSON or CSV file of this user's events, impo
 catalog               JSON file of the item ids in row order (else the store's catalog,
                       else the ids are the row numbers ``"0" .. "n-1"``)
 device-id             the device's id in its ledger (else stored, else generated)
-epsilon-budget        this device's ε budget. Without it the run's ``epsilon`` is used, but
-                      never above a budget the store already holds: a server cannot raise
-                      a device's budget
+epsilon-budget        this device's ε budget (else the one its store holds, else 8). The
+                      server's ``epsilon`` only calibrates the noise, and a run whose
+                      ``epsilon`` exceeds this budget is refused (``privacy-policy``)
+delta                 the δ the device accounts at (default 1e-5); a run with a larger
+                      ``delta`` is refused
+accountant            the device's accountant, ``prv`` (default) or ``rdp``
+max-steps-per-round,  resource ceilings (:class:`~fedrec.client.sdk.TrainingPolicy`); a
+max-table-entries,    run asking for more is refused (``resources``)
+max-memory-bytes
 charging, on-wifi     the training policy's signals (default true: a plugged-in SuperNode;
                       an app passes the platform's real signals to the SDK)
 battery-level         battery fraction in [0, 1] (optional)
@@ -30,19 +36,24 @@ require-charging,     the :class:`~fedrec.client.sdk.TrainingPolicy` (defaults: 
 require-wifi,         defaults, e.g. at most 4 trainings a day; ``"none"`` lifts a limit)
 min-battery-level,
 max-rounds-per-day,
-max-cpu-seconds-per-day
+max-steps-per-day
 allow-no-dp           accept a run without local DP: ``privacy = "off"``, or ``"user"`` (the
                       server adds user-level noise; the device must trust it). Default
                       false: refuse
-seed                  seeds the device's sampling and noise (tests only)
+seed                  seeds the device's sampling and noise (tests only: the device's
+                      ledger then says its noise is NOT private against anyone who knows
+                      the seed)
 ===================== ===================================================================
 
-The training recipe (local epochs, sampling rate, learning rate, noise multiplier, clipping
-norm, δ, accountant) comes from the run config the server published (``noise-multiplier = 0``:
-calibrated, from public inputs only, so that the run's ``epsilon`` is spent over the planned
-participations, as in a simulation); the device's budget guard refuses any round that would
-take it past its own ε budget. The device also records the node id of its Flower session in
-the store, so that ``fedrec supernode`` can close a session a crash left open.
+The device owns its privacy (:class:`~fedrec.common.policy.PrivacyPolicy`): its budget, δ,
+accountant and ceilings come from the node config (and its store), never from the server.
+The training *recipe* (local epochs, sampling rate, learning rate, noise multiplier, clipping
+norm) comes from the run config the server published (``noise-multiplier = 0``: calibrated on
+the device, from public inputs only, so that the run's ``epsilon`` is spent over the planned
+participations); the device checks it against its policy before any work and refuses what
+is looser (``privacy-policy``), larger (``resources``) or malformed (``bad-request``), spending
+nothing. A refusal carries only its code. The device also records the node id of its Flower
+session in the store, so that ``fedrec supernode`` can close a session a crash left open.
 
 Wire contract: that of :mod:`fedrec.client.client_app` (reply ``arrays`` + ``metrics``, or
 ``refusal``). A training request may also carry the server catalog's fingerprint
@@ -78,7 +89,8 @@ from fedrec.common.deployment import (
 
 __all__ = [
     "open_device",
-    "device_settings",
+    "device_dp",
+    "run_recipe",
     "import_events",
     "read_events_file",
     "make_deployment_client_app",
@@ -149,8 +161,11 @@ def _policy(config: Mapping[str, Any]) -> tuple[TrainingPolicy, PolicySignals]:
         min_battery_level=_limit(config, "min-battery-level", base.min_battery_level, float),
         max_rounds_per_day=_limit(config, "max-rounds-per-day",  # type: ignore[arg-type]
                                   base.max_rounds_per_day, int),
-        max_cpu_seconds_per_day=_limit(config, "max-cpu-seconds-per-day",
-                                       base.max_cpu_seconds_per_day, float),
+        max_steps_per_day=_limit(config, "max-steps-per-day",  # type: ignore[arg-type]
+                                 base.max_steps_per_day, int),
+        max_steps_per_round=int(config.get("max-steps-per-round", base.max_steps_per_round)),
+        max_table_entries=int(config.get("max-table-entries", base.max_table_entries)),
+        max_memory_bytes=int(config.get("max-memory-bytes", base.max_memory_bytes)),
     )
     battery = _limit(config, "battery-level", None, float)
     signals = PolicySignals(charging=_bool(config, "charging", True),
@@ -158,64 +173,45 @@ def _policy(config: Mapping[str, Any]) -> tuple[TrainingPolicy, PolicySignals]:
     return policy, signals
 
 
-def device_settings(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
-                    stored_dp: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None,
-                                                                  dict[str, Any]]:
-    """The DP settings and local recipe this device trains with: ``(dp or None, local)``.
+def device_dp(node_config: Mapping[str, Any], stored_dp: Mapping[str, Any] | None
+              ) -> dict[str, Any]:
+    """The device's own DP settings: budget, δ and accountant from its node config or store.
 
-    The recipe is the run's; the budget is the device's (``epsilon-budget``), else the run's
-    ``epsilon`` capped by any budget already stored. ``None`` for DP only when the run asks for
-    no local DP (``privacy`` ``off``, or ``user``: the server adds user-level noise) *and* the
-    node config allows it (``allow-no-dp``).
-
-    Raises:
-        PermissionError: the run asks for training without local DP and the device does not
-            allow it.
+    Nothing here comes from the server. The budget is ``epsilon-budget``, else the stored
+    one, else :data:`~fedrec.client.sdk.DEFAULT_DP`'s.
     """
-    cfg, _ = split_run_config(run_config)
-    local = cfg.local_config().to_dict()
-    if cfg.privacy != "local":
-        if not _bool(node_config, "allow-no-dp", False):
-            why = ("the run asks for training WITHOUT differential privacy"
-                   if cfg.privacy == "off" else
-                   "the run relies on user-level DP added by the server (privacy = "
-                   f"{cfg.privacy!r}): updates would leave this device WITHOUT local noise, "
-                   "trusting the server")
-            raise PermissionError(f"policy: {why}; this device does not allow it "
-                                  "(node-config allow-no-dp=true would)")
-        return None, local
-    if "epsilon-budget" in node_config:
-        budget = float(node_config["epsilon-budget"])
-    else:
-        budget = float(cfg.epsilon)
-        if stored_dp and stored_dp.get("budget_epsilon") is not None:
-            budget = min(budget, float(stored_dp["budget_epsilon"]))
+    from fedrec.client.sdk import DEFAULT_DP
+
+    stored = dict(stored_dp or {})
+    budget = float(node_config.get("epsilon-budget",
+                                   stored.get("budget_epsilon", DEFAULT_DP["budget_epsilon"])))
     if not (budget > 0 and math.isfinite(budget)):
         raise ValueError(f"the device's epsilon budget must be positive, got {budget}")
-    noise = float(cfg.noise_multiplier)
-    if noise <= 0:
-        noise = _calibrated(float(cfg.epsilon), float(cfg.delta), float(cfg.sample_rate),
-                            int(cfg.local_config().steps * cfg.planned_participations),
-                            str(cfg.accountant))
-    dp = {"noise_multiplier": noise, "max_grad_norm": float(cfg.max_grad_norm),
-          "target_delta": float(cfg.delta), "budget_epsilon": budget,
-          "accountant": str(cfg.accountant)}
-    return dp, local
+    return {**DEFAULT_DP,
+            "budget_epsilon": budget,
+            "target_delta": float(node_config.get("delta", stored.get(
+                "target_delta", DEFAULT_DP["target_delta"]))),
+            "accountant": str(node_config.get("accountant", stored.get(
+                "accountant", DEFAULT_DP["accountant"])))}
 
 
-_CALIBRATION: dict[tuple[float, float, float, int, str], float] = {}
+def run_recipe(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The run's privacy mode and the training recipe the server asks for.
 
+    Raises:
+        PolicyViolation: ``bad-request`` when the run config does not parse.
+    """
+    from fedrec.common.policy import PolicyViolation, RefusalCode
 
-def _calibrated(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    """The run's noise multiplier calibrated to its epsilon (public inputs only)."""
-    key = (epsilon, delta, q, steps, accountant)
-    if key not in _CALIBRATION:
-        from fedrec.common.dp import calibrate_noise_multiplier
-
-        _CALIBRATION[key] = calibrate_noise_multiplier(
-            target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
-            accountant=accountant)
-    return _CALIBRATION[key]
+    try:
+        cfg, _ = split_run_config(run_config)
+    except (TypeError, ValueError) as exc:
+        raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad run config: {exc}") from None
+    return cfg.privacy, {
+        "noise_multiplier": float(cfg.noise_multiplier),
+        "max_grad_norm": float(cfg.max_grad_norm), "epsilon": float(cfg.epsilon),
+        "delta": float(cfg.delta), "planned_participations": int(cfg.planned_participations),
+        "local": cfg.local_config().to_dict()}
 
 
 # --------------------------------------------------------------------------- events
@@ -269,16 +265,31 @@ def import_events(client: FedRecClient, path: str | Path) -> int:
 def open_device(context: Context) -> tuple[FedRecClient, PolicySignals]:
     """Open this SuperNode's device from its node config (the deployment device factory).
 
-    Returns the open client (the caller closes it) and the policy signals to train with.
+    Returns the open client (the caller closes it) and the policy signals to train with. The
+    device's DP settings come from its node config and store only (:func:`device_dp`); the
+    run config decides only whether the device adds noise at all, and a run that asks for
+    none is refused unless ``allow-no-dp``.
+
+    Raises:
+        PolicyViolation: ``privacy-policy`` for a run without device DP that the node does
+            not allow; ``bad-request`` for a run config that does not parse.
     """
+    from fedrec.common.policy import PolicyViolation, RefusalCode
+
     node = dict(context.node_config)
     if not node.get("store"):
         raise ValueError("this SuperNode has no device store: start it with --node-config "
                          "'store=\"/path/device.db\"' (see `fedrec supernode --help`)")
     path = Path(str(node["store"])).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    stored_dp = _stored_dp(path)
-    dp, local = device_settings(dict(context.run_config), node, stored_dp)
+    privacy, _ = run_recipe(dict(context.run_config))
+    dp: dict[str, Any] | None = device_dp(node, _stored_dp(path))
+    if privacy != "local":
+        if not _bool(node, "allow-no-dp", False):
+            raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
+                                  f"the run (privacy = {privacy!r}) asks for updates without "
+                                  "device noise; node-config allow-no-dp=true would allow it")
+        dp = None
     policy, signals = _policy(node)
     kwargs: dict[str, Any] = {}
     if "device-id" in node:
@@ -290,9 +301,9 @@ def open_device(context: Context) -> tuple[FedRecClient, PolicySignals]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # allowed explicitly by the node config
-            client = FedRecClient.open(path, dp=None, local=local, policy=policy, **kwargs)
+            client = FedRecClient.open(path, dp=None, policy=policy, **kwargs)
     else:
-        client = FedRecClient.open(path, dp=dp, local=local, policy=policy, **kwargs)
+        client = FedRecClient.open(path, dp=dp, policy=policy, **kwargs)
     try:
         if node.get("catalog"):
             ids = load_catalog_file(str(node["catalog"]))
@@ -326,10 +337,9 @@ def _device_fingerprint(client: FedRecClient, n_rows: int) -> str:
     return catalog_fingerprint(ids)
 
 
-def _refusal(msg: Message, reason: str, spent: float, needed: float) -> Message:
-    return Message(RecordDict({"refusal": ConfigRecord({
-        "reason": reason, "epsilon-spent": float(spent), "epsilon-needed": float(needed),
-    })}), reply_to=msg)
+def _refusal(msg: Message, code: str) -> Message:
+    """A refusal reply: the fixed code and nothing else (the detail stays in the log)."""
+    return Message(RecordDict({"refusal": ConfigRecord({"code": str(code)})}), reply_to=msg)
 
 
 # --------------------------------------------------------------------------- the ClientApp
@@ -342,28 +352,33 @@ def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         from fedrec.client.device import Refusal
+        from fedrec.common.policy import PolicyViolation, RefusalCode
 
         try:
+            _, recipe = run_recipe(dict(context.run_config))
             client, signals = factory(context)
-        except PermissionError as exc:
-            return _refusal(msg, str(exc), 0.0, 0.0)
+        except PolicyViolation as violation:
+            log.info("refused before opening the device: %s", violation)
+            return _refusal(msg, violation.code)
         try:
-            global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-            config = msg.content["config"]
-            server_round = int(config["server-round"])  # type: ignore[index,arg-type]
-            expected = config.get(CATALOG_FINGERPRINT_KEY)  # type: ignore[union-attr]
-            n_rows = int(next(iter(global_state.values())).shape[0])
+            try:
+                global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+                config = msg.content["config"]
+                server_round = int(config["server-round"])  # type: ignore[index,arg-type]
+                expected = config.get(CATALOG_FINGERPRINT_KEY)  # type: ignore[union-attr]
+                n_rows = int(np.asarray(next(iter(global_state.values()))).shape[0])
+            except (KeyError, TypeError, ValueError, StopIteration, IndexError) as exc:
+                raise PolicyViolation(RefusalCode.BAD_REQUEST, f"malformed request: {exc!r}"
+                                      ) from None
             if expected and _device_fingerprint(client, n_rows) != str(expected):
-                spent = client.privacy_report().epsilon_spent
-                return _refusal(msg, "data: this device's catalog differs from the server's "
-                                     "(fingerprints differ); not training the wrong rows",
-                                spent, spent)
-            outcome = client.train_round(global_state, server_round, policy_signals=signals)
-            report = client.privacy_report()
+                raise PolicyViolation(RefusalCode.BAD_REQUEST, "this device's catalog differs "
+                                      "from the server's; not training the wrong rows")
+            outcome = client.train_round(global_state, server_round, policy_signals=signals,
+                                         recipe=recipe)
             if isinstance(outcome, Refusal):
                 log.info("round %d: refused: %s", server_round, outcome.reason)
-                return _refusal(msg, outcome.reason, outcome.epsilon_spent,
-                                outcome.epsilon_needed)
+                return _refusal(msg, outcome.code)
+            report = client.privacy_report()
             metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
             metrics.update({k: float(v) for k, v in outcome.metrics.items()})
             if report.dp_enabled:
@@ -374,14 +389,19 @@ def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -
                 "arrays": numpy_to_arrays(outcome.delta),
                 "metrics": MetricRecord(metrics),
             }), reply_to=msg)
+        except PolicyViolation as violation:
+            log.info("refused: %s", violation)
+            return _refusal(msg, violation.code)
         finally:
             client.close()
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        from fedrec.common.policy import PolicyViolation
+
         try:
             client, _ = factory(context)
-        except PermissionError:
+        except PolicyViolation:
             return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)
         try:
             global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
@@ -390,6 +410,8 @@ def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -
             if client.n_items in (None, n_rows):
                 client.receive_model(global_state, server_round=(
                     int(server_round) if server_round is not None else None))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, StopIteration):
+            log.info("evaluation request with a malformed table: not kept")
         finally:
             client.close()
         return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)

@@ -16,7 +16,6 @@ sending; :meth:`Device.state_dict` is for the device's own storage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,9 @@ from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.features import profile_fold_in
 from fedrec.common.metrics import user_metric_sums
 from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
+from fedrec.common.policy import PolicyViolation, RefusalCode, check_arrays
+from fedrec.common.randomness import NoiseSource, derive_seed
+from fedrec.common.secagg import SecureSession, secure_range, sgd_update_bounds
 from fedrec.common.spectral import PHASES, SpectralSpec, contribution
 
 __all__ = ["Device", "TrainReply", "Refusal", "PrivacyEvent"]
@@ -49,6 +51,7 @@ class PrivacyEvent:
     claimed_epsilon: float
     accountant: str
     purpose: str = "dp-sgd"
+    randomness: str = "os-entropy"
 
 
 @dataclass
@@ -62,11 +65,21 @@ class TrainReply:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A device declined a round; ``reason`` says why (e.g. the budget)."""
+    """A device declined a round.
 
-    reason: str
-    epsilon_spent: float
-    epsilon_needed: float
+    Only ``code`` (a :class:`~fedrec.common.policy.RefusalCode`) is ever sent; ``detail`` is
+    for the device's own log, and the ε figures for its own reports.
+    """
+
+    code: RefusalCode
+    detail: str = ""
+    epsilon_spent: float = 0.0
+    epsilon_needed: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        """Code and detail in words (local logs only)."""
+        return f"{self.code}: {self.detail}" if self.detail else str(self.code)
 
 
 class Device:
@@ -82,8 +95,10 @@ class Device:
         test_items: held-out items for on-device evaluation (optional).
         item_bias: whether the item biases are trained.
         init_std: initialisation scale of the user embedding.
-        seed: seeds the user embedding and the local sampling/noise (simulation); ``None``
-            draws from the OS.
+        seed: seeds the user embedding and the local sampling and noise (reproducible
+            simulations: not private against anyone who knows the seed); ``None`` (the
+            default) draws everything from OS entropy
+            (:class:`~fedrec.common.randomness.NoiseSource`).
         on_release: called with a :class:`PrivacyEvent` after local DP training and before
             the reply is returned (the ledger writer). If it raises, nothing is sent.
         report_metrics: with DP off, send the example count and the training loss (both are
@@ -123,13 +138,13 @@ class Device:
         self.local, self.dp = local, dp
         self.on_release = on_release
         self.report_metrics = report_metrics and dp is None
-        seed_bytes = hashlib.sha256(f"{seed}/{device_id}".encode()).digest()
-        self._seed = int.from_bytes(seed_bytes[:8], "little") if seed is not None else None
-        gen = torch.Generator()
+        self._seed = derive_seed(seed, device_id) if seed is not None else None
         if self._seed is not None:
-            gen.manual_seed(self._seed)
+            self.noise = NoiseSource.seeded(self._seed)
+            gen = torch.Generator().manual_seed(self._seed)
         else:
-            gen.seed()
+            self.noise = NoiseSource.secure()
+            gen = self.noise.torch_generator()
         self._generator = gen
         self.model = MatrixFactorization(
             1, n_items, dim, item_bias=item_bias, init_std=init_std, generator=gen
@@ -163,13 +178,93 @@ class Device:
         if needed <= self.dp.budget_epsilon + 1e-9:
             return None
         spent = self.epsilon_spent()
-        return Refusal(f"budget: this round would bring epsilon to {needed:.4g} > budget "
+        return Refusal(RefusalCode.BUDGET,
+                       f"this round would bring epsilon to {needed:.4g} > budget "
                        f"{self.dp.budget_epsilon:g} (spent {spent:.4g})", spent, needed)
+
+    def _refuse(self, violation: PolicyViolation) -> Refusal:
+        spent = self.epsilon_spent()
+        return Refusal(violation.code, violation.detail, spent, spent)
+
+    def table_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The item table this device expects from the server: names and exact shapes."""
+        return {k: tuple(v.shape) for k, v in self.model.global_state().items()}
+
+    @staticmethod
+    def _check_share(noise_share: float | None) -> None:
+        if noise_share is not None and not (0 < float(noise_share) <= 1):
+            raise PolicyViolation(RefusalCode.NOT_SECURE,
+                                  f"noise share {noise_share!r} outside (0, 1]")
+
+    def _event(self, server_round: int, *, noise_multiplier: float, max_grad_norm: float,
+               sample_rate: float, steps: int, purpose: str) -> PrivacyEvent:
+        assert self.dp is not None
+        return PrivacyEvent(
+            device_id=self.device_id, server_round=int(server_round),
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            sample_rate=sample_rate, steps=steps, target_delta=self.dp.target_delta,
+            budget_epsilon=self.dp.budget_epsilon, claimed_epsilon=self.epsilon_spent(),
+            accountant=self.dp.accountant, purpose=purpose, randomness=self.noise.label)
+
+    def secure_range(self, noise_share: float | None, phase: str | None = None) -> float:
+        """The SecAgg+ range this device needs so that its share is never clipped.
+
+        From the device's own settings only (:mod:`fedrec.common.secagg`): a spectral
+        contribution lies in ``[0, 1]`` plus noise of std ``σ·Δ·share``; a DP-SGD item update
+        is bounded by :func:`~fedrec.common.secagg.sgd_update_bounds`.
+        """
+        share = 1.0 if noise_share is None else float(noise_share)
+        if phase is not None:
+            assert self.spectral is not None
+            sigma = (self.spectral_noise[PHASES.index(phase)]
+                     if self.spectral_noise is not None and self.dp is not None else 0.0)
+            std = sigma * self.spectral.sensitivity(phase) * share
+            return secure_range(1.0, std, int(np.prod(self.spectral.shape(phase))))
+        if self.dp is None:
+            raise PolicyViolation(RefusalCode.UNSUPPORTED,
+                                  "a secure sum of SGD updates needs device DP (noise shares)")
+        signal, std = sgd_update_bounds(
+            lr=self.local.lr, steps=self.local.steps, max_grad_norm=self.dp.max_grad_norm,
+            batch_size_norm=self.local.batch_size_norm,
+            noise_multiplier=self.dp.noise_multiplier, noise_share=share)
+        return secure_range(signal, std, sum(int(np.prod(s)) for s in
+                                             self.table_shapes().values()))
+
+    def check_secure(self, session: SecureSession | None, *, noise_share: float | None,
+                     phase: str | None = None) -> None:
+        """Raise :class:`PolicyViolation` unless this round's secure sum is safe to join.
+
+        A noise share, or a spectral contribution without device noise, may only leave inside
+        a secure sum (``not-secure`` otherwise); a share ``s`` needs at least ``1/s²``
+        devices in the group; the session's range must be at least :meth:`secure_range`.
+        """
+        self._check_share(noise_share)
+        needs_secure = noise_share is not None or (phase is not None and self.dp is None)
+        if session is None:
+            if needs_secure:
+                raise PolicyViolation(RefusalCode.NOT_SECURE,
+                                      "this contribution may only leave inside a secure sum")
+            return
+        if noise_share is not None and session.group_size < session.min_group(noise_share):
+            raise PolicyViolation(RefusalCode.NOT_SECURE,
+                                  f"noise share {noise_share:g} needs a secure group of "
+                                  f"{session.min_group(noise_share)}, this one has "
+                                  f"{session.group_size}")
+        if session.clipping_range < self.secure_range(noise_share, phase):
+            raise PolicyViolation(RefusalCode.NOT_SECURE,
+                                  f"the secure sum's range {session.clipping_range:g} would "
+                                  f"clip this device's share (needs "
+                                  f"{self.secure_range(noise_share, phase):g})")
 
     # --- the round -------------------------------------------------------------------------
     def train(self, global_state: Mapping[str, np.ndarray], server_round: int, *,
               noise_share: float | None = None) -> TrainReply | Refusal:
         """Train one round from the server's item table; reply or refuse.
+
+        The table must have exactly this device's shapes and finite values, or the device
+        refuses (``bad-request``) before any work. Under DP a device with no training
+        interactions trains anyway (its update is pure noise, accounted like any other): a
+        refusal would tell the server that it has no data.
 
         ``noise_share`` switches to distributed DP for this round (see
         :func:`fedrec.common.dp.train_local`): the item update carries that share of the noise
@@ -178,8 +273,16 @@ class Device:
         provisioned for (``purpose="distributed-dp-sgd"``); the server records the noise that
         was actually present.
         """
-        if len(self.train_items) == 0:
-            return Refusal("no training interactions on this device", 0.0, 0.0)
+        try:
+            check_arrays(global_state, self.table_shapes())
+            self._check_share(noise_share)
+        except PolicyViolation as violation:
+            return self._refuse(violation)
+        if self.dp is None and len(self.train_items) == 0:
+            if self.report_metrics:  # privacy off: nothing to hide, nothing to learn from
+                return Refusal(RefusalCode.UNSUPPORTED, "no training interactions")
+            return TrainReply(delta={k: np.zeros(v, dtype=np.float32)
+                                     for k, v in self.table_shapes().items()}, num_examples=1)
         if self.dp is not None:
             refusal = self._over_budget(self.epsilon_if_trained())
             if refusal is not None:
@@ -190,20 +293,17 @@ class Device:
             self.model, self.train_items, local=self.local, dp=self.dp,
             accountant=self.accountant, generator=self._generator,
             noise_share=noise_share if self.dp is not None else None,
+            noise_source=self.noise,
         )
         self.rounds_trained += 1
         after = self.model.global_state()
         delta = {k: (after[k] - before[k]).astype(np.float32) for k in GLOBAL_KEYS}
         if self.dp is not None:
-            event = PrivacyEvent(
-                device_id=self.device_id, server_round=int(server_round),
-                noise_multiplier=self.dp.noise_multiplier,
+            event = self._event(
+                server_round, noise_multiplier=self.dp.noise_multiplier,
                 max_grad_norm=self.dp.max_grad_norm, sample_rate=result.sample_rate,
-                steps=result.steps, target_delta=self.dp.target_delta,
-                budget_epsilon=self.dp.budget_epsilon, claimed_epsilon=self.epsilon_spent(),
-                accountant=self.dp.accountant,
-                purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd",
-            )
+                steps=result.steps,
+                purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd")
             if self.on_release is not None:
                 self.on_release(event)  # recorded before the update leaves
             # Under DP the example count and the loss are data: send neither.
@@ -215,6 +315,22 @@ class Device:
             metrics={"loss": result.mean_loss},
         )
 
+    def _check_selection(self, phase: str, selected: np.ndarray | None) -> np.ndarray | None:
+        """The server's item selection of a co-occurrence round, checked (``bad-request``)."""
+        assert self.spectral is not None
+        if phase != "cooccurrence":
+            return None
+        if selected is None:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, "no item selection")
+        sel = np.asarray(selected)
+        if (sel.ndim != 1 or sel.dtype.kind not in "iu" or len(sel) != self.spectral.n_selected
+                or (len(sel) and (sel.min() < 0 or sel.max() >= self.spectral.n_items))
+                or np.any(np.diff(sel) <= 0)):
+            raise PolicyViolation(RefusalCode.BAD_REQUEST,
+                                  f"the selection must be {self.spectral.n_selected} sorted "
+                                  f"distinct item indices in [0, {self.spectral.n_items})")
+        return sel.astype(np.int64)
+
     def spectral_round(self, phase: str, server_round: int, *,
                        selected: np.ndarray | None = None,
                        noise_share: float | None = None) -> TrainReply | Refusal:
@@ -224,14 +340,18 @@ class Device:
         example-level DP (``dp`` set) with Gaussian noise of std ``σ_phase · Δ_phase`` already
         added (times ``noise_share`` inside a secure sum), accounted and written to the ledger
         before it is returned; otherwise noise-free (the server adds user-level noise). Its
-        shape depends only on the run's settings.
+        shape depends only on the run's settings. A device with no items contributes zeros
+        (plus its noise), like any other.
         """
         if self.spectral is None:
-            raise RuntimeError("this device is not configured for the spectral algorithm")
-        if phase not in self.spectral.phases:
-            raise ValueError(f"phase must be one of {self.spectral.phases}, got {phase!r}")
-        if len(self.train_items) == 0:
-            return Refusal("no training interactions on this device", 0.0, 0.0)
+            return Refusal(RefusalCode.UNSUPPORTED, "not configured for the spectral algorithm")
+        try:
+            if phase not in self.spectral.phases:
+                raise PolicyViolation(RefusalCode.BAD_REQUEST, f"unknown phase {phase!r}")
+            sel = self._check_selection(phase, selected)
+            self._check_share(noise_share)
+        except PolicyViolation as violation:
+            return self._refuse(violation)
         index = PHASES.index(phase)
         sigma = self.spectral_noise[index] if self.spectral_noise is not None else 0.0
         if self.dp is not None:
@@ -240,11 +360,12 @@ class Device:
                 delta=self.dp.target_delta))
             if refusal is not None:
                 return refusal
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
-        rng = np.random.default_rng(seed)
-        values = contribution(self.train_items, phase, self.spectral,
-                              selected=None if selected is None
-                              else np.asarray(selected, dtype=np.int64), rng=rng)
+        if self.noise.is_seeded:  # as before: one stream per round from the device's generator
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,),
+                                                          generator=self._generator)))
+        else:
+            rng = self.noise.rng
+        values = contribution(self.train_items, phase, self.spectral, selected=sel, rng=rng)
         self.rounds_trained += 1
         if self.spectral.unit == "user":  # norm 1 by construction; clipped to make it a rule
             norm = float(np.linalg.norm(values))
@@ -253,13 +374,13 @@ class Device:
             return TrainReply(delta={phase: values.astype(np.float32)}, num_examples=1)
         std = sigma * self.spectral.sensitivity(phase) * (
             1.0 if noise_share is None else float(noise_share))
-        values = values + rng.normal(0.0, std, size=values.shape)
-        self.accountant.history.append((float(sigma), 1.0, 1))
-        event = PrivacyEvent(
-            device_id=self.device_id, server_round=int(server_round), noise_multiplier=sigma,
+        noise = (rng.normal(0.0, std, size=values.shape) if self.noise.is_seeded
+                 else self.noise.normal(std, values.shape))
+        values = values + noise
+        self.accountant.step(noise_multiplier=float(sigma), sample_rate=1.0)
+        event = self._event(
+            server_round, noise_multiplier=sigma,
             max_grad_norm=self.spectral.sensitivity(phase), sample_rate=1.0, steps=1,
-            target_delta=self.dp.target_delta, budget_epsilon=self.dp.budget_epsilon,
-            claimed_epsilon=self.epsilon_spent(), accountant=self.dp.accountant,
             purpose=f"spectral-{phase}" + ("" if noise_share is None else "-distributed"))
         if self.on_release is not None:
             self.on_release(event)  # recorded before the contribution leaves
@@ -327,5 +448,5 @@ class Device:
             self.accountant.load_state_dict(acc)
         self.rounds_trained = int(state["rounds_trained"])  # type: ignore[arg-type]
         gen_state = state.get("generator")
-        if gen_state is not None:
+        if gen_state is not None and self.noise.is_seeded:  # a secure device draws afresh
             self._generator.set_state(torch.as_tensor(np.asarray(gen_state), dtype=torch.uint8))

@@ -53,5 +53,5 @@ class LedgerWriter:
             max_grad_norm=event.max_grad_norm, sampling_probability=event.sample_rate,
             steps=event.steps, target_delta=event.target_delta, unit=self.unit,
             budget_epsilon=event.budget_epsilon, claimed_epsilon=event.claimed_epsilon,
-            accountant=event.accountant, purpose=event.purpose,
+            accountant=event.accountant, purpose=event.purpose, randomness=event.randomness,
         )

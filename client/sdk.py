@@ -46,6 +46,7 @@ import numpy as np
 
 from fedrec.client.events import Event, EventKind, ItemSignal, WeightPolicy, weights_from_events
 from fedrec.client.storage import DeviceStore, Retention, StoreError
+from fedrec.common.policy import PolicyViolation, PrivacyPolicy, RefusalCode, TrainingRequest
 from fedrec.common.ranking import Explanation, Freshness, fold_in, rank, score_items
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +66,8 @@ __all__ = [
     "Recommendation",
     "Recommendations",
     "PrivacyReport",
+    "PrivacyPolicy",
+    "RefusalCode",
     "DEFAULT_DP",
     "STATUS",
     "StoreError",
@@ -80,8 +83,10 @@ DEFAULT_DP: dict[str, Any] = {
     "target_delta": 1e-5,
     "budget_epsilon": 8.0,
     "accountant": "prv",
-    "secure_mode": False,
 }
+#: The keys a server's training recipe may carry (:meth:`FedRecClient.train_round`).
+_RECIPE_KEYS = ("noise_multiplier", "max_grad_norm", "epsilon", "delta",
+                "planned_participations", "local")
 _ITEM_EMB, _ITEM_BIAS = "item_embedding.weight", "item_bias.weight"
 _SECONDS_PER_DAY = 86400.0
 _UNSET: Any = object()
@@ -144,7 +149,12 @@ class Catalog:
 
 @dataclass(frozen=True)
 class TrainingPolicy:
-    """When the app lets the device train (the SDK only reads signals the app passes in).
+    """When the app lets the device train, and how much (from signals the app passes in).
+
+    Every limit here is decided from the device's state and public counts (rounds, steps,
+    table size), never from its data: a refusal that depended on, say, the CPU time of the
+    last round (which grows with the number of interactions) would tell the server about
+    the data through *when* the device refuses.
 
     Attributes:
         require_charging: train only while charging.
@@ -152,15 +162,24 @@ class TrainingPolicy:
         min_battery_level: when not charging, the battery level (0-1) below which the device
             does not train (None: no limit).
         max_rounds_per_day: trainings per rolling 24 hours (None: no limit).
-        max_cpu_seconds_per_day: CPU seconds of training per rolling 24 hours; a round is also
-            refused when the last round's CPU time would take the day past it (None: no limit).
+        max_steps_per_day: local DP-SGD steps per rolling 24 hours (None: no limit); a round
+            is refused when its steps would take the day past it.
+        max_steps_per_round: the most local steps one round may ask for (a server asking for
+            more is refused: ``resources``).
+        max_table_entries: the largest item table (``n_items × (dim + 1)`` entries) the device
+            accepts, for training and for :meth:`FedRecClient.receive_model`.
+        max_memory_bytes: the most memory a training round may need
+            (:func:`fedrec.common.policy.training_memory_bytes`).
     """
 
     require_charging: bool = True
     require_wifi: bool = True
     min_battery_level: float | None = None
     max_rounds_per_day: int | None = 4
-    max_cpu_seconds_per_day: float | None = 300.0
+    max_steps_per_day: int | None = None
+    max_steps_per_round: int = 10_000
+    max_table_entries: int = 2**25
+    max_memory_bytes: int = 2**31
 
     def __post_init__(self) -> None:
         if self.min_battery_level is not None and not 0 <= self.min_battery_level <= 1:
@@ -168,29 +187,30 @@ class TrainingPolicy:
                              f"{self.min_battery_level}")
         if self.max_rounds_per_day is not None and self.max_rounds_per_day < 0:
             raise ValueError("max_rounds_per_day must be >= 0")
-        if self.max_cpu_seconds_per_day is not None and not self.max_cpu_seconds_per_day >= 0:
-            raise ValueError("max_cpu_seconds_per_day must be >= 0")
+        if self.max_steps_per_day is not None and self.max_steps_per_day < 0:
+            raise ValueError("max_steps_per_day must be >= 0")
+        for name in ("max_steps_per_round", "max_table_entries", "max_memory_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
 
-    def refusal(self, signals: PolicySignals, *, rounds_today: int, cpu_today: float,
-                cpu_estimate: float) -> str | None:
-        """Why the device must not train now, or None when it may."""
+    def refusal(self, signals: PolicySignals, *, rounds_today: int, steps_today: int,
+                steps: int) -> str | None:
+        """Why the device must not train now (for its own log), or None when it may."""
         if self.require_charging and not signals.charging:
-            return "policy: the device is not charging (the training policy requires it)"
+            return "the device is not charging (the training policy requires it)"
         if self.require_wifi and not signals.on_wifi:
-            return "policy: the device is not on Wi-Fi (the training policy requires it)"
+            return "the device is not on Wi-Fi (the training policy requires it)"
         if (self.min_battery_level is not None and not signals.charging
                 and (signals.battery_level is None
                      or signals.battery_level < self.min_battery_level)):
-            return (f"policy: battery level {signals.battery_level} is below "
+            return (f"battery level {signals.battery_level} is below "
                     f"{self.min_battery_level} and the device is not charging")
         if self.max_rounds_per_day is not None and rounds_today >= self.max_rounds_per_day:
-            return (f"policy: {rounds_today} trainings in the last 24 h reach the limit of "
+            return (f"{rounds_today} trainings in the last 24 h reach the limit of "
                     f"{self.max_rounds_per_day} per day")
-        if self.max_cpu_seconds_per_day is not None and (
-                cpu_today + cpu_estimate > self.max_cpu_seconds_per_day):
-            return (f"policy: {cpu_today:.1f} CPU s used in the last 24 h plus about "
-                    f"{cpu_estimate:.1f} s for this round exceed the limit of "
-                    f"{self.max_cpu_seconds_per_day:g} s per day")
+        if self.max_steps_per_day is not None and steps_today + steps > self.max_steps_per_day:
+            return (f"{steps_today} steps in the last 24 h plus {steps} for this round exceed "
+                    f"the limit of {self.max_steps_per_day} per day")
         return None
 
 
@@ -539,8 +559,16 @@ class FedRecClient:
             catalog: the catalog of this table, when it changed.
             popularity: the DP popularity histogram the server published (per row, or by id).
             server_round: the round the table comes from (informational).
+
+        Raises:
+            ValueError: the table is malformed, does not fit the catalog, or exceeds the
+                training policy's ``max_table_entries`` / ``max_memory_bytes``.
         """
         emb, bias = _validate_table(global_state)
+        try:
+            self.privacy_policy().check_table(*emb.shape)
+        except PolicyViolation as violation:
+            raise ValueError(violation.detail) from None
         cat = None
         if catalog is not None:
             cat = catalog if isinstance(catalog, Catalog) else Catalog(tuple(catalog))
@@ -799,99 +827,194 @@ class FedRecClient:
         return freshness
 
     # --- training --------------------------------------------------------------------------
+    def privacy_policy(self) -> PrivacyPolicy:
+        """The device's own privacy policy: its DP settings and its training policy's ceilings.
+
+        What a server asks (:meth:`train_round`'s ``recipe``) may only be stricter.
+        """
+        dp = self._dp if self._dp is not None else DEFAULT_DP
+        return PrivacyPolicy(
+            epsilon_budget=float(dp["budget_epsilon"]), delta=float(dp["target_delta"]),
+            accountant=str(dp["accountant"]), allow_no_dp=self._dp is None,
+            max_steps_per_round=int(self.policy.max_steps_per_round),
+            max_table_entries=int(self.policy.max_table_entries),
+            max_memory_bytes=int(self.policy.max_memory_bytes))
+
     def train_round(
         self,
         global_state: Mapping[str, np.ndarray],
         server_round: int,
         *,
         policy_signals: PolicySignals | Mapping[str, Any],
+        recipe: Mapping[str, Any] | None = None,
     ) -> TrainReply | Refusal:
-        """Take part in one federated round: train locally (DP-SGD) or refuse with a reason.
+        """Take part in one federated round: train locally (DP-SGD) or refuse with a code.
 
-        The received item table is kept for offline recommendation whatever happens. Then the
-        device refuses (a ``Refusal`` whose ``reason`` starts with ``policy:``, ``data:`` or
-        ``budget:``) when the training policy forbids training now, when it has no training
-        interactions, or when the round would take ε past the budget. Otherwise the intended
-        spend is committed, the device trains, and the final spend, the ledger record and the
-        new user embedding are committed before the reply is returned; nothing is returned if
-        that fails.
+        Before any work the device checks, and refuses with a fixed
+        :class:`~fedrec.common.policy.RefusalCode` (its only content on the wire):
+
+        * ``bad-request``: the item table is malformed (missing arrays, wrong shapes,
+          non-finite values, a catalog of another size), or the recipe is;
+        * ``resources``: the table or the recipe exceeds the training policy's ceilings;
+        * ``privacy-policy``: the recipe asks for a larger δ or ε than this device's own;
+        * ``device-state``: the training policy forbids training now;
+        * ``budget``: the round would take ε past the device's budget.
+
+        A refusal spends nothing. Otherwise the intended spend is committed, the device trains
+        (under DP also when it has no training interactions: its update is then noise alone,
+        since a refusal would tell the server it has no data), and the final spend, the ledger
+        record and the new user embedding are committed before the reply is returned.
+
+        Args:
+            global_state: the server's item table.
+            server_round: the round number (recorded).
+            policy_signals: the device's state (charging, network, battery).
+            recipe: the server's training recipe for this round (the SDK's own settings when
+                omitted): ``noise_multiplier`` (0: calibrate to ``epsilon``),
+                ``max_grad_norm``, ``epsilon``, ``delta``, ``planned_participations``, and
+                ``local`` (:class:`~fedrec.common.dp.LocalConfig` fields). The device keeps its
+                own budget, δ and accountant whatever the recipe says.
 
         Returns:
             ``TrainReply`` (the dense item-table delta to send) or ``Refusal``.
         """
-        from fedrec.client.device import Device, Refusal
-        from fedrec.common.dp import DPConfig, LocalConfig
+        from fedrec.client.device import Refusal
 
         signals = PolicySignals.coerce(policy_signals)
         now = signals.now if signals.now is not None else time.time()
-        self.receive_model(global_state, server_round=server_round)
         with self._lock:
+            spent_now = self._cached_epsilon()
+            try:
+                emb, _ = self._checked_table(global_state)
+                dp, local = self._round_settings(recipe, emb.shape)
+            except PolicyViolation as violation:
+                return Refusal(violation.code, violation.detail, spent_now, spent_now)
+            self.receive_model(global_state, server_round=server_round)
             if self.retention is not None:
                 self.apply_retention(now=now)
-            spent_now = self._cached_epsilon()
-            rounds_today, cpu_today = self._store.rounds_since(now - _SECONDS_PER_DAY)
-            reason = self.policy.refusal(signals, rounds_today=rounds_today,
-                                         cpu_today=cpu_today,
-                                         cpu_estimate=self._last_round_cpu())
+            rounds_today, _ = self._store.rounds_since(now - _SECONDS_PER_DAY)
+            reason = self.policy.refusal(
+                signals, rounds_today=rounds_today,
+                steps_today=self._store.steps_since(now - _SECONDS_PER_DAY), steps=local.steps)
             if reason is not None:
-                return Refusal(reason, spent_now, spent_now)
+                return Refusal(RefusalCode.DEVICE_STATE, reason, spent_now, spent_now)
             items = self.training_items()
-            if len(items) == 0:
-                return Refusal(
-                    "data: no training interactions on this device (no item with weight >= "
-                    f"{self.weights.min_training_weight} in the current catalog)",
-                    spent_now, spent_now)
-            dp = DPConfig(**self._dp) if self._dp is not None else None
-            local = LocalConfig(**self._local)
-            assert self._emb is not None
-            device = Device(self.device_id, items, n_items=int(self._emb.shape[0]),
-                            dim=int(self._emb.shape[1]), local=local, dp=dp, seed=self._seed)
-            self._restore_device(device)
-            release_id = None
-            if dp is not None:
-                spent = device.epsilon_spent()
-                needed = device.epsilon_if_trained()
-                self._store.cache_epsilon(epsilon=spent, delta=dp.target_delta)
-                if needed > dp.budget_epsilon + 1e-9:
-                    return Refusal(
-                        f"budget: this round would bring epsilon to {needed:.4g} > budget "
-                        f"{dp.budget_epsilon:g} (spent {spent:.4g}, delta {dp.target_delta:g})",
-                        spent, needed)
-                trial = copy.deepcopy(device.accountant)
-                for _ in range(local.steps):
-                    trial.step(noise_multiplier=dp.noise_multiplier,
-                               sample_rate=local.sample_rate)
-                # write-ahead of spend: counted from here on, whatever happens next
-                release_id = self._store.begin_release(
-                    server_round=server_round, noise_multiplier=dp.noise_multiplier,
-                    max_grad_norm=dp.max_grad_norm, sample_rate=local.sample_rate,
-                    steps=local.steps, target_delta=dp.target_delta,
-                    budget_epsilon=dp.budget_epsilon, accountant=dp.accountant,
-                    history_after=trial.history, epsilon_after=needed)
-            round_id = self._store.start_round(server_round, started_at=now)
-            cpu0 = time.process_time()
-            device.on_release = self._release_hook(device, release_id, cpu0)
-            try:
-                result = device.train(global_state, server_round)
-            except BaseException as exc:
-                cpu = time.process_time() - cpu0
-                if release_id is not None:
-                    self._store.abort_release(release_id, f"training failed: {exc!r}",
-                                              cpu_seconds=cpu)
-                self._store.finish_round(round_id, cpu_seconds=cpu, outcome="error")
-                raise
+            if len(items) == 0 and dp is None:
+                return Refusal(RefusalCode.UNSUPPORTED, "no training interactions and no DP",
+                               spent_now, spent_now)
+            return self._train(global_state, server_round, items, dp, local, now)
+
+    def _checked_table(self, global_state: Mapping[str, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The server's table, checked against this device (``bad-request``/``resources``)."""
+        try:
+            emb, bias = _validate_table(global_state)
+        except ValueError as exc:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, str(exc)) from None
+        if self._catalog is not None and len(self._catalog.item_ids) != emb.shape[0]:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST,
+                                  f"a table of {emb.shape[0]} rows for a catalog of "
+                                  f"{len(self._catalog.item_ids)} items")
+        self.privacy_policy().check_table(*emb.shape)
+        return emb, bias
+
+    def _round_settings(self, recipe: Mapping[str, Any] | None, shape: tuple[int, int]
+                        ) -> tuple[DPConfig | None, LocalConfig]:
+        """The DP settings and local recipe of a round, checked against the device's policy."""
+        from fedrec.common.dp import DPConfig, LocalConfig
+
+        recipe = dict(recipe or {})
+        unknown = sorted(set(recipe) - set(_RECIPE_KEYS))
+        try:
+            if unknown:
+                raise ValueError(f"unknown recipe keys {unknown}")
+            local = LocalConfig(**{**self._local, **dict(recipe.get("local") or {})})
+        except (TypeError, ValueError) as exc:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad recipe: {exc}") from None
+        policy = self.privacy_policy()
+        own = self._dp if self._dp is not None else None
+        sigma = float(recipe.get("noise_multiplier",
+                                 own["noise_multiplier"] if own is not None else 0.0))
+        epsilon = recipe.get("epsilon")
+        delta = recipe.get("delta")
+        policy.check(TrainingRequest(
+            n_items=shape[0], dim=shape[1], steps=local.steps, noise_multiplier=sigma,
+            sample_rate=local.sample_rate, epsilon=None if epsilon is None else float(epsilon),
+            delta=None if delta is None else float(delta), dp=own is not None))
+        if own is None:
+            return None, local
+        if sigma == 0:  # calibrated from public inputs, at the device's accountant
+            participations = int(recipe.get("planned_participations", 1))
+            if not 1 <= participations <= 10_000:
+                raise PolicyViolation(RefusalCode.BAD_REQUEST,
+                                      f"planned_participations {participations} out of range")
+            sigma = _calibrated(float(epsilon), float(delta if delta is not None
+                                                      else policy.delta),
+                                local.sample_rate, local.steps * participations,
+                                policy.accountant)
+        max_grad_norm = float(recipe.get("max_grad_norm", own["max_grad_norm"]))
+        try:
+            dp = DPConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                          target_delta=policy.delta, budget_epsilon=policy.epsilon_budget,
+                          accountant=policy.accountant)
+        except ValueError as exc:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad recipe: {exc}") from None
+        return dp, local
+
+    def _train(self, global_state: Mapping[str, np.ndarray], server_round: int,
+               items: np.ndarray, dp: DPConfig | None, local: LocalConfig,
+               now: float) -> TrainReply | Refusal:
+        """Train one checked round: write-ahead of spend, train, commit (see train_round)."""
+        from fedrec.client.device import Device, Refusal
+
+        assert self._emb is not None
+        device = Device(self.device_id, items, n_items=int(self._emb.shape[0]),
+                        dim=int(self._emb.shape[1]), local=local, dp=dp, seed=self._seed)
+        self._restore_device(device)
+        release_id = None
+        if dp is not None:
+            spent = device.epsilon_spent()
+            needed = device.epsilon_if_trained()
+            self._store.cache_epsilon(epsilon=spent, delta=dp.target_delta)
+            if needed > dp.budget_epsilon + 1e-9:
+                return Refusal(RefusalCode.BUDGET,
+                               f"this round would bring epsilon to {needed:.4g} > budget "
+                               f"{dp.budget_epsilon:g} (spent {spent:.4g}, delta "
+                               f"{dp.target_delta:g})", spent, needed)
+            trial = copy.deepcopy(device.accountant)
+            for _ in range(local.steps):
+                trial.step(noise_multiplier=dp.noise_multiplier, sample_rate=local.sample_rate)
+            # write-ahead of spend: counted from here on, whatever happens next
+            release_id = self._store.begin_release(
+                server_round=server_round, noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm, sample_rate=local.sample_rate,
+                steps=local.steps, target_delta=dp.target_delta,
+                budget_epsilon=dp.budget_epsilon, accountant=dp.accountant,
+                history_after=trial.history, epsilon_after=needed)
+        round_id = self._store.start_round(server_round, started_at=now)
+        cpu0 = time.process_time()
+        device.on_release = self._release_hook(device, release_id, cpu0)
+        try:
+            result = device.train(global_state, server_round)
+        except BaseException as exc:
             cpu = time.process_time() - cpu0
-            if isinstance(result, Refusal):  # not expected after the checks above
-                if release_id is not None:
-                    self._store.abort_release(release_id, result.reason, cpu_seconds=cpu)
-                self._store.finish_round(round_id, cpu_seconds=cpu, outcome="refused")
-                return result
-            if dp is None:
-                self._save_user_state(device)
-                self._store.finish_round(round_id, cpu_seconds=cpu, outcome="sent-without-dp")
-            else:
-                self._store.finish_round(round_id, cpu_seconds=cpu, outcome="released")
+            if release_id is not None:
+                self._store.abort_release(release_id, f"training failed: {exc!r}",
+                                          cpu_seconds=cpu)
+            self._store.finish_round(round_id, cpu_seconds=cpu, outcome="error")
+            raise
+        cpu = time.process_time() - cpu0
+        if isinstance(result, Refusal):  # not expected after the checks above
+            if release_id is not None:
+                self._store.abort_release(release_id, result.reason, cpu_seconds=cpu)
+            self._store.finish_round(round_id, cpu_seconds=cpu, outcome="refused")
             return result
+        if dp is None:
+            self._save_user_state(device)
+            self._store.finish_round(round_id, cpu_seconds=cpu, outcome="sent-without-dp")
+        else:
+            self._store.finish_round(round_id, cpu_seconds=cpu, outcome="released")
+        return result
 
     def _restore_device(self, device: Any) -> None:
         state = device.state_dict()
@@ -967,9 +1090,6 @@ class FedRecClient:
         with self._lock:
             self._ledger_writer()
             return self._ledger_key.public_pem()
-
-    def _last_round_cpu(self) -> float:
-        return self._store.last_round_cpu()
 
     # --- privacy ---------------------------------------------------------------------------
     def _cached_epsilon(self) -> float:
@@ -1063,12 +1183,28 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value)
 
 
+def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int,
+                accountant: str) -> float:
+    """The noise multiplier that spends ``epsilon`` over ``steps`` steps (public inputs only)."""
+    from fedrec.common.dp import calibrate_noise_multiplier
+
+    try:
+        return calibrate_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps,
+                                          accountant=accountant)
+    except ValueError as exc:
+        raise PolicyViolation(RefusalCode.BAD_REQUEST, f"cannot calibrate: {exc}") from None
+
+
 def _dp_settings(dp: Any, stored: Any) -> dict[str, Any] | None:
     """The DP settings to use: explicit, else stored, else :data:`DEFAULT_DP` (validated)."""
     if dp is _UNSET:
         if stored is _UNSET:
             return dict(DEFAULT_DP)
-        return None if stored is None else dict(DEFAULT_DP, **stored)
+        if stored is None:
+            return None
+        stored = {k: v for k, v in stored.items() if k in DEFAULT_DP}  # drops retired keys
+        return dict(DEFAULT_DP, **stored)
     if dp is None:
         return None
     settings = dict(dp) if isinstance(dp, Mapping) else dp.to_dict()

@@ -19,9 +19,12 @@ reply into the legacy ``FitRes`` layout that ``secaggplus_mod`` masks
 (:func:`secure_train_reply`):
 
 * the arrays of the ``arrays`` record (or of the only ``ArrayRecord``), as float64 in their
-  order, plus two values on the clipping of this update (whether any value exceeded the
-  clipping range, and the fraction that did), scaled into the clipping range so they are
-  summed securely with the rest;
+  order, and nothing else: no statistic of the device's values rides along (a sum of such
+  statistics would be a release outside the accounting). A vector with any value beyond the
+  session's clipping range is not sent at all: the device declines with the code
+  ``secure-range`` and the server aborts the round before unmasking, so no clipped share ever
+  enters a sum (:mod:`fedrec.common.secagg` sizes the range so that this needs a Gaussian tail
+  event of probability at most 1e-12);
 * ``num_examples = 1`` (the server wants the plain sum; see the server module);
 * the names and shapes of the arrays in the clear (``fedrec.secagg.layout``).
 
@@ -30,11 +33,12 @@ and the mod drops the reply's other records (metrics would be per-device values 
 clear; sum such numbers as arrays instead).
 
 Declining: a device that will not train (privacy budget spent) replies with
-:func:`decline_reply` (or with fedrec's usual ``refusal`` record); the mod then answers the
-server with an error reply whose reason starts with :data:`DECLINED_PREFIX`, after key
-sharing, so SecAgg+ treats the device as a dropout, removes its masks from the others' and the
-round completes without it. The reply is an error *message*, not an exception, so the node's
-context (e.g. the accountant state the handler saved) is kept. Exceptions of the handler
+:func:`decline_reply` (or with fedrec's usual ``refusal`` record, whose ``code`` is all the
+server sees); the mod then answers the server with an error reply whose reason is
+:data:`DECLINED_PREFIX` and the code, after key sharing, so SecAgg+ treats the device as a
+dropout, removes its masks from the others' and the round completes without it. The reply
+is an error *message*, not an exception, so the node's context (e.g. the accountant state
+the handler saved) is kept. Exceptions of the handler
 propagate (Flower turns them into error replies too; the node is dropped the same way).
 
 Flower's bare ``secaggplus_mod`` (re-exported) also works with a handler that returns
@@ -53,14 +57,19 @@ from typing import cast
 import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.client.mod import secaggplus_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
+    Key,
 )
 from flwr.compat.common import recorddict_compat as compat
+
+from fedrec.common.policy import PolicyViolation, RefusalCode
+from fedrec.common.secagg import SecureSession, exceeds_range
 
 __all__ = [
     "secure_aggregation_mod",
@@ -68,6 +77,8 @@ __all__ = [
     "secure_train_reply",
     "decline_reply",
     "is_secure_request",
+    "secure_session",
+    "SecureSession",
     "LAYOUT_KEY",
     "DECLINED_PREFIX",
 ]
@@ -95,6 +106,24 @@ def _clipping_range(context: Context) -> float:
     return float(cast(float, state["clipping_range"]))
 
 
+def secure_session(msg: Message, context: Context) -> SecureSession:
+    """The session of a SecAgg+ ``train`` request at the collect-masked-vectors stage.
+
+    Raises:
+        PolicyViolation: ``not-secure`` when ``msg`` is not such a request.
+    """
+    state_record = context.state.config_records.get(RECORD_KEY_STATE)
+    if not is_secure_request(msg) or state_record is None:
+        raise PolicyViolation(RefusalCode.NOT_SECURE, "not inside a SecAgg+ session")
+    state = SecAggPlusState(**dict(state_record))
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    peers = configs.get(Key.CIPHERTEXT_LIST)
+    if not isinstance(peers, list):
+        raise PolicyViolation(RefusalCode.NOT_SECURE, "not at the collect-masked-vectors stage")
+    return SecureSession(clipping_range=float(state.clipping_range),
+                         group_size=min(len(peers) + 1, len(state.public_keys_dict)))
+
+
 def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
                        context: Context) -> Message:
     """The reply to a SecAgg+ ``train`` request, in the layout ``secaggplus_mod`` masks.
@@ -111,6 +140,8 @@ def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
     Raises:
         ValueError: ``msg`` is not a SecAgg+ request, there is no SecAgg+ session, or the
             update is empty or not finite.
+        PolicyViolation: ``secure-range`` when a value lies beyond the clipping range (the
+            vector must not be sent: clipping would change the noise the sum carries).
     """
     if not is_secure_request(msg):
         raise ValueError("not a SecAgg+ train request; reply with a plain Message instead")
@@ -122,29 +153,30 @@ def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
         value = np.asarray(array, dtype=np.float64)
         if not np.all(np.isfinite(value)):
             raise ValueError(f"array {name!r} has non-finite values")
+        if exceeds_range({name: value}, c):
+            raise PolicyViolation(RefusalCode.SECURE_RANGE,
+                                  f"array {name!r} exceeds the clipping range {c:g}")
         names.append([str(name), list(value.shape)])
         values.append(np.ascontiguousarray(value))
-    size = sum(v.size for v in values)
-    clipped = sum(int(np.count_nonzero(np.abs(v) > c)) for v in values)
-    stats = np.array([c if clipped else 0.0, c * clipped / size if size else 0.0])
     fitres = FitRes(
         status=Status(code=Code.OK, message="OK"),
-        parameters=ndarrays_to_parameters([*values, stats]),
+        parameters=ndarrays_to_parameters(values),
         num_examples=1,
         metrics={LAYOUT_KEY: json.dumps(names)},
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 
-def decline_reply(msg: Message, reason: str) -> Message:
+def decline_reply(msg: Message, code: RefusalCode | str) -> Message:
     """An error reply saying that this device declines to train (counted as a dropout).
 
     Args:
         msg: the ``train`` request.
-        reason: why (e.g. ``"privacy budget spent"``); the server sees it.
+        code: why, as a :class:`~fedrec.common.policy.RefusalCode` (e.g. ``"budget"``); the
+            server sees only this fixed word.
     """
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                         reason=DECLINED_PREFIX + reason), reply_to=msg)
+                         reason=DECLINED_PREFIX + str(RefusalCode(code))), reply_to=msg)
 
 
 class _Declined(Exception):
@@ -166,9 +198,9 @@ def _to_secure_reply(call_next: ClientAppCallable) -> ClientAppCallable:
         if _FITRES_PARAMETERS in content.array_records:
             return reply  # already formatted by secure_train_reply
         if "refusal" in content.config_records:
-            reason = str(content.config_records["refusal"].get("reason", "refused"))
+            code = str(content.config_records["refusal"].get("code", "refused"))
             raise _Declined(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                  reason=DECLINED_PREFIX + reason))
+                                  reason=DECLINED_PREFIX + code))
         records = content.array_records
         if ARRAYS_KEY in records:
             record = records[ARRAYS_KEY]
@@ -177,7 +209,11 @@ def _to_secure_reply(call_next: ClientAppCallable) -> ClientAppCallable:
         else:
             raise ValueError(f"the train reply must hold its update in the ArrayRecord "
                              f"{ARRAYS_KEY!r}; it has {sorted(records)}")
-        return secure_train_reply(msg, _numpy(record), context)
+        try:
+            return secure_train_reply(msg, _numpy(record), context)
+        except PolicyViolation as violation:
+            raise _Declined(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                  reason=DECLINED_PREFIX + violation.code)) from None
 
     return handler
 

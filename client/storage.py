@@ -635,6 +635,13 @@ class DeviceStore:
             return int(self._db.execute("SELECT count(*) FROM rounds WHERE outcome = ?",
                                         (outcome,)).fetchone()[0])
 
+    def steps_since(self, since: float) -> int:
+        """Local DP-SGD steps of the releases recorded at or after ``since``."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(sum(steps), 0) FROM releases "
+                                   "WHERE created_at >= ?", (float(since),)).fetchone()
+        return int(row[0])
+
     def rounds_since(self, since: float) -> tuple[int, float]:
         """Trainings started at or after ``since`` (any outcome) and their CPU seconds."""
         with self._lock:

@@ -64,7 +64,14 @@ class RunConfig:
         "simulated devices in all: 0 = one per user; more adds synthetic train-only devices "
         "resampled from the real users' training data (evaluation stays on the real users)",
         default=0)
-    seed: int = _doc("seed of everything random in a simulation", default=0)
+    seed: int = _doc(
+        "seed of the data (synthetic generation, splits) and, with reproducible=true, of the "
+        "DP noise and sampling too", default=0)
+    reproducible: bool = _doc(
+        "seed the DP noise and sampling of server and devices with `seed`, so that a run "
+        "repeats exactly; its summary, ledgers and audit then say it is NOT private against "
+        "anyone who knows the seed. Default false: noise and sampling from OS entropy",
+        default=False)
     # rounds
     num_rounds: int = _doc("federated rounds", default=8)
     fraction_train: float = _doc("fraction of devices sampled per training round", default=0.5)
@@ -114,9 +121,8 @@ class RunConfig:
     user_lr_scale: float = _doc("user-embedding learning rate as a multiple of local-lr",
                                 default=1.0)
     batch_size_norm: float = _doc(
-        "divide each step's summed gradient by this constant; 0 = the device's expected batch "
-        "size q*n (per-device mean; under DP small devices then carry the most noise)",
-        default=40.0)
+        "divide each step's summed gradient by this constant, the same on every device (a "
+        "divisor that depended on the device's data size would reveal it)", default=40.0)
     # privacy
     privacy: str = _doc(
         "off; local (example-level: each device adds its full DP-SGD noise, server untrusted); "
@@ -143,9 +149,6 @@ class RunConfig:
     simulated_dropout: float = _doc(
         "simulations: probability that a sampled device goes offline mid-round (after SecAgg+ "
         "key sharing), to study dropouts", default=0.0)
-    secagg_clipping_range: float = _doc(
-        "distributed DP: SecAgg+ clips each update coordinate to +-this before quantizing",
-        default=8.0)
     user_clip: float = _doc("user-level DP: L2 clipping norm of a device's whole update",
                             default=1.0)
     user_noise_multiplier: float = _doc(
@@ -194,8 +197,6 @@ class RunConfig:
                 f"dropout-policy must be abort or account, got {self.dropout_policy!r}")
         if not 0 <= self.simulated_dropout < 1:
             raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
-        if self.secagg_clipping_range <= 0:
-            raise ValueError("secagg-clipping-range must be positive")
         if self.privacy == "distributed" and self.local_optimizer != "sgd":
             raise ValueError("privacy distributed needs local-optimizer sgd (linear in the "
                              "gradients, so the secure sum is a post-processing of DP sums)")
@@ -241,6 +242,23 @@ class RunConfig:
         if not ks or min(ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         return ks
+
+    def noise_source(self):
+        """The server's :class:`~fedrec.common.randomness.NoiseSource` for this run.
+
+        Seeded from ``seed`` when ``reproducible`` is set or privacy is off (nothing to
+        protect), else from OS entropy.
+        """
+        from fedrec.common.randomness import NoiseSource
+
+        if self.reproducible or self.privacy == "off":
+            return NoiseSource.seeded(self.seed)
+        return NoiseSource.secure()
+
+    @property
+    def device_seed(self) -> int | None:
+        """The seed simulated devices draw their noise and sampling from (None: OS entropy)."""
+        return self.seed if self.reproducible or self.privacy == "off" else None
 
     def user_noise(self) -> float:
         """User-level noise multiplier: as configured or calibrated to ``epsilon``.

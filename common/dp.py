@@ -32,6 +32,7 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedrec.common.model import MatrixFactorization
+from fedrec.common.randomness import NoiseSource
 from fedrec.common.training import LOSSES, GatheredBatch, example_losses, gather, sample_negatives
 
 __all__ = [
@@ -58,7 +59,6 @@ class DPConfig:
         target_delta: δ of the (ε, δ) guarantee.
         budget_epsilon: the device refuses a round that would take its ε past this.
         accountant: ``"prv"`` (tight, Opacus' PRV accountant) or ``"rdp"``.
-        secure_mode: Opacus' secure noise generation (slower; for deployments).
     """
 
     noise_multiplier: float = 1.0
@@ -66,7 +66,6 @@ class DPConfig:
     target_delta: float = 1e-5
     budget_epsilon: float = 8.0
     accountant: str = "prv"
-    secure_mode: bool = False
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0:
@@ -100,14 +99,12 @@ class LocalConfig:
         n_negatives: sampled negatives per positive (``"bce"``; ``"bpr"`` uses 1).
         l2: per-example L2 penalty on the gathered embedding rows.
         user_lr_scale: the user embedding's learning rate as a multiple of ``lr``.
-        batch_size_norm: what a step's summed (clipped, noised) gradient is divided by.
-            ``0`` (default): the expected batch size ``q·n`` of this device (Opacus' "mean"
-            reduction), so every device's step has the same scale and its noise grows as
-            ``1/n`` (small devices dominate the noise of an unweighted server mean).
-            ``> 0``: this constant for every device, so noise has the same scale on every
-            device and heavy devices carry proportionally more signal; the scaling no longer
-            depends on the device's data size. Post-processing either way: the DP guarantee
-            is the same.
+        batch_size_norm: the constant a step's summed (clipped, noised) gradient is divided
+            by, the same on every device. It must not depend on the device's data: a divisor
+            such as the expected batch size ``q·n`` differs between neighbouring datasets, so
+            the noise scale of one update would reveal ``n`` (and whether one interaction is
+            present) outside the accounted mechanism. Heavy devices carry proportionally more
+            signal; :func:`train_local` bounds each step's sum so that none can blow up.
     """
 
     epochs: float = 1.0
@@ -118,7 +115,7 @@ class LocalConfig:
     n_negatives: int = 1
     l2: float = 0.0
     user_lr_scale: float = 1.0
-    batch_size_norm: float = 0.0
+    batch_size_norm: float = 40.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -131,8 +128,11 @@ class LocalConfig:
             raise ValueError("epochs, lr and n_negatives must be positive")
         if self.user_lr_scale < 0:
             raise ValueError(f"user_lr_scale must be >= 0, got {self.user_lr_scale}")
-        if self.batch_size_norm < 0:
-            raise ValueError(f"batch_size_norm must be >= 0, got {self.batch_size_norm}")
+        if not self.batch_size_norm > 0 or not math.isfinite(self.batch_size_norm):
+            raise ValueError(
+                f"batch_size_norm must be a positive constant, got {self.batch_size_norm}: a "
+                "step normalisation that depends on the device's data size (0 used to mean "
+                "'q*n') would reveal the data size through the noise scale of an update")
 
     @property
     def steps(self) -> int:
@@ -206,35 +206,45 @@ def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.T
 
 
 class _DPOptimizer(DPOptimizerFastGradientClipping):
-    """Opacus' fast-gradient-clipping DP optimizer, accumulating without ``copy.deepcopy``.
+    """Opacus' fast-gradient-clipping DP optimizer with fedrec's noise source and shares.
 
     Opacus stores ``p.summed_grad = copy.deepcopy(p.grad.data)`` on every step, which goes
     through Python's deepcopy machinery for each parameter; ``clone()`` makes the same copy.
-    Noise, scaling and the step are Opacus' own, except that parameters listed in
-    ``noise_scale`` get that fraction of the noise std (distributed DP: the item tables carry a
-    share of the noise, the rest coming from the other devices in the secure sum).
+    Scaling and the step are Opacus' own. The noise is Opacus' Gaussian of std
+    ``noise_multiplier · max_grad_norm`` with three differences, each off by default:
+
+    * ``noise_source``: a secure :class:`~fedrec.common.randomness.NoiseSource` draws the
+      noise (OS entropy, Opacus' four-normal construction) instead of the torch generator;
+    * ``noise_scale``: parameters listed there get that fraction of the noise std (distributed
+      DP: the item tables carry a share of the noise, the rest coming from the other devices
+      in the secure sum);
+    * ``sum_bound``: before the noise, every coordinate of those parameters' summed clipped
+      gradient is clamped to ``[-sum_bound, sum_bound]``. A clamp is a projection onto a box,
+      which is non-expansive, so one example still moves the clamped sum by at most
+      ``max_grad_norm`` (the sensitivity, and so the DP guarantee, are unchanged); it bounds
+      every coordinate of the update by public quantities, which sizes the secure sum's range.
     """
 
     noise_scale: dict[int, float] | None = None
+    noise_source: NoiseSource | None = None
+    sum_bound: float | None = None
 
     def add_noise(self) -> None:
-        if not self.noise_scale:
-            super().add_noise()
-            return
-        from opacus.optimizers.optimizer import (
-            _check_processed_flag,
-            _generate_noise,
-            _mark_as_processed,
-        )
-
+        scale = self.noise_scale or {}
         for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = _generate_noise(
-                std=self.noise_multiplier * self.max_grad_norm * self.noise_scale.get(id(p), 1.0),
-                reference=p.summed_grad, generator=self.generator, secure_mode=self.secure_mode,
-            )
-            p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
+            summed = p.summed_grad
+            if self.sum_bound is not None and id(p) in scale:
+                summed = summed.clamp(-self.sum_bound, self.sum_bound)
+            std = self.noise_multiplier * self.max_grad_norm * scale.get(id(p), 1.0)
+            if std == 0:
+                noise = torch.zeros_like(summed)
+            elif self.noise_source is not None and not self.noise_source.is_seeded:
+                noise = torch.from_numpy(self.noise_source.normal(std, tuple(summed.shape))
+                                         ).to(summed.dtype)
+            else:  # Opacus' own draw (seeded runs repeat exactly)
+                noise = torch.normal(mean=0, std=std, size=summed.shape,
+                                     generator=self.generator, dtype=summed.dtype)
+            p.grad = (summed + noise).view_as(p)
 
     def accumulate(self) -> None:
         for p in self.params:
@@ -280,19 +290,25 @@ def train_local(
     accountant: IAccountant | None = None,
     generator: torch.Generator | None = None,
     noise_share: float | None = None,
+    noise_source: NoiseSource | None = None,
 ) -> LocalResult:
     """Train ``model`` (one user, ``n_users == 1``) on the user's positive items, in place.
 
     Args:
         model: the device's model; the item table should hold the server's current values.
-        positives: the user's training item indices.
+        positives: the user's training item indices; may be empty under DP (the update is
+            then pure noise: a device must not reveal that it has no data by refusing).
         local: the local training recipe.
         dp: DP-SGD settings, or ``None`` for non-private training (same sampling, no clipping
             or noise).
         accountant: the device's Opacus accountant; required with ``dp``; every step is
             recorded in it.
-        generator: source of randomness for sampling and noise (a seeded one in simulations;
-            ``None`` uses torch's default generator).
+        generator: source of randomness for sampling (and, unless ``noise_source`` is a
+            secure source, for the noise): a seeded one in reproducible simulations; ``None``
+            draws one from OS entropy.
+        noise_source: where the DP noise comes from; a secure
+            :class:`~fedrec.common.randomness.NoiseSource` (OS entropy, Opacus' four-normal
+            construction) unless it is seeded or ``None`` (then the torch ``generator``).
         noise_share: distributed DP (needs ``dp``): the item tables get noise of std
             ``noise_share · noise_multiplier · max_grad_norm`` per step instead of the full
             std, and are **not** moved during local training: every step's gradient is taken
@@ -302,7 +318,10 @@ def train_local(
             their item updates is a post-processing of per-step Gaussian releases with the full
             noise, exactly as one centralized DP-SGD step per local step would be (see
             :mod:`fedrec.server.distributed_dp`). Needs the plain ``"sgd"`` optimizer, which is
-            linear in the gradients.
+            linear in the gradients. Each step's clipped sum of the item tables is clamped
+            coordinate-wise to ``±max_grad_norm · batch_size_norm`` (non-expansive, so the
+            sensitivity is unchanged), which bounds every coordinate of the update by public
+            quantities (:func:`secure_sum_range`).
 
     Returns:
         Steps taken, sampling rate, examples seen, mean loss.
@@ -313,12 +332,10 @@ def train_local(
         raise ValueError("DP training needs the device's accountant to record its steps")
     pos = torch.as_tensor(np.asarray(positives, dtype=np.int64))
     n = len(pos)
-    if n < 1:
+    if n < 1 and dp is None:
         raise ValueError("a device needs at least one training interaction")
     q, steps = local.sample_rate, local.steps
-    gen = generator if generator is not None else torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, (1,)))
-    )
+    gen = generator if generator is not None else NoiseSource.secure().torch_generator()
     if noise_share is not None:
         if dp is None:
             raise ValueError("noise_share (distributed DP) needs DP settings")
@@ -327,7 +344,7 @@ def train_local(
         if local.optimizer != "sgd":
             raise ValueError("distributed DP needs the linear 'sgd' local optimizer")
     n_neg = 1 if local.loss == "bpr" else local.n_negatives
-    norm_size = local.batch_size_norm if local.batch_size_norm > 0 else max(1.0, q * n)
+    norm_size = local.batch_size_norm
     base = _local_optimizer(model, local)
     params = [p for group in base.param_groups for p in group["params"]]
     global_params = [p for p in model.global_parameters() if p.requires_grad]
@@ -343,13 +360,16 @@ def train_local(
             expected_batch_size=norm_size,
             loss_reduction="mean",
             generator=gen,
-            secure_mode=dp.secure_mode,
         )
+        optimizer.noise_source = noise_source
         if noise_share is not None:
             optimizer.noise_scale = {id(p): float(noise_share) for p in global_params}
+            optimizer.sum_bound = dp.max_grad_norm * norm_size
+    # Poisson sampling over the device's examples (none: every batch is empty, the update is
+    # the noise alone, exactly what the sampler would give for a device without data)
     sampler = UniformWithReplacementSampler(
         num_samples=n, sample_rate=q, generator=gen, steps=steps
-    )
+    ) if n else [[] for _ in range(steps)]
     zero_user = torch.zeros(1, dtype=torch.long)
     total_loss, seen = 0.0, 0
     model.train()
@@ -407,8 +427,15 @@ def calibrate_noise_multiplier(
     """
     from opacus.accountants.utils import get_noise_multiplier
 
-    if target_epsilon <= 0:
-        raise ValueError(f"target_epsilon must be positive, got {target_epsilon}")
+    from fedrec.common.policy import MAX_CALIBRATION_EPSILON
+
+    if not 0 < target_epsilon <= MAX_CALIBRATION_EPSILON:
+        raise ValueError(f"target_epsilon must lie in (0, {MAX_CALIBRATION_EPSILON:g}] for "
+                         f"calibration, got {target_epsilon} (above it a guarantee means "
+                         "nothing; set a noise multiplier instead)")
+    if not 0 < target_delta < 1 or not 0 < sample_rate <= 1 or steps < 1:
+        raise ValueError("calibration needs 0 < target_delta < 1, 0 < sample_rate <= 1 and "
+                         "steps >= 1")
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=target_delta,

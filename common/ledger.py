@@ -1,19 +1,23 @@
 """The tamper-evident privacy ledger: one signed, hash-chained record per DP release.
 
-Format ``fedrec-ledger/1`` (a public format: auditors rely on it)
-===================================================================
+Format ``fedrec-ledger/1.1`` (a public format: auditors rely on it)
+=====================================================================
 
 A ledger is a UTF-8 JSON Lines file, one record per line, one file per signer (a device, or
 the server), written only by appending. A record is written and ``fsync``-ed *before* the
 release it describes leaves the signer (a device appends, then replies). Each record is a JSON
 object with these keys (all present; ``null`` where a value does not apply):
 
-``format``           ``"fedrec-ledger/1"``.
+``format``           ``"fedrec-ledger/1.1"`` (``"fedrec-ledger/1"`` records, which lack
+                     ``mechanism.randomness``, still verify).
 ``seq``              0, 1, 2, … (position in this ledger).
 ``device_id``        the signer: a device id, or ``"server"``.
 ``round``            the federated round of the release (int).
-``mechanism``        ``{"type": "gaussian", "noise_multiplier": σ, "max_grad_norm": C}``;
-                     the noise standard deviation is ``σ × C`` (``C`` is the sensitivity).
+``mechanism``        ``{"type": "gaussian", "noise_multiplier": σ, "max_grad_norm": C,
+                     "randomness": R}``; the noise standard deviation is ``σ × C`` (``C`` is
+                     the sensitivity); ``R`` is ``"os-entropy"`` (noise and sampling nobody
+                     can replay) or ``"seeded"`` (a reproducible run: NOT private against
+                     anyone who knows the seed).
 ``sampling``         ``{"type": "poisson", "probability": q}`` or
                      ``{"type": "none", "probability": null}`` (full batch: no amplification).
 ``steps``            how many times the sampled mechanism ran in this release (int).
@@ -84,6 +88,8 @@ from fedrec.common.accounting import DpRelease
 
 __all__ = [
     "FORMAT",
+    "FORMATS",
+    "RANDOMNESS",
     "GENESIS_HASH",
     "UNITS",
     "RELATIONS",
@@ -100,9 +106,13 @@ __all__ = [
     "library_versions",
 ]
 
-FORMAT = "fedrec-ledger/1"
+FORMAT = "fedrec-ledger/1.1"
+#: Formats :func:`verify_ledger` accepts (1.1 adds ``mechanism.randomness``).
+FORMATS = ("fedrec-ledger/1", FORMAT)
 GENESIS_HASH = "0" * 64
 UNITS = ("example", "user")
+#: Where a release's noise came from (``mechanism.randomness``).
+RANDOMNESS = ("os-entropy", "seeded")
 RELATIONS = ("add/remove",)
 _REQUIRED = (
     "format",
@@ -313,8 +323,8 @@ def _check_fields(record: Mapping[str, Any]) -> str:
     extra = sorted(set(record) - set(_REQUIRED))
     if extra:
         return f"unexpected keys {extra}"
-    if record["format"] != FORMAT:
-        return f"format {record['format']!r} is not {FORMAT!r}"
+    if record["format"] not in FORMATS:
+        return f"format {record['format']!r} is not one of {FORMATS}"
     mech = record["mechanism"]
     if not isinstance(mech, dict) or mech.get("type") != "gaussian":
         return "mechanism is not {'type': 'gaussian', ...}"
@@ -555,12 +565,16 @@ class Ledger:
         purpose: str | None = None,
         time: str | None = None,
         versions: Mapping[str, str] | None = None,
+        randomness: str = "os-entropy",
     ) -> dict[str, Any]:
         """Write, sign and ``fsync`` one release's record; return it.
 
         Call this *before* the release leaves the signer: when it returns, the record is on
-        disk. ``sampling_probability=None`` (or ``1.0``) records no sampling.
+        disk. ``sampling_probability=None`` (or ``1.0``) records no sampling. ``randomness``
+        says where the noise came from: ``"os-entropy"`` or ``"seeded"``.
         """
+        if randomness not in RANDOMNESS:
+            raise LedgerError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}.")
         if unit not in UNITS:
             raise LedgerError(f"unit must be one of {UNITS}, got {unit!r}.")
         if relation not in RELATIONS:
@@ -581,6 +595,7 @@ class Ledger:
                 "type": "gaussian",
                 "noise_multiplier": release.noise_multiplier,
                 "max_grad_norm": _finite_or_none("max_grad_norm", max_grad_norm, positive=True),
+                "randomness": randomness,
             },
             "sampling": (
                 {"type": "none", "probability": None}

@@ -9,6 +9,7 @@ evaluation sums. The Flower strategy (:mod:`fedrec.server.strategy`) drives it o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ import numpy as np
 
 from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
 from fedrec.common.metrics import combine_metric_sums
+from fedrec.common.randomness import NoiseSource
+from fedrec.common.secagg import secure_range, sgd_update_bounds
 from fedrec.server.aggregation import (
     ServerOptimizer,
     make_server_optimizer,
@@ -107,21 +110,25 @@ def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None,
                                   device_noise=cfg.privacy == "local",
                                   features=item_features if cfg.algorithm == "features"
                                   else None)
+    noise = cfg.noise_source()
     if cfg.privacy == "distributed":
         local = cfg.local_config()
         distributed = DistributedDP(
             noise_multiplier=cfg.device_noise(), max_grad_norm=cfg.max_grad_norm,
             sample_rate=local.sample_rate, steps=local.steps,
             dropout_tolerance=cfg.dropout_tolerance, target_delta=cfg.delta,
-            budget_epsilon=cfg.epsilon, accountant=cfg.accountant, ledger_dir=ledger_dir)
+            budget_epsilon=cfg.epsilon, accountant=cfg.accountant, ledger_dir=ledger_dir,
+            randomness="seeded" if cfg.device_seed is not None else "os-entropy")
     if cfg.privacy == "user":
         clip = 1.0 if spectral is not None else cfg.user_clip  # spectral: sensitivity 1
         user_dp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=clip,
                               noise_multiplier=cfg.user_noise(), target_delta=cfg.delta,
-                              budget_epsilon=cfg.epsilon, ledger_dir=ledger_dir)
+                              budget_epsilon=cfg.epsilon, ledger_dir=ledger_dir,
+                              randomness=noise.label)
     return Coordinator(cfg, initial_global_state(cfg, n_items),
                        weighting="examples" if cfg.privacy == "off" else "uniform",
-                       user_dp=user_dp, distributed=distributed, spectral=spectral)
+                       noise=noise, user_dp=user_dp, distributed=distributed,
+                       spectral=spectral)
 
 
 class Coordinator:
@@ -133,7 +140,8 @@ class Coordinator:
         weighting: ``"examples"`` (weights from the replies' example counts: non-private
             runs) or ``"uniform"`` (each device counts once: DP runs, where devices do not
             reveal their example counts).
-        rng: randomness of device sampling.
+        noise: randomness of device sampling and of server-side noise
+            (:meth:`RunConfig.noise_source`: OS entropy unless the run is reproducible).
         user_dp: server-side user-level DP (DP-FedAvg); ``None`` for none. With it, devices
             are Poisson-sampled, each update is clipped, and the mean carries Gaussian noise.
         distributed: distributed DP (devices add noise shares, the server sees only secure
@@ -144,7 +152,7 @@ class Coordinator:
     """
 
     def __init__(self, cfg: RunConfig, initial_state: Mapping[str, np.ndarray], *,
-                 weighting: str = "examples", rng: np.random.Generator | None = None,
+                 weighting: str = "examples", noise: NoiseSource | None = None,
                  user_dp: UserLevelDP | None = None, distributed: DistributedDP | None = None,
                  spectral: SpectralServer | None = None):
         if weighting not in ("examples", "uniform"):
@@ -156,7 +164,8 @@ class Coordinator:
             cfg.server_optimizer, lr=cfg.server_lr, beta1=cfg.server_beta1,
             beta2=cfg.server_beta2, tau=cfg.server_tau,
         )
-        self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self.noise = noise if noise is not None else cfg.noise_source()
+        self.rng = self.noise.rng
         self.user_dp = user_dp
         self.distributed = distributed
         self.spectral = spectral
@@ -276,7 +285,7 @@ class Coordinator:
                 [r.delta for r in good], self.state, clip=self.user_dp.clip,  # type: ignore[misc]
                 noise_multiplier=self.user_dp.noise_multiplier,
                 expected_count=max(1e-9, self.user_dp.sampling_probability * self._pool_size),
-                rng=self.rng)
+                noise=self.noise)
             self.user_dp.record(server_round)  # ledger first, then the table changes
             norm = float(np.sqrt(sum(float(np.square(v).sum()) for v in mean.values())))
             self.state = self.optimizer.step(self.state, mean)
@@ -311,17 +320,39 @@ class Coordinator:
         return self.distributed is not None or (self.spectral is not None
                                                 and not self.spectral.device_noise)
 
-    def plan_round(self, sampled: int) -> RoundPlan:
+    def plan_round(self, sampled: int, server_round: int) -> RoundPlan:
         """A secure round's provisioning: noise share (distributed DP) of ``sampled`` devices.
 
         Spectral rounds without device noise carry no noise share (user-level: the server
         adds the noise to the sum) and need no minimum beyond SecAgg+'s own.
         """
         if self.distributed is not None:
-            return self.distributed.plan(sampled)
-        if self.secure:
-            return RoundPlan(sampled=sampled, min_included=1, noise_share=0.0)
-        raise RuntimeError("plan_round is for rounds with a secure sum")
+            plan = self.distributed.plan(sampled)
+        elif self.secure:
+            plan = RoundPlan(sampled=sampled, min_included=1, noise_share=0.0)
+        else:
+            raise RuntimeError("plan_round is for rounds with a secure sum")
+        return dataclasses.replace(plan, clipping_range=self.secure_range(server_round, plan))
+
+    def secure_range(self, server_round: int, plan: RoundPlan) -> float:
+        """The SecAgg+ range of a secure round, from public quantities only.
+
+        Every coordinate of a device's vector is its bounded signal plus its noise share;
+        :func:`fedrec.common.secagg.secure_range` sizes the range so that clipping one needs
+        an event of probability at most 1e-12 (the device then declines and the round aborts).
+        """
+        if self.spectral is not None:
+            phase = self.spectral.phase(server_round)
+            std = (self.spectral.noise_multiplier(phase) * self.spectral.spec.sensitivity(phase)
+                   * plan.noise_share if self.distributed is not None else 0.0)
+            return secure_range(1.0, std, math.prod(self.spectral.spec.shape(phase)))
+        assert self.distributed is not None
+        local = self.cfg.local_config()
+        signal, std = sgd_update_bounds(
+            lr=local.lr, steps=local.steps, max_grad_norm=self.cfg.max_grad_norm,
+            batch_size_norm=local.batch_size_norm,
+            noise_multiplier=self.distributed.noise_multiplier, noise_share=plan.noise_share)
+        return secure_range(signal, std, sum(v.size for v in self.state.values()))
 
     def aggregate_sum(self, server_round: int, plan: RoundPlan,
                       total: Mapping[str, np.ndarray] | None, included: Sequence[int], *,
@@ -412,8 +443,8 @@ class Coordinator:
             noisy = {phase: np.asarray(total[phase], dtype=np.float64)}
             if self.user_dp is not None:
                 z = self.spectral.noise_multiplier(phase)
-                noisy[phase] = noisy[phase] + self.rng.normal(
-                    0.0, z * self.user_dp.clip, size=reference[phase].shape)
+                noisy[phase] = noisy[phase] + self.noise.normal(
+                    z * self.user_dp.clip, reference[phase].shape)
                 self.user_dp.record(server_round, noise_multiplier=z,
                                     purpose=f"spectral-{phase}")
                 eps = {"epsilon_user": self.user_dp.epsilon()}

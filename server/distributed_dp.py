@@ -48,11 +48,15 @@ class RoundPlan:
         sampled: devices asked to take part.
         min_included: devices whose updates must reach the sum for the full noise.
         noise_share: the fraction of the noise std each device adds, ``1/√min_included``.
+        clipping_range: the SecAgg+ range of the round's secure sum, sized from public
+            quantities so that no noised share needs clipping
+            (:func:`fedrec.common.secagg.secure_range`); 0 until the coordinator sets it.
     """
 
     sampled: int
     min_included: int
     noise_share: float
+    clipping_range: float = 0.0
 
 
 @dataclass
@@ -81,6 +85,7 @@ class DistributedDP:
     budget_epsilon: float
     accountant: str = "prv"
     ledger_dir: Path | None = None
+    randomness: str = "os-entropy"
     histories: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,7 +141,7 @@ class DistributedDP:
                     sampling_probability=q, steps=n_steps,
                     target_delta=self.target_delta, unit="example",
                     budget_epsilon=self.budget_epsilon, claimed_epsilon=self.epsilon(device),
-                    accountant=self.accountant, purpose=purpose,
+                    accountant=self.accountant, purpose=purpose, randomness=self.randomness,
                 )
         return sigma
 

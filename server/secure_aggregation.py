@@ -51,13 +51,15 @@ multiplies by ``n`` (exact up to one float64 rounding). A reply with another
 Each value ``x`` is clipped to ``[-c, c]`` (``c = clipping_range``) and mapped to
 ``(x + c) · Q / (2c)``, rounded *stochastically* to an integer (unbiased, error below one
 step). One step is ``Δ = 2c / Q`` (``SecAggConfig.quantization_step``), so every entry of the
-sum of ``n`` devices is within ``n · Δ`` of the exact sum of the clipped values
-(:attr:`SecureSumResult.error_bound`), plus the float32 rounding of the returned arrays.
-Values beyond ``±c`` are *clipped*, which changes the sum: devices also send, inside the same
-masked vector, whether they clipped anything and the fraction of their values that they
-clipped, so the server learns the number of clipping devices and the mean clipped fraction
-(never which device). The sum of ``n`` quantized vectors must stay below ``modulus_range``:
-``n · Q < modulus_range`` (1023 devices with the defaults).
+sum of ``n`` devices is within ``n · Δ`` of the exact sum (:attr:`SecureSumResult.error_bound`),
+plus the float32 rounding of the returned arrays. A clipped value would change the sum (and a
+clipped noise share the noise it carries), so devices never send one: a device whose vector
+exceeds ``±c`` declines with the code ``secure-range`` and :func:`secure_sum` then aborts
+before the unmask stage (fedrec sizes ``c`` so that this needs an event of probability at
+most 1e-12 per device, :mod:`fedrec.common.secagg`). Devices send nothing but their arrays:
+no statistic of their values rides along in the masked vector. The sum of ``n`` quantized
+vectors must stay below ``modulus_range``: ``n · Q < modulus_range`` (1023 devices with the
+defaults).
 
 Limits
 ------
@@ -130,8 +132,8 @@ log = logging.getLogger("fedrec.server")
 LAYOUT_KEY = "fedrec.secagg.layout"
 #: Prefix of the error reason of a device that declined to train (e.g. privacy budget spent).
 DECLINED_PREFIX = "fedrec.secagg.declined: "
-#: Shape of the clipping-statistics array that devices append to their vector.
-_CLIP_STATS_SHAPE = (2,)
+#: The decline code of a device whose noised share exceeded the range (the round aborts).
+SECURE_RANGE_CODE = "secure-range"
 #: ``max_weight`` sent to devices; with ``num_examples = 1`` every weight factor is exactly 1.
 _MAX_WEIGHT = 1.0
 _STAGE_FIELDS = {
@@ -281,12 +283,6 @@ class SecureSumResult:
         threshold: the resolved reconstruction threshold.
         clipping_range: the clipping range used.
         quantization_step: one quantization level ``2 · clipping_range / quantization_range``.
-        clipping_nodes: how many included nodes had at least one value beyond
-            ``±clipping_range`` (those values were clipped, so ``total`` differs from the true
-            sum there).
-        clipped_fraction: the mean, over included nodes, of the fraction of a node's values
-            that were clipped (accurate to ``2 / quantization_range``).
-        values_per_node: the number of values in one node's update.
     """
 
     total: dict[str, np.ndarray]
@@ -298,23 +294,10 @@ class SecureSumResult:
     threshold: int = 0
     clipping_range: float = 0.0
     quantization_step: float = 0.0
-    clipping_nodes: int = 0
-    clipped_fraction: float = 0.0
-    values_per_node: int = 0
-
-    @property
-    def clipped_values(self) -> float:
-        """Estimated number of clipped values in all included updates together.
-
-        ``clipped_fraction · n · values_per_node``, accurate to
-        ``2 · n · values_per_node / quantization_range`` (rounding it gives the exact count
-        while that is below 0.5).
-        """
-        return self.clipped_fraction * len(self.included) * self.values_per_node
 
     @property
     def error_bound(self) -> float:
-        """Bound on ``|total - exact sum of the clipped values|`` per entry (quantization only).
+        """Bound on ``|total - exact sum|`` per entry (quantization only).
 
         Each node's stochastic rounding errs by less than one step, so ``n`` nodes err by less
         than ``n · quantization_step``; the float32 rounding of ``total`` comes on top.
@@ -449,6 +432,7 @@ class _ScreeningGrid:
             (str(k), tuple(int(d) for d in s)) for k, s in shapes.items()]
         self.drop_reasons: dict[int, str] = {}
         self.declined: set[int] = set()
+        self.decline_codes: dict[int, str] = {}
         self.layout: list[tuple[str, tuple[int, ...]]] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -475,6 +459,7 @@ class _ScreeningGrid:
                 self.drop_reasons[nid] = f"{stage}: {_short_reason(reason)}"
                 if DECLINED_PREFIX in reason:
                     self.declined.add(nid)
+                    self.decline_codes[nid] = reason.split(DECLINED_PREFIX, 1)[1].strip()
                 continue
             problem = self._check_fields(stage, r)
             if problem is not None:
@@ -519,7 +504,7 @@ class _ScreeningGrid:
                 masked = cast(list[bytes],
                               content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
                 shapes = [bytes_to_ndarray(b).shape for b in masked]
-                want = [(1,), *(s for _, s in layout), _CLIP_STATS_SHAPE]
+                want = [(1,), *(s for _, s in layout)]
                 if shapes != want:
                     raise ValueError(f"masked vector shapes {shapes} do not match the layout")
                 layouts[nid] = layout
@@ -636,7 +621,15 @@ def secure_sum(
     if not workflow.share_keys_stage(proxy, context, state):
         raise fail(Stage.SHARE_KEYS, "too few nodes shared their keys")
     _narrow_to_active(state)
-    if not workflow.collect_masked_vectors_stage(proxy, context, state):
+    collected = workflow.collect_masked_vectors_stage(proxy, context, state)
+    out_of_range = sorted(n for n, code in screen.decline_codes.items()
+                          if code.startswith(SECURE_RANGE_CODE))
+    if out_of_range:
+        raise fail(Stage.COLLECT_MASKED_VECTORS,
+                   f"{len(out_of_range)} device(s) declined because their noised share "
+                   "exceeded the clipping range; not unmasking a sum whose noise would differ "
+                   "from the accounted noise")
+    if not collected:
         raise fail(Stage.COLLECT_MASKED_VECTORS, "too few masked vectors")
     included = sorted(state.active_node_ids)
     if min_included is not None and len(included) < min_included:
@@ -655,8 +648,6 @@ def secure_sum(
     n = len(included)
     # The workflow divided by the sum of the weight factors, n · Q / Q = n: undo it.
     totals = [np.asarray(v, dtype=np.float64) * n for v in vectors]
-    c = float(config.clipping_range)
-    clip_stats = totals[-1]
     dropped = sorted(set(node_ids) - set(included))
     reasons = {nid: screen.drop_reasons.get(nid, "dropped") for nid in dropped}
     return SecureSumResult(
@@ -668,9 +659,6 @@ def secure_sum(
         declined=sorted(screen.declined & set(dropped)),
         num_shares=num_shares,
         threshold=threshold,
-        clipping_range=c,
+        clipping_range=float(config.clipping_range),
         quantization_step=config.quantization_step,
-        clipping_nodes=int(round(clip_stats[0] / c)),
-        clipped_fraction=max(0.0, float(clip_stats[1]) / c / n),
-        values_per_node=sum(math.prod(shape) for _, shape in layout),
     )

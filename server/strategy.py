@@ -49,7 +49,7 @@ def reply_from_message(msg: Message) -> Reply:
             return Reply(node=node, error=str(msg.error.reason))
         content = msg.content
         if "refusal" in content:
-            return Reply(node=node, refusal=str(content["refusal"].get("reason", "refused")))
+            return Reply(node=node, refusal=str(content["refusal"].get("code", "refused")))
         if "arrays" not in content:
             return Reply(node=node, error="reply has neither 'arrays' nor 'refusal'")
         delta = _to_numpy(content["arrays"])  # type: ignore[arg-type]
@@ -148,7 +148,7 @@ class ItemEmbeddingStrategy(Strategy):
             self.last_report = RoundReport(server_round, 0, 0, 0, 0, ["no device left to ask"],
                                            0.0, {})
             return _to_arrays(coord.state), MetricRecord({"aggregated": 0})
-        plan = coord.plan_round(len(nodes))
+        plan = coord.plan_round(len(nodes), server_round)
         config["server-round"] = server_round
         if coord.distributed is not None:
             config["noise-share"] = plan.noise_share
@@ -156,10 +156,9 @@ class ItemEmbeddingStrategy(Strategy):
         arrays = self._spectral_request(server_round, arrays, config)
         reference, _ = coord.reply_reference(server_round)
         content = RecordDict({"arrays": arrays, "config": config})
-        secagg = SecAggConfig(clipping_range=self.cfg.secagg_clipping_range,
-                              timeout=timeout)
+        secagg = SecAggConfig(clipping_range=plan.clipping_range, timeout=timeout)
         total, included, reasons, declined = None, [], [], 0
-        clip_note: dict[str, float] = {}
+        public: dict[str, float] = {}  # public quantities of the protocol (n · step)
         try:
             res = secure_sum(
                 grid, nodes, content, config=secagg, group_id=str(server_round),
@@ -170,16 +169,13 @@ class ItemEmbeddingStrategy(Strategy):
             declined = len(res.declined)
             reasons = [f"node {n}: {why}" for n, why in sorted(res.drop_reasons.items())
                        if n not in set(res.declined)]
-            clip_note = {"secagg_error_bound": float(res.error_bound),
-                         "secagg_clipped_values": float(res.clipped_values)}
-            if res.clipping_nodes:
-                log.warning("round %d: %d devices hit the SecAgg+ clipping range %g",
-                            server_round, res.clipping_nodes, secagg.clipping_range)
+            public = {"secagg_error_bound": float(res.error_bound),
+                      "secagg_clipping_range": float(plan.clipping_range)}
         except (SecureAggregationError, ValueError) as exc:
             reasons = [f"secure aggregation failed: {exc}"]
         report = coord.aggregate_sum(server_round, plan, total, included, refused=declined,
                                      drop_reasons=reasons)
-        report.train_metrics.update(clip_note)
+        report.train_metrics.update(public)
         self.last_report = report
         metrics = MetricRecord({
             "aggregated": report.aggregated, "refused": report.refused,

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.common.randomness import NoiseSource
+
 __all__ = ["UserLevelDP", "clip_delta", "noisy_mean"]
 
 
@@ -42,10 +44,11 @@ def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, 
 
 def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
                *, clip: float, noise_multiplier: float, expected_count: float,
-               rng: np.random.Generator) -> dict[str, np.ndarray]:
+               noise: NoiseSource) -> dict[str, np.ndarray]:
     """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate.
 
-    ``expected_count = 1`` gives the noisy sum.
+    ``expected_count = 1`` gives the noisy sum. The noise comes from ``noise`` (OS entropy
+    unless the run is seeded for reproducibility).
     """
     total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
     for d in deltas:
@@ -53,7 +56,7 @@ def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[st
         for k in total:
             total[k] += clipped[k]
     std = noise_multiplier * clip
-    return {k: ((v + rng.normal(0.0, std, size=v.shape)) / expected_count).astype(np.float32)
+    return {k: ((v + noise.normal(std, v.shape)) / expected_count).astype(np.float32)
             for k, v in total.items()}
 
 
@@ -68,6 +71,7 @@ class UserLevelDP:
         target_delta: δ (well below 1/number of devices).
         budget_epsilon: the declared user-level budget (recorded; the run stops before it).
         ledger_dir: where ``server.jsonl`` and the server's public key go (``None``: nowhere).
+        randomness: where the noise comes from (``"os-entropy"`` or ``"seeded"``), recorded.
     """
 
     sampling_probability: float
@@ -76,6 +80,7 @@ class UserLevelDP:
     target_delta: float
     budget_epsilon: float
     ledger_dir: Path | None = None
+    randomness: str = "os-entropy"
 
     def __post_init__(self) -> None:
         if not 0 < self.sampling_probability <= 1:
@@ -133,4 +138,5 @@ class UserLevelDP:
             max_grad_norm=self.clip, sampling_probability=self.sampling_probability, steps=1,
             target_delta=self.target_delta, unit="user", budget_epsilon=self.budget_epsilon,
             claimed_epsilon=self.epsilon(), accountant="pld", purpose=purpose,
+            randomness=self.randomness,
         )

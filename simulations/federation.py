@@ -114,7 +114,8 @@ def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir:
     return Device(
         device_id, fed.train_items[user], n_items=fed.n_items, dim=cfg.dim,
         local=cfg.local_config(), dp=dp, test_items=fed.test_items[user],
-        item_bias=cfg.item_bias, init_std=cfg.init_std, seed=cfg.seed, on_release=on_release,
+        item_bias=cfg.item_bias, init_std=cfg.init_std, seed=cfg.device_seed,
+        on_release=on_release,
         report_metrics=cfg.privacy == "off", spectral=spectral,
         spectral_noise=cfg.spectral_noise() if spectral is not None and dp is not None else None,
     )

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.client.device import Device, Refusal
+from fedrec.client.device import Device, Refusal, TrainReply
 from fedrec.common.config import RunConfig
+from fedrec.common.policy import PolicyViolation
+from fedrec.common.secagg import SecureSession, exceeds_range
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport, make_coordinator
 from fedrec.server.distributed_dp import RoundPlan
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
@@ -65,18 +67,25 @@ class _ClearSecureSum:
 
     Replies are added as they come and not kept: a round of 20,000 co-occurrence replies would
     otherwise hold gigabytes. ``dropout`` drops each update with that probability, as if its
-    device had gone offline mid-round.
+    device had gone offline mid-round. As in SecAgg+, a reply with a value beyond the plan's
+    clipping range is never added: its device declines (``secure-range``) and the round
+    aborts before the sum is used.
     """
 
-    def __init__(self, rng: np.random.Generator, dropout: float):
-        self.rng, self.dropout = rng, dropout
+    def __init__(self, rng: np.random.Generator, dropout: float, plan: RoundPlan):
+        self.rng, self.dropout, self.plan = rng, dropout, plan
+        self.session = SecureSession(clipping_range=plan.clipping_range, group_size=plan.sampled)
         self.total: dict[str, np.ndarray] | None = None
         self.included: list[int] = []
         self.refused = 0
+        self.out_of_range = 0
 
     def add(self, reply: Reply) -> None:
         if reply.refusal is not None:
             self.refused += 1
+            return
+        if reply.delta is not None and exceeds_range(reply.delta, self.plan.clipping_range):
+            self.out_of_range += 1
             return
         if reply.delta is None or (self.dropout > 0 and self.rng.random() < self.dropout):
             return
@@ -86,10 +95,27 @@ class _ClearSecureSum:
             self.total[k] += reply.delta[k]
         self.included.append(reply.node)
 
-    def report(self, coord: Coordinator, rnd: int, plan: RoundPlan) -> RoundReport:
-        total = (None if self.total is None
+    def report(self, coord: Coordinator, rnd: int) -> RoundReport:
+        total = (None if self.total is None or self.out_of_range
                  else {k: v.astype(np.float32) for k, v in self.total.items()})
-        return coord.aggregate_sum(rnd, plan, total, self.included, refused=self.refused)
+        reasons = ([f"secure sum aborted: {self.out_of_range} noised share(s) beyond the range"]
+                   if self.out_of_range else [])
+        return coord.aggregate_sum(rnd, self.plan, total, [] if total is None else self.included,
+                                   refused=self.refused, drop_reasons=reasons)
+
+
+def _device_round(dev: Device, rnd: int, state: dict[str, np.ndarray], phase: str | None,
+                  share: float | None, extra: dict[str, np.ndarray],
+                  session: SecureSession | None) -> TrainReply | Refusal:
+    """One device's answer to a round, with the checks its ClientApp would make."""
+    try:
+        dev.check_secure(session, noise_share=share, phase=phase)
+    except PolicyViolation as violation:
+        return Refusal(violation.code, violation.detail)
+    if phase is not None:
+        return dev.spectral_round(phase, rnd, noise_share=share,
+                                  selected=extra.get("selected-items"))
+    return dev.train(state, rnd, noise_share=share)
 
 
 def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
@@ -131,20 +157,18 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         t_round = time.perf_counter()
         replies = []
         sampled = coord.sample(nodes)
-        plan = coord.plan_round(len(sampled)) if coord.secure and sampled else None
+        plan = coord.plan_round(len(sampled), rnd) if coord.secure and sampled else None
         share = plan.noise_share if plan is not None and coord.distributed is not None else None
         extra = coord.round_arrays(rnd)
-        clear_sum = _ClearSecureSum(drop_rng, dropout) if plan is not None else None
+        clear_sum = _ClearSecureSum(drop_rng, dropout, plan) if plan is not None else None
+        phase = coord.spectral.phase(rnd) if coord.spectral is not None else None
         for u in sampled:
             dev = device(u)
-            if coord.spectral is not None:
-                out = dev.spectral_round(coord.spectral.phase(rnd), rnd, noise_share=share,
-                                         selected=extra.get("selected-items"))
-            else:
-                out = dev.train(coord.state, rnd, noise_share=share)
+            out = _device_round(dev, rnd, coord.state, phase, share, extra,
+                                clear_sum.session if clear_sum is not None else None)
             done(u, dev)
             if isinstance(out, Refusal):
-                reply = Reply(node=u, refusal=out.reason)
+                reply = Reply(node=u, refusal=str(out.code))
             else:
                 metrics = dict(out.metrics)
                 if cfg.privacy in ("local", "distributed"):
@@ -156,7 +180,7 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
             else:
                 replies.append(reply)
         if clear_sum is not None:
-            report = clear_sum.report(coord, rnd, plan).to_dict()  # type: ignore[arg-type]
+            report = clear_sum.report(coord, rnd).to_dict()
         else:
             report = coord.aggregate(rnd, replies).to_dict()
         result.train_seconds += time.perf_counter() - t_round

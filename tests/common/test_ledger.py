@@ -79,10 +79,12 @@ def test_intact_ledger_verifies(ledger_file, key, all_signatures):
 def test_record_format(ledger_file, key):
     records = Ledger.read(ledger_file)
     first = records[0]
-    assert first["format"] == FORMAT == "fedrec-ledger/1"
+    assert first["format"] == FORMAT == "fedrec-ledger/1.1"
+    assert first["mechanism"]["randomness"] == "os-entropy"
     assert first["prev_hash"] == GENESIS_HASH == "0" * 64
     assert first["device_id"] == "dev7"
-    assert first["mechanism"] == {"type": "gaussian", "noise_multiplier": 1.1, "max_grad_norm": 1.0}
+    assert first["mechanism"] == {"type": "gaussian", "noise_multiplier": 1.1, "max_grad_norm": 1.0,
+                                  "randomness": "os-entropy"}
     assert first["sampling"] == {"type": "poisson", "probability": 0.05}
     assert records[3]["sampling"] == {"type": "none", "probability": None}
     assert first["unit"] == "example" and first["relation"] == "add/remove"

@@ -259,7 +259,7 @@ def _run_config(tmp_path, **overrides):
     flat.update({"noise-multiplier": 1.0, "accountant": "rdp", "dim": 8, "num-rounds": 2,
                  "epsilon": 50.0, "catalog": str(tmp_path / "catalog.json"),
                  "local-epochs": 1.0, "sample-rate": 0.5, "loss": "bpr", "n-negatives": 1,
-                 "local-lr": 0.5, "batch-size-norm": 0.0})
+                 "local-lr": 0.5, "batch-size-norm": 4.0})
     flat.update(overrides)
     return flat, ids
 
@@ -293,7 +293,8 @@ def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
               for i in range(0, 30, 3)]
     (tmp_path / "ev.json").write_text(json.dumps(events))
     node = {"store": str(tmp_path / "u.db"), "events": str(tmp_path / "ev.json"),
-            "catalog": str(tmp_path / "catalog.json"), "seed": 1, "device-id": "phone-1"}
+            "catalog": str(tmp_path / "catalog.json"), "seed": 1, "device-id": "phone-1",
+            "epsilon-budget": 50.0}
     app = make_deployment_client_app()
     reply = app(_train_message(flat, ids, 1), _context(flat, node))
     assert set(reply.content.keys()) == {"arrays", "metrics"}
@@ -325,31 +326,36 @@ def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
 
 
 def test_client_app_refuses_a_foreign_catalog_no_dp_and_a_raised_budget(tmp_path):
-    from fedrec.client.deployment import device_settings, make_deployment_client_app
+    from fedrec.client.deployment import device_dp, make_deployment_client_app
 
     flat, ids = _run_config(tmp_path)
     (tmp_path / "ev.json").write_text(json.dumps(
         [{"kind": "purchase", "item_id": f"item-{i}", "timestamp": i} for i in range(8)]))
     node = {"store": str(tmp_path / "u.db"), "events": str(tmp_path / "ev.json"),
-            "catalog": str(tmp_path / "catalog.json"), "seed": 1}
+            "catalog": str(tmp_path / "catalog.json"), "seed": 1, "epsilon-budget": 50.0}
     app = make_deployment_client_app()
-    refusal = app(_train_message(flat, ids, 1, fingerprint="0" * 64), _context(flat, node))
-    assert refusal.content["refusal"]["reason"].startswith("data:")
+
+    def code(reply):
+        assert set(reply.content["refusal"].keys()) == {"code"}  # a fixed word, nothing else
+        return reply.content["refusal"]["code"]
+
+    assert code(app(_train_message(flat, ids, 1, fingerprint="0" * 64),
+                    _context(flat, node))) == "bad-request"
     off, _ = _run_config(tmp_path, privacy="off")
-    refusal = app(_train_message(off, ids, 1), _context(off, node))
-    assert "WITHOUT differential privacy" in refusal.content["refusal"]["reason"]
+    assert code(app(_train_message(off, ids, 1), _context(off, node))) == "privacy-policy"
     user, _ = _run_config(tmp_path, privacy="user")
-    refusal = app(_train_message(user, ids, 1), _context(user, node))
-    assert "user-level DP added by the server" in refusal.content["refusal"]["reason"]
-    # a device budget: the node's own, else the run's but never above what is stored
-    dp, _ = device_settings(flat, {"epsilon-budget": 3.0}, None)
-    assert dp["budget_epsilon"] == 3.0
-    dp, _ = device_settings(dict(flat, epsilon=100.0), {}, {"budget_epsilon": 3.0})
-    assert dp["budget_epsilon"] == 3.0
-    # a budget the device cannot afford: refused, with the reason
-    tight = dict(node, **{"epsilon-budget": 0.5})
-    refusal = app(_train_message(flat, ids, 1), _context(flat, tight))
-    assert refusal.content["refusal"]["reason"].startswith("budget:")
+    assert code(app(_train_message(user, ids, 1), _context(user, node))) == "privacy-policy"
+    # the device's budget, delta and accountant are its own: node config, else store, else 8
+    assert device_dp({"epsilon-budget": 3.0}, None)["budget_epsilon"] == 3.0
+    assert device_dp({}, {"budget_epsilon": 3.0})["budget_epsilon"] == 3.0
+    assert device_dp({}, None)["budget_epsilon"] == 8.0
+    # a run whose epsilon exceeds the device's budget: refused before any work
+    assert code(app(_train_message(flat, ids, 1),
+                    _context(flat, dict(node, **{"epsilon-budget": 0.5})))) == "privacy-policy"
+    # a round the device cannot afford: the budget guard refuses
+    thin, _ = _run_config(tmp_path, **{"noise-multiplier": 0.1, "epsilon": 0.5})
+    assert code(app(_train_message(thin, ids, 1),
+                    _context(thin, dict(node, **{"epsilon-budget": 0.5})))) == "budget"
     # the training policy and its signals from the node config
     from fedrec.client.deployment import _policy
 
@@ -360,8 +366,7 @@ def test_client_app_refuses_a_foreign_catalog_no_dp_and_a_raised_budget(tmp_path
     with pytest.raises(ValueError, match="true or false"):
         _policy({"charging": "maybe"})
     unplugged = dict(node, charging=False)
-    refusal = app(_train_message(flat, ids, 1), _context(flat, unplugged))
-    assert refusal.content["refusal"]["reason"].startswith("policy:")
+    assert code(app(_train_message(flat, ids, 1), _context(flat, unplugged))) == "device-state"
 
 
 def test_client_app_without_a_store_says_how_to_configure_it(tmp_path):

@@ -290,6 +290,7 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
                "--store", str(root / f"device-{d}.db"), "--events",
                str(root / f"events-{d}.json"), "--catalog", str(catalog),
                "--node-config", f"seed={d}", "--node-config", f"device-id=device-{d}",
+               "--node-config", "epsilon-budget=40", "--node-config", "accountant=rdp",
                "--host", LOOPBACK, "--port", str(node_ports[d - 1])]
         if d == 3:  # TLS on the SuperNode's local runtime API too
             cmd += ["--runtime-certs", str(root / "device-3-certs")]
@@ -313,7 +314,7 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
         "num-rounds": 2, "fraction-train": 1.0, "fraction-evaluate": 0.0, "dim": 8, "seed": 0,
         "privacy": "local", "noise-multiplier": 1.0, "max-grad-norm": 1.0, "epsilon": 40.0,
         "delta": 1e-5, "accountant": "rdp", "local-epochs": 1.0, "sample-rate": 0.5,
-        "local-lr": 0.5, "loss": "bpr", "n-negatives": 1, "batch-size-norm": 0.0,
+        "local-lr": 0.5, "loss": "bpr", "n-negatives": 1, "batch-size-norm": 4.0,
         "server-optimizer": "fedavg", "server-lr": 1.0, "item-bias": True, "init-std": 0.1,
         "run-dir": str(run_dir), "round-timeout": 120.0, "wait-timeout": 60.0})
     out = procs.run("flwr-run", [str(BIN / "flwr"), "run", str(app.parent), "fedrec-e2e",

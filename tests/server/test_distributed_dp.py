@@ -140,7 +140,7 @@ def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
                     dropout_policy="account")
     coord = make_coordinator(cfg, 4, ledger_dir=tmp_path)
     before = {k: v.copy() for k, v in coord.state.items()}
-    plan = coord.plan_round(5)
+    plan = coord.plan_round(5, 1)
     assert plan.min_included == 4
     total = {k: np.full_like(v, 3.0) for k, v in coord.state.items()}
     rep = coord.aggregate_sum(1, plan, total, [1, 2, 3])

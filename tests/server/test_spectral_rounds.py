@@ -93,7 +93,7 @@ def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
     rng = np.random.default_rng(0)
     users = [rng.choice(40, 8, replace=False) for _ in range(30)]
     clean = sum(contribution(u, "popularity", spec, rng=rng) for u in users)
-    plan = coord.plan_round(30)
+    plan = coord.plan_round(30, 2)
     assert plan.noise_share == 0.0
     report = coord.aggregate_sum(1, plan, {"popularity": clean.astype(np.float32)},
                                  list(range(30)))
@@ -102,7 +102,7 @@ def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
     assert np.std(coord.spectral.popularity - clean) == pytest.approx(z[0], rel=0.35)
     selected = coord.round_arrays(2)["selected-items"]
     gram = sum(contribution(u, "cooccurrence", spec, selected=selected, rng=rng) for u in users)
-    coord.aggregate_sum(2, coord.plan_round(30), {"cooccurrence": gram.astype(np.float32)},
+    coord.aggregate_sum(2, coord.plan_round(30, 2), {"cooccurrence": gram.astype(np.float32)},
                         list(range(30)))
     assert coord.state["item_embedding.weight"].shape == (40, 2)
     records = [json.loads(line) for line in
@@ -119,7 +119,7 @@ def test_privacy_off_spectral_also_sums_securely_and_adds_no_noise(tmp_path):
     _, coord = _coordinator("off", tmp_path)
     assert coord.secure
     total = np.full(40, 2.0, dtype=np.float32)  # within the bound of three indicator vectors
-    coord.aggregate_sum(1, coord.plan_round(3), {"popularity": total}, [0, 1, 2])
+    coord.aggregate_sum(1, coord.plan_round(3, 1), {"popularity": total}, [0, 1, 2])
     assert np.array_equal(coord.spectral.popularity, total)
     _, local = _coordinator("local", tmp_path / "local")
     assert not local.secure  # local DP: each contribution carries its full noise
@@ -138,7 +138,7 @@ def test_a_reply_of_the_wrong_shape_or_too_large_is_dropped(tmp_path):
 
 def test_distributed_secure_sum_is_accounted_at_the_noise_present(tmp_path):
     _, coord = _coordinator("distributed", tmp_path, dropout_policy="account")
-    plan = coord.plan_round(10)
+    plan = coord.plan_round(10, 1)
     total = {"popularity": np.zeros(40, np.float32)}
     coord.aggregate_sum(1, plan, total, list(range(5)))  # 5 of the 9 provisioned
     z_pop = coord.spectral.noise_multiplier("popularity")

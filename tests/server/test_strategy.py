@@ -25,7 +25,7 @@ def test_reply_parsing_never_raises():
         "metrics": MetricRecord({"num-examples": 4, "loss": 0.5})})))
     assert ok.error is None and ok.num_examples == 4 and ok.metrics == {"loss": 0.5}
     refusal = reply_from_message(_reply(RecordDict({"refusal": ConfigRecord(
-        {"reason": "budget"})})))
+        {"code": "budget"})})))
     assert refusal.refusal == "budget"
     empty = reply_from_message(_reply(RecordDict({"metrics": MetricRecord({"x": 1})})))
     assert empty.error is not None

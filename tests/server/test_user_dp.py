@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fedrec.common.config import RunConfig
+from fedrec.common.randomness import NoiseSource
 from fedrec.server.coordinator import Reply, make_coordinator
 from fedrec.server.user_dp import UserLevelDP, clip_delta, noisy_mean
 
@@ -24,11 +25,14 @@ def test_clip_bounds_the_whole_update():
     assert total == pytest.approx(1.0, rel=1e-5)
 
 
-def test_noisy_mean_has_the_calibrated_noise():
+@pytest.mark.parametrize("noise", [NoiseSource.secure(), NoiseSource.seeded(0)])
+def test_noisy_mean_has_the_calibrated_noise(noise):
     ref = {"w": np.zeros(20000, np.float32)}
-    out = noisy_mean([], ref, clip=2.0, noise_multiplier=1.5, expected_count=10.0,
-                     rng=np.random.default_rng(0))
+    out = noisy_mean([], ref, clip=2.0, noise_multiplier=1.5, expected_count=10.0, noise=noise)
     assert np.std(out["w"]) == pytest.approx(1.5 * 2.0 / 10.0, rel=0.03)
+    # Gaussian: the fourth moment of a Gaussian is 3 sigma^4 (a sum of four normals is one)
+    z = out["w"] / np.std(out["w"])
+    assert np.mean(z**4) == pytest.approx(3.0, abs=0.15)
 
 
 def test_poisson_sampling_rate():

@@ -17,7 +17,7 @@ def test_flower_distributed_spectral_with_dropouts(tmp_path):
                     algorithm="spectral", spectral_top_items=16, spectral_max_items=10,
                     fraction_train=1.0, eval_every=2, privacy="distributed", epsilon=4.0,
                     accountant="rdp", simulated_dropout=0.2, dropout_policy="account",
-                    secagg_clipping_range=32.0, run_dir=str(tmp_path / "run"))
+                    run_dir=str(tmp_path / "run"))
     res = simulate(cfg)
     rounds = [json.loads(line) for line in
               (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
