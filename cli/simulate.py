@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
             summary, run_dir = simulate_loop(cfg, on_round=on_round)
     quality = summary.get("quality") or {}
-    print_metrics_table(f"Federated evaluation after {summary['rounds']} rounds "
+    print_metrics_table(f"Quality after {summary['rounds']} rounds, measured by the simulator "
                         f"({summary['devices']} devices, {summary['items']} items)",
                         {"federated MF": quality,
                          "most-popular (same split)": summary.get("most_popular") or {}},
@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             f"{priv['devices_with_releases']} devices (budget {priv['budget_epsilon']:g}); "
             f"noise multiplier {sigma_text}; algorithm {priv.get('algorithm', 'sgd')}; "
             f"trust: {priv['trust']}")
+        if "randomness" in priv:
+            console.print(f"noise: {priv['randomness']}")
+    console.print(f"federated evaluation: {priv['evaluation']['federated']}")
     console.print(f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
                   f"wall time {summary['wall_seconds']:.1f} s")
     console.print(f"run directory: [bold]{run_dir}[/]")

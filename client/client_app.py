@@ -1,10 +1,11 @@
 """Flower ``ClientApp`` glue around :class:`~fedrec.client.device.Device` (Message API).
 
 The app is stateless between messages, as Flower requires; the device's own state (user
-embedding, accountant, round count, RNG) is kept in the node's ``context.state`` and restored
-for every message, so it persists across rounds on the device and never travels to the
-server. How a device is built (its data, its storage) is given by a *device factory*: the
-simulation's factory serves one user of a dataset per SuperNode (:mod:`fedrec.simulations.apps`).
+embedding, accountant, round count, RNG) is kept in a
+:class:`~fedrec.client.state_store.DeviceStateStore` and restored for every message, so it
+persists across rounds on the device and never travels to the server. How a device is built
+(its data, its storage) is given by a *device factory*: the simulation's factory serves one
+user of a dataset per SuperNode (:mod:`fedrec.simulations.apps`).
 
 Messages (the wire contract with :mod:`fedrec.server.strategy`):
 
@@ -15,13 +16,15 @@ Messages (the wire contract with :mod:`fedrec.server.strategy`):
 * train reply: ``arrays`` (the dense item-table delta) and ``metrics``
   (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``code``, one of the
   fixed :class:`~fedrec.common.policy.RefusalCode` words: no number, no sentence);
-* evaluate request: ``arrays``, ``config`` (``ks``); reply: ``metrics`` (metric sums).
+* evaluate request: ``arrays``, ``config`` (``ks``, ``server-round``, and in a private run
+  ``eval-noise-multiplier``); reply: ``metrics``, the device's metric sums as a DP release
+  (:meth:`~fedrec.client.device.Device.evaluation_release`: noised and accounted under DP,
+  exact only with privacy off), or ``refusal``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -35,6 +38,7 @@ from fedrec.client.secure_aggregation import (
     secure_aggregation_mod,
     secure_session,
 )
+from fedrec.client.state_store import DeviceStateStore
 from fedrec.common.policy import PolicyViolation, RefusalCode
 
 __all__ = ["make_client_app", "DeviceFactory", "arrays_to_numpy", "numpy_to_arrays"]
@@ -44,8 +48,8 @@ DeviceFactory = Callable[[Context], Device]
 
 log = logging.getLogger("fedrec.client")
 
-STATE_ARRAYS = "fedrec.device.arrays"
-STATE_CONFIG = "fedrec.device.config"
+#: Gives the store of a node's device states (simulation: one SQLite file in the run folder).
+StateStoreProvider = Callable[[Context], DeviceStateStore]
 
 
 def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -58,63 +62,35 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def _restore(device: Device, context: Context) -> None:
-    if STATE_CONFIG not in context.state:
-        return
-    arrays = arrays_to_numpy(context.state[STATE_ARRAYS])  # type: ignore[arg-type]
-    config = context.state[STATE_CONFIG]
-    device.load_state_dict({
-        "user_embedding": arrays["user_embedding"],
-        "generator": arrays.get("generator"),
-        "accountant": config["accountant"],
-        "rounds_trained": config["rounds-trained"],
-    })
-
-
-def _persist(device: Device, context: Context) -> str:
-    state = device.state_dict()
-    token = secrets.token_hex(8)
-    context.state[STATE_ARRAYS] = numpy_to_arrays({
-        "user_embedding": np.asarray(state["user_embedding"]),
-        "generator": np.asarray(state["generator"]),
-    })
-    context.state[STATE_CONFIG] = ConfigRecord({
-        "accountant": str(state["accountant"]),
-        "rounds-trained": int(state["rounds_trained"]),  # type: ignore[arg-type]
-        "token": token,
-    })
-    return token
-
-
 class _DeviceCache:
-    """Devices already built in this process, reused while the node's state is unchanged.
+    """Devices already built in this process, reused while their stored state is unchanged.
 
-    ``context.state`` stays the only source of truth: every persist writes a fresh random
-    token there and beside the cached device; a message whose context carries another token
-    (or none: another process served the node in between, or the state was reset) rebuilds
-    the device and restores it from the context. The cache only saves rebuilding the device and
-    parsing its state for consecutive messages of one node in one process.
+    The state store stays the only source of truth: every save writes a fresh random token
+    there, kept beside the cached device; a message for a device whose stored token differs
+    (another process served it in between) rebuilds the device and restores it from the
+    store. The cache only saves rebuilding the device and parsing its state for consecutive
+    messages of one node in one process.
     """
 
     def __init__(self, max_devices: int = 2048):
         self.max_devices = max_devices
         self._devices: OrderedDict[tuple[int, int], tuple[str, Device]] = OrderedDict()
 
-    def get(self, factory: DeviceFactory, context: Context) -> Device:
+    def get(self, factory: DeviceFactory, context: Context, store: DeviceStateStore) -> Device:
         key = (int(context.run_id), int(context.node_id))
-        config = context.state.config_records.get(STATE_CONFIG)
-        token = str(config.get("token", "")) if config is not None else ""
         hit = self._devices.get(key)
-        if hit is not None and token and hit[0] == token:
+        if hit is not None and store.token(hit[1].device_id) == hit[0]:
             self._devices.move_to_end(key)
             return hit[1]
         device = factory(context)
-        _restore(device, context)
+        stored = store.load(device.device_id)
+        if stored is not None:
+            device.load_state_dict(stored[1])
         return device
 
-    def put(self, device: Device, context: Context, token: str) -> None:
+    def put(self, device: Device, context: Context, store: DeviceStateStore) -> None:
         key = (int(context.run_id), int(context.node_id))
-        self._devices[key] = (token, device)
+        self._devices[key] = (store.save(device.device_id, device.state_dict()), device)
         self._devices.move_to_end(key)
         while len(self._devices) > self.max_devices:
             self._devices.popitem(last=False)
@@ -145,8 +121,31 @@ def _train_request(msg: Message) -> tuple[dict[str, np.ndarray], int, float | No
                               ) from None
 
 
-def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) -> ClientApp:
+def _evaluate_request(msg: Message) -> tuple[dict[str, np.ndarray], tuple[int, ...], int,
+                                             float | None, float | None]:
+    """``(arrays, ks, server round, noise multiplier, noise share)`` of an evaluate request."""
+    try:
+        arrays = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
+        config = msg.content["config"]
+        ks = tuple(int(k) for k in str(config.get("ks", "10,20")).split(","))  # type: ignore[union-attr]
+        if not ks or min(ks) < 1 or max(ks) > 1000:
+            raise ValueError(f"ks {ks}")
+        server_round = int(config.get("server-round", 0))  # type: ignore[union-attr,arg-type]
+        sigma = config.get("eval-noise-multiplier")  # type: ignore[union-attr]
+        share = config.get("noise-share")  # type: ignore[union-attr]
+        return (arrays, ks, server_round, None if sigma is None else float(sigma),  # type: ignore[arg-type]
+                None if share is None else float(share))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PolicyViolation(RefusalCode.BAD_REQUEST,
+                              f"malformed evaluate request: {exc!r}") from None
+
+
+def make_client_app(device_factory: DeviceFactory, *, states: StateStoreProvider,
+                    mods: list | None = None) -> ClientApp:
     """A ``ClientApp`` whose SuperNodes run the device the factory builds.
+
+    Each device's own state lives in the store ``states`` gives for a node's context, saved
+    after every message that changed it (the accountant even when the reply is lost).
 
     The app carries fedrec's SecAgg+ mod, which leaves ordinary messages untouched and runs
     the secure-aggregation protocol around ``train`` messages of distributed-DP rounds.
@@ -161,7 +160,8 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        device = cache.get(device_factory, context)
+        store = states(context)
+        device = cache.get(device_factory, context, store)
         try:
             global_state, server_round, share, phase = _train_request(msg)
             if phase is not None and device.spectral is None:
@@ -178,11 +178,10 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
                 noise_share=share)
         else:
             outcome = device.train(global_state, server_round, noise_share=share)
-        # accountant state saved even if the reply is lost
-        cache.put(device, context, _persist(device, context))
-        if isinstance(outcome, Refusal):
+        if isinstance(outcome, Refusal):  # nothing was done, nothing changed
             log.info("device %s refused: %s", device.device_id, outcome.reason)
             return _refusal(msg, outcome.code)
+        cache.put(device, context, store)  # the accountant is saved even if the reply is lost
         metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
         metrics.update({k: float(v) for k, v in outcome.metrics.items()})
         if device.dp is not None:
@@ -195,13 +194,24 @@ def make_client_app(device_factory: DeviceFactory, *, mods: list | None = None) 
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        device = cache.get(device_factory, context)
-        global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-        ks_text = str(msg.content["config"].get("ks", "10,20"))  # type: ignore[union-attr]
-        ks = tuple(int(k) for k in ks_text.split(","))
-        sums = device.evaluate(global_state, ks) or {"users": 0}
+        store = states(context)
+        device = cache.get(device_factory, context, store)
+        try:
+            global_state, ks, server_round, sigma, share = _evaluate_request(msg)
+            session = secure_session(msg, context) if is_secure_request(msg) else None
+            if share is not None and session is None:
+                raise PolicyViolation(RefusalCode.NOT_SECURE,
+                                      "a noise share outside a secure sum")
+        except PolicyViolation as violation:
+            log.info("device %s refused to evaluate: %s", device.device_id, violation)
+            return _refusal(msg, violation.code)
+        outcome = device.evaluation_release(global_state, ks, server_round,
+                                            noise_multiplier=sigma, noise_share=share)
+        if isinstance(outcome, Refusal):
+            log.info("device %s refused to evaluate: %s", device.device_id, outcome.reason)
+            return _refusal(msg, outcome.code)
+        cache.put(device, context, store)  # an evaluation under DP spends budget
         return Message(RecordDict({"metrics": MetricRecord(
-            {k: float(v) if k != "users" else int(v) for k, v in sums.items()}
-        )}), reply_to=msg)
+            {k: float(v) for k, v in outcome.items()})}), reply_to=msg)
 
     return app

@@ -26,7 +26,7 @@ import torch
 from fedrec.client import budget
 from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.common.features import profile_fold_in
-from fedrec.common.metrics import user_metric_sums
+from fedrec.common.metrics import evaluation_keys, user_metric_sums
 from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
 from fedrec.common.policy import PolicyViolation, RefusalCode, check_arrays
 from fedrec.common.randomness import NoiseSource, derive_seed
@@ -406,7 +406,12 @@ class Device:
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]
                  ) -> dict[str, float] | None:
-        """Rank all items locally against the held-out items; metric *sums* (or None)."""
+        """Rank all items locally against the held-out items; exact metric *sums* (or None).
+
+        This is a measurement, not a release: the simulator calls it on the devices it holds
+        (:mod:`fedrec.simulations.measure`). What may be *sent* is
+        :meth:`evaluation_release`.
+        """
         if self.test_items is None or len(self.test_items) == 0:
             return None
         self.model.load_global_state(global_state)
@@ -414,6 +419,54 @@ class Device:
             self._fold_in()
         scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
         return user_metric_sums(scores, self.train_items, self.test_items, ks=ks)
+
+    def evaluation_release(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...],
+                           server_round: int, *, noise_multiplier: float | None,
+                           noise_share: float | None = None) -> dict[str, float] | Refusal:
+        """The metric sums this device may send for a federated evaluation, or a refusal.
+
+        The sums are a function of the device's held-out interactions, so under DP they are a
+        release like any other: the vector of :func:`evaluation_keys` (each metric of one
+        user lies in ``[0, 1]``, ``users`` is 0 or 1) has L2 sensitivity ``√(len)`` under
+        add/remove of one interaction, and gets Gaussian noise of std
+        ``noise_multiplier · √(len)`` (times ``noise_share`` inside a secure sum), accounted
+        in the device's accountant and written to its ledger (``purpose="evaluation"``) before
+        it is returned. A device without a held-out set sends the same noised zeros, so
+        whether it has one is as protected as the metrics. Without DP (privacy off) the exact
+        sums are returned; a device that adds no noise but whose run is private (user-level
+        DP) refuses: its sums would leave outside any accounting.
+        """
+        try:
+            check_arrays(global_state, self.table_shapes())
+            self._check_share(noise_share)
+        except PolicyViolation as violation:
+            return self._refuse(violation)
+        keys = evaluation_keys(ks)
+        sums = self.evaluate(global_state, ks) or {}
+        values = np.array([float(sums.get(k, 0.0)) for k in keys])
+        if self.dp is None:
+            if self.report_metrics:  # privacy off: nothing is promised
+                return dict(zip(keys, values.tolist(), strict=True))
+            return Refusal(RefusalCode.PRIVACY_POLICY,
+                           "evaluation sums would leave without device noise in a private run")
+        if noise_multiplier is None or not noise_multiplier > 0:
+            return Refusal(RefusalCode.PRIVACY_POLICY, "evaluation without noise under DP")
+        sensitivity = float(np.sqrt(len(keys)))
+        refusal = self._over_budget(budget.epsilon_after_round(
+            self.accountant, noise_multiplier=float(noise_multiplier), sample_rate=1.0, steps=1,
+            delta=self.dp.target_delta))
+        if refusal is not None:
+            return refusal
+        std = float(noise_multiplier) * sensitivity * (
+            1.0 if noise_share is None else float(noise_share))
+        values = values + self.noise.normal(std, values.shape)
+        self.accountant.step(noise_multiplier=float(noise_multiplier), sample_rate=1.0)
+        event = self._event(server_round, noise_multiplier=float(noise_multiplier),
+                            max_grad_norm=sensitivity, sample_rate=1.0, steps=1,
+                            purpose="evaluation")
+        if self.on_release is not None:
+            self.on_release(event)  # recorded before the sums leave
+        return dict(zip(keys, values.tolist(), strict=True))
 
     def recommend(self, k: int, global_state: Mapping[str, np.ndarray] | None = None
                   ) -> np.ndarray:

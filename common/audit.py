@@ -50,6 +50,7 @@ from fedrec.common.ledger import (
     releases_from_ledger,
     verify_ledger,
 )
+from fedrec.common.randomness import SEEDED_WARNING
 
 __all__ = [
     "AuditReport",
@@ -104,6 +105,8 @@ class LedgerAudit:
         steps: Total steps released.
         sampling: Sampling types seen (``"poisson"``, ``"none"``).
         noise_multipliers: Distinct noise multipliers seen.
+        randomness: Where the noise came from, as recorded (``"os-entropy"``, ``"seeded"``;
+            ``"unrecorded"`` for records of format 1).
         failures: Accountant name → error message, where one could not compute ε.
     """
 
@@ -131,6 +134,7 @@ class LedgerAudit:
     steps: int = 0
     sampling: list[str] = field(default_factory=list)
     noise_multipliers: list[float] = field(default_factory=list)
+    randomness: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     # (round, ε after that round) with the curve accountant, and the claims per round.
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
@@ -428,7 +432,7 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[DpRelease]:
     """Fill the descriptive fields; return the releases (skipping records that are not)."""
     releases: list[DpRelease] = []
     rounds: list[int] = []
-    units, sampling, sigmas, deltas = set(), set(), set(), []
+    units, sampling, sigmas, deltas, sources = set(), set(), set(), [], set()
     for record in records:
         try:
             (release,) = releases_from_ledger([record])
@@ -440,6 +444,7 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[DpRelease]:
         units.add(record.get("unit"))
         sampling.add(record["sampling"]["type"])
         sigmas.add(release.noise_multiplier)
+        sources.add(str(record["mechanism"].get("randomness", "unrecorded")))
         if isinstance(record.get("target_delta"), (int, float)):
             deltas.append(float(record["target_delta"]))
         if record.get("relation") != "add/remove":
@@ -450,6 +455,9 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[DpRelease]:
     audit.steps = sum(r.steps for r in releases)
     audit.sampling = sorted(s for s in sampling if s)
     audit.noise_multipliers = sorted(sigmas)
+    audit.randomness = sorted(sources)
+    if "seeded" in sources:
+        audit.notes.append(SEEDED_WARNING)
     units.discard(None)
     if len(units) == 1:
         audit.unit = next(iter(units))
@@ -799,6 +807,11 @@ def _assumptions(report: AuditReport) -> dict[str, Any]:
         "composition": "every recorded release of a ledger composes; records not in the "
         "ledger are not accounted (verification shows none were removed or altered, except "
         "records cut off the end, which only the server's view can reveal)",
+        "randomness": (
+            "as recorded per release, not verified: 'os-entropy' noise and sampling cannot be "
+            "replayed; 'seeded' ones (reproducible runs) can by anyone who knows the seed, so "
+            "their guarantee does not hold against such a party"
+        ),
         "claims": "a device's claim is its last record's claimed_epsilon; 'match' means the "
         f"same accountant here gives the same ε within {_SLACK:g} (relative)",
     }
@@ -825,6 +838,9 @@ def render_markdown(report: AuditReport) -> str:
         + (", server ledger" if report.server is not None else "")
         + ")"
     )
+    seeded = [a.device_id for a in report.ledgers if "seeded" in a.randomness]
+    if seeded:
+        add(f"- **Noise: {len(seeded)} ledger(s) record SEEDED noise** — {SEEDED_WARNING}")
     add(
         f"- Created: {report.created}; audited in {report.elapsed_s:.1f} s "
         f"({report.distinct_histories} distinct release histories)"

@@ -78,6 +78,13 @@ class RunConfig:
     eval_every: int = _doc("federated evaluation every this many rounds (and the last)",
                            default=4)
     fraction_evaluate: float = _doc("fraction of devices asked to evaluate", default=1.0)
+    eval_noise_multiplier: float = _doc(
+        "private runs (local, distributed): noise multiplier of each device's federated "
+        "evaluation release (its metric sums, sensitivity sqrt(#metrics)); the releases are "
+        "accounted and the training noise is calibrated so that training and the planned "
+        "evaluations spend epsilon together. 0: no federated evaluation in private runs (a "
+        "simulation's quality is then measured by the simulator, which releases nothing)",
+        default=0.0)
     ks: str = _doc("comma-separated cut-offs K of the ranking metrics", default="10,20")
     # model
     dim: int = _doc("embedding dimension", default=8)
@@ -185,6 +192,9 @@ class RunConfig:
             raise ValueError("fraction-train must lie in (0, 1], fraction-evaluate in [0, 1]")
         if self.eval_every < 1:
             raise ValueError(f"eval-every must be >= 1, got {self.eval_every}")
+        if not (math.isfinite(self.eval_noise_multiplier) and self.eval_noise_multiplier >= 0):
+            raise ValueError("eval-noise-multiplier must be a finite number >= 0, got "
+                             f"{self.eval_noise_multiplier}")
         if self.server_lr <= 0 or self.max_update_norm <= 0:
             raise ValueError("server-lr and max-update-norm must be positive")
         _ = self.k_values, self.local_config()  # validate
@@ -303,7 +313,7 @@ class RunConfig:
         if self.privacy == "off":
             return (0.0,) if share == 1 else (0.0, 0.0)
         return _spectral_noise(self.privacy, self.epsilon, self.delta, share, self.accountant,
-                               self.fraction_train)
+                               self.fraction_train, self.evaluation_history())
 
     def device_noise(self) -> float:
         """Example-level noise multiplier of the devices (``local``/``distributed``).
@@ -325,7 +335,32 @@ class RunConfig:
         return calibrate_noise_multiplier(
             target_epsilon=self.epsilon, target_delta=self.delta,
             sample_rate=local.sample_rate, steps=local.steps * self.planned_participations,
-            accountant=self.accountant)
+            accountant=self.accountant, extra=self.evaluation_history())
+
+    @property
+    def eval_rounds(self) -> tuple[int, ...]:
+        """The rounds that end with an evaluation (every ``eval-every``-th and the last)."""
+        return tuple(r for r in range(1, self.num_rounds + 1)
+                     if r % self.eval_every == 0 or r == self.num_rounds)
+
+    @property
+    def federated_evaluation(self) -> bool:
+        """Whether devices send (accounted) evaluation releases to the server.
+
+        Always with privacy off (exact sums, nothing promised); in the example-level modes
+        only with ``eval-noise-multiplier > 0``; never under user-level DP (devices add no
+        noise of their own there).
+        """
+        if self.privacy == "off":
+            return True
+        return self.privacy in DEVICE_DP_MODES and self.eval_noise_multiplier > 0
+
+    def evaluation_history(self) -> tuple[tuple[float, float, int], ...]:
+        """The evaluation releases each device is planned to make: ``((σ_e, 1, E),)`` or ()."""
+        if self.privacy not in DEVICE_DP_MODES or not self.federated_evaluation \
+                or self.fraction_evaluate <= 0:
+            return ()
+        return ((float(self.eval_noise_multiplier), 1.0, len(self.eval_rounds)),)
 
     @property
     def planned_participations(self) -> int:
@@ -388,7 +423,8 @@ class RunConfig:
 
 @functools.lru_cache(maxsize=64)
 def _spectral_noise(privacy: str, epsilon: float, delta: float, share: float, accountant: str,
-                    fraction: float) -> tuple[float, ...]:
+                    fraction: float, extra: tuple[tuple[float, float, int], ...] = ()
+                    ) -> tuple[float, ...]:
     from fedrec.common.spectral import noise_multipliers
 
     if privacy == "user":
@@ -403,7 +439,7 @@ def _spectral_noise(privacy: str, epsilon: float, delta: float, share: float, ac
                                  sample_rate=fraction)
     from fedrec.common.dp import epsilon_of_history
 
-    return noise_multipliers(lambda h: epsilon_of_history(accountant, h, delta),
+    return noise_multipliers(lambda h: epsilon_of_history(accountant, [*h, *extra], delta),
                              target_epsilon=epsilon, popularity_share=share)
 
 

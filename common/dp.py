@@ -418,12 +418,16 @@ def calibrate_noise_multiplier(
     sample_rate: float,
     steps: int,
     accountant: str = "prv",
+    extra: tuple[tuple[float, float, int], ...] = (),
 ) -> float:
     """The smallest noise multiplier whose ε after ``steps`` steps is at most the target.
 
     Uses Opacus' :func:`~opacus.accountants.utils.get_noise_multiplier` with the same
     accountant the device uses, so a device that trains exactly ``steps`` steps ends at (or
-    just under) its budget. Memoised (a pure function of its arguments).
+    just under) its budget. ``extra`` are other releases composed with the steps
+    (``(noise_multiplier, sample_rate, steps)``, e.g. planned evaluation releases); the
+    search is then a bisection on the same accountant's ε of the whole history. Memoised (a
+    pure function of its arguments).
     """
     from opacus.accountants.utils import get_noise_multiplier
 
@@ -436,9 +440,25 @@ def calibrate_noise_multiplier(
     if not 0 < target_delta < 1 or not 0 < sample_rate <= 1 or steps < 1:
         raise ValueError("calibration needs 0 < target_delta < 1, 0 < sample_rate <= 1 and "
                          "steps >= 1")
-    return float(
-        get_noise_multiplier(
+    if not extra:
+        return float(get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=target_delta,
-            sample_rate=sample_rate, steps=steps, accountant=accountant, epsilon_tolerance=0.005,
-        )
-    )
+            sample_rate=sample_rate, steps=steps, accountant=accountant,
+            epsilon_tolerance=0.005))
+
+    def eps(sigma: float) -> float:
+        return epsilon_of_history(accountant, [(sigma, sample_rate, steps), *extra],
+                                  target_delta)
+
+    if epsilon_of_history(accountant, list(extra), target_delta) >= target_epsilon:
+        raise ValueError(f"the other releases alone ({extra}) spend epsilon "
+                         f"{target_epsilon} or more: raise their noise multiplier")
+    lo, hi = 0.1, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while hi - lo > 0.005 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+    return float(hi)

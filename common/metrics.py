@@ -47,6 +47,8 @@ __all__ = [
     "topk_items",
     "user_metric_sums",
     "combine_metric_sums",
+    "combine_noisy_sums",
+    "evaluation_keys",
     "evaluate",
     "sample_negatives",
     "evaluate_sampled",
@@ -204,6 +206,29 @@ def user_metric_sums(
     top = _topk_rows(row, _exclude_mask(train_items, n)[None, :], ks[-1])
     values = _per_user_metrics(top, relevant[None, :], np.array([n_rel]), ks)
     return {**{key: float(v[0]) for key, v in values.items()}, "users": 1}
+
+
+def evaluation_keys(ks: Sequence[int]) -> tuple[str, ...]:
+    """The keys of one device's metric sums, in a fixed order (``users`` last)."""
+    return (*(f"{m}@{k}" for k in _check_ks(ks) for m in _ADDITIVE), "users")
+
+
+def combine_noisy_sums(sums: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Means from noised metric sums: each key's total over the (noised) user total.
+
+    The sums are released with Gaussian noise (:meth:`Device.evaluation_release`), so the
+    user count is noisy too and the means may fall outside ``[0, 1]``; they are unbiased
+    ratios, not clipped. ``users`` is returned as the noisy total.
+    """
+    sums = [s for s in sums if s]
+    if not sums:
+        return {}
+    keys = [k for k in sums[0] if k != "users"]
+    users = math.fsum(float(s.get("users", 0.0)) for s in sums)
+    out = {k: (math.fsum(float(s.get(k, 0.0)) for s in sums) / users if users > 0 else math.nan)
+           for k in keys}
+    out["users"] = users
+    return out
 
 
 def combine_metric_sums(sums: Iterable[Mapping[str, float]]) -> dict[str, float]:

@@ -28,6 +28,8 @@ CatalogProvider = Callable[[RunConfig], tuple[int, list[str] | None]]
 FeatureProvider = Callable[[RunConfig], np.ndarray]
 #: Returns how many devices to wait for before the first round.
 NodeCountProvider = Callable[[RunConfig], int]
+#: Returns a simulation's own quality measurement of an item table (releases nothing).
+MeasureProvider = Callable[[RunConfig], Callable[[dict[str, np.ndarray]], dict[str, float]]]
 
 
 def make_server_app(
@@ -38,6 +40,7 @@ def make_server_app(
     on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
     expected_nodes: NodeCountProvider | None = None,
     item_features: FeatureProvider | None = None,
+    measure: MeasureProvider | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` running fedrec's rounds.
 
@@ -49,6 +52,8 @@ def make_server_app(
         expected_nodes: how many devices to wait for before round 1 (default 1).
         item_features: gives the catalog's public item features (needed by
             ``algorithm = "features"``; public metadata, never interaction data).
+        measure: a simulation's own measurement of quality at evaluation rounds
+            (:func:`fedrec.simulations.measure.measure_quality`); ``None`` in a deployment.
     """
     app = ServerApp()
 
@@ -64,7 +69,8 @@ def make_server_app(
         state = coordinator.state
         strategy = ItemEmbeddingStrategy(
             cfg, coordinator, run_dir=run_dir, on_round=on_round,
-            min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1)
+            min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1,
+            measure=measure(cfg) if measure is not None else None)
         strategy.summary()
         strategy.start(grid, _to_arrays(state), num_rounds=cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)

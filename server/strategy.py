@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedrec.common.config import RunConfig
+from fedrec.common.metrics import combine_noisy_sums
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport
 from fedrec.server.run_directory import RunDirectory
 
@@ -72,13 +73,18 @@ class ItemEmbeddingStrategy(Strategy):
         on_round: called with each round's record (for progress displays).
         min_nodes: wait until this many devices are connected before the first round.
         wait_timeout: give up waiting after this many seconds (start with those present).
+        measure: a simulation's own quality measurement of an item table
+            (:func:`fedrec.simulations.measure.measure_quality`), called at every evaluation
+            round; it releases nothing. ``None`` in a deployment.
     """
 
     def __init__(self, cfg: RunConfig, coordinator: Coordinator, *,
                  run_dir: RunDirectory | None = None,
                  on_round: Callable[[dict[str, object]], None] | None = None,
-                 min_nodes: int = 1, wait_timeout: float = 120.0):
+                 min_nodes: int = 1, wait_timeout: float = 120.0,
+                 measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None):
         self.cfg = cfg
+        self.measure = measure
         self.min_nodes = min_nodes
         self.wait_timeout = wait_timeout
         self.coordinator = coordinator
@@ -137,6 +143,7 @@ class ItemEmbeddingStrategy(Strategy):
         that drop out as dropped; the coordinator accounts the noise that was actually present.
         """
         from fedrec.server.secure_aggregation import (
+            DECLINED_PREFIX,
             SecAggConfig,
             SecureAggregationError,
             secure_sum,
@@ -173,6 +180,10 @@ class ItemEmbeddingStrategy(Strategy):
                       "secagg_clipping_range": float(plan.clipping_range)}
         except (SecureAggregationError, ValueError) as exc:
             reasons = [f"secure aggregation failed: {exc}"]
+            for node, why in sorted(getattr(exc, "drop_reasons", {}).items()):
+                if DECLINED_PREFIX in why:
+                    declined += 1
+                reasons.append(f"node {node}: {why}")
         report = coord.aggregate_sum(server_round, plan, total, included, refused=declined,
                                      drop_reasons=reasons)
         report.train_metrics.update(public)
@@ -186,28 +197,41 @@ class ItemEmbeddingStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Evaluation requests (every ``eval-every`` rounds and the last)."""
-        if not (server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_rounds):
+        """Evaluation requests (every ``eval-every`` rounds and the last).
+
+        In a private run devices answer with a DP release of their metric sums, so requests
+        go out only when the run plans and accounts for them (``eval-noise-multiplier``,
+        :attr:`RunConfig.federated_evaluation`), and carry the noise multiplier.
+        """
+        if server_round not in self.cfg.eval_rounds or not self.cfg.federated_evaluation:
             return []
         nodes = self.coordinator.sample_evaluation(list(grid.get_node_ids()))
         config["server-round"] = server_round
         config["ks"] = ",".join(map(str, self.cfg.k_values))
+        if self.cfg.privacy != "off":
+            config["eval-noise-multiplier"] = float(self.cfg.eval_noise_multiplier)
         record = RecordDict({"arrays": arrays, "config": config})
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n)
                 for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Means of the devices' metric sums."""
+        """Means of the devices' metric sums (noised sums in a private run)."""
         sums = []
         for m in replies:
             if m.has_error() or "metrics" not in m.content:
                 continue
             try:
-                sums.append({k: float(v) for k, v in m.content["metrics"].items()})
+                values = {k: float(v) for k, v in m.content["metrics"].items()}
             except (TypeError, ValueError):
                 log.warning("round %d: dropped an unreadable evaluation reply", server_round)
-        combined = self.coordinator.combine_evaluation(sums)
+                continue
+            if all(np.isfinite(v) for v in values.values()):
+                sums.append(values)
+        if self.cfg.privacy == "off":
+            combined = self.coordinator.combine_evaluation(sums)
+        else:
+            combined = combine_noisy_sums(sums)
         return MetricRecord(combined) if combined else None
 
     def wait_for_nodes(self, grid: Grid) -> int:
@@ -220,6 +244,25 @@ class ItemEmbeddingStrategy(Strategy):
                     log.warning("starting with %d of the %d expected devices", n, self.min_nodes)
                 return n
             time.sleep(0.2)
+
+    def _evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, result: Result,
+                  evaluate_config: ConfigRecord | None, timeout: float) -> dict[str, object]:
+        """A round's evaluations: federated (a release) and the simulator's measurement.
+
+        Returns ``{"eval": ...}`` (the measurement when there is one, else the federated
+        means) and ``{"federated_eval": ...}`` (the federated means, beside a measurement).
+        """
+        out: dict[str, object] = {}
+        eval_msgs = list(self.configure_evaluate(
+            rnd, arrays, ConfigRecord(dict(evaluate_config or {})), grid))
+        if eval_msgs:
+            ev = self.aggregate_evaluate(rnd, grid.send_and_receive(eval_msgs, timeout=timeout))
+            if ev is not None:
+                result.evaluate_metrics_clientapp[rnd] = ev
+                out["federated_eval" if self.measure is not None else "eval"] = dict(ev)
+        if self.measure is not None and rnd in self.cfg.eval_rounds:
+            out["eval"] = self.measure(self.coordinator.state)
+        return out
 
     # --- the rounds ----------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
@@ -248,14 +291,7 @@ class ItemEmbeddingStrategy(Strategy):
             if train_metrics is not None:
                 result.train_metrics_clientapp[rnd] = train_metrics
             record: dict[str, object] = self.last_report.to_dict() if self.last_report else {}
-            eval_msgs = list(self.configure_evaluate(
-                rnd, arrays, ConfigRecord(dict(evaluate_config or {})), grid))
-            if eval_msgs:
-                ev = self.aggregate_evaluate(rnd, grid.send_and_receive(eval_msgs,
-                                                                        timeout=timeout))
-                if ev is not None:
-                    result.evaluate_metrics_clientapp[rnd] = ev
-                    record["eval"] = dict(ev)
+            record.update(self._evaluate(grid, rnd, arrays, result, evaluate_config, timeout))
             record["seconds"] = time.perf_counter() - t0
             if self.run_dir is not None:
                 self.run_dir.append_metrics(record)

@@ -11,22 +11,27 @@ the device it simulates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedrec.client.client_app import make_client_app
 from fedrec.client.device import Device
+from fedrec.client.state_store import DeviceStateStore
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator
 from fedrec.server.run_directory import RunDirectory
 from fedrec.server.server_app import make_server_app
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
+from fedrec.simulations.measure import measure_quality
 
-__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory", "catalog"]
+__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory",
+           "simulated_states", "simulator_measure", "state_store", "catalog"]
 
 DEFAULT_FLWR_RUN_DIR = "runs/flwr-run"
 
@@ -42,17 +47,49 @@ def device_count(cfg: RunConfig) -> int:
     return federated_dataset(cfg).n_users
 
 
+def _config(config: RunConfig | None, context: Context) -> RunConfig:
+    return config if config is not None else RunConfig.from_flat(
+        {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+
+
+def state_store(cfg: RunConfig) -> DeviceStateStore:
+    """The run's store of simulated device states (``RUN/devices/states.sqlite``)."""
+    return _store(str(Path(cfg.run_dir) / "devices" / "states.sqlite"))
+
+
+@functools.lru_cache(maxsize=8)
+def _store(path: str) -> DeviceStateStore:
+    return DeviceStateStore(path)
+
+
 def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Context], Device]:
     """A device factory serving user ``partition-id`` of the run's dataset."""
 
     def factory(context: Context) -> Device:
-        cfg = config if config is not None else RunConfig.from_flat(
-            {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+        cfg = _config(config, context)
         fed = federated_dataset(cfg)
         user = int(context.node_config["partition-id"])
         return make_device(fed, user, cfg, ledger_dir=Path(cfg.run_dir) / "ledgers")
 
     return factory
+
+
+def simulated_states(config: RunConfig | None = None
+                     ) -> Callable[[Context], DeviceStateStore]:
+    """Where the simulated devices of a run keep their own state (:func:`state_store`)."""
+    return lambda context: state_store(_config(config, context))
+
+
+def simulator_measure(cfg: RunConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
+    """The simulator's measurement of an item table on the run's real users.
+
+    Called once, when the ServerApp starts the run, before any device has a message: device
+    states an earlier run left in the same folder are removed, so that a new run's devices
+    start fresh.
+    """
+    store = state_store(cfg)
+    store.clear()
+    return functools.partial(measure_quality, cfg, store=store)
 
 
 def simulated_dropout_mod(config: RunConfig | None = None):
@@ -99,13 +136,14 @@ def make_apps(
     return (
         make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
                         item_features=federated_features,
-                        expected_nodes=device_count),
-        make_client_app(simulated_device_factory(config),
+                        expected_nodes=device_count, measure=simulator_measure),
+        make_client_app(simulated_device_factory(config), states=simulated_states(config),
                         mods=[simulated_dropout_mod(config)]),
     )
 
 
 #: For ``flwr run .``: configuration from the run config.
 server_app = make_server_app(catalog, expected_nodes=device_count,
-                             item_features=federated_features)
-client_app = make_client_app(simulated_device_factory(), mods=[simulated_dropout_mod()])
+                             item_features=federated_features, measure=simulator_measure)
+client_app = make_client_app(simulated_device_factory(), states=simulated_states(),
+                             mods=[simulated_dropout_mod()])

@@ -15,6 +15,7 @@ import numpy as np
 
 from fedrec.client.device import Device, Refusal, TrainReply
 from fedrec.common.config import RunConfig
+from fedrec.common.metrics import combine_noisy_sums
 from fedrec.common.policy import PolicyViolation
 from fedrec.common.secagg import SecureSession, exceeds_range
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport, make_coordinator
@@ -118,6 +119,19 @@ def _device_round(dev: Device, rnd: int, state: dict[str, np.ndarray], phase: st
     return dev.train(state, rnd, noise_share=share)
 
 
+def _federated_evaluation(cfg: RunConfig, rnd: int, state: dict[str, np.ndarray],
+                          devices: list[tuple[int, Device]], done: Callable) -> dict[str, float]:
+    """The noised means of the devices' evaluation releases (what a server would learn)."""
+    releases = []
+    for u, dev in devices:
+        out = dev.evaluation_release(state, cfg.k_values, rnd,
+                                     noise_multiplier=cfg.eval_noise_multiplier)
+        done(u, dev)
+        if not isinstance(out, Refusal):
+            releases.append(out)
+    return combine_noisy_sums(releases)
+
+
 def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
               ledger_dir=None, dropout: float = 0.0) -> PlainResult:
     """Run ``cfg`` with devices called in a loop; returns reports per round.
@@ -184,10 +198,13 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
         else:
             report = coord.aggregate(rnd, replies).to_dict()
         result.train_seconds += time.perf_counter() - t_round
-        if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
-            sums = [device(u).evaluate(coord.state, cfg.k_values)
-                    for u in coord.sample_evaluation(range(fed.n_real_users))]
-            report["eval"] = coord.combine_evaluation([s for s in sums if s])
+        if rnd in cfg.eval_rounds:
+            users = coord.sample_evaluation(range(fed.n_real_users))
+            sums = [device(u).evaluate(coord.state, cfg.k_values) for u in users]
+            report["eval"] = coord.combine_evaluation([s for s in sums if s])  # measured
+            if cfg.federated_evaluation and cfg.privacy != "off":  # a release, accounted
+                report["federated_eval"] = _federated_evaluation(
+                    cfg, rnd, coord.state, [(u, device(u)) for u in users], done)
         report["seconds"] = time.perf_counter() - t_round
         result.rounds.append(report)
         if on_round is not None:

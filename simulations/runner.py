@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
+from fedrec.common.randomness import SEEDED_WARNING
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
+from fedrec.simulations.measure import MEASUREMENT_NOTE
 
 __all__ = ["SimulationResult", "simulate", "simulate_loop", "privacy_summary"]
 
@@ -42,6 +44,11 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     """ε spent per device from the ledgers' last claimed ε (max/median), with assumptions."""
     summary = _privacy_summary(ledger_dir, cfg, noise_multiplier)
     summary["algorithm"] = cfg.algorithm
+    if cfg.privacy != "off":
+        summary["randomness"] = (SEEDED_WARNING if cfg.reproducible else
+                                 "OS entropy: the noise and the sampling of server and "
+                                 "devices cannot be replayed from the config")
+    summary["evaluation"] = evaluation_summary(cfg)
     if cfg.algorithm in RELEASE_ALGORITHMS and cfg.privacy != "off":
         spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
         if cfg.privacy == "user":
@@ -57,6 +64,21 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
             "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0,
         })
     return summary
+
+
+def evaluation_summary(cfg: RunConfig) -> dict[str, str]:
+    """What the run's quality figures are, and what devices sent the server to evaluate."""
+    if cfg.privacy == "off":
+        federated = "exact metric sums (privacy off: nothing is promised)"
+    elif cfg.federated_evaluation:
+        federated = (f"a DP release per device and evaluation round: metric sums with "
+                     f"Gaussian noise (noise multiplier {cfg.eval_noise_multiplier:g} x "
+                     "sqrt(#metrics)), accounted in each device's ledger (purpose "
+                     "'evaluation') and in the calibration of the training noise")
+    else:
+        federated = ("none: devices send no metric sums in this private run (set "
+                     "eval-noise-multiplier to release noised, accounted ones)")
+    return {"quality": MEASUREMENT_NOTE, "federated": federated}
 
 
 def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedrec.client.client_app import STATE_ARRAYS, STATE_CONFIG, arrays_to_numpy, numpy_to_arrays
+from fedrec.client.client_app import arrays_to_numpy, numpy_to_arrays
 from fedrec.common.config import RunConfig
 from fedrec.common.model import GLOBAL_KEYS
 from fedrec.server.coordinator import initial_global_state
-from fedrec.simulations.apps import make_apps
+from fedrec.simulations.apps import make_apps, state_store
 from fedrec.simulations.federation import federated_dataset
+
+DEVICE = "device-000003"  # partition 3
+
+
+def _stored(cfg, key):
+    return state_store(cfg).load(DEVICE)[1][key]
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +53,8 @@ def test_outgoing_message_carries_only_the_item_delta(setup):
     assert set(delta) == set(GLOBAL_KEYS)
     assert set(reply.content["metrics"].keys()) <= {"num-examples", "epsilon"}
     assert reply.content["metrics"]["num-examples"] == 1  # DP: the count is not revealed
-    user = arrays_to_numpy(context.state[STATE_ARRAYS])["user_embedding"].ravel()
+    user = np.asarray(_stored(cfg, "user_embedding")).ravel()
+    assert len(context.state.keys()) == 0  # the state lives in the device store
     fed = federated_dataset(cfg)
     items = set(fed.train_items[3].tolist()) | set(fed.test_items[3].tolist())
     for arr in delta.values():
@@ -60,12 +67,12 @@ def test_outgoing_message_carries_only_the_item_delta(setup):
         assert not (isinstance(value, list) and set(value) & items)
 
 
-def test_accountant_state_persists_in_the_node_context(setup):
+def test_accountant_state_persists_in_the_device_store(setup):
     cfg, app, context = setup
     app(_train_msg(cfg, 1), context)
-    first = json.loads(context.state[STATE_CONFIG]["accountant"])["history"]
+    first = json.loads(_stored(cfg, "accountant"))["history"]
     app(_train_msg(cfg, 2), context)
-    second = json.loads(context.state[STATE_CONFIG]["accountant"])["history"]
+    second = json.loads(_stored(cfg, "accountant"))["history"]
     steps = cfg.local_config().steps
     assert sum(h[2] for h in first) == steps
     assert sum(h[2] for h in second) == 2 * steps
@@ -86,7 +93,7 @@ def test_device_over_budget_replies_with_a_refusal(setup):
 
 def _counting_app(cfg):
     from fedrec.client.client_app import make_client_app
-    from fedrec.simulations.apps import simulated_device_factory
+    from fedrec.simulations.apps import simulated_device_factory, simulated_states
 
     built = []
     factory = simulated_device_factory(cfg)
@@ -95,10 +102,10 @@ def _counting_app(cfg):
         built.append(context.node_id)
         return factory(context)
 
-    return make_client_app(counting), built
+    return make_client_app(counting, states=simulated_states(cfg)), built
 
 
-def test_a_node_s_device_is_reused_only_while_its_context_state_is_unchanged(setup):
+def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setup):
     cfg, _, context = setup
     cfg = cfg.replace(num_rounds=8)  # 4 planned participations: no refusal below
     context.run_config = cfg.to_flat()
@@ -106,16 +113,15 @@ def test_a_node_s_device_is_reused_only_while_its_context_state_is_unchanged(set
     app(_train_msg(cfg, 1), context)
     app(_train_msg(cfg, 2), context)
     assert built == [11]  # same process, same state: the device is reused
-    # the node's state moves on elsewhere (another process served it): a copy of the context
-    # whose token differs must rebuild and restore, continuing from that state
+    # the device's state moves on elsewhere (another process served it): its stored token
+    # differs, so the first app must rebuild and restore, continuing from that state
     moved = Context(run_id=1, node_id=11, node_config=dict(context.node_config),
                     state=RecordDict(), run_config=dict(context.run_config))
     other_app, _ = _counting_app(cfg)
-    moved.state = context.state
-    other_app(_train_msg(cfg, 3), moved)  # advances the state and its token
-    app(_train_msg(cfg, 4), moved)
-    assert built == [11, 11]
-    history = json.loads(moved.state[STATE_CONFIG]["accountant"])["history"]
+    other_app(_train_msg(cfg, 3), moved)  # advances the stored state and its token
+    app(_train_msg(cfg, 4), context)
+    assert built == [11, 11]  # rebuilt from the store once
+    history = json.loads(_stored(cfg, "accountant"))["history"]
     assert sum(h[2] for h in history) == 4 * cfg.local_config().steps  # nothing lost
     ledger = cfg.run_dir + "/ledgers/device-000003.jsonl"
     from fedrec.common.ledger import verify_ledger

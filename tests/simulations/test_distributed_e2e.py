@@ -32,7 +32,12 @@ def run(tmp_path_factory):
     from fedrec.client.client_app import make_client_app
     from fedrec.server.coordinator import initial_global_state
     from fedrec.simulations import runner
-    from fedrec.simulations.apps import make_apps, simulated_device_factory, simulated_dropout_mod
+    from fedrec.simulations.apps import (
+        make_apps,
+        simulated_device_factory,
+        simulated_dropout_mod,
+        simulated_states,
+    )
     from fedrec.simulations.federation import federated_dataset
 
     base = tmp_path_factory.mktemp("dist")
@@ -63,7 +68,8 @@ def run(tmp_path_factory):
 
     rounds = []
     server_app, _ = make_apps(cfg, on_round=rounds.append)
-    client_app = make_client_app(recording_factory, mods=[simulated_dropout_mod(cfg)])
+    client_app = make_client_app(recording_factory, states=simulated_states(cfg),
+                                 mods=[simulated_dropout_mod(cfg)])
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=20,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "num_gpus": 0,
