@@ -1051,7 +1051,8 @@ class FedRecClient:
                     max_grad_norm=event.max_grad_norm, sampling_probability=event.sample_rate,
                     steps=event.steps, target_delta=event.target_delta, unit="example",
                     budget_epsilon=event.budget_epsilon, claimed_epsilon=event.claimed_epsilon,
-                    accountant=event.accountant, purpose="dp-sgd")
+                    accountant=event.accountant, purpose="dp-sgd",
+                    randomness=event.randomness)
             arrays = self._user_arrays(device)
             assert release_id is not None
             self._store.complete_release(

@@ -287,6 +287,11 @@ def test_privacy_report_and_the_signed_ledger(tmp_path):
         assert rec["round"] == 7 and rec["claimed_epsilon"] == pytest.approx(
             report.epsilon_spent)
         assert c.store.releases()[0].record == rec  # the store holds the same signed record
+        assert rec["mechanism"]["randomness"] == "seeded"  # _open passes seed=0: said so
+    with _open(tmp_path, "secure.db", seed=None) as c:
+        _buy(c, range(8))
+        c.train_round(_table(), 1, policy_signals=OK)
+        assert c.store.releases()[0].record["mechanism"]["randomness"] == "os-entropy"
 
 
 def test_spend_is_written_ahead_of_training_and_kept_if_training_dies(tmp_path, monkeypatch):
