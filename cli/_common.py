@@ -11,7 +11,7 @@ __all__ = ["add_dataset_args", "load_from_args", "print_metrics_table"]
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """``--dataset``, ``--data-dir`` and ``--seed``."""
-    from fedrec.common.loaders import DATASETS
+    from fedrec.common.data.loaders import DATASETS
 
     p.add_argument("--dataset", default="synthetic", choices=DATASETS,
                    help="which loader to use (default: synthetic, built in, no download)")
@@ -23,7 +23,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def load_from_args(args: argparse.Namespace):
     """Load the dataset the arguments name."""
-    from fedrec.common.loaders import load_dataset
+    from fedrec.common.data.loaders import load_dataset
 
     if args.dataset == "synthetic":
         return load_dataset("synthetic", seed=args.seed)

@@ -102,7 +102,7 @@ def _fmt(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit, print a summary, return the exit status."""
-    from fedrec.common.audit import audit_run
+    from fedrec.common.audit.report import audit_run
 
     accountants = tuple(a.strip() for a in args.accountants.split(",") if a.strip())
     report = audit_run(

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the baselines and print/write them."""
     from rich.console import Console
 
-    from fedrec.common.splits import random_split, temporal_split
+    from fedrec.common.data.splits import random_split, temporal_split
     from fedrec.simulations.baselines import run_baselines
 
     console = Console()

@@ -590,7 +590,7 @@ def close_stale_session(*, superlink: str, store: str | Path, auth_key: str | Pa
         the SuperLink refused).
     """
     from fedrec.client.storage import DeviceStore
-    from fedrec.common.deployment import NODE_ID_META
+    from fedrec.common.config import NODE_ID_META
 
     path = Path(store).expanduser()
     if not path.exists():

@@ -11,7 +11,7 @@ from fedrec.cli._common import print_metrics_table
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Add the subcommand."""
     from fedrec.common.config import ALGORITHMS, PRIVACY_MODES
-    from fedrec.common.loaders import DATASETS
+    from fedrec.common.data.loaders import DATASETS
 
     p = sub.add_parser(
         name, help=help_text,

@@ -4,7 +4,7 @@ Opacus' PRV accountant takes about a second per ``get_epsilon`` on this class of
 An accountant's ε depends only on its history of ``(noise_multiplier, sample_rate, steps)``
 and δ, and in a federation every device with the same settings and participation count has
 the same history, so results are memoised per process on that history
-(:func:`fedrec.common.dp.epsilon_of_history`); histories are first merged so that equal
+(:func:`fedrec.common.privacy.dpsgd.epsilon_of_history`); histories are first merged so that equal
 spends written in different step groupings share one entry.
 """
 
@@ -14,7 +14,7 @@ import math
 
 from opacus.accountants import IAccountant
 
-from fedrec.common.dp import epsilon_of_history
+from fedrec.common.privacy.dpsgd import epsilon_of_history
 
 __all__ = ["epsilon_of", "epsilon_spent", "epsilon_after_round"]
 

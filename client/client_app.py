@@ -15,7 +15,7 @@ Messages (the wire contract with :mod:`fedrec.server.strategy`):
   :func:`~fedrec.client.secure_aggregation.secure_aggregation_mod`, installed on every app);
 * train reply: ``arrays`` (the dense item-table delta) and ``metrics``
   (``num-examples`` = 1 under DP, ``epsilon`` spent), or ``refusal`` (``code``, one of the
-  fixed :class:`~fedrec.common.policy.RefusalCode` words: no number, no sentence);
+  fixed :class:`~fedrec.common.privacy.policy.RefusalCode` words: no number, no sentence);
 * evaluate request: ``arrays``, ``config`` (``ks``, ``server-round``, and in a private run
   ``eval-noise-multiplier``); reply: ``metrics``, the device's metric sums as a DP release
   (:meth:`~fedrec.client.device.Device.evaluation_release`: noised and accounted under DP,
@@ -39,7 +39,7 @@ from fedrec.client.secure_aggregation import (
     secure_session,
 )
 from fedrec.client.state_store import DeviceStateStore
-from fedrec.common.policy import PolicyViolation, RefusalCode
+from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
 __all__ = ["make_client_app", "DeviceFactory", "arrays_to_numpy", "numpy_to_arrays"]
 
@@ -153,7 +153,7 @@ def make_client_app(device_factory: DeviceFactory, *, states: StateStoreProvider
 
     Every request is checked before any work (:meth:`Device.check_secure`, the device's table
     shapes, finite values, the noise share against the secure group); a refusal carries only
-    its :class:`~fedrec.common.policy.RefusalCode`, the detail goes to the device's log.
+    its :class:`~fedrec.common.privacy.policy.RefusalCode`, the detail goes to the device's log.
     """
     app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
     cache = _DeviceCache()

@@ -45,7 +45,7 @@ seed                  seeds the device's sampling and noise (tests only: the dev
                       the seed)
 ===================== ===================================================================
 
-The device owns its privacy (:class:`~fedrec.common.policy.PrivacyPolicy`): its budget, δ,
+The device owns its privacy (:class:`~fedrec.common.privacy.policy.PrivacyPolicy`): its budget, δ,
 accountant and ceilings come from the node config (and its store), never from the server.
 The training *recipe* (local epochs, sampling rate, learning rate, noise multiplier, clipping
 norm) comes from the run config the server published (``noise-multiplier = 0``: calibrated on
@@ -79,7 +79,7 @@ from flwr.clientapp import ClientApp
 
 from fedrec.client.events import Event
 from fedrec.client.sdk import FedRecClient, PolicySignals, TrainingPolicy
-from fedrec.common.deployment import (
+from fedrec.common.config import (
     CATALOG_FINGERPRINT_KEY,
     NODE_ID_META,
     catalog_fingerprint,
@@ -201,7 +201,7 @@ def run_recipe(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     Raises:
         PolicyViolation: ``bad-request`` when the run config does not parse.
     """
-    from fedrec.common.policy import PolicyViolation, RefusalCode
+    from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
     try:
         cfg, _ = split_run_config(run_config)
@@ -274,7 +274,7 @@ def open_device(context: Context) -> tuple[FedRecClient, PolicySignals]:
         PolicyViolation: ``privacy-policy`` for a run without device DP that the node does
             not allow; ``bad-request`` for a run config that does not parse.
     """
-    from fedrec.common.policy import PolicyViolation, RefusalCode
+    from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
     node = dict(context.node_config)
     if not node.get("store"):
@@ -352,7 +352,7 @@ def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         from fedrec.client.device import Refusal
-        from fedrec.common.policy import PolicyViolation, RefusalCode
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
         try:
             _, recipe = run_recipe(dict(context.run_config))
@@ -397,7 +397,7 @@ def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from fedrec.common.policy import PolicyViolation
+        from fedrec.common.privacy.policy import PolicyViolation
 
         try:
             client, _ = factory(context)

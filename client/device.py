@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 from fedrec.client import budget
-from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
-from fedrec.common.features import profile_fold_in
-from fedrec.common.metrics import evaluation_keys, user_metric_sums
-from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
-from fedrec.common.policy import PolicyViolation, RefusalCode, check_arrays
-from fedrec.common.randomness import NoiseSource, derive_seed
-from fedrec.common.secagg import SecureSession, secure_range, sgd_update_bounds
-from fedrec.common.spectral import PHASES, SpectralSpec, contribution
+from fedrec.common.algorithms.features import profile_fold_in
+from fedrec.common.algorithms.spectral import PHASES, SpectralSpec, contribution
+from fedrec.common.evaluation.metrics import evaluation_keys, user_metric_sums
+from fedrec.common.model.mf import GLOBAL_KEYS, MatrixFactorization
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.privacy.policy import PolicyViolation, RefusalCode, check_arrays
+from fedrec.common.privacy.randomness import NoiseSource, derive_seed
+from fedrec.common.privacy.secagg import SecureSession, secure_range, sgd_update_bounds
 
 __all__ = ["Device", "TrainReply", "Refusal", "PrivacyEvent"]
 
@@ -67,7 +67,7 @@ class TrainReply:
 class Refusal:
     """A device declined a round.
 
-    Only ``code`` (a :class:`~fedrec.common.policy.RefusalCode`) is ever sent; ``detail`` is
+    Only ``code`` (a :class:`~fedrec.common.privacy.policy.RefusalCode`) is ever sent; ``detail`` is
     for the device's own log, and the ε figures for its own reports.
     """
 
@@ -98,7 +98,7 @@ class Device:
         seed: seeds the user embedding and the local sampling and noise (reproducible
             simulations: not private against anyone who knows the seed); ``None`` (the
             default) draws everything from OS entropy
-            (:class:`~fedrec.common.randomness.NoiseSource`).
+            (:class:`~fedrec.common.privacy.randomness.NoiseSource`).
         on_release: called with a :class:`PrivacyEvent` after local DP training and before
             the reply is returned (the ledger writer). If it raises, nothing is sent.
         report_metrics: with DP off, send the example count and the training loss (both are
@@ -209,9 +209,9 @@ class Device:
     def secure_range(self, noise_share: float | None, phase: str | None = None) -> float:
         """The SecAgg+ range this device needs so that its share is never clipped.
 
-        From the device's own settings only (:mod:`fedrec.common.secagg`): a spectral
+        From the device's own settings only (:mod:`fedrec.common.privacy.secagg`): a spectral
         contribution lies in ``[0, 1]`` plus noise of std ``σ·Δ·share``; a DP-SGD item update
-        is bounded by :func:`~fedrec.common.secagg.sgd_update_bounds`.
+        is bounded by :func:`~fedrec.common.privacy.secagg.sgd_update_bounds`.
         """
         share = 1.0 if noise_share is None else float(noise_share)
         if phase is not None:
@@ -267,8 +267,8 @@ class Device:
         refusal would tell the server that it has no data.
 
         ``noise_share`` switches to distributed DP for this round (see
-        :func:`fedrec.common.dp.train_local`): the item update carries that share of the noise
-        and must only ever leave the device inside a secure sum of at least
+        :func:`fedrec.common.privacy.dpsgd.train_local`): the item update carries that share of
+        the noise and must only ever leave the device inside a secure sum of at least
         ``1 / noise_share²`` devices. The ledger records the full noise multiplier the sum is
         provisioned for (``purpose="distributed-dp-sgd"``); the server records the noise that
         was actually present.
@@ -334,7 +334,7 @@ class Device:
     def spectral_round(self, phase: str, server_round: int, *,
                        selected: np.ndarray | None = None,
                        noise_share: float | None = None) -> TrainReply | Refusal:
-        """Answer one round of the spectral algorithm (:mod:`fedrec.common.spectral`).
+        """Answer one round of the spectral algorithm (:mod:`fedrec.common.algorithms.spectral`).
 
         The reply's only array, named after ``phase``, is the device's contribution: under
         example-level DP (``dp`` set) with Gaussian noise of std ``σ_phase · Δ_phase`` already
@@ -390,7 +390,7 @@ class Device:
         """The user embedding from the device's own items and the item table, on the device.
 
         Spectral: the sum of the embeddings of the device's items (PureSVD). Features (one
-        round): the log-ratio profile of :func:`fedrec.common.features.profile_fold_in`.
+        round): the log-ratio profile of :func:`fedrec.common.algorithms.features.profile_fold_in`.
         """
         assert self.spectral is not None
         emb = self.model.item_embedding.weight.detach().numpy()
@@ -471,7 +471,7 @@ class Device:
     def recommend(self, k: int, global_state: Mapping[str, np.ndarray] | None = None
                   ) -> np.ndarray:
         """Top-``k`` unseen items for this device's user (computed on the device)."""
-        from fedrec.common.metrics import topk_items
+        from fedrec.common.evaluation.metrics import topk_items
 
         if global_state is not None:
             self.model.load_global_state(global_state)

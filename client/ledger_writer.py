@@ -2,7 +2,7 @@
 
 The device's Ed25519 key lives in the device's own storage (``key_dir``); its public half is
 published beside the ledgers (``ledgers/keys/<device_id>.pub.pem``) so an auditor can verify
-the signatures. See :mod:`fedrec.common.ledger` for the format.
+the signatures. See :mod:`fedrec.common.audit.ledger` for the format.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.client.device import PrivacyEvent
-from fedrec.common.ledger import DeviceKey, Ledger
+from fedrec.common.audit.ledger import DeviceKey, Ledger
 
 __all__ = ["LedgerWriter"]
 

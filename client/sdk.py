@@ -18,7 +18,7 @@
 Everything lives in one SQLite file (:mod:`fedrec.client.storage`): the events, the user
 embedding, the accountant state, the device's privacy ledger, and the last item table,
 catalog and popularity prior received. Recommendation needs only numpy
-(:mod:`fedrec.common.ranking`); torch and Opacus are imported on the first
+(:mod:`fedrec.common.model.ranking`); torch and Opacus are imported on the first
 :meth:`FedRecClient.train_round`, so an app that records and recommends starts fast. Importing
 this module pulls in no server, simulation or Ray code.
 
@@ -46,12 +46,17 @@ import numpy as np
 
 from fedrec.client.events import Event, EventKind, ItemSignal, WeightPolicy, weights_from_events
 from fedrec.client.storage import DeviceStore, Retention, StoreError
-from fedrec.common.policy import PolicyViolation, PrivacyPolicy, RefusalCode, TrainingRequest
-from fedrec.common.ranking import Explanation, Freshness, fold_in, rank, score_items
+from fedrec.common.model.ranking import Explanation, Freshness, fold_in, rank, score_items
+from fedrec.common.privacy.policy import (
+    PolicyViolation,
+    PrivacyPolicy,
+    RefusalCode,
+    TrainingRequest,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedrec.client.device import Refusal, TrainReply
-    from fedrec.common.dp import DPConfig, LocalConfig
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
 __all__ = [
     "FedRecClient",
@@ -75,8 +80,8 @@ __all__ = [
 ]
 
 #: The SDK's DP settings when ``open`` gets none and the store has none: those of
-#: :class:`fedrec.common.dp.DPConfig` (a test keeps them equal), written out so that opening
-#: a store does not import torch.
+#: :class:`fedrec.common.privacy.dpsgd.DPConfig` (a test keeps them equal), written out so that
+#: opening a store does not import torch.
 DEFAULT_DP: dict[str, Any] = {
     "noise_multiplier": 1.0,
     "max_grad_norm": 1.0,
@@ -169,7 +174,7 @@ class TrainingPolicy:
         max_table_entries: the largest item table (``n_items × (dim + 1)`` entries) the device
             accepts, for training and for :meth:`FedRecClient.receive_model`.
         max_memory_bytes: the most memory a training round may need
-            (:func:`fedrec.common.policy.training_memory_bytes`).
+            (:func:`fedrec.common.privacy.policy.training_memory_bytes`).
     """
 
     require_charging: bool = True
@@ -851,7 +856,7 @@ class FedRecClient:
         """Take part in one federated round: train locally (DP-SGD) or refuse with a code.
 
         Before any work the device checks, and refuses with a fixed
-        :class:`~fedrec.common.policy.RefusalCode` (its only content on the wire):
+        :class:`~fedrec.common.privacy.policy.RefusalCode` (its only content on the wire):
 
         * ``bad-request``: the item table is malformed (missing arrays, wrong shapes,
           non-finite values, a catalog of another size), or the recipe is;
@@ -872,8 +877,8 @@ class FedRecClient:
             recipe: the server's training recipe for this round (the SDK's own settings when
                 omitted): ``noise_multiplier`` (0: calibrate to ``epsilon``),
                 ``max_grad_norm``, ``epsilon``, ``delta``, ``planned_participations``, and
-                ``local`` (:class:`~fedrec.common.dp.LocalConfig` fields). The device keeps its
-                own budget, δ and accountant whatever the recipe says.
+                ``local`` (:class:`~fedrec.common.privacy.dpsgd.LocalConfig` fields). The device
+                keeps its own budget, δ and accountant whatever the recipe says.
 
         Returns:
             ``TrainReply`` (the dense item-table delta to send) or ``Refusal``.
@@ -921,7 +926,7 @@ class FedRecClient:
     def _round_settings(self, recipe: Mapping[str, Any] | None, shape: tuple[int, int]
                         ) -> tuple[DPConfig | None, LocalConfig]:
         """The DP settings and local recipe of a round, checked against the device's policy."""
-        from fedrec.common.dp import DPConfig, LocalConfig
+        from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
         recipe = dict(recipe or {})
         unknown = sorted(set(recipe) - set(_RECIPE_KEYS))
@@ -1070,7 +1075,7 @@ class FedRecClient:
             from cryptography.hazmat.primitives import serialization
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-            from fedrec.common.ledger import DeviceKey, Ledger
+            from fedrec.common.audit.ledger import DeviceKey, Ledger
 
             pem = self._store.get_meta("ledger_private_key")
             if pem is None:
@@ -1187,7 +1192,7 @@ def _json_dumps(value: Any) -> str:
 def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int,
                 accountant: str) -> float:
     """The noise multiplier that spends ``epsilon`` over ``steps`` steps (public inputs only)."""
-    from fedrec.common.dp import calibrate_noise_multiplier
+    from fedrec.common.privacy.dpsgd import calibrate_noise_multiplier
 
     try:
         return calibrate_noise_multiplier(target_epsilon=epsilon, target_delta=delta,

@@ -23,8 +23,8 @@ reply into the legacy ``FitRes`` layout that ``secaggplus_mod`` masks
   statistics would be a release outside the accounting). A vector with any value beyond the
   session's clipping range is not sent at all: the device declines with the code
   ``secure-range`` and the server aborts the round before unmasking, so no clipped share ever
-  enters a sum (:mod:`fedrec.common.secagg` sizes the range so that this needs a Gaussian tail
-  event of probability at most 1e-12);
+  enters a sum (:mod:`fedrec.common.privacy.secagg` sizes the range so that this needs a
+  Gaussian tail event of probability at most 1e-12);
 * ``num_examples = 1`` (the server wants the plain sum; see the server module);
 * the names and shapes of the arrays in the clear (``fedrec.secagg.layout``).
 
@@ -68,8 +68,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
-from fedrec.common.policy import PolicyViolation, RefusalCode
-from fedrec.common.secagg import SecureSession, exceeds_range
+from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+from fedrec.common.privacy.secagg import SecureSession, exceeds_range
 
 __all__ = [
     "secure_aggregation_mod",
@@ -172,7 +172,7 @@ def decline_reply(msg: Message, code: RefusalCode | str) -> Message:
 
     Args:
         msg: the ``train`` request.
-        code: why, as a :class:`~fedrec.common.policy.RefusalCode` (e.g. ``"budget"``); the
+        code: why, as a :class:`~fedrec.common.privacy.policy.RefusalCode` (e.g. ``"budget"``); the
             server sees only this fixed word.
     """
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,

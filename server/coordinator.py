@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
-from fedrec.common.metrics import combine_metric_sums
-from fedrec.common.randomness import NoiseSource
-from fedrec.common.secagg import secure_range, sgd_update_bounds
+from fedrec.common.evaluation.metrics import combine_metric_sums
+from fedrec.common.privacy.randomness import NoiseSource
+from fedrec.common.privacy.secagg import secure_range, sgd_update_bounds
 from fedrec.server.aggregation import (
     ServerOptimizer,
     make_server_optimizer,
@@ -79,7 +79,7 @@ def initial_global_state(cfg: RunConfig, n_items: int) -> dict[str, np.ndarray]:
     """The server's initial item table, seeded by the run's seed (no data involved)."""
     import torch
 
-    from fedrec.common.model import MatrixFactorization
+    from fedrec.common.model.mf import MatrixFactorization
 
     model = MatrixFactorization(1, n_items, cfg.dim, item_bias=cfg.item_bias,
                                 init_std=cfg.init_std,
@@ -92,7 +92,7 @@ def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir=None,
     """The coordinator a run's privacy mode calls for (weighting, user-level DP).
 
     ``item_features`` is the catalog's public feature matrix
-    (:func:`fedrec.common.features.item_features`), needed by ``algorithm = "features"``.
+    (:func:`fedrec.common.data.item_features.item_features`), needed by ``algorithm = "features"``.
     """
     user_dp = distributed = spectral = None
     if cfg.algorithm == "features":
@@ -338,7 +338,7 @@ class Coordinator:
         """The SecAgg+ range of a secure round, from public quantities only.
 
         Every coordinate of a device's vector is its bounded signal plus its noise share;
-        :func:`fedrec.common.secagg.secure_range` sizes the range so that clipping one needs
+        :func:`fedrec.common.privacy.secagg.secure_range` sizes the range so that clipping one needs
         an event of probability at most 1e-12 (the device then declines and the round aborts).
         """
         if self.spectral is not None:

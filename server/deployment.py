@@ -6,7 +6,7 @@ catalog (its size and item ids, public information) comes from the run config, `
 ``min-nodes`` SuperNodes (at most ``wait-timeout`` seconds), and a round waits at most
 ``round-timeout`` seconds for replies, so that a device that dies mid-round cannot stall the
 run; every later round again waits for ``min-nodes`` (:class:`DeploymentStrategy`), so a
-device that restarts is back in the next round (see :mod:`fedrec.common.deployment` for the
+device that restarts is back in the next round (see :mod:`fedrec.common.config` for the
 keys, ``fedrec deploy-app`` to write them).
 
 Every training request carries the catalog's fingerprint so that a device holding another
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.common.deployment import (
+from fedrec.common.config import (
     CATALOG_FINGERPRINT_KEY,
     catalog_fingerprint,
     split_run_config,

@@ -50,7 +50,7 @@ class RoundPlan:
         noise_share: the fraction of the noise std each device adds, ``1/√min_included``.
         clipping_range: the SecAgg+ range of the round's secure sum, sized from public
             quantities so that no noised share needs clipping
-            (:func:`fedrec.common.secagg.secure_range`); 0 until the coordinator sets it.
+            (:func:`fedrec.common.privacy.secagg.secure_range`); 0 until the coordinator sets it.
     """
 
     sampled: int
@@ -147,7 +147,7 @@ class DistributedDP:
 
     def epsilon(self, device: str) -> float:
         """Example-level ε of one device from the noise actually present in its rounds."""
-        from fedrec.common.dp import epsilon_of_history
+        from fedrec.common.privacy.dpsgd import epsilon_of_history
 
         return epsilon_of_history(self.accountant, self.histories.get(str(device), []),
                                   self.target_delta)
@@ -157,7 +157,7 @@ class DistributedDP:
         return {d: self.epsilon(d) for d in self.histories}
 
     def _ledger(self, device: str):
-        from fedrec.common.ledger import DeviceKey, Ledger
+        from fedrec.common.audit.ledger import DeviceKey, Ledger
 
         if device not in self._ledgers:
             folder = Path(self.ledger_dir) / "secure-sum"  # type: ignore[arg-type]

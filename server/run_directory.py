@@ -8,7 +8,7 @@
       checkpoints/latest.npz item table + server optimizer state, rewritten every round
       item_embeddings.npz    final global parameters (item embeddings, biases)
       item_ids.json          external item id of each row (the item map)
-      ledgers/               devices' signed privacy ledgers (see fedrec.common.ledger)
+      ledgers/               devices' signed privacy ledgers (see fedrec.common.audit.ledger)
       summary.json           final figures (quality, epsilon, wall time)
       plots/*.png            quality and epsilon over rounds
 """

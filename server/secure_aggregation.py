@@ -56,7 +56,7 @@ plus the float32 rounding of the returned arrays. A clipped value would change t
 clipped noise share the noise it carries), so devices never send one: a device whose vector
 exceeds ``±c`` declines with the code ``secure-range`` and :func:`secure_sum` then aborts
 before the unmask stage (fedrec sizes ``c`` so that this needs an event of probability at
-most 1e-12 per device, :mod:`fedrec.common.secagg`). Devices send nothing but their arrays:
+most 1e-12 per device, :mod:`fedrec.common.privacy.secagg`). Devices send nothing but their arrays:
 no statistic of their values rides along in the masked vector. The sum of ``n`` quantized
 vectors must stay below ``modulus_range``: ``n · Q < modulus_range`` (1023 devices with the
 defaults).

@@ -1,4 +1,4 @@
-"""The server's side of the spectral algorithm (:mod:`fedrec.common.spectral`).
+"""The server's side of the spectral algorithm (:mod:`fedrec.common.algorithms.spectral`).
 
 :class:`SpectralServer` knows which phase a round is, what a device's reply must look like,
 and turns the two (noisy) sums into the item table: after the popularity round it selects the
@@ -15,8 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.common.features import feature_table
-from fedrec.common.spectral import PHASES, SpectralSpec, factorize, phase_of_round, select_items
+from fedrec.common.algorithms.features import feature_table
+from fedrec.common.algorithms.spectral import (
+    PHASES,
+    SpectralSpec,
+    factorize,
+    phase_of_round,
+    select_items,
+)
 
 __all__ = ["SpectralServer"]
 
@@ -33,8 +39,8 @@ class SpectralServer:
         device_noise: whether each device adds its full noise itself (local DP); the reply
             norm bound then allows for it.
         features: the catalog's public item features (``algorithm = "features"``, a one-round
-            spec): the item table is then :func:`~fedrec.common.features.feature_table` of the
-            popularity release.
+            spec): the item table is then
+            :func:`~fedrec.common.algorithms.features.feature_table` of the popularity release.
     """
 
     spec: SpectralSpec

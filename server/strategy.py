@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedrec.common.config import RunConfig
-from fedrec.common.metrics import combine_noisy_sums
+from fedrec.common.evaluation.metrics import combine_noisy_sums
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport
 from fedrec.server.run_directory import RunDirectory
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.randomness import NoiseSource
+from fedrec.common.privacy.randomness import NoiseSource
 
 __all__ = ["UserLevelDP", "clip_delta", "noisy_mean"]
 
@@ -101,7 +101,7 @@ class UserLevelDP:
 
     def epsilon(self, rounds: int | None = None) -> float:
         """User-level ε after ``rounds`` rounds (PLD accountant)."""
-        from fedrec.common.accounting import DpRelease, epsilon
+        from fedrec.common.privacy.accounting import DpRelease, epsilon
 
         if rounds is None:
             if not self.history:
@@ -126,7 +126,7 @@ class UserLevelDP:
         if self.ledger_dir is None:
             return
         if self._ledger is None:
-            from fedrec.common.ledger import DeviceKey, Ledger
+            from fedrec.common.audit.ledger import DeviceKey, Ledger
 
             key_path = Path(self.ledger_dir).parent / "server" / "ledger-key.pem"
             key = DeviceKey.load_or_generate(key_path, public_path=key_path.with_suffix(".pub.pem"))

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrec.common.baselines import MostPopular
-from fedrec.common.metrics import evaluate
-from fedrec.common.splits import Split, validation_split
-from fedrec.common.training import CentralizedTrainer, TrainConfig
+from fedrec.common.data.splits import Split, validation_split
+from fedrec.common.evaluation.metrics import evaluate
+from fedrec.common.model.baselines import MostPopular
+from fedrec.common.model.training import CentralizedTrainer, TrainConfig
 
 __all__ = ["SEARCH_GRID", "DEFAULT_MF", "most_popular", "centralized_mf", "run_baselines"]
 
@@ -89,7 +89,7 @@ def centralized_mf(
 def run_baselines(split: Split, *, search: bool = True, seed: int = 0,
                   log: Callable[[str], None] = lambda _msg: None) -> dict[str, object]:
     """Most-popular and centralized MF on ``split`` (plus the sampled-negative metrics)."""
-    from fedrec.common.metrics import evaluate_sampled
+    from fedrec.common.evaluation.metrics import evaluate_sampled
 
     t0 = time.perf_counter()
     pop = most_popular(split)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
-    from fedrec.common.synthetic import generate_synthetic
+    from fedrec.common.data.synthetic import generate_synthetic
 
     jobs: dict[str, Callable[[], object]] = {
         "synthetic 1,000 x 500": lambda: generate_synthetic(n_users=1000, n_items=500, seed=0),
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                                                              seed=0),
     }
     if args.data_dir:
-        from fedrec.common.loaders import load_ml100k
+        from fedrec.common.data.loaders import load_ml100k
 
         jobs["load ml-100k"] = lambda: load_ml100k(args.data_dir)
     print(f"median of {args.repeats} runs after a warm-up")

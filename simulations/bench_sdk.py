@@ -123,7 +123,7 @@ with tempfile.TemporaryDirectory() as tmp:
     out["rss_after_open_mb"] = rss_mb()
     if "--training" in sys.argv:
         t = time.perf_counter()
-        import fedrec.client.device, fedrec.common.ledger
+        import fedrec.client.device, fedrec.common.audit.ledger
         out["training_import_s"] = time.perf_counter() - t
         out["rss_after_training_import_mb"] = rss_mb()
     c.close()

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from fedrec.common.config import RunConfig
-from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
-from fedrec.common.model import MatrixFactorization
-from fedrec.common.training import example_losses, gather, sample_negatives
+from fedrec.common.model.mf import MatrixFactorization
+from fedrec.common.model.training import example_losses, gather, sample_negatives
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.simulations.bench_data import median_seconds
 
 

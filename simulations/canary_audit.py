@@ -4,7 +4,8 @@
 
 A device holds ``m`` canary interactions, one per reserved canary item, each included with
 probability ½ (Steinke, Nasr and Jagielski, 2023); it trains with exactly the code a device
-runs in a round (:func:`fedrec.common.dp.train_local`, Opacus DP-SGD with Poisson sampling).
+runs in a round (:func:`fedrec.common.privacy.dpsgd.train_local`, Opacus DP-SGD with Poisson
+sampling).
 What the server receives is the item-table delta, so the auditor scores each canary by the
 released change of its item's bias and embedding norm: guess "included" for the highest
 scores and "excluded" for the lowest. The one-run bound then gives an ε lower bound at
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedrec.common.canary import run_canary_audit
-from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
-from fedrec.common.model import MatrixFactorization
+from fedrec.common.audit.canary import run_canary_audit
+from fedrec.common.model.mf import MatrixFactorization
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
 
 __all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release"]
 
@@ -89,7 +90,7 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
     while the claim is computed at ``claimed_noise_multiplier``.
     """
     from fedrec.client.device import Device
-    from fedrec.common.spectral import SpectralSpec
+    from fedrec.common.algorithms.spectral import SpectralSpec
 
     claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
         claimed_noise_multiplier

@@ -15,8 +15,8 @@ import numpy as np
 
 from fedrec.client.device import Device
 from fedrec.common.config import DEVICE_DP_MODES, RELEASE_ALGORITHMS, RunConfig
-from fedrec.common.schema import Interactions
-from fedrec.common.splits import Split, random_split, temporal_split
+from fedrec.common.data.schema import Interactions
+from fedrec.common.data.splits import Split, random_split, temporal_split
 
 __all__ = ["FederatedDataset", "federated_dataset", "federated_features", "make_device",
            "resolve_noise_multiplier"]
@@ -48,7 +48,7 @@ class FederatedDataset:
 
 
 def _load(cfg: RunConfig) -> Interactions:
-    from fedrec.common.loaders import load_dataset
+    from fedrec.common.data.loaders import load_dataset
 
     if cfg.dataset == "synthetic":
         return load_dataset(
@@ -85,7 +85,7 @@ def federated_dataset(cfg: RunConfig) -> FederatedDataset:
 
 def federated_features(cfg: RunConfig) -> np.ndarray:
     """The public item features of the run's dataset (genres, release-year bins)."""
-    from fedrec.common.features import item_features
+    from fedrec.common.data.item_features import item_features
 
     data = federated_dataset(cfg).data
     return item_features(data.items, data.n_items, year_bins=cfg.feature_year_bins)[0]

@@ -20,9 +20,9 @@ import argparse
 
 import numpy as np
 
-from fedrec.common.accounting import analytic_gaussian_epsilon
 from fedrec.common.config import RunConfig
-from fedrec.common.metrics import evaluate
+from fedrec.common.evaluation.metrics import evaluate
+from fedrec.common.privacy.accounting import analytic_gaussian_epsilon
 from fedrec.simulations.federation import federated_dataset
 
 __all__ = ["noisy_popularity", "main"]

@@ -15,9 +15,9 @@ import numpy as np
 
 from fedrec.client.device import Device, Refusal, TrainReply
 from fedrec.common.config import RunConfig
-from fedrec.common.metrics import combine_noisy_sums
-from fedrec.common.policy import PolicyViolation
-from fedrec.common.secagg import SecureSession, exceeds_range
+from fedrec.common.evaluation.metrics import combine_noisy_sums
+from fedrec.common.privacy.policy import PolicyViolation
+from fedrec.common.privacy.secagg import SecureSession, exceeds_range
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport, make_coordinator
 from fedrec.server.distributed_dp import RoundPlan
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
@@ -43,10 +43,11 @@ def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
     """Evaluate with the server's metrics code on all devices' embeddings (simulation only).
 
     Gathers every device's user embedding into one model and calls
-    :func:`fedrec.common.metrics.evaluate`, an independent path to the federated evaluation.
+    :func:`fedrec.common.evaluation.metrics.evaluate`, an independent path to the federated
+    evaluation.
     """
-    from fedrec.common.metrics import evaluate
-    from fedrec.common.schema import IdMap, Interactions
+    from fedrec.common.data.schema import IdMap, Interactions
+    from fedrec.common.evaluation.metrics import evaluate
 
     users = sorted(devices)
     n_items = next(iter(devices.values())).model.n_items

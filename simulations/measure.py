@@ -17,7 +17,7 @@ import numpy as np
 
 from fedrec.client.state_store import DeviceStateStore
 from fedrec.common.config import RunConfig
-from fedrec.common.metrics import combine_metric_sums
+from fedrec.common.evaluation.metrics import combine_metric_sums
 from fedrec.simulations.federation import federated_dataset, make_device
 
 __all__ = ["measure_quality", "MEASUREMENT_NOTE"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
-from fedrec.common.randomness import SEEDED_WARNING
+from fedrec.common.privacy.randomness import SEEDED_WARNING
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
 from fedrec.simulations.measure import MEASUREMENT_NOTE
@@ -220,7 +220,7 @@ def simulate(
 
 def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> None:
     """The run directory's ``config.json``: resolved configuration, noise, sizes, versions."""
-    from fedrec.common.ledger import library_versions
+    from fedrec.common.audit.ledger import library_versions
 
     run_dir.write_json("config.json", {
         "run_config": cfg.to_flat(), "noise_multiplier": sigma,

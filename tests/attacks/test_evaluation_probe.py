@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from fedrec.common.metrics import evaluation_keys, user_metric_sums
+from fedrec.common.evaluation.metrics import evaluation_keys, user_metric_sums
 
 N_ITEMS, DIM, KS = 80, 4, (10, 20)
 PROBES = np.arange(10, 20)  # the ten items the server places at ranks 1..10
@@ -53,7 +53,7 @@ TRUTH = frozenset(int(np.flatnonzero(PROBES == i)[0]) for i in HELD_OUT)
 
 def _device(sigma_budget=1e4):
     from fedrec.client.device import Device
-    from fedrec.common.dp import DPConfig, LocalConfig
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
     events = []
     dev = Device("device-000001", TRAIN, n_items=N_ITEMS, dim=DIM, local=LocalConfig(),
@@ -79,7 +79,7 @@ def test_a_private_device_never_sends_exact_sums():
 
 
 def test_the_probe_learns_only_what_is_accounted():
-    from fedrec.common.dp import epsilon_of_history
+    from fedrec.common.privacy.dpsgd import epsilon_of_history
 
     candidates = _candidates()
     dev, events = _device()

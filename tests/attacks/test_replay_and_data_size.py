@@ -69,12 +69,12 @@ def test_replaying_the_seeded_generators_recovers_nothing(tmp_path, monkeypatch)
     recovered = _replay(cfg, before, after, seen["count"])
     err = np.concatenate([(recovered[k] - seen["sum"][k]).ravel() for k in before])
     assert np.abs(err).max() < 1e-3 * std
-    from fedrec.common.ledger import Ledger
+    from fedrec.common.audit.ledger import Ledger
 
     records = Ledger.read(tmp_path / "b" / "run" / "ledgers" / "server.jsonl")
     assert {r["mechanism"]["randomness"] for r in records} == {"seeded"}
     # the audit says so, and says nothing of the kind for the private run
-    from fedrec.common.audit import audit_run, render_markdown
+    from fedrec.common.audit.report import audit_run, render_markdown
 
     for run, seeded in (("a", False), ("b", True)):
         report = audit_run(tmp_path / run / "run" / "ledgers", write=False, plots=False,
@@ -86,7 +86,7 @@ def test_replaying_the_seeded_generators_recovers_nothing(tmp_path, monkeypatch)
 def test_a_device_s_noise_cannot_be_regenerated_from_the_seed_and_its_id(tmp_path):
     """A device with no data sends pure noise; replaying sha256(seed/id) must not match it."""
     from fedrec.client.device import Device
-    from fedrec.common.dp import DPConfig, LocalConfig
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
     from fedrec.server.coordinator import initial_global_state
 
     cfg = RunConfig(synthetic_items=2000, dim=8)

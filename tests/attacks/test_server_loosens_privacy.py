@@ -15,7 +15,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedrec.client.sdk import FedRecClient, PolicySignals
-from fedrec.common.policy import RefusalCode
+from fedrec.common.privacy.policy import RefusalCode
 
 N_ITEMS, DIM = 30, 8
 CODES = {str(c) for c in RefusalCode}

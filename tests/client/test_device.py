@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrec.client.device import Device, Refusal, TrainReply
-from fedrec.common.dp import DPConfig, LocalConfig
-from fedrec.common.model import GLOBAL_KEYS, MatrixFactorization
+from fedrec.common.model.mf import GLOBAL_KEYS, MatrixFactorization
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
 N_ITEMS, DIM = 30, 4
 LOCAL = LocalConfig(epochs=1, sample_rate=0.5, lr=0.1)
@@ -118,7 +118,7 @@ def test_local_mode_accounting_matches_dp_accounting_over_rounds():
     """The device's claimed ε (Opacus PRV, persisted across rounds) is dp-accounting's PLD ε."""
     import dp_accounting
 
-    from fedrec.common.dp import DPConfig, LocalConfig
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
     local = LocalConfig(epochs=1, sample_rate=0.25, lr=0.1)
     dev = Device("d", np.arange(8), n_items=20, dim=4, local=local,

@@ -122,7 +122,7 @@ def test_availability_by_ids_predicate_and_mask(tmp_path):
 
 
 def test_diversity_freshness_and_explanations_through_the_sdk(tmp_path):
-    from fedrec.common.ranking import intra_list_similarity
+    from fedrec.common.model.ranking import intra_list_similarity
 
     pub = {i: 0.0 for i in IDS}
     pub["m55"] = 10_000.0
@@ -205,7 +205,7 @@ def test_open_refuses_contradictions_and_warns_without_dp(tmp_path):
 
 
 def test_sdk_dp_defaults_are_dpconfigs():
-    from fedrec.common.dp import DPConfig
+    from fedrec.common.privacy.dpsgd import DPConfig
 
     assert DEFAULT_DP == DPConfig().to_dict()
 
@@ -260,7 +260,7 @@ def test_train_round_trains_without_data_under_dp_and_refuses_past_the_budget(tm
 
 
 def test_privacy_report_and_the_signed_ledger(tmp_path):
-    from fedrec.common.ledger import verify_ledger
+    from fedrec.common.audit.ledger import verify_ledger
 
     with _open(tmp_path) as c:
         fresh = c.privacy_report()

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from fedrec.common.accounting import (
+from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
     DpRelease,
     accountant_error,

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedrec.common.audit as audit_module
+import fedrec.common.audit.report as audit_module
 from fedrec.cli import main
-from fedrec.common.accounting import DpRelease, epsilon
-from fedrec.common.audit import audit_run
-from fedrec.common.ledger import DeviceKey, Ledger
+from fedrec.common.audit.ledger import DeviceKey, Ledger
+from fedrec.common.audit.report import audit_run
+from fedrec.common.privacy.accounting import DpRelease, epsilon
 
 DELTA = 1e-5
 ROUNDS = 5

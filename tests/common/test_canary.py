@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.common.accounting import DpRelease, epsilon
-from fedrec.common.canary import (
+from fedrec.common.audit.canary import (
     one_run_epsilon_lower_bound,
     one_run_p_value,
     run_canary_audit,
 )
+from fedrec.common.privacy.accounting import DpRelease, epsilon
 
 # --------------------------------------------------------------------------- the bound
 

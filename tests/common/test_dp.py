@@ -4,7 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.dp import (
+from fedrec.common.model.mf import MatrixFactorization
+from fedrec.common.model.training import example_losses, gather
+from fedrec.common.privacy.dpsgd import (
     DPConfig,
     LocalConfig,
     calibrate_noise_multiplier,
@@ -12,8 +14,6 @@ from fedrec.common.dp import (
     per_example_sq_norms,
     train_local,
 )
-from fedrec.common.model import MatrixFactorization
-from fedrec.common.training import example_losses, gather
 
 
 def _brute_sq_norms(model, ids, loss, l2):

@@ -6,10 +6,16 @@ import math
 import numpy as np
 import pytest
 
+from fedrec.common.algorithms.features import feature_table, profile_fold_in
+from fedrec.common.algorithms.spectral import (
+    SpectralSpec,
+    contribution,
+    noise_multipliers,
+    phase_of_round,
+)
 from fedrec.common.config import RunConfig
-from fedrec.common.features import feature_table, item_features, profile_fold_in
-from fedrec.common.schema import ItemMetadata
-from fedrec.common.spectral import SpectralSpec, contribution, noise_multipliers, phase_of_round
+from fedrec.common.data.item_features import item_features
+from fedrec.common.data.schema import ItemMetadata
 
 
 def _meta():
@@ -87,7 +93,7 @@ def test_one_round_spec_and_single_release_accounting():
     cfg = RunConfig(algorithm="features", num_rounds=1, epsilon=2.0, accountant="rdp")
     (sigma,) = cfg.spectral_noise()
     assert cfg.device_noise() == sigma
-    from fedrec.common.dp import epsilon_of_history
+    from fedrec.common.privacy.dpsgd import epsilon_of_history
 
     assert epsilon_of_history("rdp", [(sigma, 1.0, 1)], cfg.delta) == pytest.approx(2.0, rel=2e-3)
     two = noise_multipliers(lambda h: epsilon_of_history("rdp", h, 1e-5), target_epsilon=2.0,

@@ -10,8 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from fedrec.common.accounting import DpRelease
-from fedrec.common.ledger import (
+from fedrec.common.audit.ledger import (
     FORMAT,
     GENESIS_HASH,
     DeviceKey,
@@ -23,6 +22,7 @@ from fedrec.common.ledger import (
     releases_from_ledger,
     verify_ledger,
 )
+from fedrec.common.privacy.accounting import DpRelease
 
 N = 6
 

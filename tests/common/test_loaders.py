@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common import loaders
-from fedrec.common.loaders import (
+from fedrec.common.data import loaders
+from fedrec.common.data.loaders import (
     DATASETS,
     load_dataset,
     load_event_log,
@@ -18,7 +18,7 @@ from fedrec.common.loaders import (
     load_ml_latest,
     load_recbole,
 )
-from fedrec.common.schema import DataFormatError, Interactions
+from fedrec.common.data.schema import DataFormatError, Interactions
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "loaders"
 BAD = FIXTURES / "bad"

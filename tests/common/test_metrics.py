@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.metrics import (
+from fedrec.common.data.schema import IdMap, Interactions
+from fedrec.common.evaluation.metrics import (
     combine_metric_sums,
     evaluate,
     evaluate_sampled,
@@ -15,7 +16,6 @@ from fedrec.common.metrics import (
     topk_items,
     user_metric_sums,
 )
-from fedrec.common.schema import IdMap, Interactions
 
 L2 = math.log2
 
@@ -303,7 +303,7 @@ def sampled_problem(seed=0, n_users=30, n_items=300):
     items = rng.integers(0, n_items, n)
     ts = rng.integers(0, 10**6, n)
     data = make(users, items, n_users, n_items, timestamps=ts)
-    from fedrec.common.splits import temporal_split
+    from fedrec.common.data.splits import temporal_split
 
     return temporal_split(data)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.common.model import GLOBAL_KEYS, LOCAL_KEYS, MatrixFactorization
+from fedrec.common.model.mf import GLOBAL_KEYS, LOCAL_KEYS, MatrixFactorization
 
 
 def test_global_and_local_parameters_partition_the_model():

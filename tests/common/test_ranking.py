@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.ranking import (
+from fedrec.common.model.ranking import (
     Explanation,
     Freshness,
     explain,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedrec.common.spectral import (
+from fedrec.common.algorithms.spectral import (
     PHASES,
     SpectralSpec,
     contribution,

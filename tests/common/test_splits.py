@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.schema import IdMap, Interactions
-from fedrec.common.splits import (
+from fedrec.common.data.schema import IdMap, Interactions
+from fedrec.common.data.splits import (
     Split,
     held_out_counts,
     random_split,

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fedrec.common.schema import Interactions
-from fedrec.common.synthetic import SyntheticDataset, generate_synthetic, make_synthetic
+from fedrec.common.data.schema import Interactions
+from fedrec.common.data.synthetic import SyntheticDataset, generate_synthetic, make_synthetic
 
 
 def arrays(data: Interactions) -> tuple[np.ndarray, ...]:

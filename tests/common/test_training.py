@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from fedrec.common.baselines import MostPopular
-from fedrec.common.metrics import evaluate
-from fedrec.common.splits import temporal_split
-from fedrec.common.synthetic import make_synthetic
-from fedrec.common.training import CentralizedTrainer, TrainConfig, sample_negatives
+from fedrec.common.data.splits import temporal_split
+from fedrec.common.data.synthetic import make_synthetic
+from fedrec.common.evaluation.metrics import evaluate
+from fedrec.common.model.baselines import MostPopular
+from fedrec.common.model.training import CentralizedTrainer, TrainConfig, sample_negatives
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,6 @@ def test_train_config_validation():
     with pytest.raises(ValueError):
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="empty"):
-        from fedrec.common.schema import IdMap, Interactions
+        from fedrec.common.data.schema import IdMap, Interactions
         empty = Interactions([], [], [], [], IdMap(["a"]), IdMap(["x"]))
         CentralizedTrainer(TrainConfig(epochs=1)).fit(empty)

@@ -20,7 +20,7 @@ from fedrec.cli.deploy import (
     write_connection,
     write_deploy_app,
 )
-from fedrec.common.deployment import (
+from fedrec.common.config import (
     NODE_ID_META,
     DeploymentSettings,
     catalog_fingerprint,
@@ -286,7 +286,7 @@ def _context(flat, node_config, node_id=5):
 def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
     from fedrec.client.deployment import arrays_to_numpy, make_deployment_client_app
     from fedrec.client.sdk import FedRecClient
-    from fedrec.common.model import GLOBAL_KEYS
+    from fedrec.common.model.mf import GLOBAL_KEYS
 
     flat, ids = _run_config(tmp_path)
     events = [{"kind": "purchase", "item_id": f"item-{i}", "timestamp": 1000 + i}

@@ -236,8 +236,8 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
         write_deploy_app,
     )
     from fedrec.client.sdk import FedRecClient
-    from fedrec.common.deployment import split_run_config
-    from fedrec.common.ledger import verify_ledger
+    from fedrec.common.audit.ledger import verify_ledger
+    from fedrec.common.config import split_run_config
     from fedrec.server.coordinator import initial_global_state
 
     root, procs = deployment

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fedrec.common.config import RunConfig
-from fedrec.common.dp import DPConfig, LocalConfig, make_accountant, train_local
-from fedrec.common.model import MatrixFactorization
+from fedrec.common.model.mf import MatrixFactorization
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
 from fedrec.server.coordinator import make_coordinator
 from fedrec.server.distributed_dp import DistributedDP
 
@@ -45,7 +45,7 @@ def test_items_carry_the_share_and_the_user_embedding_the_full_noise():
 
 def test_item_gradients_are_taken_at_the_servers_table(monkeypatch):
     """Every local step sees the server's item table; the user embedding moves between steps."""
-    import fedrec.common.dp as dp_module
+    import fedrec.common.privacy.dpsgd as dp_module
 
     seen = []
     real_gather = dp_module.gather
@@ -125,7 +125,7 @@ def test_accounting_matches_dp_accounting_with_the_noise_present(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "ledgers" / "secure-sum" / "node-0.jsonl")
             .read_text().splitlines()]
     assert [r["mechanism"]["noise_multiplier"] for r in recs] == pytest.approx([1.2, low])
-    from fedrec.common.audit import audit_run
+    from fedrec.common.audit.report import audit_run
 
     report = audit_run(tmp_path / "ledgers" / "secure-sum", accountants=("pld",), write=False,
                        plots=False, workers=1)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fedrec.client.device import Device, Refusal, TrainReply
+from fedrec.common.algorithms.spectral import SpectralSpec, contribution
 from fedrec.common.config import RunConfig
-from fedrec.common.dp import DPConfig
-from fedrec.common.spectral import SpectralSpec, contribution
+from fedrec.common.privacy.dpsgd import DPConfig
 from fedrec.server.coordinator import Reply, make_coordinator
 
 SPEC = SpectralSpec(n_items=40, dim=2, top_items=12, max_items=5, unit="example")
@@ -82,7 +82,7 @@ def _coordinator(privacy, tmp_path, **kw):
 
 
 def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
-    from fedrec.common.audit import audit_run
+    from fedrec.common.audit.report import audit_run
 
     cfg, coord = _coordinator("user", tmp_path)
     assert coord.secure  # the contributions are item indicators: only sums reach the server

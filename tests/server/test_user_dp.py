@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedrec.common.config import RunConfig
-from fedrec.common.randomness import NoiseSource
+from fedrec.common.privacy.randomness import NoiseSource
 from fedrec.server.coordinator import Reply, make_coordinator
 from fedrec.server.user_dp import UserLevelDP, clip_delta, noisy_mean
 
@@ -61,7 +61,7 @@ def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_pat
     assert records[-1]["claimed_epsilon"] == pytest.approx(expected, abs=0.02)
     assert expected <= cfg.epsilon + 0.02  # calibrated to the budget
 
-    from fedrec.common.audit import audit_run
+    from fedrec.common.audit.report import audit_run
 
     report = audit_run(tmp_path, accountants=("pld",), plots=False, write=False)
     assert report.server is not None and report.server.integrity == "ok"

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedrec.client.client_app import arrays_to_numpy, numpy_to_arrays
 from fedrec.common.config import RunConfig
-from fedrec.common.model import GLOBAL_KEYS
+from fedrec.common.model.mf import GLOBAL_KEYS
 from fedrec.server.coordinator import initial_global_state
 from fedrec.simulations.apps import make_apps, state_store
 from fedrec.simulations.federation import federated_dataset
@@ -124,7 +124,7 @@ def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setu
     history = json.loads(_stored(cfg, "accountant"))["history"]
     assert sum(h[2] for h in history) == 4 * cfg.local_config().steps  # nothing lost
     ledger = cfg.run_dir + "/ledgers/device-000003.jsonl"
-    from fedrec.common.ledger import verify_ledger
+    from fedrec.common.audit.ledger import verify_ledger
 
     assert [json.loads(x)["round"] for x in open(ledger).read().splitlines()] == [1, 2, 3, 4]
     key = cfg.run_dir + "/ledgers/keys/device-000003.pub.pem"

@@ -11,8 +11,8 @@ from fedrec.common.config import RunConfig
 
 
 def test_flower_local_features_run_is_one_audited_release(tmp_path):
-    from fedrec.common.audit import audit_run
-    from fedrec.common.features import item_features
+    from fedrec.common.audit.report import audit_run
+    from fedrec.common.data.item_features import item_features
     from fedrec.simulations.federation import federated_dataset
     from fedrec.simulations.runner import simulate
 

@@ -64,7 +64,7 @@ def test_every_device_that_trained_has_a_ledger_within_budget(run):
 @pytest.mark.slow
 def test_audit_of_a_simulation_recomputes_what_devices_claimed(run):
     from fedrec.cli import main
-    from fedrec.common.audit import audit_run
+    from fedrec.common.audit.report import audit_run
 
     cfg, result, _ = run
     report = audit_run(result.run_dir, accountants=("pld", "rdp"), plots=False,

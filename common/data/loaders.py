@@ -6,7 +6,7 @@ Supported formats:
   ml-latest / ml-latest-small / ml-20m / ml-25m (:func:`load_ml_latest`).
 * RecBole atomic files, ``NAME.inter`` plus optional ``NAME.item`` (:func:`load_recbole`).
 * Any CSV or Parquet event log with a column mapping (:func:`load_event_log`).
-* The synthetic generator of :mod:`fedrec.common.synthetic`, through :func:`load_dataset`.
+* The synthetic generator of :mod:`fedrec.common.data.synthetic`, through :func:`load_dataset`.
 
 Id maps:
     Dense indices never depend on file order: user and item maps are built with

@@ -7,7 +7,7 @@ sample of the data with probability ``q`` (or on all of it: ``sampling_probabili
 the same as ``1.0``, no amplification by sampling). A device's local DP-SGD in one round is
 one release (unit of privacy: one example); the server's DP-FedAvg noise in one round is one
 release too (unit: one user). The event types are the same; the unit is recorded in the
-ledger (:mod:`fedrec.common.ledger`), not here.
+ledger (:mod:`fedrec.common.audit.ledger`), not here.
 
 The accountants turn a list of releases into ε at a target δ for the add/remove-one
 neighbouring relation. Composition is commutative, so ε depends only on the multiset of

@@ -1,7 +1,7 @@
 """Recompute every device's ε from a run's signed ledgers, and check it.
 
 :func:`audit_run` is what ``fedrec audit RUN`` does. For every ledger in ``RUN/ledgers``
-(layout in :mod:`fedrec.common.ledger`):
+(layout in :mod:`fedrec.common.audit.ledger`):
 
 1. verify the hash chain and the signatures with the signer's public key
    (``ledgers/keys/<device_id>.pub.pem``); name the first bad record of a tampered ledger;
@@ -14,7 +14,7 @@
 5. summarise (max / median / min ε over devices, user-level ε from ``server.jsonl``) and write
    ``report.json``, ``report.md`` and two plots (ε over rounds, ε distribution).
 
-ε depends only on the multiset of ``(σ, q) → steps`` (:func:`~fedrec.common.accounting.
+ε depends only on the multiset of ``(σ, q) → steps`` (:func:`~fedrec.common.privacy.accounting.
 canonical_history`), so the work is one evaluation per *distinct* history, not per device.
 """
 
@@ -32,7 +32,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedrec.common.accounting import (
+from fedrec.common.audit.ledger import (
+    FORMAT,
+    LedgerError,
+    library_versions,
+    load_public_key,
+    releases_from_ledger,
+    verify_ledger,
+)
+from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_EPS_ERROR,
     DpRelease,
@@ -42,15 +50,7 @@ from fedrec.common.accounting import (
     canonical_history,
     epsilon,
 )
-from fedrec.common.ledger import (
-    FORMAT,
-    LedgerError,
-    library_versions,
-    load_public_key,
-    releases_from_ledger,
-    verify_ledger,
-)
-from fedrec.common.randomness import SEEDED_WARNING
+from fedrec.common.privacy.randomness import SEEDED_WARNING
 
 __all__ = [
     "AuditReport",
@@ -396,7 +396,7 @@ def _read_ledger(
     key_path = key_dir / f"{device_id}.pub.pem"
     try:
         if not key_path.exists():
-            from fedrec.common.ledger import Ledger
+            from fedrec.common.audit.ledger import Ledger
 
             records = Ledger.read(path)
             audit.integrity = "no-key"
@@ -585,7 +585,7 @@ def audit_run(
         all_signatures: Check every record's signature (default). ``False`` checks each
             chain's last one only, which authenticates every signed byte through the chain
             but not earlier records' signature fields (see
-            :func:`~fedrec.common.ledger.verify_ledger`).
+            :func:`~fedrec.common.audit.ledger.verify_ledger`).
     """
     start = time.perf_counter()
     accountants = tuple(dict.fromkeys(accountants))

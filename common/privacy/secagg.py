@@ -9,7 +9,7 @@ device and round, and a device whose share would still be clipped declines
 
 Every coordinate of a device's vector is ``signal + noise`` with ``|signal| ≤ S`` by
 construction (DP-SGD: each step's clipped sum is clamped to ``±C·B``, see
-:func:`fedrec.common.dp.train_local`; spectral contributions lie in ``[0, 1]``) and noise
+:func:`fedrec.common.privacy.dpsgd.train_local`; spectral contributions lie in ``[0, 1]``) and noise
 ``N(0, s²)`` with ``s`` public. With ``D`` values per device,
 ``c = S + s·√(2 ln(D / p))`` makes ``P(any |noise| > c - S) ≤ D·exp(-z²/2) = p`` (Gaussian
 tail bound for ``z ≥ 1``).

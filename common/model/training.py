@@ -1,4 +1,4 @@
-"""Implicit-feedback training of :class:`~fedrec.common.model.MatrixFactorization`.
+"""Implicit-feedback training of :class:`~fedrec.common.model.mf.MatrixFactorization`.
 
 Two objectives over sampled negatives:
 
@@ -9,9 +9,9 @@ Two objectives over sampled negatives:
 
 Losses are computed *per example* from embedding rows gathered out of the tables
 (:func:`example_losses`), so that the differentially private trainer can get each example's
-gradient from one backward pass (see :mod:`fedrec.common.dp`). Negatives are drawn uniformly
-from the whole catalog (excluding only the example's own positive), which does not depend on
-any other example: a requirement for example-level DP.
+gradient from one backward pass (see :mod:`fedrec.common.privacy.dpsgd`). Negatives are drawn
+uniformly from the whole catalog (excluding only the example's own positive), which does not
+depend on any other example: a requirement for example-level DP.
 
 :class:`CentralizedTrainer` trains all users in one process; it is the reference that the
 federated version is measured against.
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fedrec.common.model import MatrixFactorization
-from fedrec.common.schema import Interactions
+from fedrec.common.data.schema import Interactions
+from fedrec.common.model.mf import MatrixFactorization
 
 __all__ = [
     "TrainConfig",

@@ -31,9 +31,15 @@ from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from fedrec.common.model import MatrixFactorization
-from fedrec.common.randomness import NoiseSource
-from fedrec.common.training import LOSSES, GatheredBatch, example_losses, gather, sample_negatives
+from fedrec.common.model.mf import MatrixFactorization
+from fedrec.common.model.training import (
+    LOSSES,
+    GatheredBatch,
+    example_losses,
+    gather,
+    sample_negatives,
+)
+from fedrec.common.privacy.randomness import NoiseSource
 
 __all__ = [
     "DPConfig",
@@ -213,7 +219,7 @@ class _DPOptimizer(DPOptimizerFastGradientClipping):
     Scaling and the step are Opacus' own. The noise is Opacus' Gaussian of std
     ``noise_multiplier · max_grad_norm`` with three differences, each off by default:
 
-    * ``noise_source``: a secure :class:`~fedrec.common.randomness.NoiseSource` draws the
+    * ``noise_source``: a secure :class:`~fedrec.common.privacy.randomness.NoiseSource` draws the
       noise (OS entropy, Opacus' four-normal construction) instead of the torch generator;
     * ``noise_scale``: parameters listed there get that fraction of the noise std (distributed
       DP: the item tables carry a share of the noise, the rest coming from the other devices
@@ -307,7 +313,7 @@ def train_local(
             secure source, for the noise): a seeded one in reproducible simulations; ``None``
             draws one from OS entropy.
         noise_source: where the DP noise comes from; a secure
-            :class:`~fedrec.common.randomness.NoiseSource` (OS entropy, Opacus' four-normal
+            :class:`~fedrec.common.privacy.randomness.NoiseSource` (OS entropy, Opacus' four-normal
             construction) unless it is seeded or ``None`` (then the torch ``generator``).
         noise_share: distributed DP (needs ``dp``): the item tables get noise of std
             ``noise_share · noise_multiplier · max_grad_norm`` per step instead of the full
@@ -431,7 +437,7 @@ def calibrate_noise_multiplier(
     """
     from opacus.accountants.utils import get_noise_multiplier
 
-    from fedrec.common.policy import MAX_CALIBRATION_EPSILON
+    from fedrec.common.privacy.policy import MAX_CALIBRATION_EPSILON
 
     if not 0 < target_epsilon <= MAX_CALIBRATION_EPSILON:
         raise ValueError(f"target_epsilon must lie in (0, {MAX_CALIBRATION_EPSILON:g}] for "

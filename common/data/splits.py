@@ -1,4 +1,4 @@
-"""Train/test splits of an :class:`~fedrec.common.schema.Interactions`, per DESIGN.md.
+"""Train/test splits of an :class:`~fedrec.common.data.schema.Interactions`, per DESIGN.md.
 
 The evaluation protocol (DESIGN.md, "Evaluation protocol") is a per-user *temporal* split:
 sort each user's interactions by ``(timestamp, item index)``; the last
@@ -14,7 +14,7 @@ Consequences worth knowing:
 * The id maps are never changed: every user and item of the input is still in both halves'
   maps, even where one half has no interaction for them.
 * Rows keep their original relative order inside each half (the halves are
-  :meth:`~fedrec.common.schema.Interactions.subset` s of the input by a boolean mask).
+  :meth:`~fedrec.common.data.schema.Interactions.subset` s of the input by a boolean mask).
 
 Everything is vectorized (one ``lexsort`` over all interactions); ML-100K splits in a few
 milliseconds.
@@ -27,7 +27,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from fedrec.common.schema import Interactions
+from fedrec.common.data.schema import Interactions
 
 __all__ = ["Split", "temporal_split", "validation_split", "random_split", "held_out_counts"]
 

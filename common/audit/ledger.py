@@ -84,7 +84,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedrec.common.accounting import DpRelease
+from fedrec.common.privacy.accounting import DpRelease
 
 __all__ = [
     "FORMAT",

@@ -73,9 +73,10 @@ class SpectralSpec:
         unit: ``"example"`` (one interaction) or ``"user"`` (a whole device).
         popularity_share: the fraction of the budget (of ``1/σ²``) spent on popularity.
         rounds: 2 (popularity, then co-occurrence) or 1 (popularity alone, with the whole
-            budget: ``popularity_share`` 1; the features algorithm, :mod:`fedrec.common.features`).
+            budget: ``popularity_share`` 1; the features algorithm,
+            :mod:`fedrec.common.algorithms.features`).
         feature_scale: features algorithm: the user-profile scale of
-            :func:`~fedrec.common.features.profile_fold_in`.
+            :func:`~fedrec.common.algorithms.features.profile_fold_in`.
         feature_smoothing: features algorithm: its smoothing constant.
     """
 

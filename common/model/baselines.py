@@ -1,14 +1,14 @@
 """Non-personalized baselines every private model must beat (DESIGN.md).
 
 Both expose ``fit(train) -> self`` and ``scores(users) -> (len(users), n_items)`` floats, so
-``model.scores`` can be passed straight to :func:`fedrec.common.metrics.evaluate`.
+``model.scores`` can be passed straight to :func:`fedrec.common.evaluation.metrics.evaluate`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fedrec.common.schema import Interactions
+from fedrec.common.data.schema import Interactions
 
 __all__ = ["MostPopular", "RandomRecommender"]
 

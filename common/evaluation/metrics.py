@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from fedrec.common.schema import Interactions
+from fedrec.common.data.schema import Interactions
 
 __all__ = [
     "DEFAULT_KS",

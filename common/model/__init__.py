@@ -1,0 +1,30 @@
+"""The matrix-factorization model, its centralized trainer, reference recommenders and
+on-device ranking.
+"""
+
+from fedrec.common._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "Availability": "ranking",
+    "CentralizedTrainer": "training",
+    "Explanation": "ranking",
+    "Freshness": "ranking",
+    "GLOBAL_KEYS": "mf",
+    "GatheredBatch": "training",
+    "LOCAL_KEYS": "mf",
+    "MatrixFactorization": "mf",
+    "MostPopular": "baselines",
+    "RandomRecommender": "baselines",
+    "RankedItem": "ranking",
+    "TrainConfig": "training",
+    "example_losses": "training",
+    "explain": "ranking",
+    "fold_in": "ranking",
+    "freshness_boost": "ranking",
+    "intra_list_similarity": "ranking",
+    "mmr_order": "ranking",
+    "rank": "ranking",
+    "sample_negatives": "training",
+    "score_items": "ranking",
+    "top_candidates": "ranking",
+})
