@@ -1,6 +1,4 @@
-"""Data: the interaction schema, loaders of public formats, splits, the synthetic generator,
-public item features.
-"""
+"""Data: interaction schema, format loaders, splits, synthetic data, public item features."""
 
 from fedrec.common._lazy import lazy_exports
 

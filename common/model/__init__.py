@@ -1,6 +1,4 @@
-"""The matrix-factorization model, its centralized trainer, reference recommenders and
-on-device ranking.
-"""
+"""The MF model, its centralized trainer, reference recommenders and on-device ranking."""
 
 from fedrec.common._lazy import lazy_exports
 
