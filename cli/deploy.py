@@ -77,6 +77,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "register",
@@ -136,34 +141,15 @@ def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
         raise ValueError(f"{', '.join(existing)} already exist; pass --force to replace them")
 
 
-def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
-                          days: int = 365, force: bool = False) -> dict[str, Path]:
-    """A CA and a SuperLink server certificate signed by it (ECDSA P-256, SHA-256).
-
-    The server certificate's subject alternative names are ``localhost``, ``127.0.0.1`` and
-    ``::1`` (the SuperLink's own runtime connects over loopback) plus ``hosts``.
-
-    Returns:
-        paths by role: ``ca_cert`` (``ca.crt``: give it to the SuperNodes and ``flwr``),
-        ``ca_key`` (``ca.key``: keep offline), ``server_cert`` (``server.pem``) and
-        ``server_key`` (``server.key``) for the SuperLink.
-    """
+def _ca_certificate(
+    not_before: datetime.datetime, not_after: datetime.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, x509.Certificate]:
+    """A fresh self-signed CA: its key, its name and its certificate (ECDSA P-256)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"ca_cert": out / "ca.crt", "ca_key": out / "ca.key",
-             "server_cert": out / "server.pem", "server_key": out / "server.key"}
-    _refuse_overwrite(list(paths.values()), force)
-    if days < 1:
-        raise ValueError(f"--days must be >= 1, got {days}")
-
-    now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(
-        days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
                          x509.NameAttribute(NameOID.COMMON_NAME, "fedrec deployment CA")])
@@ -182,6 +168,22 @@ def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_name, ca_cert
+
+
+def _server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, hosts: Sequence[str],
+    not_before: datetime.datetime, not_after: datetime.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh SuperLink key and its certificate, signed by the CA.
+
+    Subject alternative names: :data:`DEFAULT_HOSTS` plus ``hosts`` (IP addresses as such,
+    other names as DNS names).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     names: list[x509.GeneralName] = []
     seen: set[str] = set()
@@ -216,6 +218,36 @@ def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
             ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return server_key, server_cert
+
+
+def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
+                          days: int = 365, force: bool = False) -> dict[str, Path]:
+    """A CA and a SuperLink server certificate signed by it (ECDSA P-256, SHA-256).
+
+    The server certificate's subject alternative names are ``localhost``, ``127.0.0.1`` and
+    ``::1`` (the SuperLink's own runtime connects over loopback) plus ``hosts``.
+
+    Returns:
+        paths by role: ``ca_cert`` (``ca.crt``: give it to the SuperNodes and ``flwr``),
+        ``ca_key`` (``ca.key``: keep offline), ``server_cert`` (``server.pem``) and
+        ``server_key`` (``server.key``) for the SuperLink.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"ca_cert": out / "ca.crt", "ca_key": out / "ca.key",
+             "server_cert": out / "server.pem", "server_key": out / "server.key"}
+    _refuse_overwrite(list(paths.values()), force)
+    if days < 1:
+        raise ValueError(f"--days must be >= 1, got {days}")
+
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(
+        days=days)
+    ca_key, ca_name, ca_cert = _ca_certificate(not_before, not_after)
+    server_key, server_cert = _server_certificate(ca_key, ca_name, hosts, not_before, not_after)
 
     pem = serialization.Encoding.PEM
     key_format = serialization.PrivateFormat.PKCS8
@@ -682,122 +714,158 @@ def _run_supernode(args: argparse.Namespace) -> int:
     return _supervise(cmd, args)
 
 
+def _add_certs_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``certs`` subcommand's parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(name, help=help_text, formatter_class=fmt, description=(
+        "Generate a CA and a SuperLink TLS certificate signed by it (ECDSA P-256), for "
+        "localhost, 127.0.0.1 and ::1 plus any --host.\n\n" + _GUIDE))
+    p.add_argument("out_dir", help="folder for ca.crt, ca.key, server.pem, server.key")
+    p.add_argument("--host", action="append", default=[],
+                   help="another DNS name or IP the SuperNodes use to reach the "
+                        "SuperLink (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=_run_certs)
+
+
+def _add_node_keys_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``node-keys`` subcommand's parser."""
+    p = sub.add_parser(name, help=help_text, description=(
+        "Generate SuperNode authentication key pairs (OpenSSH ECDSA, as "
+        "`ssh-keygen -t ecdsa -b 384` writes): PREFIX-i (private) and PREFIX-i.pub "
+        "(register it with `flwr supernode register`)."))
+    p.add_argument("out_dir")
+    p.add_argument("--count", type=int, default=1, help="key pairs (default 1)")
+    p.add_argument("--prefix", default="node", help="file name prefix (default node)")
+    p.add_argument("--start", type=int, default=1, help="first index (default 1)")
+    p.add_argument("--curve", choices=sorted(_CURVES), default="p384",
+                   help="NIST curve (default p384, as Flower's guide)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=_run_node_keys)
+
+
+def _add_connection_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``connection`` subcommand's parser."""
+    p = sub.add_parser(name, help=help_text, description=(
+        "Add a SuperLink connection for `flwr` (run, supernode register, ls ...) to "
+        "$FLWR_HOME/config.toml (default ~/.flwr), keeping the others."))
+    p.add_argument("name", help="connection name (e.g. fedrec-tls)")
+    p.add_argument("--address", required=True, help="SuperLink HOST:PORT")
+    p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS (prints a loud warning; debugging on loopback only)")
+    p.add_argument("--flwr-home", default=None, help="default $FLWR_HOME or ~/.flwr")
+    p.add_argument("--default", action="store_true", help="make it the default")
+    p.set_defaults(func=_run_connection)
+
+
+def _add_deploy_app_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``deploy-app`` subcommand's parser."""
+    p = sub.add_parser(name, help=help_text, description=write_deploy_app.__doc__)
+    p.add_argument("out_dir", help="the Flower App folder to write")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--n-items", type=int, help="catalog size (items are rows 0..N-1)")
+    group.add_argument("--catalog", help="JSON file: the item ids in row order (a list, "
+                                         "or {\"item_ids\": [...]})")
+    p.add_argument("--min-nodes", type=int, default=1,
+                   help="devices to wait for before round 1 (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any run-config key (repeatable), e.g. num-rounds=20")
+    p.add_argument("--force", action="store_true", help="replace an existing app")
+    p.set_defaults(func=_run_deploy_app)
+
+
+def _add_superlink_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``superlink`` subcommand's parser."""
+    p = sub.add_parser(name, help=help_text, description=(
+        "Start flower-superlink with TLS (the certificates of `fedrec certs`) and "
+        "SuperNode authentication (only registered keys may connect). Replaces this "
+        "process by flower-superlink."))
+    p.add_argument("--certs", help="folder written by `fedrec certs`")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for remote "
+                        "devices)")
+    p.add_argument("--port", type=int, default=9093, help="port (default 9093)")
+    p.add_argument("--database", default=None,
+                   help="SQLite file of the SuperLink's state (registered nodes, runs); "
+                        "default in memory")
+    p.add_argument("--insecure", action="store_true",
+                   help="NO TLS and NO SuperNode authentication (loud warning)")
+    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p.set_defaults(func=_run_superlink)
+
+
+def _add_reconnection_options(p: argparse.ArgumentParser) -> None:
+    """The ``supernode`` options on reconnecting and on rejoining after a crash."""
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="flower-supernode: reconnection attempts (default unlimited)")
+    p.add_argument("--max-wait-time", type=float, default=None,
+                   help="flower-supernode: seconds to keep reconnecting (default "
+                        "unlimited)")
+    p.add_argument("--rejoin-timeout", type=float, default=90.0,
+                   help="keep retrying for this many seconds when the SuperLink refuses "
+                        "to activate this node (default 90: Flower releases a crashed "
+                        "node's session within 60 s); 0: fail at once")
+    p.add_argument("--rejoin-delay", type=float, default=5.0,
+                   help="after closing a session a crash left open, wait this long "
+                        "before rejoining (default 5 s: the ServerApp polls every 3 s and "
+                        "must see the old session closed to stop waiting for it)")
+
+
+def _add_supernode_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """The ``supernode`` subcommand's parser."""
+    p = sub.add_parser(name, help=help_text, description=(
+        "Start flower-supernode for one device: TLS to the SuperLink, its "
+        "authentication key, and --node-config naming the device's SQLite store (state "
+        "kept across restarts). After a crash it first closes the session the dead "
+        "SuperNode left open on the SuperLink (authenticated with this node's key), and "
+        "it retries while the SuperLink still refuses the node (--rejoin-timeout)."))
+    p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink HOST:PORT")
+    p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
+    p.add_argument("--auth-key", help="this SuperNode's private key (fedrec node-keys)")
+    p.add_argument("--store", required=True, help="the device's SQLite store")
+    p.add_argument("--events", default=None,
+                   help="demo data: a JSON/CSV file of this user's events, imported once")
+    p.add_argument("--catalog", default=None,
+                   help="JSON file of item ids in row order (else the store's catalog, "
+                        "else ids are row numbers)")
+    p.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="more node-config (e.g. epsilon-budget=4, charging=false)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="host of this SuperNode's local runtime API (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9094,
+                   help="port of this SuperNode's local runtime API (default 9094; one "
+                        "per SuperNode on a machine)")
+    p.add_argument("--runtime-certs", default=None,
+                   help="a `fedrec certs` folder made for this device: serve the "
+                        "SuperNode's local runtime API (to its ClientApp processes) over "
+                        "TLS as well (default: plain HTTP on loopback)")
+    _add_reconnection_options(p)
+    p.add_argument("--insecure", action="store_true",
+                   help="NO TLS (loud warning); SuperNode authentication then needs the "
+                        "SuperLink's TLS anyway")
+    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p.set_defaults(func=_run_supernode)
+
+
+#: Each subcommand of this module, by name, and the function adding its parser.
+_PARSERS = {
+    "certs": _add_certs_parser,
+    "node-keys": _add_node_keys_parser,
+    "connection": _add_connection_parser,
+    "deploy-app": _add_deploy_app_parser,
+    "superlink": _add_superlink_parser,
+    "supernode": _add_supernode_parser,
+}
+
+
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Add one of this module's subcommands (``name`` picks which)."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    if name == "certs":
-        p = sub.add_parser(name, help=help_text, formatter_class=fmt, description=(
-            "Generate a CA and a SuperLink TLS certificate signed by it (ECDSA P-256), for "
-            "localhost, 127.0.0.1 and ::1 plus any --host.\n\n" + _GUIDE))
-        p.add_argument("out_dir", help="folder for ca.crt, ca.key, server.pem, server.key")
-        p.add_argument("--host", action="append", default=[],
-                       help="another DNS name or IP the SuperNodes use to reach the "
-                            "SuperLink (repeatable)")
-        p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-        p.add_argument("--force", action="store_true", help="replace existing files")
-        p.set_defaults(func=_run_certs)
-    elif name == "node-keys":
-        p = sub.add_parser(name, help=help_text, description=(
-            "Generate SuperNode authentication key pairs (OpenSSH ECDSA, as "
-            "`ssh-keygen -t ecdsa -b 384` writes): PREFIX-i (private) and PREFIX-i.pub "
-            "(register it with `flwr supernode register`)."))
-        p.add_argument("out_dir")
-        p.add_argument("--count", type=int, default=1, help="key pairs (default 1)")
-        p.add_argument("--prefix", default="node", help="file name prefix (default node)")
-        p.add_argument("--start", type=int, default=1, help="first index (default 1)")
-        p.add_argument("--curve", choices=sorted(_CURVES), default="p384",
-                       help="NIST curve (default p384, as Flower's guide)")
-        p.add_argument("--force", action="store_true", help="replace existing files")
-        p.set_defaults(func=_run_node_keys)
-    elif name == "connection":
-        p = sub.add_parser(name, help=help_text, description=(
-            "Add a SuperLink connection for `flwr` (run, supernode register, ls ...) to "
-            "$FLWR_HOME/config.toml (default ~/.flwr), keeping the others."))
-        p.add_argument("name", help="connection name (e.g. fedrec-tls)")
-        p.add_argument("--address", required=True, help="SuperLink HOST:PORT")
-        p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
-        p.add_argument("--insecure", action="store_true",
-                       help="no TLS (prints a loud warning; debugging on loopback only)")
-        p.add_argument("--flwr-home", default=None, help="default $FLWR_HOME or ~/.flwr")
-        p.add_argument("--default", action="store_true", help="make it the default")
-        p.set_defaults(func=_run_connection)
-    elif name == "deploy-app":
-        p = sub.add_parser(name, help=help_text, description=write_deploy_app.__doc__)
-        p.add_argument("out_dir", help="the Flower App folder to write")
-        group = p.add_mutually_exclusive_group(required=True)
-        group.add_argument("--n-items", type=int, help="catalog size (items are rows 0..N-1)")
-        group.add_argument("--catalog", help="JSON file: the item ids in row order (a list, "
-                                             "or {\"item_ids\": [...]})")
-        p.add_argument("--min-nodes", type=int, default=1,
-                       help="devices to wait for before round 1 (default 1)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any run-config key (repeatable), e.g. num-rounds=20")
-        p.add_argument("--force", action="store_true", help="replace an existing app")
-        p.set_defaults(func=_run_deploy_app)
-    elif name == "superlink":
-        p = sub.add_parser(name, help=help_text, description=(
-            "Start flower-superlink with TLS (the certificates of `fedrec certs`) and "
-            "SuperNode authentication (only registered keys may connect). Replaces this "
-            "process by flower-superlink."))
-        p.add_argument("--certs", help="folder written by `fedrec certs`")
-        p.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for remote "
-                            "devices)")
-        p.add_argument("--port", type=int, default=9093, help="port (default 9093)")
-        p.add_argument("--database", default=None,
-                       help="SQLite file of the SuperLink's state (registered nodes, runs); "
-                            "default in memory")
-        p.add_argument("--insecure", action="store_true",
-                       help="NO TLS and NO SuperNode authentication (loud warning)")
-        p.add_argument("--dry-run", action="store_true", help="print the command only")
-        p.set_defaults(func=_run_superlink)
-    elif name == "supernode":
-        p = sub.add_parser(name, help=help_text, description=(
-            "Start flower-supernode for one device: TLS to the SuperLink, its "
-            "authentication key, and --node-config naming the device's SQLite store (state "
-            "kept across restarts). After a crash it first closes the session the dead "
-            "SuperNode left open on the SuperLink (authenticated with this node's key), and "
-            "it retries while the SuperLink still refuses the node (--rejoin-timeout)."))
-        p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink HOST:PORT")
-        p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
-        p.add_argument("--auth-key", help="this SuperNode's private key (fedrec node-keys)")
-        p.add_argument("--store", required=True, help="the device's SQLite store")
-        p.add_argument("--events", default=None,
-                       help="demo data: a JSON/CSV file of this user's events, imported once")
-        p.add_argument("--catalog", default=None,
-                       help="JSON file of item ids in row order (else the store's catalog, "
-                            "else ids are row numbers)")
-        p.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
-                       help="more node-config (e.g. epsilon-budget=4, charging=false)")
-        p.add_argument("--host", default="127.0.0.1",
-                       help="host of this SuperNode's local runtime API (default 127.0.0.1)")
-        p.add_argument("--port", type=int, default=9094,
-                       help="port of this SuperNode's local runtime API (default 9094; one "
-                            "per SuperNode on a machine)")
-        p.add_argument("--runtime-certs", default=None,
-                       help="a `fedrec certs` folder made for this device: serve the "
-                            "SuperNode's local runtime API (to its ClientApp processes) over "
-                            "TLS as well (default: plain HTTP on loopback)")
-        p.add_argument("--max-retries", type=int, default=None,
-                       help="flower-supernode: reconnection attempts (default unlimited)")
-        p.add_argument("--max-wait-time", type=float, default=None,
-                       help="flower-supernode: seconds to keep reconnecting (default "
-                            "unlimited)")
-        p.add_argument("--rejoin-timeout", type=float, default=90.0,
-                       help="keep retrying for this many seconds when the SuperLink refuses "
-                            "to activate this node (default 90: Flower releases a crashed "
-                            "node's session within 60 s); 0: fail at once")
-        p.add_argument("--rejoin-delay", type=float, default=5.0,
-                       help="after closing a session a crash left open, wait this long "
-                            "before rejoining (default 5 s: the ServerApp polls every 3 s and "
-                            "must see the old session closed to stop waiting for it)")
-        p.add_argument("--insecure", action="store_true",
-                       help="NO TLS (loud warning); SuperNode authentication then needs the "
-                            "SuperLink's TLS anyway")
-        p.add_argument("--dry-run", action="store_true", help="print the command only")
-        p.set_defaults(func=_run_supernode)
-    else:  # pragma: no cover - a _COMMANDS entry without a parser here
+    add_parser = _PARSERS.get(name)
+    if add_parser is None:  # pragma: no cover - a _COMMANDS entry without a parser here
         raise ValueError(f"fedrec.cli.deploy has no subcommand {name!r}")
+    add_parser(sub, name, help_text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -617,20 +617,7 @@ class Ledger:
         digest = record_hash(record)
         record["hash"] = digest
         record["signature"] = base64.b64encode(self._key.sign(bytes.fromhex(digest))).decode()
-        line = _dumps(record) + b"\n"
-        created = not self.path.exists()
-        if created:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            _fsync_dir(self.path.parent)
+        _append_durably(self.path, _dumps(record) + b"\n")
         self._next_seq += 1
         self._prev_hash = digest
         return record
@@ -648,6 +635,23 @@ class Ledger:
                 except ValueError as exc:
                     raise LedgerError(f"{path}, line {lineno}: not valid JSON ({exc}).") from exc
         return out
+
+
+def _append_durably(path: Path, line: bytes) -> None:
+    """Append ``line`` to ``path`` and ``fsync`` it (and the folder when the file is new)."""
+    created = not path.exists()
+    if created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

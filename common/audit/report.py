@@ -588,107 +588,56 @@ def audit_run(
             :func:`~fedrec.common.audit.ledger.verify_ledger`).
     """
     start = time.perf_counter()
-    accountants = tuple(dict.fromkeys(accountants))
-    if not accountants:
-        raise ValueError("give at least one accountant (pld, prv, rdp).")
-    for name in accountants:
-        if name not in ACCOUNTANTS:
-            raise ValueError(f"unknown accountant {name!r}; choose from {', '.join(ACCOUNTANTS)}.")
-    if budget is not None and not budget > 0:
-        raise ValueError(f"budget must be a positive ε, got {budget!r}.")
-    if target_delta is not None and not 0 < target_delta < 1:
-        raise ValueError(f"target_delta must be in (0, 1), got {target_delta!r}.")
+    accountants = _checked_accountants(accountants, budget, target_delta)
     source = Path(path)
     ledger_dir = find_ledger_dir(source)
-    key_dir = ledger_dir / "keys"
     files = sorted(ledger_dir.glob("*.jsonl"))
     if not files:
         raise ValueError(f"no *.jsonl ledgers in {ledger_dir}.")
 
-    audits: list[LedgerAudit] = []
-    per_ledger: list[tuple[LedgerAudit, list[dict], list[DpRelease]]] = []
-    for audit, records in _read_all(files, key_dir, all_signatures):
-        releases = _describe(audit, records)
-        if target_delta is not None:
-            audit.target_delta = float(target_delta)
-        elif math.isnan(audit.target_delta):
-            audit.target_delta = 1e-5
-            audit.notes.append("no δ recorded; audited at 1e-5")
-        audits.append(audit)
-        per_ledger.append((audit, records, releases))
+    report = _audit_ledgers(
+        source, ledger_dir, files, accountants, budget=budget, target_delta=target_delta,
+        workers=workers, value_discretization_interval=value_discretization_interval,
+        eps_error=eps_error, all_signatures=all_signatures,
+    )
+    if write:
+        out = Path(out_dir) if out_dir is not None else _default_out_dir(source, ledger_dir)
+        _write_report(report, out, plots, start)
+    report.elapsed_s = time.perf_counter() - start
+    return report
 
-    # Final ε: one evaluation per distinct (history, δ), with each ledger's claim accountant.
-    jobs: dict[_Key, tuple[str, ...]] = {}
-    keys: list[_Key] = []
-    for audit, records, releases in per_ledger:
-        key = (canonical_history(releases), audit.target_delta)
-        names = list(_accountants_for(key[0], accountants))
-        claim = records[-1].get("accountant") if records else None
-        if claim in ACCOUNTANTS and claim not in names and claim != "analytic":
-            names.append(claim)
-        jobs[key] = tuple(dict.fromkeys((*jobs.get(key, ()), *names)))
-        keys.append(key)
-    n_workers = _resolve_workers(workers, len(jobs))
-    results = _evaluate_all(jobs, value_discretization_interval, eps_error, n_workers)
-    for (audit, records, _), key in zip(per_ledger, keys, strict=True):
-        _judge(audit, results[key], records)
-        _set_budget(audit, records, budget)
+
+def _audit_ledgers(
+    source: Path,
+    ledger_dir: Path,
+    files: Sequence[Path],
+    accountants: tuple[str, ...],
+    *,
+    budget: float | None,
+    target_delta: float | None,
+    workers: int | None,
+    value_discretization_interval: float,
+    eps_error: float,
+    all_signatures: bool,
+) -> AuditReport:
+    """Read, verify and judge every ledger of ``files``; the report (not yet written)."""
+    per_ledger = _read_ledgers(files, ledger_dir / "keys", all_signatures, target_delta)
+    audits = [audit for audit, _, _ in per_ledger]
+    jobs, results = _final_epsilons(
+        per_ledger, accountants, budget, workers, value_discretization_interval, eps_error
+    )
 
     primary = next((n for n in accountants if ACCOUNTANTS[n].kind == "tight"), accountants[0])
     devices = [a for a in audits if a.device_id != SERVER_ID]
     server = next((a for a in audits if a.device_id == SERVER_ID), None)
-    for audit in devices:
-        if audit.unit == "user":
-            audit.notes.append("a device ledger with unit 'user' (expected in server.jsonl)")
-    if server is not None and devices and server.target_delta >= 1.0 / len(devices):
-        server.notes.append(
-            f"user-level δ = {server.target_delta:g} is not well below 1/population "
-            f"(1/{len(devices)} devices audited): the guarantee allows leaking a whole user"
-        )
-
-    # ε over rounds (device ledgers): ε after each round with a release, per device. Drawn
-    # with PLD (on a grid no finer than _CURVE_INTERVAL where the value is not already known
-    # from the final ε), or with RDP when PLD is not among the accountants or the prefixes are
-    # too many; PRV would cost as much as PLD on the fine grid per point.
-    curve_acc = "pld" if "pld" in accountants else "rdp"
-    curve_interval = max(value_discretization_interval, _CURVE_INTERVAL)
-    prefix_keys: dict[_Key, tuple[str, ...]] = {}
-    device_prefixes: list[list[tuple[int, _Key]]] = []
-    for audit, _, releases in per_ledger:
-        if audit.device_id == SERVER_ID:
-            continue
-        points: list[tuple[int, _Key]] = []
-        totals: dict[tuple[float, float | None], int] = {}
-        for i, (rnd, release) in enumerate(zip(audit.rounds, releases, strict=True)):
-            if not release.is_noop:
-                group = (release.noise_multiplier, release.sampling_probability)
-                totals[group] = totals.get(group, 0) + release.steps
-            if i + 1 < len(audit.rounds) and audit.rounds[i + 1] == rnd:
-                continue  # several releases in one round: the ε after the last
-            prefix = canonical_history(DpRelease(s, q, n) for (s, q), n in totals.items())
-            points.append((rnd, (prefix, audit.target_delta)))
-        device_prefixes.append(points)
-        for _, key in points:
-            prefix_keys[key] = (curve_acc,)
-    if curve_acc != "rdp" and len(set(prefix_keys) - set(results)) > _CURVE_KEY_LIMIT:
-        curve_acc = "rdp"  # cheap and exact for its bound; labelled as such
-        prefix_keys = dict.fromkeys(prefix_keys, ("rdp",))
-    todo = {
-        k: v
-        for k, v in prefix_keys.items()
-        if k not in results or curve_acc not in results[k]["epsilon"]
-    }
-    curve_results = _evaluate_all(
-        todo, curve_interval, eps_error, _resolve_workers(workers, len(todo))
+    _population_notes(devices, server)
+    curve_acc, curve_interval = _device_curves(
+        per_ledger, devices, results, accountants, workers, value_discretization_interval,
+        eps_error,
     )
-    for audit, points in zip(devices, device_prefixes, strict=True):
-        audit.curve = [
-            (rnd, (curve_results.get(key) or results[key])["epsilon"][curve_acc])
-            for rnd, key in points
-        ]
     curve_rounds, curve_max, curve_median, claimed_max = _curves(devices)
 
-    report = AuditReport(
+    return AuditReport(
         source=str(source),
         ledger_dir=str(ledger_dir),
         out_dir=None,
@@ -709,21 +658,159 @@ def audit_run(
         distinct_histories=len(jobs),
         created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
-    if write:
-        out = Path(out_dir) if out_dir is not None else _default_out_dir(source, ledger_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report.out_dir = str(out)
-        if plots:
-            report.files.update(_write_plots(report, out))
-        report.files["report_md"] = str(out / "report.md")
-        report.files["report_json"] = str(out / "report.json")
-        report.elapsed_s = time.perf_counter() - start
-        (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (out / "report.json").write_text(
-            json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+
+
+def _checked_accountants(
+    accountants: Sequence[str], budget: float | None, target_delta: float | None
+) -> tuple[str, ...]:
+    """The accountants without repeats, after checking :func:`audit_run`'s arguments."""
+    accountants = tuple(dict.fromkeys(accountants))
+    if not accountants:
+        raise ValueError("give at least one accountant (pld, prv, rdp).")
+    for name in accountants:
+        if name not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {name!r}; choose from {', '.join(ACCOUNTANTS)}.")
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget must be a positive ε, got {budget!r}.")
+    if target_delta is not None and not 0 < target_delta < 1:
+        raise ValueError(f"target_delta must be in (0, 1), got {target_delta!r}.")
+    return accountants
+
+
+def _read_ledgers(
+    files: Sequence[Path], key_dir: Path, all_signatures: bool, target_delta: float | None
+) -> list[tuple[LedgerAudit, list[dict], list[DpRelease]]]:
+    """Each ledger's audit (described, its δ set), records and releases, in file order."""
+    per_ledger: list[tuple[LedgerAudit, list[dict], list[DpRelease]]] = []
+    for audit, records in _read_all(files, key_dir, all_signatures):
+        releases = _describe(audit, records)
+        if target_delta is not None:
+            audit.target_delta = float(target_delta)
+        elif math.isnan(audit.target_delta):
+            audit.target_delta = 1e-5
+            audit.notes.append("no δ recorded; audited at 1e-5")
+        per_ledger.append((audit, records, releases))
+    return per_ledger
+
+
+def _final_epsilons(
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[DpRelease]]],
+    accountants: tuple[str, ...],
+    budget: float | None,
+    workers: int | None,
+    value_discretization_interval: float,
+    eps_error: float,
+) -> tuple[dict[_Key, tuple[str, ...]], dict[_Key, dict[str, Any]]]:
+    """Judge each ledger's final ε and budget; return the jobs run and their results.
+
+    One evaluation per distinct (history, δ), with each ledger's claim accountant.
+    """
+    jobs: dict[_Key, tuple[str, ...]] = {}
+    keys: list[_Key] = []
+    for audit, records, releases in per_ledger:
+        key = (canonical_history(releases), audit.target_delta)
+        names = list(_accountants_for(key[0], accountants))
+        claim = records[-1].get("accountant") if records else None
+        if claim in ACCOUNTANTS and claim not in names and claim != "analytic":
+            names.append(claim)
+        jobs[key] = tuple(dict.fromkeys((*jobs.get(key, ()), *names)))
+        keys.append(key)
+    n_workers = _resolve_workers(workers, len(jobs))
+    results = _evaluate_all(jobs, value_discretization_interval, eps_error, n_workers)
+    for (audit, records, _), key in zip(per_ledger, keys, strict=True):
+        _judge(audit, results[key], records)
+        _set_budget(audit, records, budget)
+    return jobs, results
+
+
+def _population_notes(devices: Sequence[LedgerAudit], server: LedgerAudit | None) -> None:
+    """Notes on device ledgers with user units and on a server δ too large for the population."""
+    for audit in devices:
+        if audit.unit == "user":
+            audit.notes.append("a device ledger with unit 'user' (expected in server.jsonl)")
+    if server is not None and devices and server.target_delta >= 1.0 / len(devices):
+        server.notes.append(
+            f"user-level δ = {server.target_delta:g} is not well below 1/population "
+            f"(1/{len(devices)} devices audited): the guarantee allows leaking a whole user"
         )
+
+
+def _device_curves(
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[DpRelease]]],
+    devices: Sequence[LedgerAudit],
+    results: dict[_Key, dict[str, Any]],
+    accountants: tuple[str, ...],
+    workers: int | None,
+    value_discretization_interval: float,
+    eps_error: float,
+) -> tuple[str, float]:
+    """Set each device's ε-over-rounds curve; return the curve's accountant and PLD interval.
+
+    ε after each round with a release, per device. Drawn with PLD (on a grid no finer than
+    _CURVE_INTERVAL where the value is not already known from the final ε), or with RDP when
+    PLD is not among the accountants or the prefixes are too many; PRV would cost as much as
+    PLD on the fine grid per point.
+    """
+    curve_acc = "pld" if "pld" in accountants else "rdp"
+    curve_interval = max(value_discretization_interval, _CURVE_INTERVAL)
+    prefix_keys: dict[_Key, tuple[str, ...]] = {}
+    device_prefixes: list[list[tuple[int, _Key]]] = []
+    for audit, _, releases in per_ledger:
+        if audit.device_id == SERVER_ID:
+            continue
+        points = _round_prefixes(audit, releases)
+        device_prefixes.append(points)
+        for _, key in points:
+            prefix_keys[key] = (curve_acc,)
+    if curve_acc != "rdp" and len(set(prefix_keys) - set(results)) > _CURVE_KEY_LIMIT:
+        curve_acc = "rdp"  # cheap and exact for its bound; labelled as such
+        prefix_keys = dict.fromkeys(prefix_keys, ("rdp",))
+    todo = {
+        k: v
+        for k, v in prefix_keys.items()
+        if k not in results or curve_acc not in results[k]["epsilon"]
+    }
+    curve_results = _evaluate_all(
+        todo, curve_interval, eps_error, _resolve_workers(workers, len(todo))
+    )
+    for audit, points in zip(devices, device_prefixes, strict=True):
+        audit.curve = [
+            (rnd, (curve_results.get(key) or results[key])["epsilon"][curve_acc])
+            for rnd, key in points
+        ]
+    return curve_acc, curve_interval
+
+
+def _round_prefixes(
+    audit: LedgerAudit, releases: Sequence[DpRelease]
+) -> list[tuple[int, _Key]]:
+    """``(round, (history so far, δ))`` after each round with a release (its last release)."""
+    points: list[tuple[int, _Key]] = []
+    totals: dict[tuple[float, float | None], int] = {}
+    for i, (rnd, release) in enumerate(zip(audit.rounds, releases, strict=True)):
+        if not release.is_noop:
+            group = (release.noise_multiplier, release.sampling_probability)
+            totals[group] = totals.get(group, 0) + release.steps
+        if i + 1 < len(audit.rounds) and audit.rounds[i + 1] == rnd:
+            continue  # several releases in one round: the ε after the last
+        prefix = canonical_history(DpRelease(s, q, n) for (s, q), n in totals.items())
+        points.append((rnd, (prefix, audit.target_delta)))
+    return points
+
+
+def _write_report(report: AuditReport, out: Path, plots: bool, start: float) -> None:
+    """Write ``report.md``, ``report.json`` and (with ``plots``) the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report.out_dir = str(out)
+    if plots:
+        report.files.update(_write_plots(report, out))
+    report.files["report_md"] = str(out / "report.md")
+    report.files["report_json"] = str(out / "report.json")
     report.elapsed_s = time.perf_counter() - start
-    return report
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (out / "report.json").write_text(
+        json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
 
 
 def _curves(
@@ -829,6 +916,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def render_markdown(report: AuditReport) -> str:
     """Return the human report (Markdown)."""
     lines: list[str] = []
+    for section in (_md_summary, _md_assumptions, _md_epsilon, _md_findings,
+                    _md_claims_and_notes, _md_plots, _md_devices):
+        lines.extend(section(report))
+    return "\n".join(lines)
+
+
+def _md_summary(report: AuditReport) -> list[str]:
+    """The title and the audit's settings."""
+    lines: list[str] = []
     add = lines.append
     status = "PASS" if report.ok else "FAIL"
     add(f"# Privacy audit: {status}")
@@ -851,6 +947,13 @@ def render_markdown(report: AuditReport) -> str:
     else:
         add("- Budget checked: each ledger's declared `budget_epsilon`, where declared")
     add("")
+    return lines
+
+
+def _md_assumptions(report: AuditReport) -> list[str]:
+    """The assumptions section."""
+    lines: list[str] = []
+    add = lines.append
     add("## Assumptions")
     add("")
     assumptions = _assumptions(report)
@@ -875,6 +978,13 @@ def render_markdown(report: AuditReport) -> str:
     )
     add(f"- **Claims:** {assumptions['claims']}.")
     add("")
+    return lines
+
+
+def _md_epsilon(report: AuditReport) -> list[str]:
+    """The example-level (devices) and user-level (server) ε sections."""
+    lines: list[str] = []
+    add = lines.append
     add("## Example-level ε over devices")
     add("")
     add("| accountant | devices | max | median | min |")
@@ -900,6 +1010,13 @@ def render_markdown(report: AuditReport) -> str:
             verdict = "OVER BUDGET" if srv.over_budget else "within budget"
             add(f"- Budget {srv.budget_epsilon:g} ({srv.budget_source}): {verdict}")
         add("")
+    return lines
+
+
+def _md_findings(report: AuditReport) -> list[str]:
+    """The findings: tampered ledgers, over budget, disagreements, under-claims."""
+    lines: list[str] = []
+    add = lines.append
     add("## Findings")
     add("")
     tampered = report.tampered
@@ -945,6 +1062,13 @@ def render_markdown(report: AuditReport) -> str:
         )
     if under:
         add("")
+    return lines
+
+
+def _md_claims_and_notes(report: AuditReport) -> list[str]:
+    """The claims, notes and accountant failures (the end of the findings)."""
+    lines: list[str] = []
+    add = lines.append
     statuses: dict[str, int] = {}
     for a in report.devices:
         statuses[a.claim_status] = statuses.get(a.claim_status, 0) + 1
@@ -968,6 +1092,13 @@ def render_markdown(report: AuditReport) -> str:
         for dev, (name, msg) in failures[:20]:
             add(f"- {dev}: {name}: {msg}")
         add("")
+    return lines
+
+
+def _md_plots(report: AuditReport) -> list[str]:
+    """The plots section, when there are plots."""
+    lines: list[str] = []
+    add = lines.append
     if report.files.get("plot_rounds") or report.files.get("plot_hist"):
         add("## Plots")
         add("")
@@ -990,6 +1121,13 @@ def render_markdown(report: AuditReport) -> str:
             add(f"![ε distribution]({Path(report.files['plot_hist']).name})")
             add("*Distribution of the certified example-level ε over devices.*")
             add("")
+    return lines
+
+
+def _md_devices(report: AuditReport) -> list[str]:
+    """The table of devices and the closing line."""
+    lines: list[str] = []
+    add = lines.append
     add("## Devices (largest certified ε first, at most 50)")
     add("")
     add(
@@ -1016,7 +1154,7 @@ def render_markdown(report: AuditReport) -> str:
     add("")
     add(f"Reports: `report.json` (machine-readable, format `{REPORT_FORMAT}`), this file.")
     add("")
-    return "\n".join(lines)
+    return lines
 
 
 def _write_plots(report: AuditReport, out: Path) -> dict[str, str]:

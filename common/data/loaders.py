@@ -1370,12 +1370,23 @@ def load_event_log(
         mapping["timestamp"] = timestamp_col
     if format == "parquet":
         return _load_parquet_events(p, mapping, duplicates=duplicates, name=name)
+    return _load_csv_events(
+        p, mapping, weight_col=weight_col, timestamp_col=timestamp_col, sep=sep,
+        encoding=encoding, duplicates=duplicates, name=name,
+    )
+
+
+def _load_csv_events(
+    p: Path, mapping: dict[str, str], *, weight_col: str | None, timestamp_col: str | None,
+    sep: str, encoding: str, duplicates: str, name: str,
+) -> Interactions:
+    """The CSV half of :func:`load_event_log` (``mapping``: role to column name)."""
     expected = f"a {_sep_adjective(sep)}-separated file with a header naming the columns"
     raw = _read_bytes(p, expected)
     header_bytes, body = _split_header(p, raw, expected)
     header = next(csv.reader([header_bytes.decode(encoding, "replace")], delimiter=sep))
     want = _header_columns(
-        p, header, required={"user": user_col, "item": item_col},
+        p, header, required={"user": mapping["user"], "item": mapping["item"]},
         optional={"weight": weight_col, "timestamp": timestamp_col}, sep=sep,
         expected=f"columns {', '.join(map(repr, mapping.values()))}",
     )

@@ -122,17 +122,75 @@ def make_synthetic(
     rng = np.random.default_rng(seed)
     user_factors = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n_users, dim))
     item_factors = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n_items, dim))
+    popularity = _item_popularity(rng, n_items, popularity_exponent)
+    counts = _interaction_counts(rng, n_users, n_items, mean_interactions, activity_sigma,
+                                 min_interactions)
+    item = _choose_items(rng, user_factors, item_factors, np.log(popularity), counts,
+                         scale=scale, noise=noise)
+    user = np.repeat(np.arange(n_users), counts)
+    item, timestamp = _timestamps(rng, user, item, counts, start, start_spread_days, mean_gap_s)
+
+    interactions = Interactions(
+        user=user,
+        item=item,
+        weight=np.ones(len(item), np.float32),
+        timestamp=timestamp,
+        user_map=IdMap(str(u) for u in range(n_users)),
+        item_map=IdMap(str(i) for i in range(n_items)),
+        name="synthetic",
+        items=ItemMetadata(genres=_item_genres(item_factors)),
+    )
+    return SyntheticDataset(
+        interactions=interactions,
+        user_factors=user_factors,
+        item_factors=item_factors,
+        item_popularity=popularity,
+        scale=float(scale),
+    )
+
+
+def _item_popularity(
+    rng: np.random.Generator, n_items: int, popularity_exponent: float
+) -> np.ndarray:
+    """Zipf-like item popularity over random ranks, summing to 1 (step 2 of the module doc)."""
     ranks = rng.permutation(n_items) + 1
     popularity = ranks.astype(np.float64) ** -float(popularity_exponent)
     popularity /= popularity.sum()
-    log_pop = np.log(popularity)
+    return popularity
 
+
+def _interaction_counts(
+    rng: np.random.Generator,
+    n_users: int,
+    n_items: int,
+    mean_interactions: float,
+    activity_sigma: float,
+    min_interactions: int,
+) -> np.ndarray:
+    """Each user's number of interactions (step 3 of the module doc)."""
     cap = max(n_items // 2, 1)
     floor = min(min_interactions, cap)
     mu = np.log(mean_interactions) - activity_sigma**2 / 2
     counts = np.rint(rng.lognormal(mu, activity_sigma, size=n_users))
-    counts = np.clip(counts, floor, cap).astype(np.int64)
+    return np.clip(counts, floor, cap).astype(np.int64)
 
+
+def _choose_items(
+    rng: np.random.Generator,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    log_pop: np.ndarray,
+    counts: np.ndarray,
+    *,
+    scale: float,
+    noise: float,
+) -> np.ndarray:
+    """Sample each user's ``counts[u]`` items without replacement (step 4 of the module doc).
+
+    Returns:
+        The chosen item indices, user by user (user 0's first), each user's in key order.
+    """
+    n_users, n_items = len(user_factors), len(item_factors)
     item_factors_t = (item_factors.T * scale).astype(np.float32)
     log_pop32 = log_pop.astype(np.float32)
     user_factors32 = user_factors.astype(np.float32)
@@ -157,9 +215,24 @@ def make_synthetic(
         rank = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
         top = np.take_along_axis(top, rank, axis=1)
         chosen.append(top[np.arange(kmax) < k[:, None]])
-    item = np.concatenate(chosen)
-    user = np.repeat(np.arange(n_users), counts)
+    return np.concatenate(chosen)
 
+
+def _timestamps(
+    rng: np.random.Generator,
+    user: np.ndarray,
+    item: np.ndarray,
+    counts: np.ndarray,
+    start: int,
+    start_spread_days: float,
+    mean_gap_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle each user's items in time and give them timestamps (step 5 of the module doc).
+
+    Returns:
+        ``(item, timestamp)``: the items in their new order and their strictly increasing
+        (per user) timestamps.
+    """
     # random order in time within each user, strictly increasing timestamps
     order = np.lexsort((rng.random(len(item)), user))
     item = item[order]
@@ -167,31 +240,21 @@ def make_synthetic(
     first = np.zeros(len(item), bool)
     first[np.cumsum(counts) - counts] = True
     user_start = start + np.floor(
-        rng.uniform(0.0, start_spread_days * 86_400.0, size=n_users)
+        rng.uniform(0.0, start_spread_days * 86_400.0, size=len(counts))
     ).astype(np.int64)
     gaps[first] = 0
     cum = np.cumsum(gaps)
     timestamp = cum - np.repeat(cum[first], counts) + np.repeat(user_start, counts)
+    return item, timestamp
 
-    interactions = Interactions(
-        user=user,
-        item=item,
-        weight=np.ones(len(item), np.float32),
-        timestamp=timestamp,
-        user_map=IdMap(str(u) for u in range(n_users)),
-        item_map=IdMap(str(i) for i in range(n_items)),
-        name="synthetic",
-        items=ItemMetadata(genres=[
-            tuple(f"g{j}" for j in np.flatnonzero(row > 1.0 / np.sqrt(dim)))
-            for row in item_factors]),
-    )
-    return SyntheticDataset(
-        interactions=interactions,
-        user_factors=user_factors,
-        item_factors=item_factors,
-        item_popularity=popularity,
-        scale=float(scale),
-    )
+
+def _item_genres(item_factors: np.ndarray) -> list[tuple[str, ...]]:
+    """Item ``i``'s genres: ``"g<j>"`` where ``item_factors[i, j] > 1/√dim`` (step 7)."""
+    dim = item_factors.shape[1]
+    return [
+        tuple(f"g{j}" for j in np.flatnonzero(row > 1.0 / np.sqrt(dim)))
+        for row in item_factors
+    ]
 
 
 def generate_synthetic(

@@ -385,6 +385,81 @@ def _blocked_scores(scores: np.ndarray, exclude: np.ndarray | Sequence[int] | No
     return s if copied else np.asarray(scores)
 
 
+def _available_candidates(
+    s: np.ndarray, want: int, predicate: Callable[[int], bool] | None,
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+    """The top ``want`` candidates of ``s`` that pass the availability predicate (if any).
+
+    Returns:
+        ``(candidates, keep)``: ``keep`` filters an item array through the predicate, each
+        item's verdict asked once and remembered (``None`` without a predicate).
+    """
+    cand = top_candidates(s, want)
+    if predicate is None:
+        return cand, None
+    n = s.shape[0]
+    verdict: dict[int, bool] = {}
+
+    def keep(items: np.ndarray) -> np.ndarray:
+        flags = []
+        for i in items.tolist():
+            if i not in verdict:
+                verdict[i] = bool(predicate(i))
+            flags.append(verdict[i])
+        return items[np.asarray(flags, dtype=bool)] if len(items) else items
+
+    pulled = want
+    kept = keep(cand)
+    while len(kept) < want and len(cand) == pulled and pulled < n:
+        # pull more in proportion to the pass rate seen so far (at least double on zero)
+        rate = len(kept) / pulled
+        pulled = min(n, max(pulled + 1, math.ceil(1.25 * want / rate) if rate
+                            else 2 * pulled))
+        cand = top_candidates(s, pulled)
+        kept = keep(cand)
+    return kept[:want], keep
+
+
+def _add_fresh_candidates(
+    s: np.ndarray, cand: np.ndarray, want: int, freshness: Freshness,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join the ``want // 2`` most recent items to the candidates; their freshness boosts.
+
+    Returns:
+        ``(candidates, boost)``: the candidates (by score, ties to the lower index when recent
+        items joined) and each candidate's freshness boost.
+    """
+    n = s.shape[0]
+    ts = np.asarray(freshness.timestamps, dtype=np.float64)
+    if ts.shape != (n,):
+        raise ValueError(f"freshness timestamps have shape {ts.shape}, expected {(n,)}")
+    recent_scores = np.where(np.isfinite(s) & ~np.isnan(ts), ts, -np.inf)
+    recent = top_candidates(recent_scores, max(1, want // 2))
+    if keep is not None:
+        recent = keep(recent)
+    if len(recent):
+        cand = np.union1d(cand, recent)
+        cand = cand[np.lexsort((cand, -s[cand]))]
+    now = freshness.now if freshness.now is not None else time.time()
+    boost = freshness_boost(ts[cand], half_life=freshness.half_life,
+                            weight=freshness.weight, now=now)
+    return cand, boost
+
+
+def _rerank(s: np.ndarray, cand: np.ndarray, boost: np.ndarray | None, k: int,
+            diversity: float, item_vectors: np.ndarray | None) -> np.ndarray:
+    """The top ``k`` candidates by normalised score plus boost, MMR-ordered with diversity."""
+    rel = _minmax(s[cand])
+    if boost is not None:
+        rel = rel + boost
+    by_rel = np.lexsort((cand, -rel))
+    cand, rel = cand[by_rel], rel[by_rel]
+    if diversity:
+        return cand[mmr_order(rel, np.asarray(item_vectors)[cand], k, diversity)]
+    return cand[:k]
+
+
 def rank(
     scores: np.ndarray,
     k: int,
@@ -440,61 +515,13 @@ def rank(
     s = _blocked_scores(s, exclude, available)
     predicate = available if callable(available) else None
 
-    cand = top_candidates(s, want)
-    if predicate is not None:
-        verdict: dict[int, bool] = {}
-
-        def keep(items: np.ndarray) -> np.ndarray:
-            flags = []
-            for i in items.tolist():
-                if i not in verdict:
-                    verdict[i] = bool(predicate(i))
-                flags.append(verdict[i])
-            return items[np.asarray(flags, dtype=bool)] if len(items) else items
-
-        pulled = want
-        kept = keep(cand)
-        while len(kept) < want and len(cand) == pulled and pulled < n:
-            # pull more in proportion to the pass rate seen so far (at least double on zero)
-            rate = len(kept) / pulled
-            pulled = min(n, max(pulled + 1, math.ceil(1.25 * want / rate) if rate
-                                else 2 * pulled))
-            cand = top_candidates(s, pulled)
-            kept = keep(cand)
-        cand = kept[:want]
-    else:
-        keep = None  # type: ignore[assignment]
-
+    cand, keep = _available_candidates(s, want, predicate)
     boost = None
     if freshness is not None and freshness.weight > 0:
-        ts = np.asarray(freshness.timestamps, dtype=np.float64)
-        if ts.shape != (n,):
-            raise ValueError(f"freshness timestamps have shape {ts.shape}, expected {(n,)}")
-        recent_scores = np.where(np.isfinite(s) & ~np.isnan(ts), ts, -np.inf)
-        recent = top_candidates(recent_scores, max(1, want // 2))
-        if keep is not None:
-            recent = keep(recent)
-        if len(recent):
-            cand = np.union1d(cand, recent)
-            cand = cand[np.lexsort((cand, -s[cand]))]
-        now = freshness.now if freshness.now is not None else time.time()
-        boost = freshness_boost(ts[cand], half_life=freshness.half_life,
-                                weight=freshness.weight, now=now)
+        cand, boost = _add_fresh_candidates(s, cand, want, freshness, keep)
     if len(cand) == 0:
         return []
-
-    if reranks:
-        rel = _minmax(s[cand])
-        if boost is not None:
-            rel = rel + boost
-        by_rel = np.lexsort((cand, -rel))
-        cand, rel = cand[by_rel], rel[by_rel]
-        if diversity:
-            picked = cand[mmr_order(rel, np.asarray(item_vectors)[cand], k, diversity)]
-        else:
-            picked = cand[:k]
-    else:
-        picked = cand[:k]
+    picked = _rerank(s, cand, boost, k, diversity, item_vectors) if reranks else cand[:k]
 
     expl: list[Explanation | None]
     if explanations:
