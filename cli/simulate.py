@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="flower (the simulation engine, default) or loop (the same device "
                         "and server code in a plain loop: a reference for benchmarks)")
     p.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Flower's DEBUG log and the engine's known-harmless warnings")
     p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
     p.set_defaults(func=run)
 
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         if args.engine == "flower":
             from fedrec.simulations.runner import simulate
 
-            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus)
+            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus,
+                              verbose=args.verbose)
             summary, run_dir = result.summary, result.run_dir
         else:
             from fedrec.simulations.runner import simulate_loop

@@ -174,6 +174,7 @@ def simulate(
     *,
     on_round: Callable[[dict[str, object]], None] | None = None,
     num_cpus: int | None = None,
+    verbose: bool = False,
 ) -> SimulationResult:
     """Run ``cfg`` on Flower's simulation engine; returns the result (also on disk).
 
@@ -181,10 +182,13 @@ def simulate(
         cfg: the run configuration (``run_dir`` empty: a fresh ``runs/<timestamp>``).
         on_round: called with each round's record (for progress displays).
         num_cpus: CPUs Flower's Ray backend may use (default: all).
+        verbose: show Flower's DEBUG log and the engine's known-harmless warnings (by
+            default :func:`~fedrec.simulations.quiet.quiet_engine` silences them).
     """
     from flwr.simulation import run_simulation
 
     from fedrec.simulations.apps import make_apps
+    from fedrec.simulations.quiet import quiet_engine
 
     t0 = time.perf_counter()
     cfg = cfg.replace(run_dir=str(cfg.run_dir or new_run_dir()))
@@ -207,8 +211,10 @@ def simulate(
                       "logging_level": "error", "log_to_driver": False},
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=fed.n_users, backend_config=backend_config)
+    with quiet_engine(verbose):
+        run_simulation(server_app=server_app, client_app=client_app,
+                       num_supernodes=fed.n_users, backend_config=backend_config,
+                       verbose_logging=verbose)
     if not result.rounds:
         raise RuntimeError(
             "the simulation ended without completing a round; see the log above for the "
