@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from fedrec.cli._common import print_metrics_table
 
@@ -101,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]{key}[/]: {doc}")
         return 0
     cfg = config_from_args(args)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     console.print(f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
                   + (f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
                      f"{'user' if cfg.privacy == 'user' else 'example'}-level)"

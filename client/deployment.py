@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from fedrec.client.events import Event
@@ -94,6 +94,8 @@ __all__ = [
     "import_events",
     "read_events_file",
     "make_deployment_client_app",
+    "DeployedDevices",
+    "DeployedSession",
     "client_app",
     "DeploymentDeviceFactory",
     "NODE_ID_META",
@@ -108,18 +110,6 @@ DeploymentDeviceFactory = Callable[[Context], tuple[FedRecClient, PolicySignals]
 _IMPORTED_META = "deployment.imported_event_files"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
-
-
-# The helpers of fedrec.client.client_app, without importing it: it imports torch, which an
-# evaluation request (or a refusal) does not need; training imports it when it starts.
-def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Wrap named numpy arrays in a Flower ``ArrayRecord``."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Named numpy arrays of a Flower ``ArrayRecord``."""
-    return {k: v.numpy() for k, v in record.items()}
 
 
 # --------------------------------------------------------------------------- node config
@@ -337,86 +327,77 @@ def _device_fingerprint(client: FedRecClient, n_rows: int) -> str:
     return catalog_fingerprint(ids)
 
 
-def _refusal(msg: Message, code: str) -> Message:
-    """A refusal reply: the fixed code and nothing else (the detail stays in the log)."""
-    return Message(RecordDict({"refusal": ConfigRecord({"code": str(code)})}), reply_to=msg)
+class DeployedSession:
+    """One message's handling by a deployed device (its SDK client, opened from its store)."""
+
+    def __init__(self, client: FedRecClient, signals: PolicySignals,
+                 run_config: Mapping[str, Any]):
+        self.client, self.signals, self.run_config = client, signals, run_config
+
+    def contribute(self, request: Any, session: Any) -> tuple[Any, dict[str, float]]:
+        """Train through the SDK under the device's own policy (SGD rounds, in the clear)."""
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+
+        if request.task.name != "train" or request.task.arrays:
+            raise PolicyViolation(RefusalCode.UNSUPPORTED,
+                                  f"a deployed device answers train rounds, not "
+                                  f"{request.task.name!r}")
+        if session is not None or request.noise_share is not None:
+            raise PolicyViolation(RefusalCode.UNSUPPORTED,
+                                  "a deployed device does not take part in secure sums yet")
+        _, recipe = run_recipe(self.run_config)
+        expected = request.config.get(CATALOG_FINGERPRINT_KEY)
+        n_rows = int(np.asarray(next(iter(request.table.values()), np.zeros(0))).shape[0])
+        if expected and _device_fingerprint(self.client, n_rows) != str(expected):
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, "this device's catalog differs "
+                                  "from the server's; not training the wrong rows")
+        outcome = self.client.train_round(request.table, request.server_round,
+                                          policy_signals=self.signals, recipe=recipe)
+        report = self.client.privacy_report()
+        if hasattr(outcome, "arrays"):
+            log.info("round %d: trained; epsilon spent %.4g of %s", request.server_round,
+                     report.epsilon_spent, report.budget_epsilon)
+        return outcome, ({"epsilon": float(report.epsilon_spent)} if report.dp_enabled else {})
+
+    def evaluate(self, request: Any) -> Any:
+        """Keep the table for offline recommendation; a deployed device has no held-out split."""
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+
+        n_rows = int(np.asarray(next(iter(request.table.values()), np.zeros(0))).shape[0])
+        if self.client.n_items in (None, n_rows):
+            try:
+                self.client.receive_model(request.table, server_round=request.server_round)
+            except ValueError:
+                log.info("evaluation request with a malformed table: not kept")
+        raise PolicyViolation(RefusalCode.UNSUPPORTED, "no held-out interactions to evaluate")
+
+    def close(self, changed: bool) -> None:
+        """Close the store (the SDK committed everything as it went)."""
+        self.client.close()
 
 
-# --------------------------------------------------------------------------- the ClientApp
+class DeployedDevices:
+    """The device provider of a SuperNode: its SDK store, opened per message.
+
+    Args:
+        factory: opens the node's device from its context (default :func:`open_device`).
+    """
+
+    def __init__(self, factory: DeploymentDeviceFactory = open_device):
+        self.factory = factory
+
+    def __call__(self, context: Context) -> DeployedSession:
+        """Open the node's device (``PolicyViolation`` when its policy refuses the run)."""
+        run_recipe(dict(context.run_config))  # a run config that does not parse: refused
+        client, signals = self.factory(context)
+        return DeployedSession(client, signals, dict(context.run_config))
 
 
 def make_deployment_client_app(factory: DeploymentDeviceFactory = open_device) -> ClientApp:
-    """A ClientApp whose device is the SQLite-backed SDK client the factory opens."""
-    app = ClientApp()
+    """Fedrec's ClientApp over a SuperNode's SDK store (:class:`DeployedDevices`)."""
+    from fedrec.client.client_app import make_client_app
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        from fedrec.client.device import Refusal
-        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
-
-        try:
-            _, recipe = run_recipe(dict(context.run_config))
-            client, signals = factory(context)
-        except PolicyViolation as violation:
-            log.info("refused before opening the device: %s", violation)
-            return _refusal(msg, violation.code)
-        try:
-            try:
-                global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-                config = msg.content["config"]
-                server_round = int(config["server-round"])  # type: ignore[index,arg-type]
-                expected = config.get(CATALOG_FINGERPRINT_KEY)  # type: ignore[union-attr]
-                n_rows = int(np.asarray(next(iter(global_state.values()))).shape[0])
-            except (KeyError, TypeError, ValueError, StopIteration, IndexError) as exc:
-                raise PolicyViolation(RefusalCode.BAD_REQUEST, f"malformed request: {exc!r}"
-                                      ) from None
-            if expected and _device_fingerprint(client, n_rows) != str(expected):
-                raise PolicyViolation(RefusalCode.BAD_REQUEST, "this device's catalog differs "
-                                      "from the server's; not training the wrong rows")
-            outcome = client.train_round(global_state, server_round, policy_signals=signals,
-                                         recipe=recipe)
-            if isinstance(outcome, Refusal):
-                log.info("round %d: refused: %s", server_round, outcome.reason)
-                return _refusal(msg, outcome.code)
-            report = client.privacy_report()
-            metrics: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
-            metrics.update({k: float(v) for k, v in outcome.metrics.items()})
-            if report.dp_enabled:
-                metrics["epsilon"] = float(report.epsilon_spent)
-            log.info("round %d: trained; epsilon spent %.4g of %s", server_round,
-                     report.epsilon_spent, report.budget_epsilon)
-            return Message(RecordDict({
-                "arrays": numpy_to_arrays(outcome.delta),
-                "metrics": MetricRecord(metrics),
-            }), reply_to=msg)
-        except PolicyViolation as violation:
-            log.info("refused: %s", violation)
-            return _refusal(msg, violation.code)
-        finally:
-            client.close()
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        from fedrec.common.privacy.policy import PolicyViolation
-
-        try:
-            client, _ = factory(context)
-        except PolicyViolation:
-            return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)
-        try:
-            global_state = arrays_to_numpy(msg.content["arrays"])  # type: ignore[arg-type]
-            server_round = msg.content["config"].get("server-round")  # type: ignore[union-attr]
-            n_rows = int(next(iter(global_state.values())).shape[0])
-            if client.n_items in (None, n_rows):
-                client.receive_model(global_state, server_round=(
-                    int(server_round) if server_round is not None else None))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError, StopIteration):
-            log.info("evaluation request with a malformed table: not kept")
-        finally:
-            client.close()
-        return Message(RecordDict({"metrics": MetricRecord({"users": 0})}), reply_to=msg)
-
-    return app
+    return make_client_app(DeployedDevices(factory))
 
 
 #: For SuperNodes (``fedrec deploy-app`` writes the Flower App naming it).

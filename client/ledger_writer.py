@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedrec.client.device import PrivacyEvent
 from fedrec.common.audit.ledger import DeviceKey, Ledger
+from fedrec.common.privacy.events import PrivacyEvent
 
 __all__ = ["LedgerWriter"]
 
@@ -23,16 +23,14 @@ class LedgerWriter:
         ledger_dir: folder of ledgers (``RUN/ledgers`` in a simulation).
         key_dir: the device's private storage for its signing key; defaults to
             ``ledger_dir/../devices/<device_id>`` (a simulation's stand-in for the device).
-        unit: unit of privacy recorded (``"example"`` for device DP-SGD).
     """
 
-    def __init__(self, device_id: str, ledger_dir: str | Path, *, key_dir: str | Path | None = None,
-                 unit: str = "example"):
+    def __init__(self, device_id: str, ledger_dir: str | Path, *,
+                 key_dir: str | Path | None = None):
         self.device_id = device_id
         self.ledger_dir = Path(ledger_dir)
         self.key_dir = Path(key_dir) if key_dir is not None else (
             self.ledger_dir.parent / "devices" / device_id)
-        self.unit = unit
         self._ledger: Ledger | None = None
 
     def _open(self) -> Ledger:
@@ -46,12 +44,6 @@ class LedgerWriter:
                                   device_id=self.device_id)
         return self._ledger
 
-    def __call__(self, event: PrivacyEvent) -> None:
-        """Append the event; returns only once the record is on disk."""
-        self._open().append(
-            round=event.server_round, noise_multiplier=event.noise_multiplier,
-            max_grad_norm=event.max_grad_norm, sampling_probability=event.sample_rate,
-            steps=event.steps, target_delta=event.target_delta, unit=self.unit,
-            budget_epsilon=event.budget_epsilon, claimed_epsilon=event.claimed_epsilon,
-            accountant=event.accountant, purpose=event.purpose, randomness=event.randomness,
-        )
+    def __call__(self, event: PrivacyEvent, **context: object) -> None:
+        """Append the event (with its signer context); returns once the record is on disk."""
+        self._open().append(event, **context)  # type: ignore[arg-type]

@@ -1048,21 +1048,16 @@ class FedRecClient:
         self._user = arrays
 
     def _release_hook(self, device: Any, release_id: int | None, cpu0: float) -> Callable:
-        def on_release(event: Any) -> None:
+        def on_release(event: Any, **context: Any) -> None:
             record = None
             if self._sign_ledger:
-                record = self._ledger_writer().append(
-                    round=event.server_round, noise_multiplier=event.noise_multiplier,
-                    max_grad_norm=event.max_grad_norm, sampling_probability=event.sample_rate,
-                    steps=event.steps, target_delta=event.target_delta, unit="example",
-                    budget_epsilon=event.budget_epsilon, claimed_epsilon=event.claimed_epsilon,
-                    accountant=event.accountant, purpose="dp-sgd",
-                    randomness=event.randomness)
+                record = self._ledger_writer().append(event, **context)
             arrays = self._user_arrays(device)
             assert release_id is not None
             self._store.complete_release(
-                release_id, accountant=event.accountant, history=device.accountant.history,
-                epsilon=event.claimed_epsilon, delta=event.target_delta, record=record,
+                release_id, accountant=context["accountant"],
+                history=device.accountant.history, epsilon=context["claimed_epsilon"],
+                delta=context["target_delta"], record=record,
                 cpu_seconds=time.process_time() - cpu0, user_state=arrays,
                 user_info={"dim": int(device.model.dim)})
             self._store.set_meta("rounds_trained", int(device.rounds_trained))
@@ -1106,7 +1101,7 @@ class FedRecClient:
         delta = float(self._dp["target_delta"]) if self._dp is not None else state.delta
         if state.epsilon is not None and state.delta == delta:
             return float(state.epsilon)
-        from fedrec.client.budget import epsilon_of
+        from fedrec.common.privacy.accountant import epsilon_of
 
         assert state.accountant is not None and delta is not None
         eps = epsilon_of(state.accountant, state.history, float(delta))
@@ -1192,12 +1187,11 @@ def _json_dumps(value: Any) -> str:
 def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int,
                 accountant: str) -> float:
     """The noise multiplier that spends ``epsilon`` over ``steps`` steps (public inputs only)."""
-    from fedrec.common.privacy.dpsgd import calibrate_noise_multiplier
+    from fedrec.common.privacy.accountant import calibrate
 
     try:
-        return calibrate_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps,
-                                          accountant=accountant)
+        return calibrate([(1.0, sample_rate, steps)], target_epsilon=epsilon,
+                         target_delta=delta, accountant=accountant)
     except ValueError as exc:
         raise PolicyViolation(RefusalCode.BAD_REQUEST, f"cannot calibrate: {exc}") from None
 

@@ -20,12 +20,17 @@ import json
 import secrets
 import sqlite3
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["DeviceStateStore"]
+if TYPE_CHECKING:
+    from fedrec.client.device import Device
+
+__all__ = ["DeviceStateStore", "StoredDevices"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
@@ -116,3 +121,77 @@ class DeviceStateStore:
         """Every device with a stored state."""
         return [r[0] for r in self._db().execute(
             "SELECT device_id FROM device_state ORDER BY device_id")]
+
+
+class StoredDevices:
+    """A device provider for :func:`~fedrec.client.client_app.make_client_app`.
+
+    Devices are built by ``factory`` from a node's context and restored from the store
+    ``states`` gives; a device whose stored state is unchanged since this process last saved
+    it is reused (tokens tell: another process may have served it in between).
+
+    Args:
+        factory: builds a node's device (its data, its algorithm, its ledger writer).
+        states: gives the store of device states for a context.
+        max_devices: devices kept built in this process.
+    """
+
+    def __init__(self, factory: Callable[[Any], Device],
+                 states: Callable[[Any], DeviceStateStore], *, max_devices: int = 2048):
+        self.factory = factory
+        self.states = states
+        self.max_devices = max_devices
+        self._devices: OrderedDict[tuple[int, int], tuple[str, Device]] = OrderedDict()
+
+    def __call__(self, context: Any) -> _StoredSession:
+        """The session of the node's device, built or reused."""
+        store = self.states(context)
+        key = (int(context.run_id), int(context.node_id))
+        hit = self._devices.get(key)
+        if hit is not None and store.token(hit[1].device_id) == hit[0]:
+            self._devices.move_to_end(key)
+            return _StoredSession(self, key, hit[1], store)
+        device = self.factory(context)
+        stored = store.load(device.device_id)
+        if stored is not None:
+            device.load_state_dict(stored[1])
+        return _StoredSession(self, key, device, store)
+
+    def _keep(self, key: tuple[int, int], token: str, device: Device) -> None:
+        self._devices[key] = (token, device)
+        self._devices.move_to_end(key)
+        while len(self._devices) > self.max_devices:
+            self._devices.popitem(last=False)
+
+
+class _StoredSession:
+    """One message's handling by a stored device (see :class:`StoredDevices`)."""
+
+    def __init__(self, owner: StoredDevices, key: tuple[int, int], device: Device,
+                 store: DeviceStateStore):
+        self.owner, self.key, self.device, self.store = owner, key, device, store
+
+    def contribute(self, request: Any, session: Any) -> tuple[Any, dict[str, float]]:
+        """Check the secure sum, then contribute; the ε spent rides along (a public count)."""
+        self.device.check_secure(session, noise_share=request.noise_share, task=request.task)
+        outcome = self.device.contribute(request.task, request.table, request.server_round,
+                                         noise_share=request.noise_share)
+        metrics = ({"epsilon": self.device.epsilon_spent()} if self.device.dp is not None
+                   else {})
+        return outcome, metrics
+
+    def evaluate(self, request: Any) -> Any:
+        """The device's evaluation release (never inside a secure sum here)."""
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+
+        if request.noise_share is not None:
+            raise PolicyViolation(RefusalCode.NOT_SECURE, "a noise share outside a secure sum")
+        return self.device.evaluation_release(
+            request.table, request.ks, request.server_round,
+            noise_multiplier=request.noise_multiplier)
+
+    def close(self, changed: bool) -> None:
+        """Save the device's state when the message changed it (the accountant first of all)."""
+        if changed:
+            token = self.store.save(self.device.device_id, self.device.state_dict())
+            self.owner._keep(self.key, token, self.device)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.client.events import Event
+from fedrec.common.privacy.events import merge_history
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -60,7 +61,6 @@ __all__ = [
     "PrivacyState",
     "Release",
     "Retention",
-    "merge_history",
 ]
 
 SCHEMA_VERSION = 1
@@ -140,17 +140,6 @@ _MIGRATIONS: dict[int, str] = {}
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (newer schema, lowered spend, corrupt blob)."""
-
-
-def merge_history(history: Iterable[Sequence[float]]) -> History:
-    """An accountant history with consecutive equal ``(σ, q)`` entries merged (same ε)."""
-    out: list[tuple[float, float, int]] = []
-    for sigma, q, steps in history:
-        if out and out[-1][0] == float(sigma) and out[-1][1] == float(q):
-            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + int(steps))
-        else:
-            out.append((float(sigma), float(q), int(steps)))
-    return tuple(out)
 
 
 def _extends(old: History, new: History) -> bool:

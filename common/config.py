@@ -10,7 +10,6 @@ it back (what a run directory's ``config.json`` holds).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -23,19 +22,15 @@ if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
 __all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS", "ALGORITHMS",
-           "RELEASE_ALGORITHMS", "DeploymentSettings", "DEPLOYMENT_DEFAULTS", "split_run_config",
+           "DeploymentSettings", "DEPLOYMENT_DEFAULTS", "split_run_config",
            "load_catalog_file", "catalog_fingerprint", "CATALOG_FINGERPRINT_KEY", "NODE_ID_META"]
 
 PRIVACY_MODES = ("off", "local", "distributed", "user")
 #: Modes in which devices run example-level DP-SGD (and keep an accountant and a ledger).
 DEVICE_DP_MODES = ("local", "distributed")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
-#: ``sgd``: local (DP-)SGD rounds; ``spectral``: two DP releases, popularity and co-occurrence
-#: (:mod:`fedrec.common.algorithms.spectral`); ``features``: one DP popularity release, public item
-#: features as the item embeddings (:mod:`fedrec.common.algorithms.features`).
+#: The registered algorithms (:mod:`fedrec.common.algorithms.registry`; one module each).
 ALGORITHMS = ("sgd", "spectral", "features")
-#: Algorithms made of DP releases of item statistics rather than SGD rounds.
-RELEASE_ALGORITHMS = ("spectral", "features")
 
 
 def _doc(text: str, **kw: object) -> object:
@@ -211,39 +206,16 @@ class RunConfig:
                 f"dropout-policy must be abort or account, got {self.dropout_policy!r}")
         if not 0 <= self.simulated_dropout < 1:
             raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
-        if self.privacy == "distributed" and self.local_optimizer != "sgd":
-            raise ValueError("privacy distributed needs local-optimizer sgd (linear in the "
-                             "gradients, so the secure sum is a post-processing of DP sums)")
         if self.privacy == "user" and (self.user_clip <= 0 or self.user_noise_multiplier < 0):
             raise ValueError("user-clip must be positive and user-noise-multiplier >= 0")
         if self.privacy != "off" and not 0 < self.delta < 1:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.algorithm == "spectral":
-            if self.num_rounds != 2:
-                raise ValueError("algorithm spectral runs exactly 2 rounds (popularity, then "
-                                 f"co-occurrence): set num-rounds 2, not {self.num_rounds}")
-            if not self.item_bias:
-                raise ValueError("algorithm spectral needs item-bias true (it ranks the items "
-                                 "outside the selection by bias)")
-            if self.spectral_top_items < self.dim:
-                raise ValueError("spectral-top-items must be at least dim")
-            if self.spectral_max_items < 1:
-                raise ValueError("spectral-max-items must be positive")
-            if not 0 < self.spectral_popularity_share < 1:
-                raise ValueError("spectral-popularity-share must lie in (0, 1)")
-        if self.algorithm == "features":
-            if self.num_rounds != 1:
-                raise ValueError("algorithm features runs exactly 1 round (the popularity "
-                                 f"release): set num-rounds 1, not {self.num_rounds}")
-            if not self.item_bias:
-                raise ValueError("algorithm features needs item-bias true (the DP popularity "
-                                 "is the item bias)")
-            if self.feature_scale < 0 or self.feature_smoothing <= 0 or \
-                    self.feature_year_bins < 0:
-                raise ValueError("feature-scale and feature-year-bins must be >= 0, "
-                                 "feature-smoothing positive")
+        self.algorithm_class().check(self)
+        from fedrec.common.privacy.mechanisms import refusal
+
+        reason = refusal(self.algorithm_class(), self)
+        if reason is not None:
+            raise ValueError(reason)
 
     # --- derived ---------------------------------------------------------------------------
     @property
@@ -274,72 +246,33 @@ class RunConfig:
         """The seed simulated devices draw their noise and sampling from (None: OS entropy)."""
         return self.seed if self.reproducible or self.privacy == "off" else None
 
-    def user_noise(self) -> float:
-        """User-level noise multiplier: as configured or calibrated to ``epsilon``.
+    def algorithm_class(self):  # noqa: ANN201 - a type[Algorithm]; imported lazily
+        """The registered class of ``algorithm``."""
+        from fedrec.common.algorithms.registry import algorithm_class
 
-        The accounting is a Poisson-sampled Gaussian (rate ``fraction-train``) composed over
-        ``num-rounds`` rounds, at ``delta`` (Opacus' PRV accountant).
+        return algorithm_class(self.algorithm)
+
+    def noise_multipliers(self) -> tuple[float, ...]:
+        """The noise multiplier of each planned release (zeros with privacy off).
+
+        :func:`fedrec.common.privacy.mechanisms.noise_multipliers`: calibrated to
+        ``epsilon`` at ``delta`` from public quantities only (or as configured).
         """
-        if self.algorithm in RELEASE_ALGORITHMS:
-            return self.spectral_noise()[-1]
-        if self.user_noise_multiplier > 0:
-            return self.user_noise_multiplier
-        from fedrec.common.privacy.dpsgd import calibrate_noise_multiplier
+        from fedrec.common.privacy.mechanisms import noise_multipliers
 
-        return calibrate_noise_multiplier(
-            target_epsilon=self.epsilon, target_delta=self.delta,
-            sample_rate=self.fraction_train, steps=self.num_rounds, accountant="prv")
-
-    def spectral_spec(self, n_items: int):
-        """The :class:`~fedrec.common.algorithms.spectral.SpectralSpec` for ``n_items`` items."""
-        from fedrec.common.algorithms.spectral import SpectralSpec
-
-        unit = "user" if self.privacy == "user" else "example"
-        if self.algorithm == "features":
-            return SpectralSpec(n_items=n_items, dim=self.dim, unit=unit, rounds=1,
-                                popularity_share=1.0, feature_scale=self.feature_scale,
-                                feature_smoothing=self.feature_smoothing)
-        return SpectralSpec(
-            n_items=n_items, dim=self.dim, top_items=self.spectral_top_items,
-            max_items=self.spectral_max_items, unit=unit,
-            popularity_share=self.spectral_popularity_share)
-
-    def spectral_noise(self) -> tuple[float, ...]:
-        """Noise multipliers of a spectral or features run, one per release.
-
-        ``(σ_popularity, σ_cooccurrence)`` for spectral, ``(σ_popularity,)`` for features
-        (its one release gets the whole budget). Calibrated so that the releases spend
-        ``epsilon`` at ``delta``: example-level (``local``, ``distributed``) with the devices'
-        accountant at sampling rate 1, user-level with dp-accounting's PLD at the device
-        sampling rate ``fraction-train``. Zeros with privacy off.
-        """
-        share = 1.0 if self.algorithm == "features" else self.spectral_popularity_share
-        if self.privacy == "off":
-            return (0.0,) if share == 1 else (0.0, 0.0)
-        return _spectral_noise(self.privacy, self.epsilon, self.delta, share, self.accountant,
-                               self.fraction_train, self.evaluation_history())
+        return noise_multipliers(self)
 
     def device_noise(self) -> float:
-        """Example-level noise multiplier of the devices (``local``/``distributed``).
-
-        As configured, or calibrated so that the planned participations
-        (:attr:`planned_participations` rounds of the local recipe's steps at its sampling rate)
-        spend exactly ``epsilon`` at ``delta`` with the devices' accountant. It depends only on
-        the configuration, never on any device's data. 0 when devices do not run DP-SGD.
-        """
+        """The largest noise multiplier devices add (``local``/``distributed``; else 0)."""
         if self.privacy not in DEVICE_DP_MODES:
             return 0.0
-        if self.algorithm in RELEASE_ALGORITHMS:  # the last (for spectral the larger) multiplier
-            return self.spectral_noise()[-1]
-        if self.noise_multiplier > 0:
-            return self.noise_multiplier
-        from fedrec.common.privacy.dpsgd import calibrate_noise_multiplier
+        return max(self.noise_multipliers())
 
-        local = self.local_config()
-        return calibrate_noise_multiplier(
-            target_epsilon=self.epsilon, target_delta=self.delta,
-            sample_rate=local.sample_rate, steps=local.steps * self.planned_participations,
-            accountant=self.accountant, extra=self.evaluation_history())
+    def user_noise(self) -> float:
+        """The largest noise multiplier the server adds (``user``; else 0)."""
+        if self.privacy != "user":
+            return 0.0
+        return max(self.noise_multipliers())
 
     @property
     def eval_rounds(self) -> tuple[int, ...]:
@@ -423,28 +356,6 @@ class RunConfig:
             f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r})"
             for f in fields(cls)
         }
-
-
-@functools.lru_cache(maxsize=64)
-def _spectral_noise(privacy: str, epsilon: float, delta: float, share: float, accountant: str,
-                    fraction: float, extra: tuple[tuple[float, float, int], ...] = ()
-                    ) -> tuple[float, ...]:
-    from fedrec.common.algorithms.spectral import noise_multipliers
-
-    if privacy == "user":
-        from fedrec.common.privacy.accounting import DpRelease
-        from fedrec.common.privacy.accounting import epsilon as pld_epsilon
-
-        def eps(history: list[tuple[float, float, int]]) -> float:
-            return pld_epsilon([DpRelease(z, q, n) for z, q, n in history],
-                               target_delta=delta, accountant="pld")
-
-        return noise_multipliers(eps, target_epsilon=epsilon, popularity_share=share,
-                                 sample_rate=fraction)
-    from fedrec.common.privacy.dpsgd import epsilon_of_history
-
-    return noise_multipliers(lambda h: epsilon_of_history(accountant, [*h, *extra], delta),
-                             target_epsilon=epsilon, popularity_share=share)
 
 
 def _field_type(f: dataclasses.Field) -> type:

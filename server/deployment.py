@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common.config import (
@@ -31,8 +31,9 @@ from fedrec.common.config import (
     split_run_config,
 )
 from fedrec.server.coordinator import Coordinator, make_coordinator
+from fedrec.server.flower_transport import to_arrays
 from fedrec.server.run_directory import RunDirectory, new_run_dir
-from fedrec.server.strategy import ItemEmbeddingStrategy, _to_arrays
+from fedrec.server.strategy import ItemEmbeddingStrategy
 
 __all__ = ["make_deployment_server_app", "DeploymentStrategy", "server_app"]
 
@@ -40,20 +41,16 @@ log = logging.getLogger("fedrec.server")
 
 
 class DeploymentStrategy(ItemEmbeddingStrategy):
-    """The item-embedding strategy, waiting for ``min_nodes`` devices before *every* round.
+    """The item-table strategy, waiting for ``min_nodes`` devices before *every* round.
 
-    Each wait lasts at most ``wait_timeout`` seconds (the base class waits before round 1 only).
-    A device whose SuperNode restarts (a crash, a reboot, an app update) is thus back in the
-    next round instead of being skipped because it was briefly offline when devices were
-    sampled.
+    Each wait lasts at most ``wait_timeout`` seconds. A device whose SuperNode restarts (a
+    crash, a reboot, an app update) is thus back in the next round instead of being skipped
+    because it was briefly offline when devices were sampled.
     """
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Wait for the quorum (rounds after the first), then sample as usual."""
-        if server_round > 1:
-            self.wait_for_nodes(grid)
-        return super().configure_train(server_round, arrays, config, grid)
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - the base's
+        kwargs.setdefault("quorum_every_round", True)
+        super().__init__(*args, **kwargs)
 
 
 def make_deployment_server_app(
@@ -84,7 +81,7 @@ def make_deployment_server_app(
         log.info("deployment: %d items (catalog %s), waiting for %d devices", n_items,
                  settings.catalog or "rows 0..n-1", settings.min_nodes)
         train_config = ConfigRecord({CATALOG_FINGERPRINT_KEY: catalog_fingerprint(item_ids)})
-        strategy.start(grid, _to_arrays(state), num_rounds=cfg.num_rounds,
+        strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds,
                        timeout=settings.round_timeout, train_config=train_config)
         run_dir.save_final(coordinator.state, item_ids)
         if on_finish is not None:

@@ -15,8 +15,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator, make_coordinator
+from fedrec.server.flower_transport import to_arrays
 from fedrec.server.run_directory import RunDirectory, new_run_dir
-from fedrec.server.strategy import ItemEmbeddingStrategy, _to_arrays
+from fedrec.server.strategy import ItemEmbeddingStrategy
 
 __all__ = ["make_server_app", "CatalogProvider"]
 
@@ -72,7 +73,7 @@ def make_server_app(
             min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1,
             measure=measure(cfg) if measure is not None else None)
         strategy.summary()
-        strategy.start(grid, _to_arrays(state), num_rounds=cfg.num_rounds)
+        strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)
         if on_finish is not None:
             on_finish(coordinator, run_dir)

@@ -22,7 +22,7 @@ from flwr.serverapp import ServerApp
 
 from fedrec.client.client_app import make_client_app
 from fedrec.client.device import Device
-from fedrec.client.state_store import DeviceStateStore
+from fedrec.client.state_store import DeviceStateStore, StoredDevices
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator
 from fedrec.server.run_directory import RunDirectory
@@ -31,7 +31,8 @@ from fedrec.simulations.federation import federated_dataset, federated_features,
 from fedrec.simulations.measure import measure_quality
 
 __all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory",
-           "simulated_states", "simulator_measure", "state_store", "catalog"]
+           "simulated_devices", "simulated_states", "simulator_measure", "state_store",
+           "catalog"]
 
 DEFAULT_FLWR_RUN_DIR = "runs/flwr-run"
 
@@ -78,6 +79,11 @@ def simulated_states(config: RunConfig | None = None
                      ) -> Callable[[Context], DeviceStateStore]:
     """Where the simulated devices of a run keep their own state (:func:`state_store`)."""
     return lambda context: state_store(_config(config, context))
+
+
+def simulated_devices(config: RunConfig | None = None) -> StoredDevices:
+    """The device provider of a simulation: one user's device per SuperNode, state in a store."""
+    return StoredDevices(simulated_device_factory(config), simulated_states(config))
 
 
 def simulator_measure(cfg: RunConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
@@ -137,13 +143,11 @@ def make_apps(
         make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
                         item_features=federated_features,
                         expected_nodes=device_count, measure=simulator_measure),
-        make_client_app(simulated_device_factory(config), states=simulated_states(config),
-                        mods=[simulated_dropout_mod(config)]),
+        make_client_app(simulated_devices(config), mods=[simulated_dropout_mod(config)]),
     )
 
 
 #: For ``flwr run .``: configuration from the run config.
 server_app = make_server_app(catalog, expected_nodes=device_count,
                              item_features=federated_features, measure=simulator_measure)
-client_app = make_client_app(simulated_device_factory(), states=simulated_states(),
-                             mods=[simulated_dropout_mod()])
+client_app = make_client_app(simulated_devices(), mods=[simulated_dropout_mod()])

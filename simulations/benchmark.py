@@ -24,7 +24,8 @@ import torch
 from fedrec.common.config import RunConfig
 from fedrec.common.model.mf import MatrixFactorization
 from fedrec.common.model.training import example_losses, gather, sample_negatives
-from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.privacy.accountant import make_accountant
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
 from fedrec.simulations.bench_data import median_seconds
 
 

@@ -27,7 +27,8 @@ import torch
 
 from fedrec.common.audit.canary import run_canary_audit
 from fedrec.common.model.mf import MatrixFactorization
-from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.privacy.accountant import make_accountant
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
 
 __all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release"]
 
@@ -90,11 +91,15 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
     while the claim is computed at ``claimed_noise_multiplier``.
     """
     from fedrec.client.device import Device
-    from fedrec.common.algorithms.spectral import SpectralSpec
+    from fedrec.common.algorithms.base import Task
+    from fedrec.common.algorithms.spectral import Spectral
+    from fedrec.common.config import RunConfig
 
     claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
         claimed_noise_multiplier
-    spec = SpectralSpec(n_items=m, dim=1, top_items=1, unit="example")
+    algorithm = Spectral(RunConfig(algorithm="spectral", num_rounds=2, dim=1,
+                                   spectral_top_items=1, privacy="off"), m)
+    algorithm.noise = (noise_multiplier, noise_multiplier)  # the release under audit
     local = LocalConfig()
 
     def release_and_score(included: np.ndarray) -> np.ndarray:
@@ -102,12 +107,11 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
                        budget_epsilon=1e9, target_delta=delta, accountant="rdp")
               if noise_multiplier > 0 else None)
         device = Device("canary-device", np.flatnonzero(included), n_items=m, dim=1,
-                        local=local, dp=dp, seed=seed, spectral=spec,
-                        spectral_noise=(noise_multiplier, noise_multiplier) if dp else None)
+                        local=local, dp=dp, seed=seed, algorithm=algorithm)
         if not included.any():
             return np.zeros(m)
-        return np.asarray(device.spectral_round("popularity", 1).delta["popularity"],
-                          dtype=np.float64)
+        out = device.contribute(Task("popularity"), device.model.global_state(), 1)
+        return np.asarray(out.arrays["popularity"], dtype=np.float64)
 
     result = run_canary_audit(release_and_score, m=m, seed=seed, beta=beta, delta=delta,
                               k_guesses=k_guesses)

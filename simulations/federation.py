@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.client.device import Device
-from fedrec.common.config import DEVICE_DP_MODES, RELEASE_ALGORITHMS, RunConfig
+from fedrec.common.algorithms.base import Algorithm
+from fedrec.common.config import DEVICE_DP_MODES, RunConfig
 from fedrec.common.data.schema import Interactions
 from fedrec.common.data.splits import Split, random_split, temporal_split
 
@@ -96,6 +97,21 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     return cfg.device_noise()
 
 
+def device_algorithm(cfg: RunConfig, n_items: int) -> Algorithm:
+    """The algorithm's device half for a run (one per process and configuration).
+
+    Devices need no public item features: they fold the received table in.
+    """
+    key = (tuple(sorted(cfg.to_flat().items())), n_items)
+    if key not in _ALGORITHMS:
+        _ALGORITHMS.clear()  # one run at a time per process
+        _ALGORITHMS[key] = cfg.algorithm_class()(cfg, n_items)
+    return _ALGORITHMS[key]
+
+
+_ALGORITHMS: dict[tuple, Algorithm] = {}
+
+
 def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
                 ) -> Device:
     """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``)."""
@@ -108,14 +124,9 @@ def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir:
     if dp is not None and ledger_dir is not None:
         from fedrec.client.ledger_writer import LedgerWriter
 
-        on_release = LedgerWriter(device_id, ledger_dir, unit="example")
-    spectral = (cfg.spectral_spec(fed.n_items) if cfg.algorithm in RELEASE_ALGORITHMS
-                else None)
+        on_release = LedgerWriter(device_id, ledger_dir)
     return Device(
         device_id, fed.train_items[user], n_items=fed.n_items, dim=cfg.dim,
-        local=cfg.local_config(), dp=dp, test_items=fed.test_items[user],
-        item_bias=cfg.item_bias, init_std=cfg.init_std, seed=cfg.device_seed,
-        on_release=on_release,
-        report_metrics=cfg.privacy == "off", spectral=spectral,
-        spectral_noise=cfg.spectral_noise() if spectral is not None and dp is not None else None,
-    )
+        local=cfg.local_config(), dp=dp, algorithm=device_algorithm(cfg, fed.n_items),
+        test_items=fed.test_items[user], item_bias=cfg.item_bias, init_std=cfg.init_std,
+        seed=cfg.device_seed, on_release=on_release, report_metrics=cfg.privacy == "off")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.config import RELEASE_ALGORITHMS, RunConfig
+from fedrec.common.config import RunConfig
 from fedrec.common.privacy.randomness import SEEDED_WARNING
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
@@ -49,20 +49,20 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
                                  "OS entropy: the noise and the sampling of server and "
                                  "devices cannot be replayed from the config")
     summary["evaluation"] = evaluation_summary(cfg)
-    if cfg.algorithm in RELEASE_ALGORITHMS and cfg.privacy != "off":
-        spec = cfg.spectral_spec(1 + cfg.spectral_top_items)
+    algorithm = cfg.algorithm_class()
+    if cfg.privacy != "off" and len(algorithm.planned_releases(cfg)) > 1 or \
+            algorithm.raw_statistics and cfg.privacy != "off":
+        from fedrec.common.privacy.mechanisms import MECHANISMS
+
         if cfg.privacy == "user":
             summary["trust"] = ("SecAgg+ shows the server only the sum of a round's "
                                 "contributions (each of norm at most 1, clipped on the device); "
                                 "the server adds the noise to the sum and is trusted to")
-        summary.update({
-            "mechanism": ("two Gaussian releases (popularity, co-occurrence of the top items)"
-                          if spec.rounds == 2 else "one Gaussian release (popularity); item "
-                          "embeddings from public metadata; personalization on the device"),
-            "noise_multiplier": list(cfg.spectral_noise()),
-            "max_grad_norm": [spec.sensitivity(p) for p in spec.phases],
-            "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0,
-        })
+        else:
+            summary["trust"] = MECHANISMS[cfg.privacy].trust
+        sigmas = list(cfg.noise_multipliers())
+        summary.update({"mechanism": algorithm.summary, "noise_multiplier": sigmas,
+                        "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0})
     return summary
 
 

@@ -22,9 +22,17 @@ public metadata, so the run's ε is that of one Gaussian release.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-__all__ = ["feature_table", "profile_fold_in"]
+from fedrec.common.algorithms.base import DeviceView, State
+from fedrec.common.algorithms.spectral import Spectral, SpectralSpec
+
+if TYPE_CHECKING:
+    from fedrec.common.config import RunConfig
+
+__all__ = ["Features", "feature_table", "profile_fold_in"]
 
 def feature_table(popularity: np.ndarray, features: np.ndarray, dim: int
                   ) -> dict[str, np.ndarray]:
@@ -64,3 +72,66 @@ def profile_fold_in(embedding: np.ndarray, bias: np.ndarray, items: np.ndarray, 
     glob = weights @ embedding / weights.sum()
     prof = embedding[items].mean(axis=0)
     return (scale * np.log((prof + smoothing) / (glob + smoothing))).astype(np.float32)[None, :]
+
+
+class Features(Spectral):
+    """One DP popularity release; the item embeddings are the catalog's public features."""
+
+    name = "features"
+    summary = ("one DP popularity release; the catalog's public genres and release years are "
+               "the item embeddings, personalized on each device")
+    defaults = {"num-rounds": 1, "fraction-train": 1.0, "dim": 64}
+    needs_item_features = True
+
+    def __init__(self, cfg: RunConfig, n_items: int, *,
+                 item_features: np.ndarray | None = None):
+        super().__init__(cfg, n_items, item_features=item_features)
+        if item_features is not None and (item_features.ndim != 2
+                                          or item_features.shape[0] != n_items
+                                          or item_features.shape[1] > cfg.dim):
+            raise ValueError(f"algorithm features: the catalog has {item_features.shape[1]} "
+                             f"public item features for {item_features.shape[0]} items; they "
+                             f"need {n_items} rows and dim >= {item_features.shape[1]} "
+                             f"(dim is {cfg.dim}: set dim to at least "
+                             f"{item_features.shape[1]})")
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """One round, item biases on, sane profile settings."""
+        if cfg.num_rounds != 1:
+            raise ValueError("algorithm features runs exactly 1 round (the popularity "
+                             f"release): set num-rounds 1, not {cfg.num_rounds}")
+        if not cfg.item_bias:
+            raise ValueError("algorithm features needs item-bias true (the DP popularity "
+                             "is the item bias)")
+        if cfg.feature_scale < 0 or cfg.feature_smoothing <= 0 or cfg.feature_year_bins < 0:
+            raise ValueError("feature-scale and feature-year-bins must be >= 0, "
+                             "feature-smoothing positive")
+
+    @classmethod
+    def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
+        """One round, the popularity release alone, with the profile's settings."""
+        return SpectralSpec(n_items=n_items, dim=cfg.dim,
+                            unit="user" if cfg.privacy == "user" else "example", rounds=1,
+                            popularity_share=1.0, feature_scale=cfg.feature_scale,
+                            feature_smoothing=cfg.feature_smoothing)
+
+    @classmethod
+    def shares(cls, cfg: RunConfig) -> tuple[float, ...]:
+        """One release: the whole budget."""
+        return (1.0,)
+
+    def finish(self, phase: str, total: np.ndarray) -> State | None:
+        """The item table: public features as embeddings, the DP popularity as biases."""
+        if self.item_features is None:
+            raise RuntimeError("algorithm features needs the catalog's public item features")
+        self.popularity = total
+        return feature_table(total, self.item_features, self.spec.dim)
+
+    def fold_in(self, device: DeviceView, state: State) -> None:
+        """The log-ratio profile of the device's items (:func:`profile_fold_in`)."""
+        emb = np.asarray(state["item_embedding.weight"], dtype=np.float32)
+        bias = np.asarray(state["item_bias.weight"], dtype=np.float32)
+        u = profile_fold_in(emb, bias, device.train_items, scale=self.spec.feature_scale,
+                            smoothing=self.spec.feature_smoothing)
+        device.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})

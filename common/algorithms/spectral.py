@@ -30,20 +30,35 @@ device (``u = Vᵀx``: the PureSVD fold-in), and never leaves it.
 Each round is then a Gaussian mechanism with noise std ``σ_r·Δ_r`` on the sum, i.e. one
 DP-SGD "step" with noise multiplier ``σ_r`` and sampling rate 1 (example-level) or the
 device sampling rate (user-level): that is how both are accounted and written to the ledgers.
-:func:`noise_multipliers` splits the budget between the two releases (``popularity_share``
+:meth:`Spectral.shares` splits the budget between the two releases (``popularity_share``
 of the Gaussian "precision" ``1/σ²`` to the popularity round).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["PHASES", "SpectralSpec", "contribution", "select_items", "factorize",
-           "noise_multipliers", "phase_of_round"]
+from fedrec.common.algorithms.base import (
+    Aggregate,
+    Algorithm,
+    Contribution,
+    ContributionSpec,
+    DeviceView,
+    PlannedRelease,
+    State,
+    Task,
+)
+from fedrec.common.privacy.policy import Refusal
+
+if TYPE_CHECKING:
+    from fedrec.common.config import RunConfig
+
+__all__ = ["PHASES", "Spectral", "SpectralSpec", "contribution", "select_items", "factorize",
+           "phase_of_round"]
 
 #: The two rounds of the spectral algorithm, in order.
 PHASES = ("popularity", "cooccurrence")
@@ -228,36 +243,180 @@ def factorize(popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.nda
     return {"item_embedding.weight": emb, "item_bias.weight": bias.astype(np.float32)[:, None]}
 
 
-def noise_multipliers(epsilon_of: Callable[[list[tuple[float, float, int]]], float], *,
-                      target_epsilon: float, popularity_share: float, sample_rate: float = 1.0
-                      ) -> tuple[float, ...]:
-    """``(σ_popularity, σ_cooccurrence)`` whose two releases spend ``target_epsilon``.
+class Spectral(Algorithm):
+    """Two DP releases, a popularity count and a co-occurrence matrix (module docstring)."""
 
-    ``σ_pop = s/√share`` and ``σ_co = s/√(1-share)``; ``s`` is found by bisection on
-    ``epsilon_of(history)`` with ``history = [(σ_pop, q, 1), (σ_co, q, 1)]`` (the accountant
-    the run uses), the smallest ``s`` whose ε is at most the target. With ``popularity_share``
-    1 there is one release and the result is ``(σ_popularity,)``.
-    """
-    if target_epsilon <= 0:
-        raise ValueError(f"target_epsilon must be positive, got {target_epsilon}")
-    if not 0 < popularity_share <= 1:
-        raise ValueError(f"popularity_share must lie in (0, 1], got {popularity_share}")
-    shares = (1.0,) if popularity_share == 1 else (popularity_share, 1 - popularity_share)
+    name = "spectral"
+    summary = ("two DP releases (item popularity, then the co-occurrence of the top items), "
+               "eigendecomposed into the item table; users folded in on the device")
+    defaults = {"num-rounds": 2, "fraction-train": 1.0}
+    raw_statistics = True
 
-    def eps(s: float) -> float:
-        return epsilon_of([(s / math.sqrt(share), sample_rate, 1) for share in shares])
+    def __init__(self, cfg: RunConfig, n_items: int, *,
+                 item_features: np.ndarray | None = None):
+        super().__init__(cfg, n_items, item_features=item_features)
+        self.spec = self.spec_of(cfg, n_items)
+        self.noise = tuple(cfg.noise_multipliers())
+        self.popularity: np.ndarray | None = None
+        self.selected: np.ndarray | None = None
 
-    lo, hi = 1e-2, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
-    for _ in range(30):
-        mid = math.sqrt(lo * hi)
-        if eps(mid) > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1.001:
-            break
-    return tuple(hi / math.sqrt(share) for share in shares)
+    @classmethod
+    def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
+        """The run's public settings for a catalog of ``n_items``."""
+        return SpectralSpec(
+            n_items=n_items, dim=cfg.dim, top_items=cfg.spectral_top_items,
+            max_items=cfg.spectral_max_items, unit="user" if cfg.privacy == "user" else "example",
+            popularity_share=cfg.spectral_popularity_share)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Two rounds, item biases on, a sane selection and budget split."""
+        if cfg.num_rounds != 2:
+            raise ValueError("algorithm spectral runs exactly 2 rounds (popularity, then "
+                             f"co-occurrence): set num-rounds 2, not {cfg.num_rounds}")
+        if not cfg.item_bias:
+            raise ValueError("algorithm spectral needs item-bias true (it ranks the items "
+                             "outside the selection by bias)")
+        if cfg.spectral_top_items < cfg.dim:
+            raise ValueError("spectral-top-items must be at least dim")
+        if cfg.spectral_max_items < 1:
+            raise ValueError("spectral-max-items must be positive")
+        if not 0 < cfg.spectral_popularity_share < 1:
+            raise ValueError("spectral-popularity-share must lie in (0, 1)")
+
+    @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> tuple[PlannedRelease, ...]:
+        """One Gaussian release per phase (``popularity_share`` of ``1/σ²`` to popularity).
+
+        User-level at the device sampling rate ``fraction-train``.
+        """
+        q = cfg.fraction_train if cfg.privacy == "user" else 1.0
+        shares = cls.shares(cfg)
+        return tuple(PlannedRelease(1 / math.sqrt(s), q, 1, 1) for s in shares)
+
+    @classmethod
+    def shares(cls, cfg: RunConfig) -> tuple[float, ...]:
+        """The budget share of each release (of ``1/σ²``)."""
+        p = cfg.spectral_popularity_share
+        return (p, 1 - p)
+
+    # --- server side -----------------------------------------------------------------------
+    def initial_state(self) -> State:
+        """The seeded initial table (replaced after the last release)."""
+        from fedrec.common.algorithms.sgd import initial_item_table
+
+        return initial_item_table(self.cfg, self.n_items)
+
+    def phase(self, server_round: int) -> str:
+        """``popularity`` (round 1) or ``cooccurrence`` (round 2)."""
+        return phase_of_round(server_round, self.spec.rounds)
+
+    def noise_multiplier(self, phase: str) -> float:
+        """σ of ``phase``'s release."""
+        return self.noise[PHASES.index(phase)]
+
+    def task(self, server_round: int) -> Task:
+        """The round's phase, with the selected items in the co-occurrence round."""
+        phase = self.phase(server_round)
+        if phase == "cooccurrence":
+            if self.selected is None:
+                raise RuntimeError("the popularity round has not produced a selection")
+            return Task(phase, {"selected-items": self.selected.astype(np.int64)})
+        return Task(phase)
+
+    def contribution(self, task: Task) -> ContributionSpec:
+        """One array named after the phase; entries in [0, 1]; sensitivity per the unit."""
+        device_noise = self.cfg.privacy in ("local", "distributed")
+        sigma = self.noise_multiplier(task.name)
+        return ContributionSpec(
+            shapes={task.name: self.spec.shape(task.name)}, aggregate="sum",
+            max_norm=self.spec.max_norm(task.name), coordinate_bound=1.0,
+            sensitivity=self.spec.sensitivity(task.name), noise_multiplier=sigma,
+            noise_per_coordinate=sigma * self.spec.sensitivity(task.name) if device_noise
+            else 0.0,
+            purpose=f"spectral-{task.name}")
+
+    def update(self, server_round: int, state: State, aggregate: Aggregate) -> State:
+        """Popularity: select the top items; co-occurrence: factorize into the table."""
+        assert aggregate.total is not None
+        phase = self.phase(server_round)
+        new = self.finish(phase, np.asarray(aggregate.total[phase], dtype=np.float64))
+        if new is None:
+            return state
+        return {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}
+
+    def finish(self, phase: str, total: np.ndarray) -> State | None:
+        """Use a round's noisy sum; returns the new item table after the last round."""
+        if phase == "popularity":
+            self.popularity = total
+            self.selected = select_items(total, self.spec)
+            return None
+        if self.selected is None or self.popularity is None:
+            raise RuntimeError("the co-occurrence round needs the popularity round first")
+        return factorize(self.popularity, total, self.selected, self.spec)
+
+    def server_state(self) -> dict[str, Any]:
+        """The popularity release and the selection (between the two rounds)."""
+        return {k: v for k, v in (("popularity", self.popularity),
+                                  ("selected", self.selected)) if v is not None}
+
+    # --- device side -----------------------------------------------------------------------
+    def contribute(self, device: DeviceView, task: Task, state: State, *, server_round: int,
+                   noise_share: float | None) -> Contribution | Refusal:
+        """The device's indicator (or co-occurrence) contribution, noised under device DP."""
+        from fedrec.common.privacy.events import PrivacyEvent
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+
+        phase = task.name
+        try:
+            if phase not in self.spec.phases:
+                raise PolicyViolation(RefusalCode.BAD_REQUEST, f"unknown phase {phase!r}")
+            sel = self._check_selection(phase, task.arrays.get("selected-items"))
+        except PolicyViolation as violation:
+            return device.refuse(violation)
+        sigma = self.noise_multiplier(phase) if device.dp is not None else 0.0
+        if device.dp is not None:
+            refusal = device.over_budget(device.epsilon_after([PrivacyEvent(float(sigma))]))
+            if refusal is not None:
+                return refusal
+        rng = device.release_rng()
+        values = contribution(device.train_items, phase, self.spec, selected=sel, rng=rng)
+        device.rounds_trained += 1
+        if self.spec.unit == "user":  # norm 1 by construction; clipped to make it a rule
+            norm = float(np.linalg.norm(values))
+            values = values * min(1.0, 1.0 / norm) if norm > 0 else values
+        if device.dp is None:
+            return Contribution({phase: values.astype(np.float32)})
+        std = sigma * self.spec.sensitivity(phase) * (1.0 if noise_share is None
+                                                       else float(noise_share))
+        values = values + device.release_noise(rng, std, values.shape)
+        device.accountant.step(noise_multiplier=float(sigma), sample_rate=1.0)
+        device.release(  # recorded before the contribution leaves
+            server_round, noise_multiplier=sigma,
+            max_grad_norm=self.spec.sensitivity(phase), sample_rate=1.0, steps=1,
+            purpose=f"spectral-{phase}" + ("" if noise_share is None else "-distributed"))
+        return Contribution({phase: values.astype(np.float32)})
+
+    def _check_selection(self, phase: str, selected: np.ndarray | None) -> np.ndarray | None:
+        """The server's item selection of a co-occurrence round, checked (``bad-request``)."""
+        from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+
+        if phase != "cooccurrence":
+            return None
+        if selected is None:
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, "no item selection")
+        sel = np.asarray(selected)
+        if (sel.ndim != 1 or sel.dtype.kind not in "iu" or len(sel) != self.spec.n_selected
+                or (len(sel) and (sel.min() < 0 or sel.max() >= self.spec.n_items))
+                or np.any(np.diff(sel) <= 0)):
+            raise PolicyViolation(RefusalCode.BAD_REQUEST,
+                                  f"the selection must be {self.spec.n_selected} sorted "
+                                  f"distinct item indices in [0, {self.spec.n_items})")
+        return sel.astype(np.int64)
+
+    def fold_in(self, device: DeviceView, state: State) -> None:
+        """PureSVD's fold-in: the sum of the embeddings of the device's items."""
+        emb = np.asarray(state["item_embedding.weight"], dtype=np.float32)
+        u = (emb[device.train_items].sum(axis=0, keepdims=True) if len(device.train_items)
+             else np.zeros((1, emb.shape[1]), dtype=np.float32))
+        device.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})

@@ -84,7 +84,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedrec.common.privacy.accounting import DpRelease
+from fedrec.common.privacy.accounting import PrivacyEvent
 
 __all__ = [
     "FORMAT",
@@ -475,15 +475,15 @@ def _check_record(
     return ""
 
 
-def releases_from_ledger(records: Iterable[Mapping[str, Any]]) -> list[DpRelease]:
-    """Return the :class:`DpRelease` of each record, in order."""
+def releases_from_ledger(records: Iterable[Mapping[str, Any]]) -> list[PrivacyEvent]:
+    """Return the :class:`PrivacyEvent` of each record, in order."""
     out = []
     for record in records:
         try:
             sigma = record["mechanism"]["noise_multiplier"]
             sampling = record["sampling"]
             q = sampling["probability"] if sampling["type"] == "poisson" else None
-            out.append(DpRelease(sigma, q, record["steps"]))
+            out.append(PrivacyEvent(sigma, q, record["steps"]))
         except (KeyError, TypeError) as exc:
             raise LedgerError(
                 f"record seq {record.get('seq')!r} does not describe a release: {exc}"
@@ -550,42 +550,38 @@ class Ledger:
 
     def append(
         self,
+        event: PrivacyEvent,
         *,
         round: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        sampling_probability: float | None,
-        steps: int,
         target_delta: float,
-        unit: str = "example",
         relation: str = "add/remove",
         budget_epsilon: float | None = None,
         claimed_epsilon: float | None = None,
         accountant: str | None = None,
-        purpose: str | None = None,
         time: str | None = None,
         versions: Mapping[str, str] | None = None,
-        randomness: str = "os-entropy",
     ) -> dict[str, Any]:
         """Write, sign and ``fsync`` one release's record; return it.
 
         Call this *before* the release leaves the signer: when it returns, the record is on
-        disk. ``sampling_probability=None`` (or ``1.0``) records no sampling. ``randomness``
-        says where the noise came from: ``"os-entropy"`` or ``"seeded"``.
+        disk. ``event`` is the release (:class:`~fedrec.common.privacy.events.PrivacyEvent`:
+        noise multiplier, sampling, steps, sensitivity, unit, purpose, randomness); the
+        keywords are the signer's context: the round, the δ it accounts at, its budget, its
+        accountant's cumulative ε after this release.
         """
-        if randomness not in RANDOMNESS:
-            raise LedgerError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}.")
-        if unit not in UNITS:
-            raise LedgerError(f"unit must be one of {UNITS}, got {unit!r}.")
+        if event.randomness not in RANDOMNESS:
+            raise LedgerError(f"randomness must be one of {RANDOMNESS}, "
+                              f"got {event.randomness!r}.")
+        if event.unit not in UNITS:
+            raise LedgerError(f"unit must be one of {UNITS}, got {event.unit!r}.")
         if relation not in RELATIONS:
             raise LedgerError(f"relation must be one of {RELATIONS}, got {relation!r}.")
-        release = DpRelease(noise_multiplier, sampling_probability, steps)  # validates
         if isinstance(round, bool) or int(round) != round:
             raise LedgerError(f"round must be an int, got {round!r}.")
         delta = float(target_delta)
         if not 0 < delta < 1:
             raise LedgerError(f"target_delta must be in (0, 1), got {target_delta!r}.")
-        q = release.sampling_probability
+        q = event.sampling_probability
         record: dict[str, Any] = {
             "format": FORMAT,
             "seq": self._next_seq,
@@ -593,23 +589,24 @@ class Ledger:
             "round": int(round),
             "mechanism": {
                 "type": "gaussian",
-                "noise_multiplier": release.noise_multiplier,
-                "max_grad_norm": _finite_or_none("max_grad_norm", max_grad_norm, positive=True),
-                "randomness": randomness,
+                "noise_multiplier": event.noise_multiplier,
+                "max_grad_norm": _finite_or_none("max_grad_norm", event.max_grad_norm,
+                                                 positive=True),
+                "randomness": event.randomness,
             },
             "sampling": (
                 {"type": "none", "probability": None}
                 if q is None
                 else {"type": "poisson", "probability": q}
             ),
-            "steps": release.steps,
-            "unit": unit,
+            "steps": event.steps,
+            "unit": event.unit,
             "relation": relation,
             "target_delta": delta,
             "budget_epsilon": _finite_or_none("budget_epsilon", budget_epsilon),
             "claimed_epsilon": _finite_or_none("claimed_epsilon", claimed_epsilon),
             "accountant": accountant,
-            "purpose": purpose,
+            "purpose": event.purpose,
             "versions": dict(versions) if versions is not None else library_versions(),
             "time": time if time is not None else _utc_now(),
             "prev_hash": self._prev_hash,

@@ -43,8 +43,8 @@ from fedrec.common.audit.ledger import (
 from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_EPS_ERROR,
-    DpRelease,
     History,
+    PrivacyEvent,
     accountant_error,
     brackets_overlap,
     canonical_history,
@@ -321,7 +321,7 @@ _Key = tuple[History, float]  # (canonical history, δ)
 
 def _evaluate(args: tuple[_Key, tuple[str, ...], float, float]) -> dict[str, Any]:
     (history, delta), accountants, interval, eps_error = args
-    releases = [DpRelease(s, q, n) for s, q, n in history]
+    releases = [PrivacyEvent(s, q, n) for s, q, n in history]
     out: dict[str, Any] = {"epsilon": {}, "error": {}, "failures": {}}
     for name in accountants:
         try:
@@ -428,9 +428,9 @@ def _read_all(
     return [_read_ledger(file, key_dir, file.stem, all_signatures) for file in files]
 
 
-def _describe(audit: LedgerAudit, records: list[dict]) -> list[DpRelease]:
+def _describe(audit: LedgerAudit, records: list[dict]) -> list[PrivacyEvent]:
     """Fill the descriptive fields; return the releases (skipping records that are not)."""
-    releases: list[DpRelease] = []
+    releases: list[PrivacyEvent] = []
     rounds: list[int] = []
     units, sampling, sigmas, deltas, sources = set(), set(), set(), [], set()
     for record in records:
@@ -679,9 +679,9 @@ def _checked_accountants(
 
 def _read_ledgers(
     files: Sequence[Path], key_dir: Path, all_signatures: bool, target_delta: float | None
-) -> list[tuple[LedgerAudit, list[dict], list[DpRelease]]]:
+) -> list[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]]:
     """Each ledger's audit (described, its δ set), records and releases, in file order."""
-    per_ledger: list[tuple[LedgerAudit, list[dict], list[DpRelease]]] = []
+    per_ledger: list[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]] = []
     for audit, records in _read_all(files, key_dir, all_signatures):
         releases = _describe(audit, records)
         if target_delta is not None:
@@ -694,7 +694,7 @@ def _read_ledgers(
 
 
 def _final_epsilons(
-    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[DpRelease]]],
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]],
     accountants: tuple[str, ...],
     budget: float | None,
     workers: int | None,
@@ -736,7 +736,7 @@ def _population_notes(devices: Sequence[LedgerAudit], server: LedgerAudit | None
 
 
 def _device_curves(
-    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[DpRelease]]],
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]],
     devices: Sequence[LedgerAudit],
     results: dict[_Key, dict[str, Any]],
     accountants: tuple[str, ...],
@@ -782,7 +782,7 @@ def _device_curves(
 
 
 def _round_prefixes(
-    audit: LedgerAudit, releases: Sequence[DpRelease]
+    audit: LedgerAudit, releases: Sequence[PrivacyEvent]
 ) -> list[tuple[int, _Key]]:
     """``(round, (history so far, δ))`` after each round with a release (its last release)."""
     points: list[tuple[int, _Key]] = []
@@ -793,7 +793,7 @@ def _round_prefixes(
             totals[group] = totals.get(group, 0) + release.steps
         if i + 1 < len(audit.rounds) and audit.rounds[i + 1] == rnd:
             continue  # several releases in one round: the ε after the last
-        prefix = canonical_history(DpRelease(s, q, n) for (s, q), n in totals.items())
+        prefix = canonical_history(PrivacyEvent(s, q, n) for (s, q), n in totals.items())
         points.append((rnd, (prefix, audit.target_delta)))
     return points
 

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.common.algorithms.base import TABLE_KEYS
+
 __all__ = ["MatrixFactorization", "GLOBAL_KEYS", "LOCAL_KEYS"]
 
-#: Parameter names shared through the server (item side).
-GLOBAL_KEYS: tuple[str, ...] = ("item_embedding.weight", "item_bias.weight")
+#: Parameter names shared through the server (item side): the item table.
+GLOBAL_KEYS: tuple[str, ...] = TABLE_KEYS
 #: Parameter names that stay on the device (user side).
 LOCAL_KEYS: tuple[str, ...] = ("user_embedding.weight",)
 

@@ -1,6 +1,6 @@
 """Privacy events as data, and the accountants that compose them.
 
-A :class:`DpRelease` is one differentially private release as an auditor needs to see it:
+A :class:`PrivacyEvent` is one differentially private release as an auditor needs to see it:
 a Gaussian mechanism with noise multiplier ``σ`` (noise standard deviation over the
 sensitivity, i.e. over the clipping norm), run ``steps`` times, each time on a Poisson
 sample of the data with probability ``q`` (or on all of it: ``sampling_probability=None``,
@@ -57,8 +57,10 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
+from fedrec.common.privacy.events import PrivacyEvent
+
 __all__ = [
-    "DpRelease",
+    "PrivacyEvent",
     "AccountantInfo",
     "ACCOUNTANTS",
     "TIGHT_ACCOUNTANTS",
@@ -128,55 +130,7 @@ TIGHT_ACCOUNTANTS = tuple(name for name, info in ACCOUNTANTS.items() if info.kin
 History = tuple[tuple[float, "float | None", int], ...]
 
 
-@dataclass(frozen=True)
-class DpRelease:
-    """One differentially private release: a Gaussian mechanism run ``steps`` times.
-
-    Attributes:
-        noise_multiplier: Noise standard deviation divided by the sensitivity (the clipping
-            norm). ``0`` means no noise: ε is infinite.
-        sampling_probability: Poisson sampling rate ``q`` of each step, or ``None`` for no
-            sampling (full batch; ``1.0`` means the same and is normalized to ``None``).
-        steps: How many times the (sampled) mechanism ran.
-    """
-
-    noise_multiplier: float
-    sampling_probability: float | None
-    steps: int
-
-    def __post_init__(self) -> None:
-        sigma = float(self.noise_multiplier)
-        if not (sigma >= 0 and math.isfinite(sigma)):
-            raise ValueError(
-                f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier!r}."
-            )
-        object.__setattr__(self, "noise_multiplier", sigma)
-        q = self.sampling_probability
-        if q is not None:
-            q = float(q)
-            if not 0.0 <= q <= 1.0:
-                raise ValueError(
-                    f"sampling_probability must be in [0, 1] or None (no sampling), got {q!r}."
-                )
-            if q == 1.0:
-                q = None
-        object.__setattr__(self, "sampling_probability", q)
-        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 0:
-            raise ValueError(f"steps must be a whole number >= 0, got {self.steps!r}.")
-        object.__setattr__(self, "steps", int(self.steps))
-
-    @property
-    def sampled(self) -> bool:
-        """Whether the release claims amplification by Poisson sampling."""
-        return self.sampling_probability is not None
-
-    @property
-    def is_noop(self) -> bool:
-        """Whether the release touches no data (no steps, or sampling probability 0)."""
-        return self.steps == 0 or self.sampling_probability == 0.0
-
-
-def canonical_history(releases: Iterable[DpRelease]) -> History:
+def canonical_history(releases: Iterable[PrivacyEvent]) -> History:
     """Return the order-free form of releases: ``((σ, q, total steps), ...)``, sorted.
 
     Releases with equal ``(σ, q)`` are merged (composition is commutative); no-ops are
@@ -185,8 +139,8 @@ def canonical_history(releases: Iterable[DpRelease]) -> History:
     """
     totals: dict[tuple[float, float | None], int] = {}
     for release in releases:
-        if not isinstance(release, DpRelease):
-            raise TypeError(f"expected DpRelease, got {type(release).__name__}.")
+        if not isinstance(release, PrivacyEvent):
+            raise TypeError(f"expected PrivacyEvent, got {type(release).__name__}.")
         if release.is_noop:
             continue
         key = (release.noise_multiplier, release.sampling_probability)
@@ -399,7 +353,7 @@ def _epsilon_cached(
 
 
 def epsilon(
-    releases: Iterable[DpRelease],
+    releases: Iterable[PrivacyEvent],
     *,
     target_delta: float,
     accountant: str = "pld",
@@ -429,7 +383,7 @@ def epsilon(
 
 
 def delta_for(
-    releases: Iterable[DpRelease],
+    releases: Iterable[PrivacyEvent],
     *,
     target_epsilon: float,
     accountant: str = "pld",
@@ -468,7 +422,7 @@ def delta_for(
 
 def accountant_error(
     accountant: str,
-    releases: Iterable[DpRelease],
+    releases: Iterable[PrivacyEvent],
     *,
     value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
     eps_error: float = DEFAULT_EPS_ERROR,
@@ -507,7 +461,7 @@ def brackets_overlap(
 # --------------------------------------------------------------------------- adapters
 
 
-def to_dp_event(releases: Iterable[DpRelease]) -> Any:
+def to_dp_event(releases: Iterable[PrivacyEvent]) -> Any:
     """Build the ``dp_accounting`` event of the composition of ``releases``.
 
     Each release becomes ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)),
@@ -515,16 +469,11 @@ def to_dp_event(releases: Iterable[DpRelease]) -> Any:
     """
     import dp_accounting as dpa
 
-    events = []
-    for release in releases:
-        inner: Any = dpa.GaussianDpEvent(release.noise_multiplier)
-        if release.sampled:
-            inner = dpa.PoissonSampledDpEvent(release.sampling_probability, inner)
-        events.append(dpa.SelfComposedDpEvent(inner, release.steps))
-    return dpa.ComposedDpEvent(events)
+    return dpa.ComposedDpEvent([release.to_dp_event() for release in releases])
 
 
-def opacus_accountant_from_releases(releases: Sequence[DpRelease], mechanism: str = "prv") -> Any:
+def opacus_accountant_from_releases(releases: Sequence[PrivacyEvent],
+                                    mechanism: str = "prv") -> Any:
     """Build an Opacus accountant (``"prv"``, ``"rdp"``, ``"gdp"``) that has spent ``releases``.
 
     Its ``history`` is what ``step()`` would have built, consecutive equal ``(σ, q)`` merged;
@@ -547,6 +496,7 @@ def opacus_accountant_from_releases(releases: Sequence[DpRelease], mechanism: st
     return acc
 
 
-def releases_from_opacus_accountant(accountant: Any) -> list[DpRelease]:
+def releases_from_opacus_accountant(accountant: Any) -> list[PrivacyEvent]:
     """Return the releases an Opacus accountant has recorded (its ``history``)."""
-    return [DpRelease(float(sigma), float(q), int(steps)) for sigma, q, steps in accountant.history]
+    return [PrivacyEvent(float(sigma), float(q), int(steps))
+            for sigma, q, steps in accountant.history]

@@ -21,13 +21,12 @@ which items the user has.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+from opacus.accountants import IAccountant
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
@@ -39,20 +38,17 @@ from fedrec.common.model.training import (
     gather,
     sample_negatives,
 )
+from fedrec.common.privacy.accountant import ACCOUNTANTS
 from fedrec.common.privacy.randomness import NoiseSource
 
 __all__ = [
     "DPConfig",
     "LocalConfig",
     "LocalResult",
-    "make_accountant",
-    "epsilon_of_history",
     "train_local",
     "per_example_sq_norms",
-    "calibrate_noise_multiplier",
 ]
 
-ACCOUNTANTS = ("prv", "rdp")
 
 
 @dataclass(frozen=True)
@@ -158,41 +154,6 @@ class LocalResult:
     sample_rate: float
     examples: int
     mean_loss: float
-
-
-def make_accountant(kind: str = "prv") -> IAccountant:
-    """A fresh Opacus accountant of the given kind (``"prv"`` or ``"rdp"``)."""
-    if kind == "prv":
-        return PRVAccountant()
-    if kind == "rdp":
-        return RDPAccountant()
-    raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {kind!r}")
-
-
-
-
-@functools.lru_cache(maxsize=4096)
-def _epsilon_cached(kind: str, history: tuple[tuple[float, float, int], ...], delta: float
-                    ) -> float:
-    acc = make_accountant(kind)
-    acc.history = [tuple(h) for h in history]
-    return float(acc.get_epsilon(delta=delta))
-
-
-def epsilon_of_history(kind: str, history, target_delta: float) -> float:
-    """ε of an accountant of ``kind`` whose history is ``history`` (memoised).
-
-    An Opacus accountant's ε is a pure function of its history of
-    ``(noise_multiplier, sample_rate, steps)`` entries, and every simulated device follows the
-    same schedule, so the (expensive: ~1-2 s for PRV) computation is done once per distinct
-    history and reused. The value is exactly what ``accountant.get_epsilon`` returns.
-    """
-    if kind not in ACCOUNTANTS:
-        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {kind!r}")
-    key = tuple((float(nm), float(q), int(n)) for nm, q, n in history)
-    if not key:
-        return 0.0
-    return _epsilon_cached(kind, key, float(target_delta))
 
 
 def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -414,57 +375,3 @@ def train_local(
     return LocalResult(
         steps=steps, sample_rate=q, examples=seen, mean_loss=total_loss / max(1, seen)
     )
-
-
-@functools.lru_cache(maxsize=64)
-def calibrate_noise_multiplier(
-    *,
-    target_epsilon: float,
-    target_delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: str = "prv",
-    extra: tuple[tuple[float, float, int], ...] = (),
-) -> float:
-    """The smallest noise multiplier whose ε after ``steps`` steps is at most the target.
-
-    Uses Opacus' :func:`~opacus.accountants.utils.get_noise_multiplier` with the same
-    accountant the device uses, so a device that trains exactly ``steps`` steps ends at (or
-    just under) its budget. ``extra`` are other releases composed with the steps
-    (``(noise_multiplier, sample_rate, steps)``, e.g. planned evaluation releases); the
-    search is then a bisection on the same accountant's ε of the whole history. Memoised (a
-    pure function of its arguments).
-    """
-    from opacus.accountants.utils import get_noise_multiplier
-
-    from fedrec.common.privacy.policy import MAX_CALIBRATION_EPSILON
-
-    if not 0 < target_epsilon <= MAX_CALIBRATION_EPSILON:
-        raise ValueError(f"target_epsilon must lie in (0, {MAX_CALIBRATION_EPSILON:g}] for "
-                         f"calibration, got {target_epsilon} (above it a guarantee means "
-                         "nothing; set a noise multiplier instead)")
-    if not 0 < target_delta < 1 or not 0 < sample_rate <= 1 or steps < 1:
-        raise ValueError("calibration needs 0 < target_delta < 1, 0 < sample_rate <= 1 and "
-                         "steps >= 1")
-    if not extra:
-        return float(get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=target_delta,
-            sample_rate=sample_rate, steps=steps, accountant=accountant,
-            epsilon_tolerance=0.005))
-
-    def eps(sigma: float) -> float:
-        return epsilon_of_history(accountant, [(sigma, sample_rate, steps), *extra],
-                                  target_delta)
-
-    if epsilon_of_history(accountant, list(extra), target_delta) >= target_epsilon:
-        raise ValueError(f"the other releases alone ({extra}) spend epsilon "
-                         f"{target_epsilon} or more: raise their noise multiplier")
-    lo, hi = 0.1, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
-    while hi - lo > 0.005 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
-    return float(hi)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-__all__ = ["RefusalCode", "PrivacyPolicy", "TrainingRequest", "PolicyViolation",
+__all__ = ["RefusalCode", "Refusal", "PrivacyPolicy", "TrainingRequest", "PolicyViolation",
            "MAX_CALIBRATION_EPSILON", "training_memory_bytes", "check_arrays"]
 
 #: Noise calibration is refused above this ε (a guarantee beyond it means nothing, and the
@@ -49,6 +49,25 @@ class RefusalCode(StrEnum):
     UNSUPPORTED = "unsupported"
     #: the device's noised share exceeded the secure sum's range (the round must abort)
     SECURE_RANGE = "secure-range"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A device declined a round.
+
+    Only ``code`` (a :class:`~fedrec.common.privacy.policy.RefusalCode`) is ever sent;
+    ``detail`` is for the device's own log, and the ε figures for its own reports.
+    """
+
+    code: RefusalCode
+    detail: str = ""
+    epsilon_spent: float = 0.0
+    epsilon_needed: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        """Code and detail in words (local logs only)."""
+        return f"{self.code}: {self.detail}" if self.detail else str(self.code)
 
 
 class PolicyViolation(Exception):

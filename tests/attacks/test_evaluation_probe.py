@@ -59,7 +59,8 @@ def _device(sigma_budget=1e4):
     dev = Device("device-000001", TRAIN, n_items=N_ITEMS, dim=DIM, local=LocalConfig(),
                  dp=DPConfig(noise_multiplier=1.0, budget_epsilon=sigma_budget,
                              accountant="rdp"),
-                 test_items=HELD_OUT, on_release=events.append)
+                 test_items=HELD_OUT,
+                 on_release=lambda event, **context: events.append(event))
     return dev, events
 
 
@@ -79,7 +80,7 @@ def test_a_private_device_never_sends_exact_sums():
 
 
 def test_the_probe_learns_only_what_is_accounted():
-    from fedrec.common.privacy.dpsgd import epsilon_of_history
+    from fedrec.common.privacy.accountant import epsilon_of
 
     candidates = _candidates()
     dev, events = _device()
@@ -99,7 +100,7 @@ def test_the_probe_learns_only_what_is_accounted():
     assert {(e.purpose, e.noise_multiplier, e.max_grad_norm) for e in events} == {
         ("evaluation", sigma, math.sqrt(width))}
     assert dev.epsilon_spent() == pytest.approx(
-        epsilon_of_history("rdp", [(sigma, 1.0, trials)], 1e-5))
+        epsilon_of("rdp", [(sigma, 1.0, trials)], 1e-5))
     # and the noise is what was accounted: std sigma * sqrt(#values) on every value
     residuals = np.concatenate(residuals)
     assert np.std(residuals) == pytest.approx(sigma * math.sqrt(width), rel=0.12)

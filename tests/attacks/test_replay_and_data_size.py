@@ -15,8 +15,9 @@ from fedrec.common.config import RunConfig
 
 def _user_level_round(tmp_path, monkeypatch, **extra):
     """One user-level DP round on the loop engine; returns (cfg, before, after, true sum)."""
+    import fedrec.common.privacy.mechanisms.user as user_mechanism
     import fedrec.server.coordinator as coordinator
-    from fedrec.server.user_dp import clip_delta, noisy_mean
+    from fedrec.common.privacy.mechanisms.user import clip_delta, noisy_mean
     from fedrec.simulations.loop import run_plain
 
     seen = {}
@@ -29,7 +30,7 @@ def _user_level_round(tmp_path, monkeypatch, **extra):
         seen["sum"], seen["count"] = total, kw["expected_count"]
         return noisy_mean(deltas, reference, **kw)
 
-    monkeypatch.setattr(coordinator, "noisy_mean", recording)
+    monkeypatch.setattr(user_mechanism, "noisy_mean", recording)
     cfg = RunConfig(synthetic_users=60, synthetic_items=40, dim=4, num_rounds=1,
                     fraction_train=0.1, privacy="user", delta=1e-4, epsilon=4.0,
                     server_optimizer="fedavg", server_lr=1.0, eval_every=1,
@@ -41,13 +42,8 @@ def _user_level_round(tmp_path, monkeypatch, **extra):
 
 def _replay(cfg, before, after, count):
     """The attacker: replay default_rng(seed) as the server used it, subtract the noise."""
-    from fedrec.server.user_dp import UserLevelDP
-
     rng = np.random.default_rng(cfg.seed)
-    udp = UserLevelDP(sampling_probability=cfg.fraction_train, clip=cfg.user_clip,
-                      noise_multiplier=cfg.user_noise(), target_delta=cfg.delta,
-                      budget_epsilon=cfg.epsilon)
-    udp.sample(range(cfg.synthetic_users), rng)  # the sampling consumes the stream first
+    rng.random(cfg.synthetic_users)  # Poisson sampling consumes the stream first
     std = cfg.user_noise() * cfg.user_clip
     noisy_sum = {k: (after[k].astype(np.float64) - before[k]) / cfg.server_lr * count
                  for k in before}
@@ -97,7 +93,7 @@ def test_a_device_s_noise_cannot_be_regenerated_from_the_seed_and_its_id(tmp_pat
     def update(seed):
         dev = Device("device-000007", np.zeros(0, dtype=np.int64), n_items=2000, dim=8,
                      local=local, dp=dp, seed=seed)
-        return dev.train(table, 1).delta["item_embedding.weight"].ravel()
+        return dev.train(table, 1).arrays["item_embedding.weight"].ravel()
 
     private = update(None)  # what a simulation of a private run does (cfg.device_seed None)
     replayed = update(0)  # the attacker's replay with the config's seed
@@ -132,8 +128,8 @@ def test_an_update_s_noise_scale_does_not_depend_on_the_data_size(tmp_path):
         with FedRecClient.open(tmp_path / f"n{n}.db", catalog=ids) as client:
             client.record_many([Event("purchase", str(i), float(i)) for i in range(n)])
             reply = client.train_round(table, 1, policy_signals=ok)
-            assert type(reply).__name__ == "TrainReply", (n, reply)  # n = 0 too: no refusal
-            scales[n] = _noise_scale(reply.delta["item_embedding.weight"])
+            assert type(reply).__name__ == "Contribution", (n, reply)  # n = 0 too: no refusal
+            scales[n] = _noise_scale(reply.arrays["item_embedding.weight"])
     values = np.array(list(scales.values()))
     # 53,824 noise values per update: the MAD's relative standard error is about 0.7%
     assert values.max() / values.min() < 1.04, scales

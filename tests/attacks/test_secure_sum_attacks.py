@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
@@ -55,8 +55,8 @@ class LocalGrid:
 
 def _setup(tmp_path):
     from fedrec.client.client_app import make_client_app
+    from fedrec.client.state_store import StoredDevices
     from fedrec.server.coordinator import make_coordinator
-    from fedrec.server.strategy import ItemEmbeddingStrategy
     from fedrec.simulations.apps import simulated_device_factory, simulated_states
 
     cfg = RunConfig(synthetic_users=N_DEVICES, synthetic_items=N_ITEMS, dim=DIM,
@@ -71,38 +71,40 @@ def _setup(tmp_path):
     def no_data(context):  # devices without data: their update is their noise share alone
         device = factory(context)
         device.train_items = np.zeros(0, dtype=np.int64)
-        train = device.train
+        contribute = device.contribute
 
-        def recording(state, rnd, **kw):
-            out = train(state, rnd, **kw)
-            if hasattr(out, "delta"):
-                shares[device.device_id] = out.delta
+        def recording(*args, **kw):
+            out = contribute(*args, **kw)
+            if hasattr(out, "arrays"):
+                shares[device.device_id] = out.arrays
             return out
 
-        device.train = recording
+        device.contribute = recording
         return device
 
-    app = make_client_app(no_data, states=simulated_states(cfg))
+    app = make_client_app(StoredDevices(no_data, simulated_states(cfg)))
     coordinator = make_coordinator(cfg, N_ITEMS, ledger_dir=Path(cfg.run_dir) / "ledgers")
-    return cfg, ItemEmbeddingStrategy(cfg, coordinator), LocalGrid(app, N_DEVICES), shares
+    return cfg, coordinator, LocalGrid(app, N_DEVICES), shares
 
 
-def _round(strategy, grid):
-    from fedrec.server.strategy import _to_arrays
+def _round(coordinator, grid):
+    """One round of fedrec's round loop over Flower's Grid (real SecAgg+, in-process)."""
+    from fedrec.server.flower_transport import FlowerTransport
+    from fedrec.server.round_loop import run_round
 
-    before = {k: v.copy() for k, v in strategy.coordinator.state.items()}
-    strategy.secure_round(grid, 1, _to_arrays(before), ConfigRecord({}))
-    return before, strategy.coordinator.state, strategy.last_report
+    before = {k: v.copy() for k, v in coordinator.state.items()}
+    report = run_round(coordinator, FlowerTransport(grid, timeout=None), 1)
+    return before, coordinator.state, report
 
 
 def test_few_devices_large_share_nothing_clipped_and_the_sigma_is_the_ledgered_one(tmp_path):
-    cfg, strategy, grid, shares = _setup(tmp_path)
-    before, after, report = _round(strategy, grid)
+    cfg, coordinator, grid, shares = _setup(tmp_path)
+    before, after, report = _round(coordinator, grid)
     assert report.aggregated == N_DEVICES
     # each masked vector is the protocol's weight and the update, nothing else (no statistic
     # of the device's values rides along)
     assert grid.masked_shapes == [[(1,), (N_ITEMS, DIM), (N_ITEMS, 1)]] * N_DEVICES
-    plan = strategy.coordinator.plan_round(N_DEVICES, 1)
+    plan = coordinator.plan_round(N_DEVICES, 1)
     assert plan.noise_share == pytest.approx(1 / np.sqrt(N_DEVICES))  # a large share: 0.58
     # no share came near the range: nothing was clipped
     assert len(shares) == N_DEVICES
@@ -124,9 +126,13 @@ def test_few_devices_large_share_nothing_clipped_and_the_sigma_is_the_ledgered_o
 
 
 def test_a_range_that_would_clip_is_refused_and_nothing_is_summed(tmp_path):
-    cfg, strategy, grid, shares = _setup(tmp_path)
-    strategy.coordinator.secure_range = lambda rnd, plan: 1e-4  # a server shrinking the range
-    before, after, report = _round(strategy, grid)
+    cfg, coordinator, grid, shares = _setup(tmp_path)
+    import dataclasses
+
+    real = coordinator.mechanism.plan
+    coordinator.mechanism.plan = lambda *a: dataclasses.replace(  # a server shrinking it
+        real(*a), clipping_range=1e-4)
+    before, after, report = _round(coordinator, grid)
     assert report.aggregated == 0 and shares == {}  # every device refused before any work
     assert report.refused == N_DEVICES
     assert sum(r.endswith("declined: not-secure") for r in report.drop_reasons) == N_DEVICES
@@ -139,14 +145,14 @@ def test_a_range_that_would_clip_is_refused_and_nothing_is_summed(tmp_path):
 def test_a_share_the_group_cannot_carry_is_refused(tmp_path, share):
     import dataclasses
 
-    cfg, strategy, grid, shares = _setup(tmp_path)
-    real = strategy.coordinator.plan_round
+    cfg, coordinator, grid, shares = _setup(tmp_path)
+    real = coordinator.mechanism.plan
 
-    def forged(sampled, rnd):  # 0: no noise at all; 0.2: needs 25 devices, the group has 3
-        return dataclasses.replace(real(sampled, rnd), noise_share=share)
+    def forged(*args):  # 0: no noise at all; 0.2: needs 25 devices, the group has 3
+        return dataclasses.replace(real(*args), noise_share=share)
 
-    strategy.coordinator.plan_round = forged
-    before, after, report = _round(strategy, grid)
+    coordinator.mechanism.plan = forged
+    before, after, report = _round(coordinator, grid)
     assert report.aggregated == 0 and shares == {} and report.refused == N_DEVICES
     assert sum(r.endswith("declined: not-secure") for r in report.drop_reasons) == N_DEVICES
     assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -157,7 +163,7 @@ def test_a_share_beyond_the_range_makes_its_device_decline_and_the_round_abort(t
     """If the Gaussian tail event happens anyway, the share is never clipped into a sum."""
     import fedrec.client.secure_aggregation as client_sa
 
-    cfg, strategy, grid, shares = _setup(tmp_path)
+    cfg, coordinator, grid, shares = _setup(tmp_path)
     real = client_sa.secure_train_reply
     calls = []
 
@@ -170,7 +176,7 @@ def test_a_share_beyond_the_range_makes_its_device_decline_and_the_round_abort(t
 
     client_sa.secure_train_reply = unlucky
     try:
-        before, after, report = _round(strategy, grid)
+        before, after, report = _round(coordinator, grid)
     finally:
         client_sa.secure_train_reply = real
     assert report.aggregated == 0 and len(calls) == N_DEVICES  # all trained, one declined

@@ -45,7 +45,7 @@ def _table(n_items=N_ITEMS, dim=DIM, fill=None):
 
 
 def _message(table, rnd=1):
-    from fedrec.client.deployment import numpy_to_arrays
+    from fedrec.client.client_app import numpy_to_arrays
 
     return Message(RecordDict({"arrays": numpy_to_arrays(table),
                                "config": ConfigRecord({"server-round": rnd})}),
@@ -155,7 +155,7 @@ def _sim_app(tmp_path, **cfg):
     ({"noise-share": 0.5}, _table(), "not-secure"),  # a share outside a secure sum
     ({}, _table(fill=np.inf), "bad-request"),
     ({}, _table(n_items=N_ITEMS - 1), "bad-request"),
-    ({"spectral-phase": "popularity"}, _table(), "unsupported"),
+    ({"task": "popularity"}, _table(), "unsupported"),
 ], ids=["share 0", "share outside SecAgg+", "inf table", "wrong shape", "other algorithm"])
 def test_a_simulated_device_refuses_and_its_ledger_is_unchanged(tmp_path, config, table, code):
     from fedrec.client.client_app import numpy_to_arrays

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.client.device import Device, Refusal, TrainReply
+from fedrec.client.device import Contribution, Device, Refusal
 from fedrec.common.model.mf import GLOBAL_KEYS, MatrixFactorization
 from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
@@ -29,15 +29,15 @@ def test_update_structure_does_not_depend_on_items(items, private):
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=1e6,
                   accountant="rdp") if private else None
     reply = _device(items, dp=dp).train(_state(), 1)
-    assert isinstance(reply, TrainReply)
+    assert isinstance(reply, Contribution)
     ref = _state()
-    assert set(reply.delta) == set(GLOBAL_KEYS)
+    assert set(reply.arrays) == set(GLOBAL_KEYS)
     for k in GLOBAL_KEYS:
-        assert reply.delta[k].shape == ref[k].shape
-        assert reply.delta[k].dtype == np.float32
-        assert isinstance(reply.delta[k], np.ndarray)  # dense, no sparse encoding
+        assert reply.arrays[k].shape == ref[k].shape
+        assert reply.arrays[k].dtype == np.float32
+        assert isinstance(reply.arrays[k], np.ndarray)  # dense, no sparse encoding
         if private:
-            assert np.count_nonzero(reply.delta[k]) == reply.delta[k].size
+            assert np.count_nonzero(reply.arrays[k]) == reply.arrays[k].size
     if private:  # under DP the example count and the loss are not revealed
         assert reply.num_examples == 1 and reply.metrics == {}
 
@@ -49,7 +49,7 @@ def test_reply_never_carries_user_embedding_or_items():
     reply = dev.train(_state(), 1)
     user = dev.model.local_state()["user_embedding.weight"]
     assert reply.metrics == {}
-    for arr in reply.delta.values():
+    for arr in reply.arrays.values():
         for row in np.atleast_2d(arr):
             if row.size == user.size:  # no row of the update is the user embedding
                 assert not np.allclose(row, user.ravel(), atol=1e-3)
@@ -88,12 +88,14 @@ def test_accountant_state_survives_restart():
 def test_release_is_recorded_before_the_update_leaves():
     events = []
     dp = DPConfig(noise_multiplier=1.0, budget_epsilon=100, accountant="rdp")
-    dev = _device([1, 2], dp=dp, on_release=events.append)
+    dev = _device([1, 2], dp=dp, on_release=lambda event, **context: events.append(
+        (event, context)))
     dev.train(_state(), 5)
-    assert len(events) == 1 and events[0].server_round == 5
-    assert events[0].claimed_epsilon == pytest.approx(dev.epsilon_spent())
+    assert len(events) == 1 and events[0][1]["round"] == 5
+    assert events[0][0].purpose == "dp-sgd" and events[0][0].noise_multiplier == 1.0
+    assert events[0][1]["claimed_epsilon"] == pytest.approx(dev.epsilon_spent())
 
-    def broken(_event):
+    def broken(_event, **_context):
         raise OSError("disk full")
 
     dev2 = _device([1, 2], dp=dp, on_release=broken)

@@ -8,5 +8,5 @@ def test_embed_in_app_example_runs():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=300, check=True).stdout
     assert "because you interacted with" in out
-    assert "round 1: TrainReply" in out
+    assert "round 1: Contribution" in out
     assert "epsilon spent" in out

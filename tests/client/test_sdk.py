@@ -166,7 +166,7 @@ def test_state_survives_reopen_and_retention_and_forget_keep_the_spend(tmp_path)
     c.receive_model(_table())
     _buy(c, range(10))
     reply = c.train_round(_table(), 1, policy_signals=OK)
-    assert type(reply).__name__ == "TrainReply"
+    assert type(reply).__name__ == "Contribution"
     before = c.recommend(5)
     spent = c.privacy_report().epsilon_spent
     c.close()
@@ -225,18 +225,18 @@ def test_train_round_respects_the_policy(tmp_path):
             assert type(r).__name__ == "Refusal" and why in r.detail
             assert r.code == "device-state"
         assert c.recommend(3).status == "personalized-fold-in"  # the table was kept anyway
-        assert type(c.train_round(_table(), 1, policy_signals=OK)).__name__ == "TrainReply"
+        assert type(c.train_round(_table(), 1, policy_signals=OK)).__name__ == "Contribution"
         again = c.train_round(_table(), 2, policy_signals=OK)
         assert again.code == "device-state" and "limit of 1 per day" in again.detail
         later = PolicySignals(charging=True, on_wifi=True, now=__import__("time").time() + 9e4)
-        assert type(c.train_round(_table(), 3, policy_signals=later)).__name__ == "TrainReply"
+        assert type(c.train_round(_table(), 3, policy_signals=later)).__name__ == "Contribution"
         with pytest.raises(ValueError, match="unknown policy signals"):
             c.train_round(_table(), 4, policy_signals={"plugged": True})
     steps = 2  # LOCAL: ceil(epochs / sample_rate)
     with _open(tmp_path, "steps.db", policy=TrainingPolicy(
             require_charging=False, max_rounds_per_day=None, max_steps_per_day=steps)) as c:
         _buy(c, range(6))
-        assert type(c.train_round(_table(), 1, policy_signals=OK)).__name__ == "TrainReply"
+        assert type(c.train_round(_table(), 1, policy_signals=OK)).__name__ == "Contribution"
         again = c.train_round(_table(), 2, policy_signals=OK)
         assert again.code == "device-state" and "steps" in again.detail
 
@@ -245,18 +245,18 @@ def test_train_round_trains_without_data_under_dp_and_refuses_past_the_budget(tm
     with _open(tmp_path, dp=dict(DP, budget_epsilon=9.0)) as c:
         # no data: a refusal would tell the server so; under DP the update is noise alone
         r = c.train_round(_table(), 1, policy_signals=OK)
-        assert type(r).__name__ == "TrainReply"
+        assert type(r).__name__ == "Contribution"
         assert c.privacy_report().rounds_released == 1
         c.record(Event("impression", "m1", 1.0))  # exposure only: still nothing to train on
         _buy(c, range(8))
         outcomes = [c.train_round(_table(), k, policy_signals=OK) for k in range(1, 6)]
         kinds = [type(o).__name__ for o in outcomes]
-        assert "TrainReply" in kinds and kinds[-1] == "Refusal"
+        assert "Contribution" in kinds and kinds[-1] == "Refusal"
         refusal = outcomes[-1]
         assert refusal.code == "budget" and refusal.epsilon_needed > 9.0
         report = c.privacy_report()
         assert report.epsilon_spent <= 9.0
-        assert report.rounds_released == kinds.count("TrainReply") + 1
+        assert report.rounds_released == kinds.count("Contribution") + 1
 
 
 def test_privacy_report_and_the_signed_ledger(tmp_path):
@@ -268,7 +268,7 @@ def test_privacy_report_and_the_signed_ledger(tmp_path):
         _buy(c, range(8))
         reply = c.train_round(_table(), 7, policy_signals=OK)
         assert reply.num_examples == 1 and reply.metrics == {}
-        assert set(reply.delta) == {"item_embedding.weight", "item_bias.weight"}
+        assert set(reply.arrays) == {"item_embedding.weight", "item_bias.weight"}
         report = c.privacy_report()
         d = report.to_dict()
         assert d["delta"] == 1e-5 and d["budget_epsilon"] == 50.0

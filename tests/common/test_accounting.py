@@ -15,7 +15,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
-    DpRelease,
+    PrivacyEvent,
     accountant_error,
     analytic_gaussian_delta,
     analytic_gaussian_epsilon,
@@ -46,13 +46,13 @@ DELTA = 1e-5
     ],
 )
 def test_pinned_epsilons(q, sigma, steps, accountant, expected):
-    eps = epsilon([DpRelease(sigma, q, steps)], target_delta=DELTA, accountant=accountant)
+    eps = epsilon([PrivacyEvent(sigma, q, steps)], target_delta=DELTA, accountant=accountant)
     assert eps == pytest.approx(expected, abs=0.005)
 
 
 def test_pinned_analytic_gaussian_is_exact():
     # 50 Gaussians with σ = 5 are one Gaussian with σ = 5/√50 (Balle & Wang 2018).
-    eps = epsilon([DpRelease(5.0, None, 50)], target_delta=DELTA, accountant="analytic")
+    eps = epsilon([PrivacyEvent(5.0, None, 50)], target_delta=DELTA, accountant="analytic")
     assert eps == pytest.approx(6.5730, abs=1e-3)
     assert analytic_gaussian_epsilon(
         noise_multiplier=5.0, target_delta=DELTA, steps=50
@@ -66,7 +66,7 @@ def test_pinned_analytic_gaussian_is_exact():
 
 
 def test_pld_agrees_with_analytic_gaussian():
-    releases = [DpRelease(5.0, 1.0, 50)]  # q = 1.0 is no sampling
+    releases = [PrivacyEvent(5.0, 1.0, 50)]  # q = 1.0 is no sampling
     pld = epsilon(releases, target_delta=DELTA, accountant="pld")
     exact = epsilon(releases, target_delta=DELTA, accountant="analytic")
     assert exact <= pld <= exact + accountant_error("pld", releases)
@@ -74,14 +74,14 @@ def test_pld_agrees_with_analytic_gaussian():
 
 
 def test_pld_is_dp_accountings_pld_accountant():
-    releases = [DpRelease(1.0, 0.05, 20)] * 2 + [DpRelease(2.0, None, 3)]
+    releases = [PrivacyEvent(1.0, 0.05, 20)] * 2 + [PrivacyEvent(2.0, None, 3)]
     acc = PLDAccountant()
     acc.compose(to_dp_event(releases))
     assert epsilon(releases, target_delta=DELTA) == pytest.approx(acc.get_epsilon(DELTA), abs=1e-6)
 
 
 def test_prv_and_rdp_are_opacus_accountants():
-    releases = [DpRelease(1.1, 0.1, 100)]
+    releases = [PrivacyEvent(1.1, 0.1, 100)]
     prv, rdp = PRVAccountant(), RDPAccountant()
     prv.history = [(1.1, 0.1, 100)]
     rdp.history = [(1.1, 0.1, 100)]
@@ -103,7 +103,7 @@ GRID = [(q, s, n) for q in (0.01, 0.1, 0.5) for s in (0.8, 1.5, 3.0) for n in (1
 @pytest.mark.slow
 @pytest.mark.parametrize(("q", "sigma", "steps"), GRID)
 def test_accountants_agree_within_stated_error(q, sigma, steps):
-    releases = [DpRelease(sigma, q, steps)]
+    releases = [PrivacyEvent(sigma, q, steps)]
     values = {a: epsilon(releases, target_delta=DELTA, accountant=a) for a in ("pld", "prv", "rdp")}
     errors = {a: accountant_error(a, releases) for a in ("pld", "prv")}
     # The tight ones: brackets [ε - error, ε] meet.
@@ -115,7 +115,7 @@ def test_accountants_agree_within_stated_error(q, sigma, steps):
 
 
 def test_stated_errors_are_documented_for_every_accountant():
-    releases = [DpRelease(1.0, 0.1, 100), DpRelease(2.0, None, 3)]
+    releases = [PrivacyEvent(1.0, 0.1, 100), PrivacyEvent(2.0, None, 3)]
     assert accountant_error("pld", releases) == pytest.approx(1e-4 * (100 + 1))
     assert accountant_error("prv", releases) == pytest.approx(0.02)
     assert accountant_error("rdp", releases) == math.inf
@@ -135,8 +135,8 @@ def test_brackets_overlap():
 
 
 def test_composition_order_and_splitting_do_not_matter():
-    a = [DpRelease(1.0, 0.1, 10), DpRelease(2.0, 0.05, 5), DpRelease(1.0, 0.1, 10)]
-    b = [DpRelease(2.0, 0.05, 5), DpRelease(1.0, 0.1, 20)]
+    a = [PrivacyEvent(1.0, 0.1, 10), PrivacyEvent(2.0, 0.05, 5), PrivacyEvent(1.0, 0.1, 10)]
+    b = [PrivacyEvent(2.0, 0.05, 5), PrivacyEvent(1.0, 0.1, 20)]
     assert canonical_history(a) == canonical_history(b)
     for name in ("pld", "prv", "rdp"):
         assert epsilon(a, target_delta=DELTA, accountant=name) == epsilon(
@@ -146,12 +146,13 @@ def test_composition_order_and_splitting_do_not_matter():
 
 def test_edge_cases():
     assert epsilon([], target_delta=DELTA) == 0.0
-    assert epsilon([DpRelease(1.0, 0.1, 0), DpRelease(1.0, 0.0, 10)], target_delta=DELTA) == 0.0
+    noop = [PrivacyEvent(1.0, 0.1, 0), PrivacyEvent(1.0, 0.0, 10)]
+    assert epsilon(noop, target_delta=DELTA) == 0.0
     for name in ("pld", "prv", "rdp"):
-        assert epsilon([DpRelease(0.0, 0.1, 1)], target_delta=DELTA, accountant=name) == math.inf
-    assert delta_for([DpRelease(0.0, 0.1, 1)], target_epsilon=5.0) == 1.0
-    assert DpRelease(1.0, 1.0, 3) == DpRelease(1.0, None, 3)
-    assert not DpRelease(1.0, 1.0, 3).sampled
+        assert epsilon([PrivacyEvent(0.0, 0.1, 1)], target_delta=DELTA, accountant=name) == math.inf
+    assert delta_for([PrivacyEvent(0.0, 0.1, 1)], target_epsilon=5.0) == 1.0
+    assert PrivacyEvent(1.0, 1.0, 3) == PrivacyEvent(1.0, None, 3)
+    assert not PrivacyEvent(1.0, 1.0, 3).sampled
 
 
 @pytest.mark.parametrize(
@@ -166,21 +167,22 @@ def test_edge_cases():
 )
 def test_release_validation(kwargs):
     with pytest.raises(ValueError):
-        DpRelease(**kwargs)
+        PrivacyEvent(**kwargs)
 
 
 def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="choose one of"):
-        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=DELTA, accountant="moments")
+        epsilon([PrivacyEvent(1.0, 0.1, 1)], target_delta=DELTA, accountant="moments")
     with pytest.raises(ValueError, match="target_delta"):
-        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=0.0)
+        epsilon([PrivacyEvent(1.0, 0.1, 1)], target_delta=0.0)
     with pytest.raises(ValueError, match="without sampling"):
-        epsilon([DpRelease(1.0, 0.1, 1)], target_delta=DELTA, accountant="analytic")
+        epsilon([PrivacyEvent(1.0, 0.1, 1)], target_delta=DELTA, accountant="analytic")
 
 
 @pytest.mark.parametrize("accountant", ["pld", "rdp", "analytic"])
 def test_delta_for_inverts_epsilon(accountant):
-    releases = [DpRelease(2.0, None, 4)] if accountant == "analytic" else [DpRelease(1.0, 0.1, 30)]
+    releases = ([PrivacyEvent(2.0, None, 4)] if accountant == "analytic"
+                else [PrivacyEvent(1.0, 0.1, 30)])
     eps = epsilon(releases, target_delta=DELTA, accountant=accountant)
     delta = delta_for(releases, target_epsilon=eps, accountant=accountant)
     assert delta == pytest.approx(DELTA, rel=0.05)
@@ -194,7 +196,7 @@ def test_delta_for_inverts_epsilon(accountant):
     delta=st.floats(1e-9, 1e-3),
 )
 def test_rdp_never_below_analytic_for_unsampled_gaussians(sigma, steps, delta):
-    releases = [DpRelease(sigma, None, steps)]
+    releases = [PrivacyEvent(sigma, None, steps)]
     exact = epsilon(releases, target_delta=delta, accountant="analytic")
     assert epsilon(releases, target_delta=delta, accountant="rdp") >= exact - 1e-9
 
@@ -203,14 +205,14 @@ def test_rdp_never_below_analytic_for_unsampled_gaussians(sigma, steps, delta):
 
 
 def test_opacus_accountant_round_trip_through_state_dict():
-    releases = [DpRelease(1.0, 0.1, 10), DpRelease(1.0, 0.1, 10), DpRelease(1.5, 0.05, 4)]
+    releases = [PrivacyEvent(1.0, 0.1, 10), PrivacyEvent(1.0, 0.1, 10), PrivacyEvent(1.5, 0.05, 4)]
     acc = opacus_accountant_from_releases(releases, "prv")
     assert acc.history == [(1.0, 0.1, 20), (1.5, 0.05, 4)]
     restored = PRVAccountant()
     restored.load_state_dict(acc.state_dict())
     assert releases_from_opacus_accountant(restored) == [
-        DpRelease(1.0, 0.1, 20),
-        DpRelease(1.5, 0.05, 4),
+        PrivacyEvent(1.0, 0.1, 20),
+        PrivacyEvent(1.5, 0.05, 4),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -220,7 +222,7 @@ def test_opacus_accountant_round_trip_through_state_dict():
 
 
 def test_dp_event_structure():
-    event = to_dp_event([DpRelease(1.0, 0.1, 3), DpRelease(2.0, None, 2)])
+    event = to_dp_event([PrivacyEvent(1.0, 0.1, 3), PrivacyEvent(2.0, None, 2)])
     assert event == dpa.ComposedDpEvent(
         [
             dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0)), 3),

@@ -16,7 +16,8 @@ import fedrec.common.audit.report as audit_module
 from fedrec.cli import main
 from fedrec.common.audit.ledger import DeviceKey, Ledger
 from fedrec.common.audit.report import audit_run
-from fedrec.common.privacy.accounting import DpRelease, epsilon
+from fedrec.common.privacy.accounting import PrivacyEvent, epsilon
+from tests.ledger_records import append_record
 
 DELTA = 1e-5
 ROUNDS = 5
@@ -48,13 +49,14 @@ def write_run(
         key.save_public(ledger_dir / "keys" / f"{device_id}.pub.pem")
         ledger = Ledger(ledger_dir / f"{device_id}.jsonl", key)
         sigma, q = settings[d % len(settings)]
-        spent: list[DpRelease] = []
+        spent: list[PrivacyEvent] = []
         for rnd in range(rounds):
             if rng.random() > participation and not (rnd == rounds - 1 and not spent):
                 continue
-            spent.append(DpRelease(sigma, q, 5))
+            spent.append(PrivacyEvent(sigma, q, 5))
             claim = epsilon(spent, target_delta=DELTA, accountant="prv")
-            ledger.append(
+            append_record(
+                ledger,
                 round=rnd,
                 noise_multiplier=sigma,
                 max_grad_norm=1.0,
@@ -72,7 +74,8 @@ def write_run(
         key.save_public(ledger_dir / "keys" / "server.pub.pem")
         ledger = Ledger(ledger_dir / "server.jsonl", key)
         for rnd in range(rounds):
-            ledger.append(
+            append_record(
+                ledger,
                 round=rnd,
                 noise_multiplier=4.0,
                 max_grad_norm=0.5,
@@ -135,7 +138,8 @@ def test_summary_and_user_level_epsilon(report):
     assert server is not None and server.unit == "user"
     # 5 unsampled Gaussians with σ = 4: one Gaussian with σ = 4/√5, exact.
     assert server.epsilon["analytic"] == pytest.approx(
-        epsilon([DpRelease(4.0 / math.sqrt(5), None, 1)], target_delta=DELTA, accountant="analytic")
+        epsilon([PrivacyEvent(4.0 / math.sqrt(5), None, 1)], target_delta=DELTA,
+                accountant="analytic")
     )
     assert server.epsilon["pld"] == pytest.approx(server.epsilon["analytic"], abs=1e-3)
 
@@ -241,8 +245,9 @@ def test_under_claim_is_flagged(tmp_path):
     key = DeviceKey.generate()
     key.save_public(run / "ledgers" / "keys" / "dev0.pub.pem")
     ledger = Ledger(run / "ledgers" / "dev0.jsonl", key)
-    truth = epsilon([DpRelease(1.0, 0.2, 5)], target_delta=DELTA, accountant="prv")
-    ledger.append(
+    truth = epsilon([PrivacyEvent(1.0, 0.2, 5)], target_delta=DELTA, accountant="prv")
+    append_record(
+        ledger,
         round=0,
         noise_multiplier=1.0,
         max_grad_norm=1.0,

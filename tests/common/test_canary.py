@@ -15,7 +15,7 @@ from fedrec.common.audit.canary import (
     one_run_p_value,
     run_canary_audit,
 )
-from fedrec.common.privacy.accounting import DpRelease, epsilon
+from fedrec.common.privacy.accounting import PrivacyEvent, epsilon
 
 # --------------------------------------------------------------------------- the bound
 
@@ -160,7 +160,7 @@ def dp_sgd_train_and_score(noise_multiplier: float, *, seed: int = 0):
 
 def claimed_epsilon(sample_rate: float) -> float:
     """The ε a run with σ = CLAIMED_SIGMA claims (what its device would record)."""
-    release = DpRelease(CLAIMED_SIGMA, sample_rate, STEPS)
+    release = PrivacyEvent(CLAIMED_SIGMA, sample_rate, STEPS)
     return epsilon([release], target_delta=1e-5, accountant="prv")
 
 

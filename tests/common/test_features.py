@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 
 from fedrec.common.algorithms.features import feature_table, profile_fold_in
-from fedrec.common.algorithms.spectral import (
-    SpectralSpec,
-    contribution,
-    noise_multipliers,
-    phase_of_round,
-)
+from fedrec.common.algorithms.spectral import SpectralSpec, contribution, phase_of_round
 from fedrec.common.config import RunConfig
 from fedrec.common.data.item_features import item_features
 from fedrec.common.data.schema import ItemMetadata
@@ -91,13 +86,13 @@ def test_one_round_spec_and_single_release_accounting():
     rng = np.random.default_rng(0)
     assert contribution(np.array([1, 4]), "popularity", spec, rng=rng).shape == (7,)
     cfg = RunConfig(algorithm="features", num_rounds=1, epsilon=2.0, accountant="rdp")
-    (sigma,) = cfg.spectral_noise()
+    (sigma,) = cfg.noise_multipliers()
     assert cfg.device_noise() == sigma
-    from fedrec.common.privacy.dpsgd import epsilon_of_history
+    from fedrec.common.privacy.accountant import epsilon_of
 
-    assert epsilon_of_history("rdp", [(sigma, 1.0, 1)], cfg.delta) == pytest.approx(2.0, rel=2e-3)
-    two = noise_multipliers(lambda h: epsilon_of_history("rdp", h, 1e-5), target_epsilon=2.0,
-                            popularity_share=0.5)
+    assert epsilon_of("rdp", [(sigma, 1.0, 1)], cfg.delta) == pytest.approx(2.0, rel=2e-3)
+    two = RunConfig(algorithm="spectral", num_rounds=2, epsilon=2.0, accountant="rdp",
+                    spectral_popularity_share=0.5).noise_multipliers()
     assert len(two) == 2 and min(two) > sigma  # two releases need more noise each
 
 
@@ -106,7 +101,7 @@ def test_user_level_features_noise_matches_dp_accounting():
 
     cfg = RunConfig(privacy="user", algorithm="features", num_rounds=1, epsilon=3.0,
                     delta=1e-4, fraction_train=1.0)
-    (sigma,) = cfg.spectral_noise()
+    (sigma,) = cfg.noise_multipliers()
     assert cfg.user_noise() == sigma
     assert 0.97 * 3.0 <= _dp_accounting_epsilon([sigma], 1.0, 1e-4) <= 3.0 * 1.001
 
@@ -118,6 +113,8 @@ def test_features_config_validation():
         RunConfig(algorithm="features", num_rounds=1, item_bias=False)
     with pytest.raises(ValueError, match="feature-smoothing"):
         RunConfig(algorithm="features", num_rounds=1, feature_smoothing=0.0)
-    spec = RunConfig(algorithm="features", num_rounds=1, dim=40, feature_scale=1.5,
-                     privacy="user").spectral_spec(100)
+    from fedrec.common.algorithms.features import Features
+
+    spec = Features.spec_of(RunConfig(algorithm="features", num_rounds=1, dim=40,
+                                      feature_scale=1.5, privacy="user"), 100)
     assert (spec.rounds, spec.unit, spec.feature_scale, spec.dim) == (1, "user", 1.5, 40)

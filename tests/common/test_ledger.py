@@ -22,7 +22,8 @@ from fedrec.common.audit.ledger import (
     releases_from_ledger,
     verify_ledger,
 )
-from fedrec.common.privacy.accounting import DpRelease
+from fedrec.common.privacy.accounting import PrivacyEvent
+from tests.ledger_records import append_record
 
 N = 6
 
@@ -41,7 +42,7 @@ def _append(ledger: Ledger, rnd: int, **overrides):
         purpose="dp-sgd",
     )
     fields.update(overrides)
-    return ledger.append(**fields)
+    return append_record(ledger, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +107,8 @@ def test_record_format(ledger_file, key):
 
 def test_releases_from_ledger(ledger_file):
     releases = releases_from_ledger(Ledger.read(ledger_file))
-    assert releases[0] == DpRelease(1.1, 0.05, 20)
-    assert releases[3] == DpRelease(1.1, None, 20)
+    assert releases[0] == PrivacyEvent(1.1, 0.05, 20)
+    assert releases[3] == PrivacyEvent(1.1, None, 20)
     assert len(releases) == N
 
 

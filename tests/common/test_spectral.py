@@ -10,7 +10,6 @@ from fedrec.common.algorithms.spectral import (
     SpectralSpec,
     contribution,
     factorize,
-    noise_multipliers,
     phase_of_round,
     select_items,
 )
@@ -132,7 +131,7 @@ def test_user_level_noise_spends_the_budget_per_dp_accounting():
 
     cfg = RunConfig(privacy="user", algorithm="spectral", num_rounds=2, epsilon=4.0,
                     delta=1e-4, fraction_train=0.6, spectral_popularity_share=0.3)
-    s_pop, s_co = cfg.spectral_noise()
+    s_pop, s_co = cfg.noise_multipliers()
     assert s_pop / s_co == pytest.approx(math.sqrt(0.7 / 0.3), rel=1e-6)
     eps = _dp_accounting_epsilon([s_pop, s_co], 0.6, 1e-4)
     assert 0.97 * 4.0 <= eps <= 4.0 * 1.001
@@ -144,7 +143,7 @@ def test_example_level_noise_spends_the_budget_per_dp_accounting(accountant):
 
     cfg = RunConfig(privacy="distributed", algorithm="spectral", num_rounds=2, epsilon=3.0,
                     accountant=accountant)
-    s_pop, s_co = cfg.spectral_noise()
+    s_pop, s_co = cfg.noise_multipliers()
     eps = _dp_accounting_epsilon([s_pop, s_co], 1.0, cfg.delta)
     # the devices' accountant (Opacus) and dp-accounting's PLD agree on two Gaussians;
     # RDP is an upper bound, so its calibration is conservative
@@ -152,9 +151,15 @@ def test_example_level_noise_spends_the_budget_per_dp_accounting(accountant):
     assert eps >= (0.8 if accountant == "rdp" else 0.97) * 3.0
 
 
-def test_noise_multipliers_rejects_bad_budgets():
-    with pytest.raises(ValueError):
-        noise_multipliers(lambda h: 1.0, target_epsilon=0.0, popularity_share=0.5)
+def test_calibration_rejects_bad_budgets():
+    from fedrec.common.privacy.accountant import calibrate
+
+    for eps in (0.0, -1.0, 1e4):
+        with pytest.raises(ValueError, match="target_epsilon"):
+            calibrate([(1.0, 1.0, 1)], target_epsilon=eps, target_delta=1e-5, accountant="rdp")
+    with pytest.raises(ValueError, match="fixed releases alone"):
+        calibrate([(1.0, 1.0, 1)], target_epsilon=1.0, target_delta=1e-5, accountant="rdp",
+                  fixed=[(0.5, 1.0, 10)])
 
 
 def test_spec_and_config_validation():

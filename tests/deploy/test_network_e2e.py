@@ -194,7 +194,7 @@ def _node_id(log: str) -> str:
 
 
 def _epsilon(history, delta: float) -> float:
-    from fedrec.client.budget import epsilon_of
+    from fedrec.common.privacy.accountant import epsilon_of
 
     return epsilon_of("rdp", tuple(history), delta) if history else 0.0
 

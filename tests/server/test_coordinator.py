@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from fedrec.common.config import RunConfig
-from fedrec.server.aggregation import FedAdamStep, FedAvgStep, validate_delta, weighted_mean
-from fedrec.server.coordinator import Coordinator, Reply
+from fedrec.common.model.optimizers import FedAdamStep, FedAvgStep, weighted_mean
+from fedrec.server.coordinator import Reply, make_coordinator
+from fedrec.server.validation import validate_delta
 
 STATE = {"item_embedding.weight": np.zeros((4, 2), np.float32),
          "item_bias.weight": np.zeros((4, 1), np.float32)}
@@ -15,8 +16,10 @@ def _delta(value=1.0):
 
 def _coord(**kw):
     # server-lr 1: the new state is the old one plus the mean delta
-    return Coordinator(RunConfig(privacy="off", max_update_norm=100.0, server_lr=1.0, **kw),
-                       STATE)
+    kw.setdefault("privacy", "off")
+    c = make_coordinator(RunConfig(max_update_norm=100.0, server_lr=1.0, dim=2, **kw), 4)
+    c.state = {k: v.copy() for k, v in STATE.items()}
+    return c
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -29,7 +32,7 @@ def _coord(**kw):
 ])
 def test_malformed_reply_is_dropped_and_the_round_goes_on(bad, reason, caplog):
     c = _coord()
-    report = c.aggregate(1, [Reply(node=1, delta=bad), Reply(node=2, delta=_delta(0.5)),
+    report = c.aggregate(1, [Reply(node=1, arrays=bad), Reply(node=2, arrays=_delta(0.5)),
                              Reply(node=3, error="timeout"), Reply(node=4, refusal="budget")])
     assert report.aggregated == 1 and report.dropped == 2 and report.refused == 1
     assert reason in " ".join(report.drop_reasons)
@@ -39,7 +42,7 @@ def test_malformed_reply_is_dropped_and_the_round_goes_on(bad, reason, caplog):
 
 def test_all_replies_bad_leaves_state_unchanged():
     c = _coord()
-    report = c.aggregate(1, [Reply(node=1, delta=_delta(float("inf")))])
+    report = c.aggregate(1, [Reply(node=1, arrays=_delta(float("inf")))])
     assert report.aggregated == 0
     np.testing.assert_array_equal(c.state["item_bias.weight"], 0)
 
@@ -47,11 +50,11 @@ def test_all_replies_bad_leaves_state_unchanged():
 def test_weighting_by_examples_and_uniform():
     a, b = _delta(1.0), _delta(3.0)
     c = _coord()
-    c.aggregate(1, [Reply(node=1, delta=a, num_examples=3), Reply(node=2, delta=b,
+    c.aggregate(1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b,
                                                                    num_examples=1)])
     np.testing.assert_allclose(c.state["item_bias.weight"], 1.5)
-    u = Coordinator(RunConfig(privacy="off", server_lr=1.0), STATE, weighting="uniform")
-    u.aggregate(1, [Reply(node=1, delta=a, num_examples=3), Reply(node=2, delta=b,
+    u = _coord(privacy="local")  # under DP devices do not send their counts: uniform weights
+    u.aggregate(1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b,
                                                                    num_examples=1)])
     np.testing.assert_allclose(u.state["item_bias.weight"], 2.0)
 

@@ -10,9 +10,9 @@ import torch
 
 from fedrec.common.config import RunConfig
 from fedrec.common.model.mf import MatrixFactorization
-from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, make_accountant, train_local
+from fedrec.common.privacy.accountant import make_accountant
+from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
 from fedrec.server.coordinator import make_coordinator
-from fedrec.server.distributed_dp import DistributedDP
 
 
 def _pld_epsilon(q, sigma, steps, delta):
@@ -88,30 +88,32 @@ def test_distributed_needs_sgd_and_dp():
         RunConfig(privacy="distributed", local_optimizer="adam")
 
 
-def _ddp(**kw):
-    args = dict(noise_multiplier=1.2, max_grad_norm=1.0, sample_rate=0.1, steps=10,
-                dropout_tolerance=0.3, target_delta=1e-5, budget_epsilon=8.0)
-    args.update(kw)
-    return DistributedDP(**args)
+def _ddp(ledger_dir=None):
+    """The distributed mechanism of a run with σ 1.2, q 0.1, 10 steps, 30% dropout tolerance."""
+    cfg = RunConfig(privacy="distributed", noise_multiplier=1.2, max_grad_norm=1.0,
+                    local_epochs=1, sample_rate=0.1, dropout_tolerance=0.3, dim=2)
+    coord = make_coordinator(cfg, 5, ledger_dir=ledger_dir)
+    return coord.mechanism, coord.algorithm.contribution(coord.task(1))
 
 
 def test_provisioning_for_dropouts():
-    ddp = _ddp()
-    plan = ddp.plan(10)
+    ddp, spec = _ddp()
+    assert (spec.noise_multiplier, spec.sampling_probability, spec.steps) == (1.2, 0.1, 10)
+    plan = ddp.plan(10, spec)
     assert plan.min_included == 7 and plan.noise_share == pytest.approx(1 / math.sqrt(7))
     # as provisioned or better: the full σ (capped: the user step carries exactly σ)
-    assert ddp.effective_noise_multiplier(plan, 7) == pytest.approx(1.2)
-    assert ddp.effective_noise_multiplier(plan, 10) == pytest.approx(1.2)
+    assert ddp.effective_noise_multiplier(plan, 7, 1.2) == pytest.approx(1.2)
+    assert ddp.effective_noise_multiplier(plan, 10, 1.2) == pytest.approx(1.2)
     # more dropouts than provisioned: the noise that is there
-    assert ddp.effective_noise_multiplier(plan, 5) == pytest.approx(1.2 * math.sqrt(5 / 7))
-    assert ddp.effective_noise_multiplier(plan, 0) == 0.0
+    assert ddp.effective_noise_multiplier(plan, 5, 1.2) == pytest.approx(1.2 * math.sqrt(5 / 7))
+    assert ddp.effective_noise_multiplier(plan, 0, 1.2) == 0.0
 
 
 def test_accounting_matches_dp_accounting_with_the_noise_present(tmp_path):
-    ddp = _ddp(ledger_dir=tmp_path / "ledgers")
-    plan = ddp.plan(10)
-    ddp.record(1, plan, [str(i) for i in range(10)])  # all there: σ
-    ddp.record(2, plan, [str(i) for i in range(5)])  # 5 of 10: σ·√(5/7)
+    ddp, spec = _ddp(ledger_dir=tmp_path / "ledgers")
+    plan = ddp.plan(10, spec)
+    ddp.record(1, plan, [str(i) for i in range(10)], spec)  # all there: σ
+    ddp.record(2, plan, [str(i) for i in range(5)], spec)  # 5 of 10: σ·√(5/7)
     low = 1.2 * math.sqrt(5 / 7)
     eps_both = ddp.epsilon("0")
     eps_first = ddp.epsilon("9")
@@ -155,7 +157,7 @@ def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
     assert rep.aggregated == 0 and "secure sum rejected" in rep.drop_reasons[0]
     for k in snap:
         np.testing.assert_array_equal(coord.state[k], snap[k])
-    assert len(coord.distributed.histories["1"]) == 1
+    assert len(coord.mechanism.histories["1"]) == 1
 
 
 @pytest.mark.parametrize("policy", ["account", "abort"])

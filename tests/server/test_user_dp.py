@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fedrec.common.config import RunConfig
+from fedrec.common.privacy.mechanisms.user import clip_delta, noisy_mean
 from fedrec.common.privacy.randomness import NoiseSource
 from fedrec.server.coordinator import Reply, make_coordinator
-from fedrec.server.user_dp import UserLevelDP, clip_delta, noisy_mean
 
 
 def _pld_epsilon(q, sigma, rounds, delta):
@@ -36,10 +36,9 @@ def test_noisy_mean_has_the_calibrated_noise(noise):
 
 
 def test_poisson_sampling_rate():
-    udp = UserLevelDP(sampling_probability=0.3, clip=1, noise_multiplier=1, target_delta=1e-4,
-                      budget_epsilon=8)
-    rng = np.random.default_rng(1)
-    sizes = [len(udp.sample(range(1000), rng)) for _ in range(50)]
+    coord = make_coordinator(RunConfig(privacy="user", fraction_train=0.3, delta=1e-4,
+                                       user_noise_multiplier=1.0), 10)
+    sizes = [len(coord.sample(range(1000))) for _ in range(50)]
     assert 270 < np.mean(sizes) < 330 and len(set(sizes)) > 5  # varies: Poisson, not fixed
 
 
@@ -47,10 +46,10 @@ def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_pat
     cfg = RunConfig(privacy="user", fraction_train=0.2, num_rounds=5, epsilon=4.0,
                     delta=1e-4, user_clip=0.5, dim=4)
     coord = make_coordinator(cfg, 10, ledger_dir=tmp_path / "ledgers")
-    sigma = coord.user_dp.noise_multiplier
+    sigma = cfg.user_noise()
     for rnd in range(1, 6):
         picked = coord.sample(list(range(50)))
-        replies = [Reply(node=n, delta={k: np.ones_like(v) for k, v in coord.state.items()})
+        replies = [Reply(node=n, arrays={k: np.ones_like(v) for k, v in coord.state.items()})
                    for n in picked]
         coord.aggregate(rnd, replies)
     records = [json.loads(x) for x in (tmp_path / "ledgers" / "server.jsonl").read_text()

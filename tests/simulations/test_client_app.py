@@ -93,6 +93,7 @@ def test_device_over_budget_replies_with_a_refusal(setup):
 
 def _counting_app(cfg):
     from fedrec.client.client_app import make_client_app
+    from fedrec.client.state_store import StoredDevices
     from fedrec.simulations.apps import simulated_device_factory, simulated_states
 
     built = []
@@ -102,7 +103,7 @@ def _counting_app(cfg):
         built.append(context.node_id)
         return factory(context)
 
-    return make_client_app(counting, states=simulated_states(cfg)), built
+    return make_client_app(StoredDevices(counting, simulated_states(cfg))), built
 
 
 def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setup):

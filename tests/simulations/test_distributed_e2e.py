@@ -30,6 +30,7 @@ def run(tmp_path_factory):
     from flwr.simulation import run_simulation
 
     from fedrec.client.client_app import make_client_app
+    from fedrec.client.state_store import StoredDevices
     from fedrec.server.coordinator import initial_global_state
     from fedrec.simulations import runner
     from fedrec.simulations.apps import (
@@ -55,20 +56,20 @@ def run(tmp_path_factory):
 
     def recording_factory(context):
         device = factory(context)
-        train = device.train
+        contribute = device.contribute
 
-        def train_and_record(state, rnd, **kw):
-            out = train(state, rnd, **kw)
-            if hasattr(out, "delta"):
-                np.savez(side / f"{device.device_id}.npz", **out.delta)
+        def contribute_and_record(*args, **kw):
+            out = contribute(*args, **kw)
+            if hasattr(out, "arrays"):
+                np.savez(side / f"{device.device_id}.npz", **out.arrays)
             return out
 
-        device.train = train_and_record
+        device.contribute = contribute_and_record
         return device
 
     rounds = []
     server_app, _ = make_apps(cfg, on_round=rounds.append)
-    client_app = make_client_app(recording_factory, states=simulated_states(cfg),
+    client_app = make_client_app(StoredDevices(recording_factory, simulated_states(cfg)),
                                  mods=[simulated_dropout_mod(cfg)])
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=20,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

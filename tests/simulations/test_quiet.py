@@ -34,6 +34,7 @@ def flwr_log():
     collect = _Collect()
     logger.addHandler(collect)
     saved = (logger.level, console_handler.level, console_handler.timestamps)
+    logger.setLevel(logging.DEBUG)  # as importing flwr leaves it (an earlier test may not)
     try:
         yield collect.messages
     finally:

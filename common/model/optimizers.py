@@ -1,6 +1,7 @@
-"""Server-side maths on item tables: reply validation, aggregation, server optimizers.
+"""Server optimizers on the item table, and the mean they step with.
 
-Pure numpy, no Flower: the ``ServerApp`` strategy and the plain-loop benchmark share it.
+Pure numpy: a federated algorithm (:mod:`fedrec.common.algorithms.sgd`) turns the round's
+aggregate into the next item table with one of these (FedAvg's step, FedAdam).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "validate_delta",
     "weighted_mean",
     "ServerOptimizer",
     "FedAvgStep",
@@ -20,34 +20,6 @@ __all__ = [
 ]
 
 State = dict[str, np.ndarray]
-
-
-def validate_delta(
-    delta: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, max_norm: float
-) -> str | None:
-    """Why a reply's delta is unacceptable, or ``None`` if it is fine.
-
-    Checks: exactly the expected keys, each array's shape and dtype (float32), every value
-    finite, and the global L2 norm at most ``max_norm``.
-    """
-    if set(delta) != set(reference):
-        return f"keys {sorted(delta)} differ from the expected {sorted(reference)}"
-    sq = 0.0
-    for key, ref in reference.items():
-        arr = delta[key]
-        if not isinstance(arr, np.ndarray):
-            return f"{key}: not an array ({type(arr).__name__})"
-        if arr.shape != ref.shape:
-            return f"{key}: shape {arr.shape}, expected {ref.shape}"
-        if arr.dtype != np.float32:
-            return f"{key}: dtype {arr.dtype}, expected float32"
-        if not np.isfinite(arr).all():
-            return f"{key}: contains NaN or infinite values"
-        sq += float(np.square(arr, dtype=np.float64).sum())
-    norm = sq ** 0.5
-    if norm > max_norm:
-        return f"update norm {norm:.4g} exceeds the limit {max_norm:g}"
-    return None
 
 
 def weighted_mean(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:

@@ -1,0 +1,119 @@
+"""Devices called in one process as a transport of the round loop.
+
+:class:`InProcessTransport` hands each request to the devices directly, with the checks their
+``ClientApp`` would make, and computes a secure sum in the clear: what SecAgg+ computes, with
+its semantics (a device whose share would be clipped declines and the round aborts; a
+simulated dropout takes a contribution out of the sum). It is the engine of sweeps and
+benchmarks: the same device and server code as the Flower engine, without the engine's
+overhead (:mod:`fedrec.simulations.loop`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from fedrec.client.device import Device, Refusal
+from fedrec.common.privacy.mechanisms import RoundPlan
+from fedrec.common.privacy.policy import PolicyViolation
+from fedrec.common.privacy.secagg import SecureSession, exceeds_range
+from fedrec.server.coordinator import Reply
+from fedrec.server.round_loop import Request, SumResult
+
+__all__ = ["InProcessTransport"]
+
+
+class InProcessTransport:
+    """The round loop's messages as direct calls to devices.
+
+    Args:
+        n_devices: devices ``0 .. n_devices - 1``.
+        device: gives device ``u`` (built, or restored from its saved state).
+        done: called with ``(u, device)`` after a device handled a request (to save it).
+        dropout: in a secure sum, each contribution is dropped with this probability, as if
+            its device went offline mid-round.
+        rng: the coin of those dropouts.
+    """
+
+    def __init__(self, n_devices: int, device: Callable[[int], Device],
+                 done: Callable[[int, Device], None] | None = None, *, dropout: float = 0.0,
+                 rng: np.random.Generator | None = None):
+        self.n_devices = n_devices
+        self.device = device
+        self.done = done or (lambda u, d: None)
+        self.dropout = dropout
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def nodes(self) -> list[int]:
+        """Every device."""
+        return list(range(self.n_devices))
+
+    def _answer(self, u: int, request: Request, session: SecureSession | None) -> Reply:
+        dev = self.device(u)
+        share = request.config.get("noise-share")
+        try:
+            dev.check_secure(session, noise_share=share, task=request.task)
+            out = dev.contribute(request.task, request.state, request.server_round,
+                                 noise_share=share)
+        except PolicyViolation as violation:
+            out = Refusal(violation.code, violation.detail)
+        if not isinstance(out, Refusal):
+            self.done(u, dev)
+        if isinstance(out, Refusal):
+            return Reply(node=u, refusal=str(out.code))
+        metrics = dict(out.metrics)
+        if dev.dp is not None:
+            metrics["epsilon"] = dev.epsilon_spent()
+        return Reply(node=u, arrays=out.arrays, num_examples=out.num_examples, metrics=metrics)
+
+    def train(self, request: Request, nodes: Sequence[int]) -> list[Reply]:
+        """Each device's individual reply."""
+        return [self._answer(u, request, None) for u in nodes]
+
+    def secure_sum(self, request: Request, nodes: Sequence[int], plan: RoundPlan) -> SumResult:
+        """The sum of the devices' contributions, computed in the clear, with SecAgg+'s rules.
+
+        Contributions are added as they come and not kept (a round of 20,000 co-occurrence
+        contributions would otherwise hold gigabytes).
+        """
+        session = SecureSession(clipping_range=plan.clipping_range, group_size=len(nodes))
+        total: dict[str, np.ndarray] | None = None
+        included: list[int] = []
+        declined = out_of_range = 0
+        for u in nodes:
+            reply = self._answer(u, request, session)
+            if reply.refusal is not None:
+                declined += 1
+                continue
+            assert reply.arrays is not None
+            if exceeds_range(reply.arrays, plan.clipping_range):
+                out_of_range += 1
+                continue
+            if self.dropout > 0 and self.rng.random() < self.dropout:
+                continue
+            if total is None:
+                total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in reply.arrays.items()}
+            for k in total:
+                total[k] += reply.arrays[k]
+            included.append(u)
+        if out_of_range:
+            return SumResult(None, [], declined, [f"secure sum aborted: {out_of_range} noised "
+                                                  "share(s) beyond the range"])
+        return SumResult(None if total is None else {k: v.astype(np.float32)
+                                                     for k, v in total.items()},
+                         included, declined)
+
+    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
+        """Each device's evaluation release (refusals left out)."""
+        out = []
+        for u in nodes:
+            dev = self.device(u)
+            sums = dev.evaluation_release(
+                request.state, tuple(int(k) for k in str(request.config["ks"]).split(",")),
+                request.server_round,
+                noise_multiplier=request.config.get("eval-noise-multiplier"))
+            if not isinstance(sums, Refusal):
+                self.done(u, dev)
+                out.append(sums)
+        return out
