@@ -9,6 +9,7 @@ from fedrec.cli._common import print_metrics_table
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Add the subcommand."""
+    from fedrec.common.algorithms.registry import algorithm_class
     from fedrec.common.config import ALGORITHMS, PRIVACY_MODES
     from fedrec.common.data.loaders import DATASETS
 
@@ -35,12 +36,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                         "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
                         "noise added by the server)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default=None,
-                   help="sgd (rounds of local DP-SGD; default); spectral (two DP releases, "
-                        "popularity and co-occurrence, factorized; runs 2 rounds, every device "
-                        "in each unless --set fraction-train says otherwise); features (one DP "
-                        "popularity release, the catalog's public genres and release years as "
-                        "item embeddings, personalized on each device; 1 round, every device, "
-                        "dim 64; needs a dataset with item metadata)")
+                   help="; ".join(f"{name}: {algorithm_class(name).summary}"
+                                  for name in ALGORITHMS)
+                   + " (default sgd; each algorithm sets its own round count unless given)")
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
     p.add_argument("--population", type=int, default=None,
@@ -75,16 +73,7 @@ def config_from_args(args: argparse.Namespace):
              "run-dir": args.run_dir, "seed": args.seed, "population": args.population,
              "algorithm": getattr(args, "algorithm", None)}
     flat.update({k: v for k, v in named.items() if v is not None})
-    if flat.get("algorithm") == "spectral":  # its two rounds, unless asked otherwise
-        flat.setdefault("num-rounds", 2)
-        flat.setdefault("eval-every", 2)
-        flat.setdefault("fraction-train", 1.0)
-    if flat.get("algorithm") == "features":  # its one round; room for every feature column
-        flat.setdefault("num-rounds", 1)
-        flat.setdefault("eval-every", 1)
-        flat.setdefault("fraction-train", 1.0)
-        flat.setdefault("dim", 64)
-    return RunConfig.from_flat(flat)
+    return RunConfig.from_flat(flat)  # the algorithm's own defaults for keys not given
 
 
 def run(args: argparse.Namespace) -> int:

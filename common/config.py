@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedrec.common.algorithms.registry import REGISTRY
+
 if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
@@ -30,7 +32,7 @@ PRIVACY_MODES = ("off", "local", "distributed", "user")
 DEVICE_DP_MODES = ("local", "distributed")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
 #: The registered algorithms (:mod:`fedrec.common.algorithms.registry`; one module each).
-ALGORITHMS = ("sgd", "spectral", "features")
+ALGORITHMS = tuple(REGISTRY)
 
 
 def _doc(text: str, **kw: object) -> object:
@@ -326,11 +328,20 @@ class RunConfig:
     # --- flat kebab-case mapping --------------------------------------------------------------
     @classmethod
     def from_flat(cls, flat: Mapping[str, object] | None = None, **overrides: object) -> RunConfig:
-        """Parse Flower's flat ``run_config`` (kebab-case keys) plus keyword overrides."""
+        """Parse Flower's flat ``run_config`` (kebab-case keys) plus keyword overrides.
+
+        Keys the mapping does not set take the algorithm's own defaults
+        (:attr:`~fedrec.common.algorithms.base.Algorithm.defaults`, e.g. the spectral
+        algorithm's two rounds), then the dataclass defaults.
+        """
         known = {f.name: f for f in fields(cls)}
         values: dict[str, object] = {}
         merged = dict(flat or {})
         merged.update({k.replace("_", "-"): v for k, v in overrides.items()})
+        from fedrec.common.algorithms.registry import algorithm_class
+
+        for key, value in algorithm_class(str(merged.get("algorithm", "sgd"))).defaults.items():
+            merged.setdefault(key, value)
         for key, raw in merged.items():
             name = key.replace("-", "_")
             if name not in known:

@@ -7,50 +7,16 @@ share (0 included) to a group of any size. Here three devices with no data send 
 so the secure sum is the noise itself and its σ can be measured against the ledger.
 """
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from fedrec.common.config import RunConfig
+from tests.local_grid import LocalGrid
 
 N_DEVICES, N_ITEMS, DIM = 3, 1000, 8
-
-
-class LocalGrid:
-    """Delivers each message to the ClientApp in-process (a copy, as a transport would)."""
-
-    def __init__(self, app, n):
-        self.app = app
-        self.masked_shapes = []  # the shapes of every masked vector a device sent
-        self.contexts = {100 + p: Context(run_id=1, node_id=100 + p,
-                                          node_config={"partition-id": p, "num-partitions": n},
-                                          state=RecordDict(), run_config={})
-                         for p in range(n)}
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        out = []
-        for msg in messages:
-            msg = copy.deepcopy(msg)
-            try:
-                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-            except Exception as exc:  # noqa: BLE001 - what Flower does with a raising app
-                reply = Message(Error(code=2, reason=repr(exc)), reply_to=msg)
-            if not reply.has_error():
-                configs = reply.content.config_records.get(RECORD_KEY_CONFIGS, {})
-                if Key.MASKED_PARAMETERS in configs:
-                    self.masked_shapes.append([bytes_to_ndarray(b).shape
-                                               for b in configs[Key.MASKED_PARAMETERS]])
-            out.append(reply)
-        return out
 
 
 def _setup(tmp_path):
