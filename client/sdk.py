@@ -415,14 +415,7 @@ class FedRecClient:
         path = Path(path)
         store = DeviceStore(path)
         try:
-            stored_id = store.get_meta("device_id")
-            if device_id is None:
-                device_id = stored_id or f"device-{uuid.uuid4().hex[:16]}"
-            elif stored_id is not None and stored_id != device_id:
-                raise ValueError(f"{path} belongs to device {stored_id!r}, not {device_id!r}")
-            if stored_id is None:
-                store.set_meta("device_id", device_id)
-                store.set_meta("created_at", time.time())
+            device_id = _device_id(store, path, device_id)
             dp_settings = _dp_settings(dp, store.get_meta("dp", _UNSET))
             if dp_settings is None:
                 warnings.warn(
@@ -430,20 +423,9 @@ class FedRecClient:
                     "WITHOUT differential privacy, so an update can reveal the items this "
                     "user interacted with. Pass DP settings (or omit dp) in any deployment.",
                     UserWarning, stacklevel=2)
-            spent = store.privacy_state()
-            if (dp_settings is not None and spent.accountant is not None
-                    and spent.accountant != dp_settings["accountant"]):
-                raise ValueError(
-                    f"this device's spend so far was accounted with the {spent.accountant!r} "
-                    f"accountant; opening it with accountant={dp_settings['accountant']!r} "
-                    f"cannot continue that history. Keep accountant={spent.accountant!r}.")
+            _check_accountant_continues(store, dp_settings)
             store.set_meta("dp", dp_settings)
-            if local is None:
-                local_settings = store.get_meta("local", {})
-            elif isinstance(local, Mapping):
-                local_settings = dict(local)
-            else:
-                local_settings = local.to_dict()
+            local_settings = _local_settings(local, store)
             store.set_meta("local", local_settings)
             ledger = Path(ledger_path) if ledger_path is not None else path.with_name(
                 path.stem + ".ledger.jsonl")
@@ -1219,6 +1201,44 @@ def _dp_settings(dp: Any, stored: Any) -> dict[str, Any] | None:
     if out["accountant"] not in ("prv", "rdp"):
         raise ValueError(f"accountant must be 'prv' or 'rdp', got {out['accountant']!r}")
     return out
+
+
+def _device_id(store: DeviceStore, path: Path, device_id: str | None) -> str:
+    """The store's device id: the stored one, else ``device_id`` or a new one (then stored).
+
+    Raises ``ValueError`` when ``device_id`` contradicts the stored id.
+    """
+    stored_id = store.get_meta("device_id")
+    if device_id is None:
+        device_id = stored_id or f"device-{uuid.uuid4().hex[:16]}"
+    elif stored_id is not None and stored_id != device_id:
+        raise ValueError(f"{path} belongs to device {stored_id!r}, not {device_id!r}")
+    if stored_id is None:
+        store.set_meta("device_id", device_id)
+        store.set_meta("created_at", time.time())
+    return device_id
+
+
+def _check_accountant_continues(store: DeviceStore, dp_settings: Mapping[str, Any] | None
+                                ) -> None:
+    """Refuse an accountant other than the one the store's spend so far was accounted with."""
+    spent = store.privacy_state()
+    if (dp_settings is not None and spent.accountant is not None
+            and spent.accountant != dp_settings["accountant"]):
+        raise ValueError(
+            f"this device's spend so far was accounted with the {spent.accountant!r} "
+            f"accountant; opening it with accountant={dp_settings['accountant']!r} "
+            f"cannot continue that history. Keep accountant={spent.accountant!r}.")
+
+
+def _local_settings(local: LocalConfig | Mapping[str, Any] | None,
+                    store: DeviceStore) -> dict[str, Any]:
+    """The local training recipe: explicit (a ``LocalConfig`` or its fields), else stored."""
+    if local is None:
+        return store.get_meta("local", {})
+    if isinstance(local, Mapping):
+        return dict(local)
+    return local.to_dict()
 
 
 def _validate_table(global_state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

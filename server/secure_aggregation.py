@@ -76,12 +76,13 @@ Limits
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -537,6 +538,92 @@ def _narrow_to_active(state: WorkflowState) -> None:
     }
 
 
+def _checked_protocol_sizes(config: SecAggConfig, node_ids: list[int],
+                            content: RecordDict) -> tuple[int, int]:
+    """``(num_shares, threshold)`` for ``node_ids``; ``ValueError`` on bad arguments."""
+    if len(node_ids) < config.min_nodes:
+        raise ValueError(f"secure_sum needs at least {config.min_nodes} distinct nodes, "
+                         f"got {len(node_ids)}")
+    if len(node_ids) > config.max_nodes:
+        raise ValueError(f"{len(node_ids)} nodes would overflow modulus_range "
+                         f"(at most {config.max_nodes} with these ranges)")
+    if RECORD_KEY_CONFIGS in content:
+        raise ValueError(f"the record name {RECORD_KEY_CONFIGS!r} is reserved for SecAgg+")
+    num_shares, threshold = config.protocol_sizes(len(node_ids))
+    if threshold > min(num_shares, len(node_ids)):
+        raise ValueError(f"threshold {threshold} exceeds the neighbourhood size "
+                         f"{min(num_shares, len(node_ids))} for {len(node_ids)} nodes")
+    return num_shares, threshold
+
+
+def _legacy_context(node_ids: list[int],
+                    group_id: str | int) -> tuple[LegacyContext, _SumCapture]:
+    """A private ``LegacyContext`` whose strategy samples ``node_ids`` and captures the sum."""
+    strategy = _SumCapture(node_ids)
+    client_manager = SimpleClientManager()  # only for the workflow's log line
+    for nid in node_ids:
+        client_manager.register(_NodeRef(nid))
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=strategy, client_manager=client_manager)
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: group_id})
+    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    return context, strategy
+
+
+def _halted(stage: str, why: str, *, screen: _ScreeningGrid, node_ids: list[int],
+            threshold: int) -> SecureAggregationError:
+    """The error of a round that stops at ``stage``, with the sampled nodes' drop reasons."""
+    reasons = {n: r for n, r in screen.drop_reasons.items() if n in node_ids}
+    return SecureAggregationError(
+        f"secure aggregation halted at stage {stage!r}: {why} "
+        f"({len(reasons)} of {len(node_ids)} nodes failed at some stage, "
+        f"threshold {threshold})",
+        stage=stage, drop_reasons=reasons)
+
+
+def _mask_and_collect(workflow: SecAggPlusWorkflow, screen: _ScreeningGrid,
+                      context: LegacyContext, state: WorkflowState, content: RecordDict,
+                      fail: Callable[[str, str], SecureAggregationError]) -> None:
+    """Run the setup, share-keys and collect-masked-vectors stages.
+
+    Each node's instruction becomes a copy of ``content`` after setup; a stage that cannot go
+    on raises ``fail(stage, why)``.
+    """
+    proxy = cast(Grid, screen)
+    if not workflow.setup_stage(proxy, context, state):
+        raise fail(Stage.SETUP, "too few nodes replied with public keys")
+    _narrow_to_active(state)
+    for nid in state.nid_to_fitins:
+        state.nid_to_fitins[nid] = RecordDict(dict(content.items()))
+    if not workflow.share_keys_stage(proxy, context, state):
+        raise fail(Stage.SHARE_KEYS, "too few nodes shared their keys")
+    _narrow_to_active(state)
+    collected = workflow.collect_masked_vectors_stage(proxy, context, state)
+    out_of_range = sorted(n for n, code in screen.decline_codes.items()
+                          if code.startswith(SECURE_RANGE_CODE))
+    if out_of_range:
+        raise fail(Stage.COLLECT_MASKED_VECTORS,
+                   f"{len(out_of_range)} device(s) declined because their noised share "
+                   "exceeded the clipping range; not unmasking a sum whose noise would differ "
+                   "from the accounted noise")
+    if not collected:
+        raise fail(Stage.COLLECT_MASKED_VECTORS, "too few masked vectors")
+
+
+def _unmasked_total(results: list[tuple[ClientProxy, FitRes]],
+                    layout: list[tuple[str, tuple[int, ...]]] | None,
+                    n: int) -> dict[str, np.ndarray]:
+    """The float32 sum of ``n`` included nodes, keyed and shaped by the agreed ``layout``."""
+    assert layout is not None  # set by the collect stage's screening
+    vectors = parameters_to_ndarrays(results[0][1].parameters)
+    # The workflow divided by the sum of the weight factors, n · Q / Q = n: undo it.
+    totals = [np.asarray(v, dtype=np.float64) * n for v in vectors]
+    return {name: totals[i].reshape(shape).astype(np.float32)
+            for i, (name, shape) in enumerate(layout)}
+
+
 def secure_sum(
     grid: Grid,
     nodes: Sequence[int],
@@ -577,60 +664,14 @@ def secure_sum(
     """
     config = config or SecAggConfig()
     node_ids = list(dict.fromkeys(int(n) for n in nodes))
-    if len(node_ids) < config.min_nodes:
-        raise ValueError(f"secure_sum needs at least {config.min_nodes} distinct nodes, "
-                         f"got {len(node_ids)}")
-    if len(node_ids) > config.max_nodes:
-        raise ValueError(f"{len(node_ids)} nodes would overflow modulus_range "
-                         f"(at most {config.max_nodes} with these ranges)")
-    if RECORD_KEY_CONFIGS in content:
-        raise ValueError(f"the record name {RECORD_KEY_CONFIGS!r} is reserved for SecAgg+")
-    num_shares, threshold = config.protocol_sizes(len(node_ids))
-    if threshold > min(num_shares, len(node_ids)):
-        raise ValueError(f"threshold {threshold} exceeds the neighbourhood size "
-                         f"{min(num_shares, len(node_ids))} for {len(node_ids)} nodes")
-
+    num_shares, threshold = _checked_protocol_sizes(config, node_ids, content)
     workflow = config.workflow()
-    strategy = _SumCapture(node_ids)
-    client_manager = SimpleClientManager()  # only for the workflow's log line
-    for nid in node_ids:
-        client_manager.register(_NodeRef(nid))
-    context = LegacyContext(
-        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-        strategy=strategy, client_manager=client_manager)
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-        {WorkflowKey.CURRENT_ROUND: group_id})
-    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    context, strategy = _legacy_context(node_ids, group_id)
     state = WorkflowState()
     screen = _ScreeningGrid(grid, shapes)
     proxy = cast(Grid, screen)
-
-    def fail(stage: str, why: str) -> SecureAggregationError:
-        reasons = {n: r for n, r in screen.drop_reasons.items() if n in node_ids}
-        return SecureAggregationError(
-            f"secure aggregation halted at stage {stage!r}: {why} "
-            f"({len(reasons)} of {len(node_ids)} nodes failed at some stage, "
-            f"threshold {threshold})",
-            stage=stage, drop_reasons=reasons)
-
-    if not workflow.setup_stage(proxy, context, state):
-        raise fail(Stage.SETUP, "too few nodes replied with public keys")
-    _narrow_to_active(state)
-    for nid in state.nid_to_fitins:
-        state.nid_to_fitins[nid] = RecordDict(dict(content.items()))
-    if not workflow.share_keys_stage(proxy, context, state):
-        raise fail(Stage.SHARE_KEYS, "too few nodes shared their keys")
-    _narrow_to_active(state)
-    collected = workflow.collect_masked_vectors_stage(proxy, context, state)
-    out_of_range = sorted(n for n, code in screen.decline_codes.items()
-                          if code.startswith(SECURE_RANGE_CODE))
-    if out_of_range:
-        raise fail(Stage.COLLECT_MASKED_VECTORS,
-                   f"{len(out_of_range)} device(s) declined because their noised share "
-                   "exceeded the clipping range; not unmasking a sum whose noise would differ "
-                   "from the accounted noise")
-    if not collected:
-        raise fail(Stage.COLLECT_MASKED_VECTORS, "too few masked vectors")
+    fail = functools.partial(_halted, screen=screen, node_ids=node_ids, threshold=threshold)
+    _mask_and_collect(workflow, screen, context, state, content, fail)
     included = sorted(state.active_node_ids)
     if min_included is not None and len(included) < min_included:
         raise fail(Stage.COLLECT_MASKED_VECTORS,
@@ -638,24 +679,15 @@ def secure_sum(
                    "not unmasking")
     if not workflow.unmask_stage(proxy, context, state) or strategy.results is None:
         raise fail(Stage.UNMASK, "too few key shares to remove the masks")
-
     results = strategy.results
     if sorted(p.node_id for p, _ in results) != included:
         raise fail(Stage.UNMASK, "the workflow's results do not match the included nodes")
-    layout = screen.layout
-    assert layout is not None  # set by the collect stage's screening
-    vectors = parameters_to_ndarrays(results[0][1].parameters)
-    n = len(included)
-    # The workflow divided by the sum of the weight factors, n · Q / Q = n: undo it.
-    totals = [np.asarray(v, dtype=np.float64) * n for v in vectors]
     dropped = sorted(set(node_ids) - set(included))
-    reasons = {nid: screen.drop_reasons.get(nid, "dropped") for nid in dropped}
     return SecureSumResult(
-        total={name: totals[i].reshape(shape).astype(np.float32)
-               for i, (name, shape) in enumerate(layout)},
+        total=_unmasked_total(results, screen.layout, len(included)),
         included=included,
         dropped=dropped,
-        drop_reasons=reasons,
+        drop_reasons={nid: screen.drop_reasons.get(nid, "dropped") for nid in dropped},
         declined=sorted(screen.declined & set(dropped)),
         num_shares=num_shares,
         threshold=threshold,

@@ -22,6 +22,7 @@ which items the user has.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -248,6 +249,111 @@ def _local_optimizer(model: MatrixFactorization, local: LocalConfig) -> torch.op
     return torch.optim.SGD(groups)
 
 
+def _check_noise_share(noise_share: float | None, dp: DPConfig | None,
+                       local: LocalConfig) -> None:
+    """Reject distributed-DP settings :func:`train_local` cannot honour."""
+    if noise_share is not None:
+        if dp is None:
+            raise ValueError("noise_share (distributed DP) needs DP settings")
+        if not 0 < noise_share <= 1:
+            raise ValueError(f"noise_share must lie in (0, 1], got {noise_share}")
+        if local.optimizer != "sgd":
+            raise ValueError("distributed DP needs the linear 'sgd' local optimizer")
+
+
+def _build_optimizer(
+    model: MatrixFactorization,
+    local: LocalConfig,
+    dp: DPConfig | None,
+    gen: torch.Generator,
+    *,
+    noise_share: float | None,
+    noise_source: NoiseSource | None,
+) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[torch.Tensor]]:
+    """The local optimizer (wrapped in :class:`_DPOptimizer` with ``dp``).
+
+    Returns the optimizer, every parameter it trains and the trainable global parameters.
+    With ``noise_share`` the item tables' learning rate is 0 (they stay at the server's
+    values; :func:`train_local` applies their summed noisy gradients at the end).
+    """
+    norm_size = local.batch_size_norm
+    base = _local_optimizer(model, local)
+    params = [p for group in base.param_groups for p in group["params"]]
+    global_params = [p for p in model.global_parameters() if p.requires_grad]
+    if noise_share is not None:
+        base.param_groups[1]["lr"] = 0.0
+    if dp is None:
+        return base, params, global_params
+    optimizer = _DPOptimizer(
+        base,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=norm_size,
+        loss_reduction="mean",
+        generator=gen,
+    )
+    optimizer.noise_source = noise_source
+    if noise_share is not None:
+        optimizer.noise_scale = {id(p): float(noise_share) for p in global_params}
+        optimizer.sum_bound = dp.max_grad_norm * norm_size
+    return optimizer, params, global_params
+
+
+def _poisson_batches(n: int, q: float, gen: torch.Generator,
+                     steps: int) -> Iterable[list[int]]:
+    """Poisson sampling over the device's ``n`` examples, ``steps`` batches.
+
+    With no examples every batch is empty and the update is the noise alone, exactly what
+    the sampler would give for a device without data.
+    """
+    if n:
+        return UniformWithReplacementSampler(
+            num_samples=n, sample_rate=q, generator=gen, steps=steps)
+    return [[] for _ in range(steps)]
+
+
+def _train_batch(model: MatrixFactorization, pos: torch.Tensor, batch: list[int], *,
+                 local: LocalConfig, dp: DPConfig | None,
+                 gen: torch.Generator) -> tuple[float, int]:
+    """Put one batch's gradients into ``.grad`` (clipped per example under ``dp``).
+
+    Draws the batch's negatives from ``gen``. Returns the batch's summed loss and its size.
+    """
+    n_neg = 1 if local.loss == "bpr" else local.n_negatives
+    idx = torch.as_tensor(batch, dtype=torch.long)
+    b_pos = pos[idx]
+    neg = sample_negatives(b_pos, model.n_items, n_neg, gen)
+    zero_user = torch.zeros(1, dtype=torch.long)
+    g = gather(model, zero_user.expand(len(idx)), torch.cat([b_pos.unsqueeze(1), neg], 1))
+    losses = example_losses(g, loss=local.loss, l2=local.l2)
+    batch_loss = float(losses.detach().sum())
+    tensors = g.tensors()
+    if dp is None:
+        (losses.sum() / local.batch_size_norm).backward()
+    else:
+        grads = torch.autograd.grad(losses.sum(), tensors)
+        norms = per_example_sq_norms(g, list(grads)).sqrt()
+        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        _accumulate_clipped(model, g, list(grads), factor)
+    return batch_loss, len(idx)
+
+
+def _zero_grads(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """Zero every trained parameter's ``.grad`` in place, allocating the missing ones."""
+    optimizer.zero_grad(set_to_none=False)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def _descend_summed(global_params: list[torch.Tensor], summed: list[torch.Tensor],
+                    lr: float) -> None:
+    """Distributed DP: move the item tables by ``-lr`` times their summed noisy gradients."""
+    with torch.no_grad():
+        for acc, p in zip(summed, global_params, strict=True):
+            p.sub_(lr * acc)
+
+
 def train_local(
     model: MatrixFactorization,
     positives: np.ndarray,
@@ -303,75 +409,26 @@ def train_local(
         raise ValueError("a device needs at least one training interaction")
     q, steps = local.sample_rate, local.steps
     gen = generator if generator is not None else NoiseSource.secure().torch_generator()
-    if noise_share is not None:
-        if dp is None:
-            raise ValueError("noise_share (distributed DP) needs DP settings")
-        if not 0 < noise_share <= 1:
-            raise ValueError(f"noise_share must lie in (0, 1], got {noise_share}")
-        if local.optimizer != "sgd":
-            raise ValueError("distributed DP needs the linear 'sgd' local optimizer")
-    n_neg = 1 if local.loss == "bpr" else local.n_negatives
-    norm_size = local.batch_size_norm
-    base = _local_optimizer(model, local)
-    params = [p for group in base.param_groups for p in group["params"]]
-    global_params = [p for p in model.global_parameters() if p.requires_grad]
-    if noise_share is not None:
-        base.param_groups[1]["lr"] = 0.0  # item tables stay at the server's values ...
-        summed = [torch.zeros_like(p) for p in global_params]  # ... their noisy grads add up
-    optimizer: torch.optim.Optimizer = base
-    if dp is not None:
-        optimizer = _DPOptimizer(
-            base,
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=norm_size,
-            loss_reduction="mean",
-            generator=gen,
-        )
-        optimizer.noise_source = noise_source
-        if noise_share is not None:
-            optimizer.noise_scale = {id(p): float(noise_share) for p in global_params}
-            optimizer.sum_bound = dp.max_grad_norm * norm_size
-    # Poisson sampling over the device's examples (none: every batch is empty, the update is
-    # the noise alone, exactly what the sampler would give for a device without data)
-    sampler = UniformWithReplacementSampler(
-        num_samples=n, sample_rate=q, generator=gen, steps=steps
-    ) if n else [[] for _ in range(steps)]
-    zero_user = torch.zeros(1, dtype=torch.long)
+    _check_noise_share(noise_share, dp, local)
+    optimizer, params, global_params = _build_optimizer(
+        model, local, dp, gen, noise_share=noise_share, noise_source=noise_source)
+    # distributed DP: the item tables' noisy gradients add up, applied after the last step
+    summed = None if noise_share is None else [torch.zeros_like(p) for p in global_params]
     total_loss, seen = 0.0, 0
     model.train()
-    for batch in sampler:
-        optimizer.zero_grad(set_to_none=False)
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+    for batch in _poisson_batches(n, q, gen, steps):
+        _zero_grads(optimizer, params)
         if batch:
-            idx = torch.as_tensor(batch, dtype=torch.long)
-            b_pos = pos[idx]
-            neg = sample_negatives(b_pos, model.n_items, n_neg, gen)
-            g = gather(model, zero_user.expand(len(idx)), torch.cat([b_pos.unsqueeze(1), neg], 1))
-            losses = example_losses(g, loss=local.loss, l2=local.l2)
-            total_loss += float(losses.detach().sum())
-            seen += len(idx)
-            tensors = g.tensors()
-            if dp is None:
-                (losses.sum() / norm_size).backward()
-            else:
-                grads = torch.autograd.grad(losses.sum(), tensors)
-                norms = per_example_sq_norms(g, list(grads)).sqrt()
-                factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-                _accumulate_clipped(model, g, list(grads), factor)
+            batch_loss, batch_seen = _train_batch(model, pos, batch, local=local, dp=dp, gen=gen)
+            total_loss, seen = total_loss + batch_loss, seen + batch_seen
         optimizer.step()
-        if noise_share is not None:
+        if summed is not None:
             for acc, p in zip(summed, global_params, strict=True):
                 acc.add_(p.grad)
         if dp is not None and accountant is not None:
             accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=q)
-    if noise_share is not None:
-        with torch.no_grad():
-            for acc, p in zip(summed, global_params, strict=True):
-                p.sub_(local.lr * acc)
+    if summed is not None:
+        _descend_summed(global_params, summed, local.lr)
     model.eval()
-    return LocalResult(
-        steps=steps, sample_rate=q, examples=seen, mean_loss=total_loss / max(1, seen)
-    )
+    return LocalResult(steps=steps, sample_rate=q, examples=seen,
+                       mean_loss=total_loss / max(1, seen))
