@@ -24,6 +24,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "deploy-app": ("deploy", "write the Flower App of a real deployment, for `flwr run`"),
     "superlink": ("deploy", "start flower-superlink with TLS and SuperNode authentication"),
     "supernode": ("deploy", "start flower-supernode for one device and its SQLite store"),
+    "sweep": ("tools", "privacy-utility sweep: NDCG@10 against epsilon per privacy mode"),
+    "bench": ("tools", "benchmarks: engine, local (training), data, sdk"),
+    "canary": ("tools", "canary audit: an empirical epsilon lower bound of a device's training"),
+    "limits": ("tools", "noisy-popularity bound: what local DP can at best learn"),
 }
 
 _EPILOG = """\
@@ -32,6 +36,8 @@ start here:
   fedrec baselines --dataset ml-100k --data-dir PATH
                                         most-popular and centralized MF reference numbers
   fedrec audit runs/LATEST              recompute epsilon from the run's signed ledgers
+  fedrec sweep --epsilons 1,3,8         NDCG@10 against epsilon, beside the baselines
+  fedrec bench TOOL                     benchmarks (engine, local, data, sdk)
 
 `fedrec COMMAND --help` explains each command's options.
 """

@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-__all__ = ["median_seconds", "main"]
+__all__ = ["median_seconds", "add_arguments", "run", "main"]
 
 TARGETS_S = {"synthetic 1,000 x 500": 1.0, "synthetic 20,000 x 500": 10.0, "load ml-100k": 1.0}
 
@@ -35,15 +35,24 @@ def median_seconds(fn: Callable[[], object], repeats: int, *, warmup: bool = Tru
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the table."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number at least 1, got {text!r}")
+    return value
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``python -m fedrec.simulations.bench_data`` and ``fedrec bench data``."""
     ap.add_argument("--data-dir", default="", help="an ml-100k folder (u.data, u.item)")
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
+    ap.add_argument("--repeats", type=_at_least_one, default=5)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table."""
     from fedrec.common.data.synthetic import generate_synthetic
 
     jobs: dict[str, Callable[[], object]] = {
@@ -62,6 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         target = TARGETS_S[name]
         print(f"  {name:<24} {sec:8.3f} {'< ' + format(target, 'g'):>8}"
               f"  {'ok' if sec < target else 'MISSED'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["bench_recommend", "bench_import", "main"]
+__all__ = ["bench_recommend", "bench_import", "add_arguments", "run", "main"]
 
 TARGETS_MS = {1682: 1.0, 100_000: 10.0, 1_000_000: 100.0}
 
@@ -145,15 +145,17 @@ def bench_import(*, repeats: int = 3, training: bool = True) -> dict[str, float]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the benchmark table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m fedrec.simulations.bench_sdk`` and ``fedrec bench sdk``."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[1682, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-training-import", action="store_true",
                         help="skip timing the torch/Opacus import")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the benchmark table; exit status 1 when a latency target is missed."""
     import os
 
     print(f"fedrec client SDK benchmark (python {sys.version.split()[0]}, "
@@ -183,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{imp['training_import_s']:.1f} s, RSS then "
               f"{imp['rss_after_training_import_mb']:.0f} MB")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the benchmark table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

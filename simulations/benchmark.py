@@ -17,24 +17,29 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedrec.common.config import RunConfig
-from fedrec.common.model.mf import MatrixFactorization
-from fedrec.common.model.training import example_losses, gather, sample_negatives
-from fedrec.common.privacy.accountant import make_accountant
-from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
 from fedrec.simulations.bench_data import median_seconds
+
+if TYPE_CHECKING:  # torch, Opacus, dp_accounting load on use, not when the command line is parsed
+    import torch
+
+    from fedrec.common.model.mf import MatrixFactorization
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
 
 def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local: LocalConfig,
                        dp: DPConfig, gen: torch.Generator) -> None:
     """One round with Opacus' default per-sample hooks (reference implementation)."""
+    import torch
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    from fedrec.common.model.training import example_losses, gather, sample_negatives
 
     class Pairwise(torch.nn.Module):
         def __init__(self, mf):
@@ -65,6 +70,12 @@ def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local:
 
 def bench_local(n_items: int, dim: int, n_examples: int, reps: int) -> dict[str, float]:
     """Seconds per device-epoch for each implementation, and ratios to non-private."""
+    import torch
+
+    from fedrec.common.model.mf import MatrixFactorization
+    from fedrec.common.privacy.accountant import make_accountant
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
+
     gen = torch.Generator().manual_seed(0)
     positives = torch.randperm(n_items, generator=gen)[:n_examples].numpy()
     local = LocalConfig(epochs=1.0, sample_rate=0.25, lr=0.1)
@@ -120,16 +131,27 @@ def _round_times(rounds: list[dict[str, object]]) -> list[float]:
     return [float(r["seconds"]) for r in rounds]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the benchmark figures."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser, part: str = "all") -> None:
+    """Options of ``python -m fedrec.simulations.benchmark`` and ``fedrec bench local|engine``.
+
+    ``part`` is "all" (the module: both parts), "local" (the local-training figures) or
+    "engine" (the simulation rounds, which take only ``--quick``).
+    """
+    if part not in ("all", "local", "engine"):
+        raise ValueError(f"part must be all, local or engine, got {part!r}")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and rounds")
+    if part == "engine":
+        return
     ap.add_argument("--items", type=int, default=1682, help="catalog size (ML-100K: 1682)")
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--examples", type=int, default=85,
                     help="a device's interactions (ML-100K train median is about 50-90)")
-    args = ap.parse_args(argv)
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """Print the local-training figures (1. in the module's description)."""
+    import torch
+
     torch.set_num_threads(1)
     reps = 5 if args.quick else 15
     local = bench_local(args.items, args.dim, args.examples, reps)
@@ -138,12 +160,35 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.examples} interactions, sampling rate 0.25; median of {reps}):")
     for kind, sec in local.items():
         print(f"  {kind:26s} {sec * 1e3:8.2f} ms   {sec / base:5.2f}x non-private")
+    return 0
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    """Print the simulation-round figures (2. in the module's description)."""
+    import torch
+
+    torch.set_num_threads(1)
     rounds = bench_rounds(users=120 if args.quick else 400, rounds=4 if args.quick else 8)
     print("simulation rounds (synthetic, fraction 0.25, DP on, no evaluation):")
     for k, v in rounds.items():
         print(f"  {k:36s} {v:8.3f}")
     ratio = rounds["flower s/round"] / rounds["plain loop s/round"]
     print(f"  flower/plain per round: {ratio:.2f}x")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every benchmark figure: local training, then simulation rounds."""
+    run_local(args)
+    return run_engine(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the benchmark figures."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

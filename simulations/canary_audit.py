@@ -23,14 +23,9 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from fedrec.common.audit.canary import run_canary_audit
-from fedrec.common.model.mf import MatrixFactorization
-from fedrec.common.privacy.accountant import make_accountant
-from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
-
-__all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release"]
+__all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release",
+           "add_arguments", "run", "main"]
 
 
 @dataclass
@@ -52,6 +47,13 @@ def audit_device_training(*, m: int = 1000, k_guesses: int = 200, noise_multipli
     ``noise_multiplier`` is what training really uses; ``claimed_noise_multiplier`` (default:
     the same) is what the accountant is told — set them apart to simulate a broken release.
     """
+    import torch  # torch, Opacus, scipy, dp_accounting load on use, not at CLI parse time
+
+    from fedrec.common.audit.canary import run_canary_audit
+    from fedrec.common.model.mf import MatrixFactorization
+    from fedrec.common.privacy.accountant import make_accountant
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
+
     claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
         claimed_noise_multiplier
     local = LocalConfig(epochs=1.0, sample_rate=sample_rate, lr=0.5, loss="bpr",
@@ -93,7 +95,10 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
     from fedrec.client.device import Device
     from fedrec.common.algorithms.base import Task
     from fedrec.common.algorithms.spectral import Spectral
+    from fedrec.common.audit.canary import run_canary_audit
     from fedrec.common.config import RunConfig
+    from fedrec.common.privacy.accountant import make_accountant
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
     claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
         claimed_noise_multiplier
@@ -121,17 +126,20 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
                           float(claimed.get_epsilon(delta=delta)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the audit of an honest run and of a run with the noise switched off."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``python -m fedrec.simulations.canary_audit`` and ``fedrec canary``."""
     ap.add_argument("--noise-multiplier", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--m", type=int, default=1000)
     ap.add_argument("--guesses", type=int, default=200)
     ap.add_argument("--algorithm", choices=("sgd", "spectral"), default="sgd",
                     help="audit DP-SGD training (default) or the spectral popularity release")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the audit of an honest run and of a run with the noise switched off."""
+    import torch
+
     torch.set_num_threads(1)
     if args.algorithm == "spectral":
         honest = audit_spectral_release(m=args.m, k_guesses=args.guesses,
@@ -150,6 +158,15 @@ def main(argv: list[str] | None = None) -> None:
             res.epsilon_lower_bound > res.claimed_epsilon) else "consistent with the claim"
         print(f"{name:20s} guesses {res.r}, correct {res.v}, empirical eps >= "
               f"{res.epsilon_lower_bound:.3f}, claimed eps {res.claimed_epsilon:.3f}: {verdict}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the audit of an honest run and of a run with the noise switched off."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

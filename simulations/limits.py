@@ -21,16 +21,18 @@ import argparse
 import numpy as np
 
 from fedrec.common.config import RunConfig
-from fedrec.common.evaluation.metrics import evaluate
-from fedrec.common.privacy.accounting import analytic_gaussian_epsilon
-from fedrec.simulations.federation import federated_dataset
 
-__all__ = ["noisy_popularity", "main"]
+__all__ = ["noisy_popularity", "add_arguments", "run", "main"]
 
 
 def noisy_popularity(sigmas: list[float], *, cfg: RunConfig, delta: float, seeds: int = 3
                      ) -> list[dict[str, float]]:
     """NDCG@10 of popularity counted with per-device Gaussian noise of std σ (mean of seeds)."""
+    # scipy and torch load on use, not when the command line is parsed
+    from fedrec.common.evaluation.metrics import evaluate
+    from fedrec.common.privacy.accounting import analytic_gaussian_epsilon
+    from fedrec.simulations.federation import federated_dataset
+
     fed = federated_dataset(cfg)
     sp = fed.split
     n_devices = fed.n_users
@@ -49,15 +51,18 @@ def noisy_popularity(sigmas: list[float], *, cfg: RunConfig, delta: float, seeds
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the table."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``python -m fedrec.simulations.limits`` and ``fedrec limits``."""
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--sigmas", default="0.5,1,2,3,5")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table."""
+    from fedrec.simulations.federation import federated_dataset
+
     cfg = RunConfig.from_flat({"dataset": args.dataset, "data-dir": args.data_dir})
     rows = noisy_popularity([float(s) for s in args.sigmas.split(",")], cfg=cfg,
                             delta=args.delta)
@@ -67,6 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         label = "exact" if r["sigma"] == 0 else f"{r['sigma']:5.2f}"
         print(f"  {label:>5}  {r['epsilon']:8.3f}   {r['ndcg@10']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fedrec.common.config import RunConfig
 
-__all__ = ["RECIPES", "run_sweep", "main"]
+__all__ = ["RECIPES", "run_sweep", "add_arguments", "run", "main"]
 
 #: Named run-config overrides per privacy mode (measured on ML-100K; see the issue notes).
 RECIPES: dict[str, dict[str, dict[str, object]]] = {
@@ -222,10 +222,8 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     return [out / "sweep.json", out / "sweep.md", out / "sweep.png"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line of the sweep."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The sweep's options (``python -m fedrec.simulations.sweep`` and ``fedrec sweep``)."""
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--recipe", default=None, choices=sorted(RECIPES),
@@ -236,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engine", choices=("loop", "flower"), default="loop")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="runs/sweep")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep the parsed options describe, write and print its outputs."""
     import torch
 
     torch.set_num_threads(1)
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     base: dict[str, object] = {"dataset": args.dataset, "data-dir": args.data_dir,
                                "reproducible": True}
     for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         base[k] = v
     recipe = args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick")
@@ -253,6 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     for p in write_outputs(result, Path(args.out)):
         print("written", p)
     print(Path(args.out, "sweep.md").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of the sweep."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":
