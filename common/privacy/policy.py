@@ -21,11 +21,15 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 __all__ = ["RefusalCode", "Refusal", "PrivacyPolicy", "TrainingRequest", "PolicyViolation",
-           "MAX_CALIBRATION_EPSILON", "training_memory_bytes", "check_arrays"]
+           "MAX_CALIBRATION_EPSILON", "MIN_NOISE_MULTIPLIER", "training_memory_bytes", "check_arrays"]
 
 #: Noise calibration is refused above this ε (a guarantee beyond it means nothing, and the
 #: search for the noise multiplier would take minutes).
 MAX_CALIBRATION_EPSILON = 100.0
+#: A device refuses a noise multiplier below this before accounting it: no budget a device
+#: accepts survives it, and accounting it (PRV's grid grows as the noise shrinks) would cost
+#: minutes and gigabytes, a way for a server to stall devices.
+MIN_NOISE_MULTIPLIER = 0.3
 
 
 class RefusalCode(StrEnum):
@@ -213,6 +217,10 @@ class PrivacyPolicy:
             if not (math.isfinite(sigma) and sigma >= 0):
                 raise PolicyViolation(RefusalCode.BAD_REQUEST,
                                       f"noise multiplier {sigma!r} is not a number >= 0")
+            if 0 < sigma < MIN_NOISE_MULTIPLIER:
+                raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
+                                      f"noise multiplier {sigma:g} is below "
+                                      f"{MIN_NOISE_MULTIPLIER:g}")
             if sigma == 0 and request.epsilon is None:
                 raise PolicyViolation(RefusalCode.BAD_REQUEST,
                                       "no noise multiplier and no epsilon to calibrate one to")

@@ -72,7 +72,8 @@ def _spend(node):
 ATTACKS = [
     ("delta 0.5", {"delta": 0.5}, None, RefusalCode.PRIVACY_POLICY),
     ("epsilon 1e6", {"epsilon": 1e6}, None, RefusalCode.PRIVACY_POLICY),
-    ("noise 0.01", {"noise-multiplier": 0.01}, None, RefusalCode.BUDGET),
+    ("noise 0.01", {"noise-multiplier": 0.01}, None, RefusalCode.PRIVACY_POLICY),
+    ("noise 0.5", {"noise-multiplier": 0.5}, None, RefusalCode.BUDGET),
     ("local-epochs 1e6", {"local-epochs": 1e6}, None, RefusalCode.RESOURCES),
     ("no device noise", {"privacy": "off"}, None, RefusalCode.PRIVACY_POLICY),
     ("NaN table", {}, _table(fill=np.nan), RefusalCode.BAD_REQUEST),
@@ -112,7 +113,8 @@ def test_the_sdk_refuses_a_looser_recipe_before_any_work(tmp_path):
         for recipe, code in [({"delta": 0.5}, "privacy-policy"),
                              ({"epsilon": 1e6, "noise_multiplier": 0.0}, "privacy-policy"),
                              ({"local": {"epochs": 1e6}}, "resources"),
-                             ({"noise_multiplier": 0.01}, "budget"),
+                             ({"noise_multiplier": 0.01}, "privacy-policy"),
+                             ({"noise_multiplier": 0.4}, "budget"),
                              ({"surprise": 1}, "bad-request")]:
             out = client.train_round(_table(), 1, policy_signals=ok, recipe=recipe)
             assert type(out).__name__ == "Refusal" and out.code == code, recipe

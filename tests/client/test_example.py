@@ -1,8 +1,10 @@
+import pytest
 import subprocess
 import sys
 from pathlib import Path
 
 
+@pytest.mark.slow
 def test_embed_in_app_example_runs():
     script = Path(__file__).resolve().parents[2] / "examples" / "embed_in_app.py"
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

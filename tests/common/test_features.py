@@ -96,6 +96,7 @@ def test_one_round_spec_and_single_release_accounting():
     assert len(two) == 2 and min(two) > sigma  # two releases need more noise each
 
 
+@pytest.mark.slow
 def test_user_level_features_noise_matches_dp_accounting():
     from tests.common.test_spectral import _dp_accounting_epsilon
 

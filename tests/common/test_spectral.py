@@ -126,6 +126,7 @@ def _dp_accounting_epsilon(sigmas, q, delta):
     return acc.get_epsilon(delta)
 
 
+@pytest.mark.slow
 def test_user_level_noise_spends_the_budget_per_dp_accounting():
     from fedrec.common.config import RunConfig
 

@@ -354,7 +354,7 @@ def test_client_app_refuses_a_foreign_catalog_no_dp_and_a_raised_budget(tmp_path
     assert code(app(_train_message(flat, ids, 1),
                     _context(flat, dict(node, **{"epsilon-budget": 0.5})))) == "privacy-policy"
     # a round the device cannot afford: the budget guard refuses
-    thin, _ = _run_config(tmp_path, **{"noise-multiplier": 0.1, "epsilon": 0.5})
+    thin, _ = _run_config(tmp_path, **{"noise-multiplier": 0.4, "epsilon": 0.5})
     assert code(app(_train_message(thin, ids, 1),
                     _context(thin, dict(node, **{"epsilon-budget": 0.5})))) == "budget"
     # the training policy and its signals from the node config

@@ -351,6 +351,7 @@ def test_the_leak_detector_catches_plain_and_quantized_but_not_masked_vectors():
     assert not looks_like((q + mask) % 2**32, x)
 
 
+@pytest.mark.slow
 def test_secure_sum_equals_the_plain_sum_within_quantization_error(sim):
     result, nodes = sim["all"], sim["nodes"]
     assert len(nodes) == N_NODES
@@ -364,6 +365,7 @@ def test_secure_sum_equals_the_plain_sum_within_quantization_error(sim):
     assert 0 < err < result.error_bound
 
 
+@pytest.mark.slow
 def test_dropouts_after_key_sharing_are_reported_and_excluded(sim):
     result, nodes, plan = sim["drop"], sim["nodes"], sim["drop:plan"]
     gone = plan["share_keys"] + plan["collect_masked_vectors"] + plan["decline"]
@@ -379,6 +381,7 @@ def test_dropouts_after_key_sharing_are_reported_and_excluded(sim):
     assert_close_to(result.total, plain_sum(result.included, 2), result)
 
 
+@pytest.mark.slow
 def test_a_share_beyond_the_range_is_never_clipped_the_round_aborts(sim):
     exc = sim["clip"]
     updates = [update_for(n, 3) for n in sim["nodes"]]
@@ -390,6 +393,7 @@ def test_a_share_beyond_the_range_is_never_clipped_the_round_aborts(sim):
     assert Stage.COLLECT_MASKED_VECTORS in stages and Stage.UNMASK not in stages
 
 
+@pytest.mark.slow
 def test_too_many_dropouts_raise_with_the_reasons(sim):
     exc, nodes = sim["toomany"], sim["nodes"]
     assert isinstance(exc, SecureAggregationError)
@@ -397,6 +401,7 @@ def test_too_many_dropouts_raise_with_the_reasons(sim):
     assert sorted(exc.drop_reasons) == nodes[:5]
 
 
+@pytest.mark.slow
 def test_too_few_for_the_caller_aborts_before_unmasking(sim):
     exc = sim["short"]
     assert isinstance(exc, SecureAggregationError)
@@ -406,6 +411,7 @@ def test_too_few_for_the_caller_aborts_before_unmasking(sim):
     assert Stage.COLLECT_MASKED_VECTORS in stages and Stage.UNMASK not in stages
 
 
+@pytest.mark.slow
 def test_the_server_never_sees_an_individual_update(sim):
     nodes = sim["nodes"]
     for name, senders in (("all", N_NODES), ("drop", 6), ("clip", 0), ("toomany", 5),

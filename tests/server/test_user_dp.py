@@ -42,6 +42,7 @@ def test_poisson_sampling_rate():
     assert 270 < np.mean(sizes) < 330 and len(set(sizes)) > 5  # varies: Poisson, not fixed
 
 
+@pytest.mark.slow
 def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_path):
     cfg = RunConfig(privacy="user", fraction_train=0.2, num_rounds=5, epsilon=4.0,
                     delta=1e-4, user_clip=0.5, dim=4)

@@ -132,6 +132,7 @@ def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setu
     assert verify_ledger(ledger, key).ok
 
 
+@pytest.mark.slow
 def test_a_noiseless_spectral_contribution_never_leaves_outside_secure_aggregation(tmp_path):
     cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=2, num_rounds=2,
                     algorithm="spectral", privacy="user", delta=1e-4,

@@ -10,6 +10,7 @@ import pytest
 from fedrec.common.config import RunConfig
 
 
+@pytest.mark.slow
 def test_flower_local_features_run_is_one_audited_release(tmp_path):
     from fedrec.common.audit.report import audit_run
     from fedrec.common.data.item_features import item_features
@@ -43,6 +44,7 @@ def test_flower_local_features_run_is_one_audited_release(tmp_path):
     assert report.ok and max(led.epsilon["rdp"] for led in report.ledgers) <= 4.0 * 1.01
 
 
+@pytest.mark.slow
 def test_local_features_beat_most_popular_on_ml100k(ml100k_dir):
     from fedrec.simulations.baselines import most_popular
     from fedrec.simulations.federation import federated_dataset

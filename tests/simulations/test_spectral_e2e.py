@@ -10,6 +10,7 @@ import pytest
 from fedrec.common.config import RunConfig
 
 
+@pytest.mark.slow
 def test_flower_distributed_spectral_with_dropouts(tmp_path):
     from fedrec.simulations.runner import simulate
 
@@ -41,6 +42,7 @@ def test_flower_distributed_spectral_with_dropouts(tmp_path):
     assert "ndcg@10" in res.summary["quality"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("privacy,epsilon", [("distributed", 3.0), ("user", 8.0)])
 def test_spectral_beats_most_popular_on_ml100k(ml100k_dir, privacy, epsilon):
     from fedrec.simulations.baselines import most_popular
@@ -58,6 +60,7 @@ def test_spectral_beats_most_popular_on_ml100k(ml100k_dir, privacy, epsilon):
     assert res.final["ndcg@10"] == pytest.approx(ndcg, abs=1e-9)  # central == federated
 
 
+@pytest.mark.slow
 def test_flower_user_level_spectral_goes_through_secagg(tmp_path):
     """User-level contributions are item indicators: on Flower they are only ever summed
     securely, and the server adds the noise to the sum (its ledger says so)."""

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from fedrec.simulations.sweep import RECIPES, UNITS, run_sweep, write_outputs
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_mode_and_writes_table_and_plot(tmp_path):
     base = {"dataset": "synthetic", "synthetic-users": 24, "synthetic-items": 30, "dim": 4,
             "num-rounds": 3, "eval-every": 3}
