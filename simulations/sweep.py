@@ -18,7 +18,9 @@ recipe of ``distributed`` is the spectral algorithm, the better of the two there
 ``local`` recipe is the features algorithm, ``local-sgd`` DP-SGD). A label of mode ``off``
 (``off-features``: exact popularity with the public features) is a non-private reference, run
 once per seed and drawn as a line. Pass ``--set KEY=VALUE`` to change any key for every run.
-The command line seeds noise and sampling (``reproducible = true``, said in ``sweep.md``) so
+``--algorithm NAME`` sweeps a registered algorithm with its own defaults in every mode, no
+recipe (a mode the algorithm cannot run in is skipped, with the table's reason in
+``sweep.md``). The command line seeds noise and sampling (``reproducible = true``, said in ``sweep.md``) so
 that figures repeat seed for seed; ``--set reproducible=false`` draws them from OS entropy.
 """
 
@@ -118,14 +120,47 @@ def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
             "config": cfg.to_flat()}
 
 
-def run_sweep(base: dict[str, object], *, recipe: str, epsilons: list[float],
+def algorithm_recipe(name: str, modes: list[str]) -> dict[str, dict[str, object]]:
+    """A recipe that runs algorithm ``name`` with its own defaults in every mode of ``modes``.
+
+    Nothing is tuned: each run takes the algorithm's
+    :attr:`~fedrec.common.algorithms.base.Algorithm.defaults`, then the run-config defaults,
+    then ``--set``. The non-private reference is the same algorithm with privacy off.
+    """
+    from fedrec.common.algorithms.registry import algorithm_class
+
+    algorithm_class(name)  # a clear error for an unknown name
+    return {"off": {"algorithm": name}, **{m: {"algorithm": name} for m in modes}}
+
+
+def run_sweep(base: dict[str, object], *, recipe: str | None, epsilons: list[float],
               modes: list[str], engine: str = "loop", seeds: list[int] = (0,),
-              log=print) -> dict[str, object]:
-    """Run the sweep; returns ``{"baselines": …, "runs": [...]}``."""
+              algorithm: str | None = None, log=print) -> dict[str, object]:
+    """Run the sweep; returns ``{"most_popular": …, "runs": [...], "refused": {...}}``.
+
+    With ``algorithm``, every mode runs that algorithm with its defaults (no recipe); a mode
+    the algorithm cannot run in is skipped, and the reason from the privacy modes' table is
+    logged and kept under ``"refused"``.
+    """
+    from fedrec.common.algorithms.registry import algorithm_class
+    from fedrec.common.privacy.mechanisms import refusal
     from fedrec.simulations.baselines import most_popular
     from fedrec.simulations.federation import federated_dataset
 
-    recipes = RECIPES[recipe]
+    refused: dict[str, str] = {}
+    if algorithm is not None:
+        recipes = algorithm_recipe(algorithm, modes)
+        probe = RunConfig.from_flat({**base, "algorithm": algorithm, "privacy": "off"})
+        for mode in modes:
+            probe.privacy = privacy_of(mode)  # the table's verdict, before any run
+            reason = refusal(algorithm_class(algorithm), probe)
+            if reason is not None:
+                refused[mode] = reason
+                log(f"{mode}: skipped ({reason})")
+        modes = [m for m in modes if m not in refused]
+        recipe = f"algorithm {algorithm}"
+    else:
+        recipes = RECIPES[recipe]
     unknown = [m for m in modes if m not in recipes or m == "off"]
     if unknown:
         raise ValueError(f"no recipe {unknown} in {recipe!r}; choose from "
@@ -157,7 +192,7 @@ def run_sweep(base: dict[str, object], *, recipe: str, epsilons: list[float],
                 log(f"{mode} eps {eps:g} seed {seed}: NDCG@10 "
                     f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)")
     return {"most_popular": pop, "runs": runs, "recipe": recipe, "engine": engine,
-            "base": base}
+            "base": base, "refused": refused}
 
 
 def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
@@ -191,6 +226,9 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
         lines.append("")
         lines.append("Seeded runs (reproducible = true): the figures repeat exactly, and the "
                      "runs are not private against anyone who knows the seed.")
+    for mode, reason in (result.get("refused") or {}).items():
+        lines.append("")
+        lines.append(f"{mode}: not run ({reason}).")
     if any(privacy_of(mode) == "user" for mode, _ in groups):
         lines.append("")
         lines.append("δ = 1e-4 for user-level runs is weak for 943 users (1/N ≈ 1.1e-3 would be "
@@ -228,6 +266,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                     help="default: ml-100k for MovieLens data, quick otherwise")
+    ap.add_argument("--algorithm", default=None, metavar="NAME",
+                    help="run this registered algorithm with its own defaults in every mode "
+                         "(no recipe; modes it cannot run in are skipped with the reason)")
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--modes", default="local,distributed,user")
     ap.add_argument("--seeds", default="0")
@@ -249,10 +290,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         base[k] = v
-    recipe = args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick")
+    if args.algorithm and args.recipe:
+        raise ValueError("give --algorithm or --recipe, not both")
+    recipe = None if args.algorithm else (
+        args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick"))
     result = run_sweep(base, recipe=recipe, epsilons=[float(e) for e in args.epsilons.split(",")],
                        modes=args.modes.split(","), engine=args.engine,
-                       seeds=[int(s) for s in args.seeds.split(",")])
+                       seeds=[int(s) for s in args.seeds.split(",")], algorithm=args.algorithm)
     for p in write_outputs(result, Path(args.out)):
         print("written", p)
     print(Path(args.out, "sweep.md").read_text())

@@ -61,3 +61,41 @@ def test_sweep_runs_off_variants_once_as_references(tmp_path):
     assert ref["privacy"] == "off" and ref["algorithm"] == "features"
     write_outputs(result, tmp_path)
     assert "| off-features | - | - | - |" in (tmp_path / "sweep.md").read_text()
+
+
+class _FeaturesWithoutLocal(__import__("fedrec.common.algorithms.features",
+                                       fromlist=["Features"]).Features):
+    """A registered algorithm whose table refuses local DP (for the sweep's skip path)."""
+
+    name = "features-no-local"
+    modes = {"off": None, "local": "no device noise for this test", "distributed": None,
+             "user": None}
+
+
+def test_sweep_runs_a_registered_algorithm_in_every_mode_with_its_defaults(tmp_path, capsys,
+                                                                           monkeypatch):
+    from fedrec.common.algorithms.features import Features
+    from fedrec.common.algorithms.registry import REGISTRY
+    from fedrec.cli import main as fedrec_main
+
+    monkeypatch.setitem(REGISTRY, "features-no-local", f"{__name__}:_FeaturesWithoutLocal")
+    base = {"dataset": "synthetic", "synthetic-users": 24, "synthetic-items": 30}
+    logged = []
+    result = run_sweep(base, recipe=None, epsilons=[8.0], modes=["local", "distributed", "user"],
+                       algorithm="features-no-local", log=logged.append)
+    modes = [(r["mode"], r["epsilon"]) for r in result["runs"]]
+    assert modes == [("off", None), ("distributed", 8.0), ("user", 8.0)]
+    assert "no device noise for this test" in result["refused"]["local"]
+    assert any(line.startswith("local: skipped") for line in logged)
+    for r in result["runs"]:  # nothing tuned: the algorithm's own defaults
+        assert r["config"]["algorithm"] == "features-no-local"
+        for key, value in Features.defaults.items():
+            assert r["config"][key] == value
+    write_outputs(result, tmp_path)
+    assert "local: not run (" in (tmp_path / "sweep.md").read_text()
+    # the command line: --algorithm and --recipe exclude each other
+    assert fedrec_main(["sweep", "--algorithm", "features", "--recipe", "quick",
+                        "--out", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        run_sweep(base, recipe=None, epsilons=[8.0], modes=["local"], algorithm="als")
