@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     quality = summary.get("quality") or {}
     print_metrics_table(f"Quality after {summary['rounds']} rounds, measured by the simulator "
                         f"({summary['devices']} devices, {summary['items']} items)",
-                        {"federated MF": quality,
+                        {f"federated {cfg.algorithm}, privacy {cfg.privacy}": quality,
                          "most-popular (same split)": summary.get("most_popular") or {}},
                         ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20",
                          "recall@20"))

@@ -229,10 +229,13 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     for mode, reason in (result.get("refused") or {}).items():
         lines.append("")
         lines.append(f"{mode}: not run ({reason}).")
-    if any(privacy_of(mode) == "user" for mode, _ in groups):
+    user_deltas = sorted({float(r["config"]["delta"]) for r in runs
+                          if r["epsilon"] is not None and privacy_of(r["mode"]) == "user"})
+    if user_deltas:
         lines.append("")
-        lines.append("δ = 1e-4 for user-level runs is weak for 943 users (1/N ≈ 1.1e-3 would be "
-                     "meaningless; 1e-4 still allows a 1-in-10,000 failure per user).")
+        lines.append(f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user: each "
+                     "user's guarantee may fail with that probability; δ means little unless "
+                     "it is well below 1/(number of users).")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(pop, color="gray", linestyle="--", label="most-popular")

@@ -26,7 +26,7 @@ def test_sweep_runs_every_mode_and_writes_table_and_plot(tmp_path):
     table = (tmp_path / "sweep.md").read_text()
     assert "most-popular" in table and "| distributed | example | 4 | 1e-05 |" in table
     assert f"| user | {UNITS['user']} | 4 | 0.0001 |" in table
-    assert "1e-4 for user-level runs is weak" in table
+    assert "User-level δ = 0.0001 per user" in table
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert json.loads((tmp_path / "sweep.json").read_text())["recipe"] == "quick"
 
