@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "sgd": "fedrec.common.algorithms.sgd:SGD",
     "spectral": "fedrec.common.algorithms.spectral:Spectral",
     "features": "fedrec.common.algorithms.features:Features",
+    "popularity": "fedrec.common.algorithms.popularity:Popularity",
 }
 
 
