@@ -77,7 +77,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
-from fedrec.client.events import Event
+from fedrec.client.interactions import Event
 from fedrec.client.sdk import FedRecClient, PolicySignals, TrainingPolicy
 from fedrec.common.config import (
     CATALOG_FINGERPRINT_KEY,

@@ -23,7 +23,7 @@ catalog and popularity prior received. Recommendation needs only numpy
 this module pulls in no server, simulation or Ray code.
 
 Privacy: a round trains with DP-SGD under the device's ε budget (example-level: one
-interaction, all events on one item merged, see :mod:`fedrec.client.events`). The spend is
+interaction, all events on one item merged, see :mod:`fedrec.client.interactions`). The spend is
 committed *before* training (write-ahead) and again before the reply is returned, so a crash
 never under-counts it; :meth:`FedRecClient.forget` deletes the data but never the spend.
 """
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrec.client.events import Event, EventKind, ItemSignal, WeightPolicy, weights_from_events
+from fedrec.client.interactions import Event, EventKind, ItemSignal, WeightPolicy, weights_from_events
 from fedrec.client.storage import DeviceStore, Retention, StoreError
 from fedrec.common.model.ranking import Explanation, Freshness, fold_in, rank, score_items
 from fedrec.common.privacy.policy import (

@@ -7,7 +7,7 @@ user_version``):
 table          holds
 =============  ==========================================================================
 ``meta``       key → JSON value: device id, DP settings, the ledger signing key, …
-``events``     every recorded :class:`~fedrec.client.events.Event` (id, kind, item id,
+``events``     every recorded :class:`~fedrec.client.interactions.Event` (id, kind, item id,
                timestamp, value, context JSON, time recorded)
 ``blobs``      named npz / JSON blobs: ``item_table`` (the last item embeddings and biases
                received), ``popularity`` (the server's published prior), ``catalog`` (item
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.client.events import Event
+from fedrec.client.interactions import Event
 from fedrec.common.privacy.events import merge_history
 
 __all__ = [
@@ -345,7 +345,7 @@ class DeviceStore:
     @staticmethod
     def _event_row(event: Event, now: float) -> tuple[Any, ...]:
         if not isinstance(event, Event):
-            raise TypeError(f"expected a fedrec.client.events.Event, got {type(event).__name__}")
+            raise TypeError(f"expected a fedrec.client.interactions.Event, got {type(event).__name__}")
         context = None if event.context is None else json.dumps(event.context, allow_nan=False)
         return (event.kind_value, event.item_id, event.timestamp, event.value, context, now)
 

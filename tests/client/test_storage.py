@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from fedrec.client.events import Event
+from fedrec.client.interactions import Event
 from fedrec.client.storage import (
     SCHEMA_VERSION,
     DeviceStore,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.client.events import (
+from fedrec.client.interactions import (
     Event,
     EventKind,
     WeightPolicy,
