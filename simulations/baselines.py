@@ -19,7 +19,7 @@ import numpy as np
 
 from fedrec.common.data.splits import Split, validation_split
 from fedrec.common.evaluation.metrics import evaluate
-from fedrec.common.model.baselines import MostPopular
+from fedrec.common.model.nonpersonalized import MostPopular
 from fedrec.common.model.training import CentralizedTrainer, TrainConfig
 
 __all__ = ["SEARCH_GRID", "DEFAULT_MF", "most_popular", "centralized_mf", "run_baselines"]

@@ -9,7 +9,7 @@ import pytest
 from fedrec.common.data.schema import IdMap, Interactions
 from fedrec.common.data.splits import held_out_counts, temporal_split
 from fedrec.common.evaluation.metrics import evaluate, evaluate_sampled
-from fedrec.common.model.baselines import MostPopular, RandomRecommender
+from fedrec.common.model.nonpersonalized import MostPopular, RandomRecommender
 
 ML100K = Path(__file__).resolve().parents[2].parent / "shared/datasets/ml-100k"
 

@@ -4,7 +4,7 @@ import pytest
 from fedrec.common.data.splits import temporal_split
 from fedrec.common.data.synthetic import make_synthetic
 from fedrec.common.evaluation.metrics import evaluate
-from fedrec.common.model.baselines import MostPopular
+from fedrec.common.model.nonpersonalized import MostPopular
 from fedrec.common.model.training import CentralizedTrainer, TrainConfig, sample_negatives
 
 
