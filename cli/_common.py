@@ -13,11 +13,17 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """``--dataset``, ``--data-dir`` and ``--seed``."""
     from fedrec.common.data.loaders import DATASETS
 
-    p.add_argument("--dataset", default="synthetic", choices=DATASETS,
-                   help="which loader to use (default: synthetic, built in, no download)")
-    p.add_argument("--data-dir", default="",
-                   help="folder with the dataset's files as distributed (e.g. ml-100k/ "
-                        "with u.data)")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        choices=DATASETS,
+        help="which loader to use (default: synthetic, built in, no download)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="",
+        help="folder with the dataset's files as distributed (e.g. ml-100k/ with u.data)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of everything random")
 
 
@@ -34,8 +40,9 @@ def load_from_args(args: argparse.Namespace):
     return load_dataset(args.dataset, args.data_dir)
 
 
-def print_metrics_table(title: str, rows: dict[str, dict[str, float]],
-                        keys: tuple[str, ...]) -> None:
+def print_metrics_table(
+    title: str, rows: dict[str, dict[str, float]], keys: tuple[str, ...]
+) -> None:
     """A rich table: one row per method, one column per metric key."""
     from rich.console import Console
     from rich.table import Table

@@ -119,8 +119,11 @@ INSECURE_WARNING = """\
 def _tls_flags(certs_dir: str | Path) -> list[str]:
     """Flower's ``--ssl-*`` flags for the files ``fedrec certs DIR`` wrote (checked to exist)."""
     d = Path(certs_dir).expanduser()
-    files = {"--ssl-ca-certfile": d / "ca.crt", "--ssl-certfile": d / "server.pem",
-             "--ssl-keyfile": d / "server.key"}
+    files = {
+        "--ssl-ca-certfile": d / "ca.crt",
+        "--ssl-certfile": d / "server.pem",
+        "--ssl-keyfile": d / "server.key",
+    }
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}: run `fedrec certs {d}`")
@@ -142,7 +145,8 @@ def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
 
 
 def _ca_certificate(
-    not_before: datetime.datetime, not_after: datetime.datetime,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, x509.Certificate]:
     """A fresh self-signed CA: its key, its name and its certificate (ECDSA P-256)."""
     from cryptography import x509
@@ -151,29 +155,49 @@ def _ca_certificate(
     from cryptography.x509.oid import NameOID
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, "fedrec deployment CA")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "fedrec deployment CA"),
+        ]
+    )
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before).not_valid_after(not_after)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True,
-            content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return ca_key, ca_name, ca_cert
 
 
 def _server_certificate(
-    ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, hosts: Sequence[str],
-    not_before: datetime.datetime, not_after: datetime.datetime,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    hosts: Sequence[str],
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A fresh SuperLink key and its certificate, signed by the CA.
 
@@ -200,29 +224,47 @@ def _server_certificate(
     first = next((h for h in hosts if h.strip()), "localhost")
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, first)]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, first),
+                ]
+            )
+        )
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before).not_valid_after(not_after)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=False, crl_sign=False,
-            content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return server_key, server_cert
 
 
-def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
-                          days: int = 365, force: bool = False) -> dict[str, Path]:
+def generate_certificates(
+    out_dir: str | Path, *, hosts: Sequence[str] = (), days: int = 365, force: bool = False
+) -> dict[str, Path]:
     """A CA and a SuperLink server certificate signed by it (ECDSA P-256, SHA-256).
 
     The server certificate's subject alternative names are ``localhost``, ``127.0.0.1`` and
@@ -237,35 +279,46 @@ def generate_certificates(out_dir: str | Path, *, hosts: Sequence[str] = (),
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"ca_cert": out / "ca.crt", "ca_key": out / "ca.key",
-             "server_cert": out / "server.pem", "server_key": out / "server.key"}
+    paths = {
+        "ca_cert": out / "ca.crt",
+        "ca_key": out / "ca.key",
+        "server_cert": out / "server.pem",
+        "server_key": out / "server.key",
+    }
     _refuse_overwrite(list(paths.values()), force)
     if days < 1:
         raise ValueError(f"--days must be >= 1, got {days}")
 
     now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(
-        days=days)
+    not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
     ca_key, ca_name, ca_cert = _ca_certificate(not_before, not_after)
     server_key, server_cert = _server_certificate(ca_key, ca_name, hosts, not_before, not_after)
 
     pem = serialization.Encoding.PEM
     key_format = serialization.PrivateFormat.PKCS8
     paths["ca_cert"].write_bytes(ca_cert.public_bytes(pem))
-    _write_private(paths["ca_key"], ca_key.private_bytes(pem, key_format,
-                                                         serialization.NoEncryption()))
+    _write_private(
+        paths["ca_key"], ca_key.private_bytes(pem, key_format, serialization.NoEncryption())
+    )
     paths["server_cert"].write_bytes(server_cert.public_bytes(pem))
-    _write_private(paths["server_key"], server_key.private_bytes(
-        pem, key_format, serialization.NoEncryption()))
+    _write_private(
+        paths["server_key"], server_key.private_bytes(pem, key_format, serialization.NoEncryption())
+    )
     return paths
 
 
 _CURVES = {"p256": "SECP256R1", "p384": "SECP384R1", "p521": "SECP521R1"}
 
 
-def generate_node_keys(out_dir: str | Path, count: int, *, prefix: str = "node",
-                       curve: str = "p384", start: int = 1,
-                       force: bool = False) -> list[tuple[Path, Path]]:
+def generate_node_keys(
+    out_dir: str | Path,
+    count: int,
+    *,
+    prefix: str = "node",
+    curve: str = "p384",
+    start: int = 1,
+    force: bool = False,
+) -> list[tuple[Path, Path]]:
     """SuperNode authentication key pairs in the OpenSSH format Flower reads.
 
     Each pair is ``PREFIX-i`` (the private key, for ``flower-supernode
@@ -286,16 +339,23 @@ def generate_node_keys(out_dir: str | Path, count: int, *, prefix: str = "node",
         raise ValueError(f"--prefix must be a plain file name, got {prefix!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = [(out / f"{prefix}-{i}", out / f"{prefix}-{i}.pub")
-             for i in range(start, start + count)]
+    pairs = [
+        (out / f"{prefix}-{i}", out / f"{prefix}-{i}.pub") for i in range(start, start + count)
+    ]
     _refuse_overwrite([p for pair in pairs for p in pair], force)
     for private_path, public_path in pairs:
         key = ec.generate_private_key(getattr(ec, _CURVES[curve])())
-        _write_private(private_path, key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption()))
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
+        _write_private(
+            private_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         public_path.write_bytes(public + f" fedrec-{private_path.name}\n".encode())
     return pairs
 
@@ -309,9 +369,15 @@ def _flwr_home(flwr_home: str | Path | None) -> Path:
     return Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser()
 
 
-def write_connection(name: str, address: str, *, root_certificates: str | Path | None,
-                     insecure: bool = False, flwr_home: str | Path | None = None,
-                     default: bool = False) -> Path:
+def write_connection(
+    name: str,
+    address: str,
+    *,
+    root_certificates: str | Path | None,
+    insecure: bool = False,
+    flwr_home: str | Path | None = None,
+    default: bool = False,
+) -> Path:
     """Add (or replace) a SuperLink connection in ``$FLWR_HOME/config.toml`` for ``flwr``.
 
     Other connections in the file are kept. Returns the file's path.
@@ -353,10 +419,15 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))
 
 
-def write_deploy_app(out_dir: str | Path, *, n_items: int | None = None,
-                     catalog: str | Path | None = None, min_nodes: int = 1,
-                     settings: dict[str, object] | None = None,
-                     force: bool = False) -> Path:
+def write_deploy_app(
+    out_dir: str | Path,
+    *,
+    n_items: int | None = None,
+    catalog: str | Path | None = None,
+    min_nodes: int = 1,
+    settings: dict[str, object] | None = None,
+    force: bool = False,
+) -> Path:
     """Write the Flower App directory of a deployment (``flwr run OUT_DIR CONNECTION``).
 
     The app is only a ``pyproject.toml`` naming fedrec's deployment components (fedrec itself
@@ -373,7 +444,8 @@ def write_deploy_app(out_dir: str | Path, *, n_items: int | None = None,
     target = out / "pyproject.toml"
     _refuse_overwrite([target], force)
     config: dict[str, object] = {
-        k: v for k, v in RunConfig().to_flat().items()
+        k: v
+        for k, v in RunConfig().to_flat().items()
         if k not in ("dataset", "data-dir", "synthetic-users", "synthetic-items", "split")
     }
     # deployment defaults: every connected device is asked each round (each one refuses by
@@ -422,12 +494,24 @@ def write_deploy_app(out_dir: str | Path, *, n_items: int | None = None,
 # --------------------------------------------------------------------------- Flower processes
 
 
-def superlink_command(*, certs: str | Path | None, host: str = "127.0.0.1", port: int = 9093,
-                      database: str | Path | None = None, insecure: bool = False,
-                      extra: Sequence[str] = ()) -> list[str]:
+def superlink_command(
+    *,
+    certs: str | Path | None,
+    host: str = "127.0.0.1",
+    port: int = 9093,
+    database: str | Path | None = None,
+    insecure: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """The ``flower-superlink`` command line: TLS and SuperNode authentication on."""
-    cmd = ["flower-superlink", "--host", host, "--port", str(port),
-           "--disable-runtime-dependency-installation"]
+    cmd = [
+        "flower-superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
     if insecure:
         cmd.append("--insecure")
     else:
@@ -453,20 +537,30 @@ def node_config_arg(values: dict[str, object]) -> str:
         else:
             text = str(value)
             if '"' in text or "\\" in text:
-                raise ValueError(f"node-config value of {key!r} may not contain quotes or "
-                                 f"backslashes: {text!r}")
+                raise ValueError(
+                    f"node-config value of {key!r} may not contain quotes or backslashes: {text!r}"
+                )
             parts.append(f'{key}="{text}"')
     return " ".join(parts)
 
 
-def supernode_command(*, superlink: str, store: str | Path,
-                      root_certificates: str | Path | None, auth_key: str | Path | None,
-                      port: int = 9094, host: str = "127.0.0.1",
-                      events: str | Path | None = None, catalog: str | Path | None = None,
-                      node_config: dict[str, object] | None = None, insecure: bool = False,
-                      runtime_certs: str | Path | None = None,
-                      max_retries: int | None = None, max_wait_time: float | None = None,
-                      extra: Sequence[str] = ()) -> list[str]:
+def supernode_command(
+    *,
+    superlink: str,
+    store: str | Path,
+    root_certificates: str | Path | None,
+    auth_key: str | Path | None,
+    port: int = 9094,
+    host: str = "127.0.0.1",
+    events: str | Path | None = None,
+    catalog: str | Path | None = None,
+    node_config: dict[str, object] | None = None,
+    insecure: bool = False,
+    runtime_certs: str | Path | None = None,
+    max_retries: int | None = None,
+    max_wait_time: float | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """The ``flower-supernode`` command line of one device (TLS and its auth key).
 
     ``runtime_certs``: a folder of ``fedrec certs`` made *for this device* (never the
@@ -479,21 +573,38 @@ def supernode_command(*, superlink: str, store: str | Path,
     if catalog is not None:
         values["catalog"] = str(Path(catalog).expanduser().resolve())
     values.update(node_config or {})
-    cmd = ["flower-supernode", "--superlink", superlink, "--host", host, "--port", str(port),
-           "--isolation", "subprocess", "--node-config", node_config_arg(values)]
+    cmd = [
+        "flower-supernode",
+        "--superlink",
+        superlink,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--isolation",
+        "subprocess",
+        "--node-config",
+        node_config_arg(values),
+    ]
     if insecure:
         cmd.append("--insecure")
         if auth_key is not None:
             cmd += ["--auth-supernode-private-key", str(Path(auth_key).expanduser())]
     else:
         if root_certificates is None or auth_key is None:
-            raise ValueError("--root-certificates (the CA of `fedrec certs`) and --auth-key (a "
-                             "key of `fedrec node-keys`) are required; or --insecure")
+            raise ValueError(
+                "--root-certificates (the CA of `fedrec certs`) and --auth-key (a "
+                "key of `fedrec node-keys`) are required; or --insecure"
+            )
         for p in (root_certificates, auth_key):
             if not Path(p).expanduser().is_file():
                 raise FileNotFoundError(f"{p} does not exist")
-        cmd += ["--root-certificates", str(Path(root_certificates).expanduser()),
-                "--auth-supernode-private-key", str(Path(auth_key).expanduser())]
+        cmd += [
+            "--root-certificates",
+            str(Path(root_certificates).expanduser()),
+            "--auth-supernode-private-key",
+            str(Path(auth_key).expanduser()),
+        ]
     if runtime_certs is not None:
         cmd += _tls_flags(runtime_certs)
     if max_retries is not None:
@@ -528,8 +639,10 @@ def _exec(cmd: list[str], *, dry_run: bool) -> int:
         return 0
     exe = shutil.which(cmd[0])
     if exe is None:
-        raise FileNotFoundError(f"{cmd[0]} not found on PATH: install flwr (pip install "
-                                "'flwr>=1.42,<1.43') in this environment")
+        raise FileNotFoundError(
+            f"{cmd[0]} not found on PATH: install flwr (pip install "
+            "'flwr>=1.42,<1.43') in this environment"
+        )
     env = _flower_env()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -541,32 +654,42 @@ def _exec(cmd: list[str], *, dry_run: bool) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    paths = generate_certificates(args.out_dir, hosts=args.host, days=args.days,
-                                  force=args.force)
+    paths = generate_certificates(args.out_dir, hosts=args.host, days=args.days, force=args.force)
     for role, path in paths.items():
         print(f"{role:12s} {path}")
-    print("Keep ca.key offline; give ca.crt to the SuperNodes and to `flwr` "
-          "(--root-certificates).")
+    print("Keep ca.key offline; give ca.crt to the SuperNodes and to `flwr` (--root-certificates).")
     return 0
 
 
 def _run_node_keys(args: argparse.Namespace) -> int:
-    pairs = generate_node_keys(args.out_dir, args.count, prefix=args.prefix, curve=args.curve,
-                               start=args.start, force=args.force)
+    pairs = generate_node_keys(
+        args.out_dir,
+        args.count,
+        prefix=args.prefix,
+        curve=args.curve,
+        start=args.start,
+        force=args.force,
+    )
     for private, public in pairs:
         print(f"{private}  (private, for flower-supernode)   {public}  (register it)")
-    print("Register each public key with the SuperLink before its SuperNode starts:\n  "
-          + "\n  ".join(f"flwr supernode register {pub} CONNECTION" for _, pub in pairs))
+    print(
+        "Register each public key with the SuperLink before its SuperNode starts:\n  "
+        + "\n  ".join(f"flwr supernode register {pub} CONNECTION" for _, pub in pairs)
+    )
     return 0
 
 
 def _run_connection(args: argparse.Namespace) -> int:
     if args.insecure:
         _warn_insecure()
-    path = write_connection(args.name, args.address,
-                            root_certificates=None if args.insecure else args.root_certificates,
-                            insecure=args.insecure, flwr_home=args.flwr_home,
-                            default=args.default)
+    path = write_connection(
+        args.name,
+        args.address,
+        root_certificates=None if args.insecure else args.root_certificates,
+        insecure=args.insecure,
+        flwr_home=args.flwr_home,
+        default=args.default,
+    )
     print(f"connection {args.name!r} -> {args.address} written to {path}")
     return 0
 
@@ -591,9 +714,14 @@ def _parse_settings(items: Sequence[str]) -> dict[str, object]:
 
 
 def _run_deploy_app(args: argparse.Namespace) -> int:
-    path = write_deploy_app(args.out_dir, n_items=args.n_items, catalog=args.catalog,
-                            min_nodes=args.min_nodes, settings=_parse_settings(args.set),
-                            force=args.force)
+    path = write_deploy_app(
+        args.out_dir,
+        n_items=args.n_items,
+        catalog=args.catalog,
+        min_nodes=args.min_nodes,
+        settings=_parse_settings(args.set),
+        force=args.force,
+    )
     print(f"wrote {path}\nsubmit the run with:  flwr run {path.parent} CONNECTION --stream")
     return 0
 
@@ -601,13 +729,24 @@ def _run_deploy_app(args: argparse.Namespace) -> int:
 def _run_superlink(args: argparse.Namespace) -> int:
     if args.insecure:
         _warn_insecure()
-    cmd = superlink_command(certs=args.certs, host=args.host, port=args.port,
-                            database=args.database, insecure=args.insecure)
+    cmd = superlink_command(
+        certs=args.certs,
+        host=args.host,
+        port=args.port,
+        database=args.database,
+        insecure=args.insecure,
+    )
     return _exec(cmd, dry_run=args.dry_run)
 
 
-def close_stale_session(*, superlink: str, store: str | Path, auth_key: str | Path,
-                        root_certificates: str | Path | None, insecure: bool = False) -> int | None:
+def close_stale_session(
+    *,
+    superlink: str,
+    store: str | Path,
+    auth_key: str | Path,
+    root_certificates: str | Path | None,
+    insecure: bool = False,
+) -> int | None:
     """Close the SuperLink session a crashed SuperNode of this device left open.
 
     Flower 1.42 keeps a SuperNode that vanished without saying goodbye (SIGKILL, power loss)
@@ -642,11 +781,14 @@ def close_stale_session(*, superlink: str, store: str | Path, auth_key: str | Pa
         from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
         key = load_ssh_private_key(Path(auth_key).expanduser().read_bytes(), None)
-        interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperNode"),
-                        NodeAuthHttpInterceptor(key, key.public_key())]  # type: ignore[arg-type]
+        interceptors = [
+            RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+            NodeAuthHttpInterceptor(key, key.public_key()),
+        ]  # type: ignore[arg-type]
         root = None if insecure else str(Path(root_certificates).expanduser())  # type: ignore[arg-type]
-        with FleetHttpClient.from_server_address(superlink, insecure, root,
-                                                 interceptors=interceptors) as client:
+        with FleetHttpClient.from_server_address(
+            superlink, insecure, root, interceptors=interceptors
+        ) as client:
             client.DeactivateNode(DeactivateNodeRequest(node_id=int(node_id)))
     except (httpx.HTTPError, OSError, ValueError, RuntimeError, TypeError, ImportError):
         return None  # no open session (or not ours): nothing to close
@@ -662,18 +804,26 @@ def _supervise(cmd: list[str], args: argparse.Namespace) -> int:
     print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
     exe = shutil.which(cmd[0])
     if exe is None:
-        raise FileNotFoundError(f"{cmd[0]} not found on PATH: install flwr (pip install "
-                                "'flwr>=1.42,<1.43') in this environment")
+        raise FileNotFoundError(
+            f"{cmd[0]} not found on PATH: install flwr (pip install "
+            "'flwr>=1.42,<1.43') in this environment"
+        )
     env = _flower_env()
     if not args.insecure or args.auth_key:
-        closed = close_stale_session(superlink=args.superlink, store=args.store,
-                                     auth_key=args.auth_key,
-                                     root_certificates=args.root_certificates,
-                                     insecure=args.insecure)
+        closed = close_stale_session(
+            superlink=args.superlink,
+            store=args.store,
+            auth_key=args.auth_key,
+            root_certificates=args.root_certificates,
+            insecure=args.insecure,
+        )
         if closed is not None:
-            print(f"fedrec supernode: closed this device's previous session (node {closed}) "
-                  f"that a crash left open; rejoining in {args.rejoin_delay:g} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"fedrec supernode: closed this device's previous session (node {closed}) "
+                f"that a crash left open; rejoining in {args.rejoin_delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(max(0.0, args.rejoin_delay))
     deadline = time.monotonic() + max(0.0, args.rejoin_timeout)
     child: subprocess.Popen | None = None
@@ -689,9 +839,13 @@ def _supervise(cmd: list[str], args: argparse.Namespace) -> int:
         rc = child.wait()
         if rc != _SUPERNODE_CONNECTION_ERROR or time.monotonic() >= deadline:
             return rc
-        print("fedrec supernode: the SuperLink refused to activate this node (not "
-              "registered, or a previous session is still open: Flower closes it after two "
-              "missed heartbeats, up to 60 s); retrying in 5 s", file=sys.stderr, flush=True)
+        print(
+            "fedrec supernode: the SuperLink refused to activate this node (not "
+            "registered, or a previous session is still open: Flower closes it after two "
+            "missed heartbeats, up to 60 s); retrying in 5 s",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(5.0)
 
 
@@ -704,11 +858,20 @@ def _run_supernode(args: argparse.Namespace) -> int:
         _warn_insecure()
     extra_config = _parse_settings(args.node_config)
     cmd = supernode_command(
-        superlink=args.superlink, store=args.store, root_certificates=args.root_certificates,
-        auth_key=args.auth_key, port=args.port, host=args.host, events=args.events,
-        catalog=args.catalog, node_config=extra_config, insecure=args.insecure,
-        runtime_certs=args.runtime_certs, max_retries=args.max_retries,
-        max_wait_time=args.max_wait_time)
+        superlink=args.superlink,
+        store=args.store,
+        root_certificates=args.root_certificates,
+        auth_key=args.auth_key,
+        port=args.port,
+        host=args.host,
+        events=args.events,
+        catalog=args.catalog,
+        node_config=extra_config,
+        insecure=args.insecure,
+        runtime_certs=args.runtime_certs,
+        max_retries=args.max_retries,
+        max_wait_time=args.max_wait_time,
+    )
     if args.dry_run:
         return _exec(cmd, dry_run=True)
     return _supervise(cmd, args)
@@ -717,13 +880,22 @@ def _run_supernode(args: argparse.Namespace) -> int:
 def _add_certs_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """The ``certs`` subcommand's parser."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(name, help=help_text, formatter_class=fmt, description=(
-        "Generate a CA and a SuperLink TLS certificate signed by it (ECDSA P-256), for "
-        "localhost, 127.0.0.1 and ::1 plus any --host.\n\n" + _GUIDE))
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        formatter_class=fmt,
+        description=(
+            "Generate a CA and a SuperLink TLS certificate signed by it (ECDSA P-256), for "
+            "localhost, 127.0.0.1 and ::1 plus any --host.\n\n" + _GUIDE
+        ),
+    )
     p.add_argument("out_dir", help="folder for ca.crt, ca.key, server.pem, server.key")
-    p.add_argument("--host", action="append", default=[],
-                   help="another DNS name or IP the SuperNodes use to reach the "
-                        "SuperLink (repeatable)")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="another DNS name or IP the SuperNodes use to reach the SuperLink (repeatable)",
+    )
     p.add_argument("--days", type=int, default=365, help="validity (default 365)")
     p.add_argument("--force", action="store_true", help="replace existing files")
     p.set_defaults(func=_run_certs)
@@ -731,30 +903,47 @@ def _add_certs_parser(sub: argparse._SubParsersAction, name: str, help_text: str
 
 def _add_node_keys_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """The ``node-keys`` subcommand's parser."""
-    p = sub.add_parser(name, help=help_text, description=(
-        "Generate SuperNode authentication key pairs (OpenSSH ECDSA, as "
-        "`ssh-keygen -t ecdsa -b 384` writes): PREFIX-i (private) and PREFIX-i.pub "
-        "(register it with `flwr supernode register`)."))
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Generate SuperNode authentication key pairs (OpenSSH ECDSA, as "
+            "`ssh-keygen -t ecdsa -b 384` writes): PREFIX-i (private) and PREFIX-i.pub "
+            "(register it with `flwr supernode register`)."
+        ),
+    )
     p.add_argument("out_dir")
     p.add_argument("--count", type=int, default=1, help="key pairs (default 1)")
     p.add_argument("--prefix", default="node", help="file name prefix (default node)")
     p.add_argument("--start", type=int, default=1, help="first index (default 1)")
-    p.add_argument("--curve", choices=sorted(_CURVES), default="p384",
-                   help="NIST curve (default p384, as Flower's guide)")
+    p.add_argument(
+        "--curve",
+        choices=sorted(_CURVES),
+        default="p384",
+        help="NIST curve (default p384, as Flower's guide)",
+    )
     p.add_argument("--force", action="store_true", help="replace existing files")
     p.set_defaults(func=_run_node_keys)
 
 
 def _add_connection_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """The ``connection`` subcommand's parser."""
-    p = sub.add_parser(name, help=help_text, description=(
-        "Add a SuperLink connection for `flwr` (run, supernode register, ls ...) to "
-        "$FLWR_HOME/config.toml (default ~/.flwr), keeping the others."))
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Add a SuperLink connection for `flwr` (run, supernode register, ls ...) to "
+            "$FLWR_HOME/config.toml (default ~/.flwr), keeping the others."
+        ),
+    )
     p.add_argument("name", help="connection name (e.g. fedrec-tls)")
     p.add_argument("--address", required=True, help="SuperLink HOST:PORT")
     p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
-    p.add_argument("--insecure", action="store_true",
-                   help="no TLS (prints a loud warning; debugging on loopback only)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS (prints a loud warning; debugging on loopback only)",
+    )
     p.add_argument("--flwr-home", default=None, help="default $FLWR_HOME or ~/.flwr")
     p.add_argument("--default", action="store_true", help="make it the default")
     p.set_defaults(func=_run_connection)
@@ -766,85 +955,148 @@ def _add_deploy_app_parser(sub: argparse._SubParsersAction, name: str, help_text
     p.add_argument("out_dir", help="the Flower App folder to write")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--n-items", type=int, help="catalog size (items are rows 0..N-1)")
-    group.add_argument("--catalog", help="JSON file: the item ids in row order (a list, "
-                                         "or {\"item_ids\": [...]})")
-    p.add_argument("--min-nodes", type=int, default=1,
-                   help="devices to wait for before round 1 (default 1)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any run-config key (repeatable), e.g. num-rounds=20")
+    group.add_argument(
+        "--catalog", help='JSON file: the item ids in row order (a list, or {"item_ids": [...]})'
+    )
+    p.add_argument(
+        "--min-nodes", type=int, default=1, help="devices to wait for before round 1 (default 1)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config key (repeatable), e.g. num-rounds=20",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing app")
     p.set_defaults(func=_run_deploy_app)
 
 
 def _add_superlink_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """The ``superlink`` subcommand's parser."""
-    p = sub.add_parser(name, help=help_text, description=(
-        "Start flower-superlink with TLS (the certificates of `fedrec certs`) and "
-        "SuperNode authentication (only registered keys may connect). Replaces this "
-        "process by flower-superlink."))
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Start flower-superlink with TLS (the certificates of `fedrec certs`) and "
+            "SuperNode authentication (only registered keys may connect). Replaces this "
+            "process by flower-superlink."
+        ),
+    )
     p.add_argument("--certs", help="folder written by `fedrec certs`")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for remote "
-                        "devices)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for remote devices)",
+    )
     p.add_argument("--port", type=int, default=9093, help="port (default 9093)")
-    p.add_argument("--database", default=None,
-                   help="SQLite file of the SuperLink's state (registered nodes, runs); "
-                        "default in memory")
-    p.add_argument("--insecure", action="store_true",
-                   help="NO TLS and NO SuperNode authentication (loud warning)")
+    p.add_argument(
+        "--database",
+        default=None,
+        help="SQLite file of the SuperLink's state (registered nodes, runs); default in memory",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="NO TLS and NO SuperNode authentication (loud warning)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     p.set_defaults(func=_run_superlink)
 
 
 def _add_reconnection_options(p: argparse.ArgumentParser) -> None:
     """The ``supernode`` options on reconnecting and on rejoining after a crash."""
-    p.add_argument("--max-retries", type=int, default=None,
-                   help="flower-supernode: reconnection attempts (default unlimited)")
-    p.add_argument("--max-wait-time", type=float, default=None,
-                   help="flower-supernode: seconds to keep reconnecting (default "
-                        "unlimited)")
-    p.add_argument("--rejoin-timeout", type=float, default=90.0,
-                   help="keep retrying for this many seconds when the SuperLink refuses "
-                        "to activate this node (default 90: Flower releases a crashed "
-                        "node's session within 60 s); 0: fail at once")
-    p.add_argument("--rejoin-delay", type=float, default=5.0,
-                   help="after closing a session a crash left open, wait this long "
-                        "before rejoining (default 5 s: the ServerApp polls every 3 s and "
-                        "must see the old session closed to stop waiting for it)")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=None,
+        help="flower-supernode: reconnection attempts (default unlimited)",
+    )
+    p.add_argument(
+        "--max-wait-time",
+        type=float,
+        default=None,
+        help="flower-supernode: seconds to keep reconnecting (default unlimited)",
+    )
+    p.add_argument(
+        "--rejoin-timeout",
+        type=float,
+        default=90.0,
+        help="keep retrying for this many seconds when the SuperLink refuses "
+        "to activate this node (default 90: Flower releases a crashed "
+        "node's session within 60 s); 0: fail at once",
+    )
+    p.add_argument(
+        "--rejoin-delay",
+        type=float,
+        default=5.0,
+        help="after closing a session a crash left open, wait this long "
+        "before rejoining (default 5 s: the ServerApp polls every 3 s and "
+        "must see the old session closed to stop waiting for it)",
+    )
 
 
 def _add_supernode_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """The ``supernode`` subcommand's parser."""
-    p = sub.add_parser(name, help=help_text, description=(
-        "Start flower-supernode for one device: TLS to the SuperLink, its "
-        "authentication key, and --node-config naming the device's SQLite store (state "
-        "kept across restarts). After a crash it first closes the session the dead "
-        "SuperNode left open on the SuperLink (authenticated with this node's key), and "
-        "it retries while the SuperLink still refuses the node (--rejoin-timeout)."))
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Start flower-supernode for one device: TLS to the SuperLink, its "
+            "authentication key, and --node-config naming the device's SQLite store (state "
+            "kept across restarts). After a crash it first closes the session the dead "
+            "SuperNode left open on the SuperLink (authenticated with this node's key), and "
+            "it retries while the SuperLink still refuses the node (--rejoin-timeout)."
+        ),
+    )
     p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink HOST:PORT")
     p.add_argument("--root-certificates", help="the CA certificate (ca.crt)")
     p.add_argument("--auth-key", help="this SuperNode's private key (fedrec node-keys)")
     p.add_argument("--store", required=True, help="the device's SQLite store")
-    p.add_argument("--events", default=None,
-                   help="demo data: a JSON/CSV file of this user's events, imported once")
-    p.add_argument("--catalog", default=None,
-                   help="JSON file of item ids in row order (else the store's catalog, "
-                        "else ids are row numbers)")
-    p.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="more node-config (e.g. epsilon-budget=4, charging=false)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="host of this SuperNode's local runtime API (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9094,
-                   help="port of this SuperNode's local runtime API (default 9094; one "
-                        "per SuperNode on a machine)")
-    p.add_argument("--runtime-certs", default=None,
-                   help="a `fedrec certs` folder made for this device: serve the "
-                        "SuperNode's local runtime API (to its ClientApp processes) over "
-                        "TLS as well (default: plain HTTP on loopback)")
+    p.add_argument(
+        "--events",
+        default=None,
+        help="demo data: a JSON/CSV file of this user's events, imported once",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="JSON file of item ids in row order (else the store's catalog, "
+        "else ids are row numbers)",
+    )
+    p.add_argument(
+        "--node-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more node-config (e.g. epsilon-budget=4, charging=false)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="host of this SuperNode's local runtime API (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=9094,
+        help="port of this SuperNode's local runtime API (default 9094; one "
+        "per SuperNode on a machine)",
+    )
+    p.add_argument(
+        "--runtime-certs",
+        default=None,
+        help="a `fedrec certs` folder made for this device: serve the "
+        "SuperNode's local runtime API (to its ClientApp processes) over "
+        "TLS as well (default: plain HTTP on loopback)",
+    )
     _add_reconnection_options(p)
-    p.add_argument("--insecure", action="store_true",
-                   help="NO TLS (loud warning); SuperNode authentication then needs the "
-                        "SuperLink's TLS anyway")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="NO TLS (loud warning); SuperNode authentication then needs the "
+        "SuperLink's TLS anyway",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     p.set_defaults(func=_run_supernode)
 
@@ -877,8 +1129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from fedrec.cli import _COMMANDS
 
-    parser = argparse.ArgumentParser(prog="python -m fedrec.cli.deploy",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="python -m fedrec.cli.deploy", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in _COMMANDS.items():
         if module == "deploy":

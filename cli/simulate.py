@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     from fedrec.common.data.loaders import DATASETS
 
     p = sub.add_parser(
-        name, help=help_text,
+        name,
+        help=help_text,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Run a federated training on Flower's simulation engine: one simulated device per "
@@ -22,38 +23,63 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
             "DP-SGD when --privacy local) and sending only a dense item-table delta.\n\n"
             "With no arguments: the built-in synthetic data, example-level DP with epsilon 8 "
             "per device, a few minutes on a laptop. Every run writes a run directory (config, "
-            "metrics.jsonl, checkpoints, item embeddings, signed privacy ledgers, plots)."),
+            "metrics.jsonl, checkpoints, item embeddings, signed privacy ledgers, plots)."
+        ),
         epilog="Any run-config key can be set with --set KEY=VALUE; the keys:\n  "
-               "fedrec simulate --list-keys",
+        "fedrec simulate --list-keys",
     )
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="dataset loader (default: synthetic)")
+    p.add_argument(
+        "--dataset", choices=DATASETS, default=None, help="dataset loader (default: synthetic)"
+    )
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
     p.add_argument("--rounds", type=int, default=None, help="federated rounds")
-    p.add_argument("--privacy", choices=PRIVACY_MODES, default=None,
-                   help="off; local (example-level, each device adds its full DP noise; "
-                        "default); distributed (example-level, devices add noise shares and "
-                        "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
-                        "noise added by the server)")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=None,
-                   help="; ".join(f"{name}: {algorithm_class(name).summary}"
-                                  for name in ALGORITHMS)
-                   + " (default sgd; each algorithm sets its own round count unless given)")
+    p.add_argument(
+        "--privacy",
+        choices=PRIVACY_MODES,
+        default=None,
+        help="off; local (example-level, each device adds its full DP noise; "
+        "default); distributed (example-level, devices add noise shares and "
+        "SecAgg+ shows the server only sums); user (user-level DP-FedAvg, "
+        "noise added by the server)",
+    )
+    p.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=None,
+        help="; ".join(f"{name}: {algorithm_class(name).summary}" for name in ALGORITHMS)
+        + " (default sgd; each algorithm sets its own round count unless given)",
+    )
     p.add_argument("--epsilon", type=float, default=None, help="per-device epsilon budget")
     p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
-    p.add_argument("--population", type=int, default=None,
-                   help="devices in all (adds synthetic train-only devices resampled from the "
-                        "real users; evaluation stays on real users)")
+    p.add_argument(
+        "--population",
+        type=int,
+        default=None,
+        help="devices in all (adds synthetic train-only devices resampled from the "
+        "real users; evaluation stays on real users)",
+    )
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any run-config key (kebab-case), repeatable")
-    p.add_argument("--engine", choices=("flower", "loop"), default="flower",
-                   help="flower (the simulation engine, default) or loop (the same device "
-                        "and server code in a plain loop: a reference for benchmarks)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config key (kebab-case), repeatable",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("flower", "loop"),
+        default="flower",
+        help="flower (the simulation engine, default) or loop (the same device "
+        "and server code in a plain loop: a reference for benchmarks)",
+    )
     p.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine")
-    p.add_argument("--verbose", action="store_true",
-                   help="also show Flower's DEBUG log and the engine's known-harmless warnings")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Flower's DEBUG log and the engine's known-harmless warnings",
+    )
     p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
     p.set_defaults(func=run)
 
@@ -68,10 +94,18 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         flat[key.strip()] = value.strip()
-    named = {"dataset": args.dataset, "data-dir": args.data_dir, "num-rounds": args.rounds,
-             "privacy": args.privacy, "epsilon": args.epsilon, "delta": args.delta,
-             "run-dir": args.run_dir, "seed": args.seed, "population": args.population,
-             "algorithm": getattr(args, "algorithm", None)}
+    named = {
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "num-rounds": args.rounds,
+        "privacy": args.privacy,
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "run-dir": args.run_dir,
+        "seed": args.seed,
+        "population": args.population,
+        "algorithm": getattr(args, "algorithm", None),
+    }
     flat.update({k: v for k, v in named.items() if v is not None})
     return RunConfig.from_flat(flat)  # the algorithm's own defaults for keys not given
 
@@ -89,14 +123,24 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]{key}[/]: {doc}")
         return 0
     cfg = config_from_args(args)
-    console.print(f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
-                  + (f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
-                     f"{'user' if cfg.privacy == 'user' else 'example'}-level)"
-                     if cfg.privacy != "off" else "")
-                  + f", {cfg.num_rounds} rounds, engine {args.engine}")
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  TextColumn("round {task.completed}/{task.total}"), TimeElapsedColumn(),
-                  TextColumn("{task.fields[status]}"), console=console) as progress:
+    console.print(
+        f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
+        + (
+            f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
+            f"{'user' if cfg.privacy == 'user' else 'example'}-level)"
+            if cfg.privacy != "off"
+            else ""
+        )
+        + f", {cfg.num_rounds} rounds, engine {args.engine}"
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("round {task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    ) as progress:
         task = progress.add_task("training", total=cfg.num_rounds, status="starting")
 
         def on_round(r: dict[str, object]) -> None:
@@ -111,43 +155,51 @@ def run(args: argparse.Namespace) -> int:
         if args.engine == "flower":
             from fedrec.simulations.runner import simulate
 
-            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus,
-                              verbose=args.verbose)
+            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus, verbose=args.verbose)
             summary, run_dir = result.summary, result.run_dir
         else:
             from fedrec.simulations.runner import simulate_loop
 
             summary, run_dir = simulate_loop(cfg, on_round=on_round)
     quality = summary.get("quality") or {}
-    print_metrics_table(f"Quality after {summary['rounds']} rounds, measured by the simulator "
-                        f"({summary['devices']} devices, {summary['items']} items)",
-                        {f"federated {cfg.algorithm}, privacy {cfg.privacy}": quality,
-                         "most-popular (same split)": summary.get("most_popular") or {}},
-                        ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20",
-                         "recall@20"))
+    print_metrics_table(
+        f"Quality after {summary['rounds']} rounds, measured by the simulator "
+        f"({summary['devices']} devices, {summary['items']} items)",
+        {
+            f"federated {cfg.algorithm}, privacy {cfg.privacy}": quality,
+            "most-popular (same split)": summary.get("most_popular") or {},
+        },
+        ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20", "recall@20"),
+    )
     pop = (summary.get("most_popular") or {}).get("ndcg@10")
     if pop is not None and "ndcg@10" in quality:
         verdict = "beats" if quality["ndcg@10"] > pop else "does NOT beat"
-        console.print(f"the federated model {verdict} the most-popular list on NDCG@10 "
-                      f"({quality['ndcg@10']:.4f} vs {pop:.4f})")
+        console.print(
+            f"the federated model {verdict} the most-popular list on NDCG@10 "
+            f"({quality['ndcg@10']:.4f} vs {pop:.4f})"
+        )
     priv = summary["privacy"]
     if priv.get("mode") == "off":
         console.print("privacy: [bold red]off[/] — updates are not differentially private")
     else:
         sigma = priv["noise_multiplier"]
-        sigma_text = (", ".join(f"{v:.3f}" for v in sigma) if isinstance(sigma, list)
-                      else f"{sigma:.3f}")
+        sigma_text = (
+            ", ".join(f"{v:.3f}" for v in sigma) if isinstance(sigma, list) else f"{sigma:.3f}"
+        )
         console.print(
             f"privacy: {priv['mode']} DP, unit {priv['unit']}, {priv['relation']}, "
             f"delta {priv['delta']:g}, accountant {priv['accountant']}; epsilon spent: max "
             f"{priv['epsilon_max']:.3f}, median {priv['epsilon_median']:.3f} over "
             f"{priv['devices_with_releases']} devices (budget {priv['budget_epsilon']:g}); "
             f"noise multiplier {sigma_text}; algorithm {priv.get('algorithm', 'sgd')}; "
-            f"trust: {priv['trust']}")
+            f"trust: {priv['trust']}"
+        )
         if "randomness" in priv:
             console.print(f"noise: {priv['randomness']}")
     console.print(f"federated evaluation: {priv['evaluation']['federated']}")
-    console.print(f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
-                  f"wall time {summary['wall_seconds']:.1f} s")
+    console.print(
+        f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
+        f"wall time {summary['wall_seconds']:.1f} s"
+    )
     console.print(f"run directory: [bold]{run_dir}[/]")
     return 0

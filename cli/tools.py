@@ -24,13 +24,25 @@ TOOLS: dict[str, tuple[str, dict[str, str], str]] = {
 
 #: ``fedrec bench NAME`` -> (module, ``add_arguments`` keyword arguments, run function, help)
 BENCHMARKS: dict[str, tuple[str, dict[str, str], str, str]] = {
-    "engine": ("benchmark", {"part": "engine"}, "run_engine",
-               "wall time per round: Flower's simulation engine against the plain loop"),
-    "local": ("benchmark", {"part": "local"}, "run_local",
-              "local training per device-epoch: non-private, DP-SGD, Opacus' per-sample hooks"),
+    "engine": (
+        "benchmark",
+        {"part": "engine"},
+        "run_engine",
+        "wall time per round: Flower's simulation engine against the plain loop",
+    ),
+    "local": (
+        "benchmark",
+        {"part": "local"},
+        "run_local",
+        "local training per device-epoch: non-private, DP-SGD, Opacus' per-sample hooks",
+    ),
     "data": ("bench_data", {}, "run", "synthetic data generation and ML-100K loading times"),
-    "sdk": ("bench_sdk", {}, "run",
-            "client SDK: recommend(10) latency, import time, resident memory"),
+    "sdk": (
+        "bench_sdk",
+        {},
+        "run",
+        "client SDK: recommend(10) latency, import time, resident memory",
+    ),
 }
 
 
@@ -45,15 +57,25 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 
 def _register_bench(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(
-        name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+        name,
+        help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Benchmarks of fedrec (scripts that print figures; not tests). "
-                    "`fedrec bench TOOL --help` explains each one's options.")
+        "`fedrec bench TOOL --help` explains each one's options.",
+    )
     tools = p.add_subparsers(dest="bench", metavar="TOOL")
     for tool, (module, kwargs, func, tool_help) in BENCHMARKS.items():
         shared = module == "benchmark"  # one module, two commands: say which part this is
-        _add_tool(tools, tool, tool_help, module, kwargs, func,
-                  command=f"fedrec {name} {'local|engine' if shared else tool}",
-                  lead=f"fedrec {name} {tool}: {tool_help}.\n\n" if shared else "")
+        _add_tool(
+            tools,
+            tool,
+            tool_help,
+            module,
+            kwargs,
+            func,
+            command=f"fedrec {name} {'local|engine' if shared else tool}",
+            lead=f"fedrec {name} {tool}: {tool_help}.\n\n" if shared else "",
+        )
 
     def show_help(_args: argparse.Namespace) -> int:
         p.print_help()
@@ -62,15 +84,28 @@ def _register_bench(sub: argparse._SubParsersAction, name: str, help_text: str) 
     p.set_defaults(func=show_help)  # `fedrec bench` alone; a TOOL sets its own func
 
 
-def _add_tool(sub: argparse._SubParsersAction, name: str, help_text: str, module: str,
-              kwargs: dict[str, str], func: str, *, command: str, lead: str = "") -> None:
+def _add_tool(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    module: str,
+    kwargs: dict[str, str],
+    func: str,
+    *,
+    command: str,
+    lead: str = "",
+) -> None:
     """A subparser whose options and run function come from ``fedrec.simulations.<module>``.
 
     Its description is the module's docstring, with ``command`` for the module path.
     """
     mod: ModuleType = importlib.import_module(f"fedrec.simulations.{module}")
     doc = (mod.__doc__ or "").replace(f"python -m fedrec.simulations.{module}", command)
-    p = sub.add_parser(name, help=help_text, description=lead + doc,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=lead + doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mod.add_arguments(p, **kwargs)
     p.set_defaults(func=getattr(mod, func))

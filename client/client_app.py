@@ -46,8 +46,15 @@ from fedrec.common.algorithms.base import TABLE_KEYS, Contribution, Task
 from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 from fedrec.common.privacy.secagg import SecureSession
 
-__all__ = ["make_client_app", "DeviceSession", "DeviceProvider", "TrainRequest",
-           "EvaluateRequest", "arrays_to_numpy", "numpy_to_arrays"]
+__all__ = [
+    "make_client_app",
+    "DeviceSession",
+    "DeviceProvider",
+    "TrainRequest",
+    "EvaluateRequest",
+    "arrays_to_numpy",
+    "numpy_to_arrays",
+]
 
 log = logging.getLogger("fedrec.client")
 
@@ -87,8 +94,9 @@ class EvaluateRequest:
 class DeviceSession(Protocol):
     """A node's device for the handling of one message."""
 
-    def contribute(self, request: TrainRequest, session: SecureSession | None
-                   ) -> tuple[Contribution | Any, dict[str, float]]:
+    def contribute(
+        self, request: TrainRequest, session: SecureSession | None
+    ) -> tuple[Contribution | Any, dict[str, float]]:
         """The contribution (or a ``Refusal``) and metrics to send beside it."""
 
     def evaluate(self, request: EvaluateRequest) -> dict[str, float] | Any:
@@ -102,8 +110,9 @@ class DeviceSession(Protocol):
 DeviceProvider = Callable[[Context], DeviceSession]
 
 
-def _split_table(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
-                                                              dict[str, np.ndarray]]:
+def _split_table(
+    arrays: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     table = {k: v for k, v in arrays.items() if k in TABLE_KEYS}
     return table, {k: v for k, v in arrays.items() if k not in TABLE_KEYS}
 
@@ -114,14 +123,22 @@ def parse_train(msg: Message) -> TrainRequest:
         table, task_arrays = _split_table(arrays_to_numpy(msg.content["arrays"]))  # type: ignore[arg-type]
         config = dict(msg.content["config"])  # type: ignore[arg-type]
         share = config.get("noise-share")
-        task_config = {k: v for k, v in config.items() if k not in (
-            "server-round", "task", "noise-share", "min-included")}
-        return TrainRequest(int(config["server-round"]),  # type: ignore[arg-type]
-                            Task(str(config.get("task", "train")), task_arrays, task_config),
-                            table, None if share is None else float(share), config)  # type: ignore[arg-type]
+        task_config = {
+            k: v
+            for k, v in config.items()
+            if k not in ("server-round", "task", "noise-share", "min-included")
+        }
+        return TrainRequest(
+            int(config["server-round"]),  # type: ignore[arg-type]
+            Task(str(config.get("task", "train")), task_arrays, task_config),
+            table,
+            None if share is None else float(share),
+            config,
+        )  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PolicyViolation(RefusalCode.BAD_REQUEST, f"malformed train request: {exc!r}"
-                              ) from None
+        raise PolicyViolation(
+            RefusalCode.BAD_REQUEST, f"malformed train request: {exc!r}"
+        ) from None
 
 
 def parse_evaluate(msg: Message) -> EvaluateRequest:
@@ -134,18 +151,24 @@ def parse_evaluate(msg: Message) -> EvaluateRequest:
             raise ValueError(f"ks {ks}")
         sigma = config.get("eval-noise-multiplier")  # type: ignore[union-attr]
         share = config.get("noise-share")  # type: ignore[union-attr]
-        return EvaluateRequest(int(config.get("server-round", 0)), table, ks,  # type: ignore[union-attr,arg-type]
-                               None if sigma is None else float(sigma),  # type: ignore[arg-type]
-                               None if share is None else float(share))  # type: ignore[arg-type]
+        return EvaluateRequest(
+            int(config.get("server-round", 0)),
+            table,
+            ks,  # type: ignore[union-attr,arg-type]
+            None if sigma is None else float(sigma),  # type: ignore[arg-type]
+            None if share is None else float(share),
+        )  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                              f"malformed evaluate request: {exc!r}") from None
+        raise PolicyViolation(
+            RefusalCode.BAD_REQUEST, f"malformed evaluate request: {exc!r}"
+        ) from None
 
 
 def refusal_message(msg: Message, code: RefusalCode | str) -> Message:
     """The reply by which a device declines a request: a fixed code and nothing else."""
-    return Message(RecordDict({"refusal": ConfigRecord({"code": str(RefusalCode(code))})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"refusal": ConfigRecord({"code": str(RefusalCode(code))})}), reply_to=msg
+    )
 
 
 def _is_refusal(outcome: object) -> bool:
@@ -177,16 +200,21 @@ def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> Cl
         except PolicyViolation as violation:
             outcome = violation
         finally:
-            session.close(outcome is not None and not _is_refusal(outcome)
-                          and not isinstance(outcome, PolicyViolation))
+            session.close(
+                outcome is not None
+                and not _is_refusal(outcome)
+                and not isinstance(outcome, PolicyViolation)
+            )
         if isinstance(outcome, PolicyViolation) or _is_refusal(outcome):
             log.info("refused: %s", outcome)
             return refusal_message(msg, outcome.code)
         reply: dict[str, float | int] = {"num-examples": int(outcome.num_examples)}
         reply.update({k: float(v) for k, v in outcome.metrics.items()})
         reply.update(metrics)
-        return Message(RecordDict({"arrays": numpy_to_arrays(outcome.arrays),
-                                   "metrics": MetricRecord(reply)}), reply_to=msg)
+        return Message(
+            RecordDict({"arrays": numpy_to_arrays(outcome.arrays), "metrics": MetricRecord(reply)}),
+            reply_to=msg,
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -204,7 +232,9 @@ def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> Cl
         if not isinstance(outcome, dict):
             log.info("refused to evaluate: %s", outcome)
             return refusal_message(msg, outcome.code)
-        return Message(RecordDict({"metrics": MetricRecord(
-            {k: float(v) for k, v in outcome.items()})}), reply_to=msg)
+        return Message(
+            RecordDict({"metrics": MetricRecord({k: float(v) for k, v in outcome.items()})}),
+            reply_to=msg,
+        )
 
     return app

@@ -129,8 +129,7 @@ def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ValueError(f"node-config {key!r} must be true or false, got {value!r}")
 
 
-def _limit(config: Mapping[str, Any], key: str, default: float | None, kind: type
-           ) -> float | None:
+def _limit(config: Mapping[str, Any], key: str, default: float | None, kind: type) -> float | None:
     if key not in config:
         return default
     value = config[key]
@@ -139,8 +138,7 @@ def _limit(config: Mapping[str, Any], key: str, default: float | None, kind: typ
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"node-config {key!r} must be a number or 'none', got {value!r}"
-                         ) from None
+        raise ValueError(f"node-config {key!r} must be a number or 'none', got {value!r}") from None
 
 
 def _policy(config: Mapping[str, Any]) -> tuple[TrainingPolicy, PolicySignals]:
@@ -149,22 +147,34 @@ def _policy(config: Mapping[str, Any]) -> tuple[TrainingPolicy, PolicySignals]:
         require_charging=_bool(config, "require-charging", base.require_charging),
         require_wifi=_bool(config, "require-wifi", base.require_wifi),
         min_battery_level=_limit(config, "min-battery-level", base.min_battery_level, float),
-        max_rounds_per_day=_limit(config, "max-rounds-per-day",  # type: ignore[arg-type]
-                                  base.max_rounds_per_day, int),
-        max_steps_per_day=_limit(config, "max-steps-per-day",  # type: ignore[arg-type]
-                                 base.max_steps_per_day, int),
+        max_rounds_per_day=_limit(
+            config,
+            "max-rounds-per-day",  # type: ignore[arg-type]
+            base.max_rounds_per_day,
+            int,
+        ),
+        max_steps_per_day=_limit(
+            config,
+            "max-steps-per-day",  # type: ignore[arg-type]
+            base.max_steps_per_day,
+            int,
+        ),
         max_steps_per_round=int(config.get("max-steps-per-round", base.max_steps_per_round)),
         max_table_entries=int(config.get("max-table-entries", base.max_table_entries)),
         max_memory_bytes=int(config.get("max-memory-bytes", base.max_memory_bytes)),
     )
     battery = _limit(config, "battery-level", None, float)
-    signals = PolicySignals(charging=_bool(config, "charging", True),
-                            on_wifi=_bool(config, "on-wifi", True), battery_level=battery)
+    signals = PolicySignals(
+        charging=_bool(config, "charging", True),
+        on_wifi=_bool(config, "on-wifi", True),
+        battery_level=battery,
+    )
     return policy, signals
 
 
-def device_dp(node_config: Mapping[str, Any], stored_dp: Mapping[str, Any] | None
-              ) -> dict[str, Any]:
+def device_dp(
+    node_config: Mapping[str, Any], stored_dp: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """The device's own DP settings: budget, δ and accountant from its node config or store.
 
     Nothing here comes from the server. The budget is ``epsilon-budget``, else the stored
@@ -173,16 +183,23 @@ def device_dp(node_config: Mapping[str, Any], stored_dp: Mapping[str, Any] | Non
     from fedrec.client.sdk import DEFAULT_DP
 
     stored = dict(stored_dp or {})
-    budget = float(node_config.get("epsilon-budget",
-                                   stored.get("budget_epsilon", DEFAULT_DP["budget_epsilon"])))
+    budget = float(
+        node_config.get(
+            "epsilon-budget", stored.get("budget_epsilon", DEFAULT_DP["budget_epsilon"])
+        )
+    )
     if not (budget > 0 and math.isfinite(budget)):
         raise ValueError(f"the device's epsilon budget must be positive, got {budget}")
-    return {**DEFAULT_DP,
-            "budget_epsilon": budget,
-            "target_delta": float(node_config.get("delta", stored.get(
-                "target_delta", DEFAULT_DP["target_delta"]))),
-            "accountant": str(node_config.get("accountant", stored.get(
-                "accountant", DEFAULT_DP["accountant"])))}
+    return {
+        **DEFAULT_DP,
+        "budget_epsilon": budget,
+        "target_delta": float(
+            node_config.get("delta", stored.get("target_delta", DEFAULT_DP["target_delta"]))
+        ),
+        "accountant": str(
+            node_config.get("accountant", stored.get("accountant", DEFAULT_DP["accountant"]))
+        ),
+    }
 
 
 def run_recipe(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -199,9 +216,12 @@ def run_recipe(run_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad run config: {exc}") from None
     return cfg.privacy, {
         "noise_multiplier": float(cfg.noise_multiplier),
-        "max_grad_norm": float(cfg.max_grad_norm), "epsilon": float(cfg.epsilon),
-        "delta": float(cfg.delta), "planned_participations": int(cfg.planned_participations),
-        "local": cfg.local_config().to_dict()}
+        "max_grad_norm": float(cfg.max_grad_norm),
+        "epsilon": float(cfg.epsilon),
+        "delta": float(cfg.delta),
+        "planned_participations": int(cfg.planned_participations),
+        "local": cfg.local_config().to_dict(),
+    }
 
 
 # --------------------------------------------------------------------------- events
@@ -220,16 +240,20 @@ def read_events_file(path: str | Path) -> list[Event]:
         value = json.loads(p.read_text(encoding="utf-8"))
         rows = value.get("events", []) if isinstance(value, Mapping) else value
         if not isinstance(rows, list):
-            raise ValueError(f"{p}: expected a JSON list of events or {{\"events\": [...]}}")
+            raise ValueError(f'{p}: expected a JSON list of events or {{"events": [...]}}')
     events = []
     for i, row in enumerate(rows):
         try:
             raw_value = row.get("value")
-            events.append(Event(
-                kind=str(row["kind"]), item_id=str(row["item_id"]),
-                timestamp=float(row["timestamp"]),
-                value=None if raw_value in (None, "") else float(raw_value),
-                context=row.get("context") if isinstance(row.get("context"), dict) else None))
+            events.append(
+                Event(
+                    kind=str(row["kind"]),
+                    item_id=str(row["item_id"]),
+                    timestamp=float(row["timestamp"]),
+                    value=None if raw_value in (None, "") else float(raw_value),
+                    context=row.get("context") if isinstance(row.get("context"), dict) else None,
+                )
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{p}: event {i}: {exc}") from None
     return events
@@ -268,17 +292,21 @@ def open_device(context: Context) -> tuple[FedRecClient, PolicySignals]:
 
     node = dict(context.node_config)
     if not node.get("store"):
-        raise ValueError("this SuperNode has no device store: start it with --node-config "
-                         "'store=\"/path/device.db\"' (see `fedrec supernode --help`)")
+        raise ValueError(
+            "this SuperNode has no device store: start it with --node-config "
+            "'store=\"/path/device.db\"' (see `fedrec supernode --help`)"
+        )
     path = Path(str(node["store"])).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     privacy, _ = run_recipe(dict(context.run_config))
     dp: dict[str, Any] | None = device_dp(node, _stored_dp(path))
     if privacy != "local":
         if not _bool(node, "allow-no-dp", False):
-            raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
-                                  f"the run (privacy = {privacy!r}) asks for updates without "
-                                  "device noise; node-config allow-no-dp=true would allow it")
+            raise PolicyViolation(
+                RefusalCode.PRIVACY_POLICY,
+                f"the run (privacy = {privacy!r}) asks for updates without "
+                "device noise; node-config allow-no-dp=true would allow it",
+            )
         dp = None
     policy, signals = _policy(node)
     kwargs: dict[str, Any] = {}
@@ -330,8 +358,7 @@ def _device_fingerprint(client: FedRecClient, n_rows: int) -> str:
 class DeployedSession:
     """One message's handling by a deployed device (its SDK client, opened from its store)."""
 
-    def __init__(self, client: FedRecClient, signals: PolicySignals,
-                 run_config: Mapping[str, Any]):
+    def __init__(self, client: FedRecClient, signals: PolicySignals, run_config: Mapping[str, Any]):
         self.client, self.signals, self.run_config = client, signals, run_config
 
     def contribute(self, request: Any, session: Any) -> tuple[Any, dict[str, float]]:
@@ -339,24 +366,33 @@ class DeployedSession:
         from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
         if request.task.name != "train" or request.task.arrays:
-            raise PolicyViolation(RefusalCode.UNSUPPORTED,
-                                  f"a deployed device answers train rounds, not "
-                                  f"{request.task.name!r}")
+            raise PolicyViolation(
+                RefusalCode.UNSUPPORTED,
+                f"a deployed device answers train rounds, not {request.task.name!r}",
+            )
         if session is not None or request.noise_share is not None:
-            raise PolicyViolation(RefusalCode.UNSUPPORTED,
-                                  "a deployed device does not take part in secure sums yet")
+            raise PolicyViolation(
+                RefusalCode.UNSUPPORTED, "a deployed device does not take part in secure sums yet"
+            )
         _, recipe = run_recipe(self.run_config)
         expected = request.config.get(CATALOG_FINGERPRINT_KEY)
         n_rows = int(np.asarray(next(iter(request.table.values()), np.zeros(0))).shape[0])
         if expected and _device_fingerprint(self.client, n_rows) != str(expected):
-            raise PolicyViolation(RefusalCode.BAD_REQUEST, "this device's catalog differs "
-                                  "from the server's; not training the wrong rows")
-        outcome = self.client.train_round(request.table, request.server_round,
-                                          policy_signals=self.signals, recipe=recipe)
+            raise PolicyViolation(
+                RefusalCode.BAD_REQUEST,
+                "this device's catalog differs from the server's; not training the wrong rows",
+            )
+        outcome = self.client.train_round(
+            request.table, request.server_round, policy_signals=self.signals, recipe=recipe
+        )
         report = self.client.privacy_report()
         if hasattr(outcome, "arrays"):
-            log.info("round %d: trained; epsilon spent %.4g of %s", request.server_round,
-                     report.epsilon_spent, report.budget_epsilon)
+            log.info(
+                "round %d: trained; epsilon spent %.4g of %s",
+                request.server_round,
+                report.epsilon_spent,
+                report.budget_epsilon,
+            )
         return outcome, ({"epsilon": float(report.epsilon_spent)} if report.dp_enabled else {})
 
     def evaluate(self, request: Any) -> Any:

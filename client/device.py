@@ -91,11 +91,10 @@ class Device:
     ):
         self.device_id = str(device_id)
         self.train_items = np.asarray(train_items, dtype=np.int64)
-        self.test_items = (
-            np.asarray(test_items, dtype=np.int64) if test_items is not None else None
-        )
-        if len(self.train_items) and (self.train_items.min() < 0
-                                      or self.train_items.max() >= n_items):
+        self.test_items = np.asarray(test_items, dtype=np.int64) if test_items is not None else None
+        if len(self.train_items) and (
+            self.train_items.min() < 0 or self.train_items.max() >= n_items
+        ):
             raise ValueError(f"device {device_id}: item indices outside [0, {n_items})")
         self.local, self.dp = local, dp
         if algorithm is None:
@@ -113,8 +112,9 @@ class Device:
         else:
             self.noise = NoiseSource.secure()
             self.generator = self.noise.torch_generator()
-        self.model = MatrixFactorization(1, n_items, dim, item_bias=item_bias,
-                                         init_std=init_std, generator=self.generator)
+        self.model = MatrixFactorization(
+            1, n_items, dim, item_bias=item_bias, init_std=init_std, generator=self.generator
+        )
         self.accountant = make_accountant(dp.accountant) if dp is not None else None
         self.rounds_trained = 0
 
@@ -133,8 +133,9 @@ class Device:
     def epsilon_if_trained(self) -> float:
         """ε after one more DP-SGD round with the current settings."""
         assert self.dp is not None
-        return self.epsilon_after([PrivacyEvent(self.dp.noise_multiplier,
-                                                self.local.sample_rate, self.local.steps)])
+        return self.epsilon_after(
+            [PrivacyEvent(self.dp.noise_multiplier, self.local.sample_rate, self.local.steps)]
+        )
 
     def over_budget(self, needed: float) -> Refusal | None:
         """The refusal of a release that would bring ε to ``needed``, or ``None`` if within."""
@@ -142,35 +143,61 @@ class Device:
         if needed <= self.dp.budget_epsilon + 1e-9:
             return None
         spent = self.epsilon_spent()
-        return Refusal(RefusalCode.BUDGET,
-                       f"this round would bring epsilon to {needed:.4g} > budget "
-                       f"{self.dp.budget_epsilon:g} (spent {spent:.4g})", spent, needed)
+        return Refusal(
+            RefusalCode.BUDGET,
+            f"this round would bring epsilon to {needed:.4g} > budget "
+            f"{self.dp.budget_epsilon:g} (spent {spent:.4g})",
+            spent,
+            needed,
+        )
 
     def refuse(self, violation: PolicyViolation) -> Refusal:
         """A refusal for a policy violation (nothing spent)."""
         spent = self.epsilon_spent()
         return Refusal(violation.code, violation.detail, spent, spent)
 
-    def release(self, server_round: int, *, noise_multiplier: float, max_grad_norm: float,
-                sample_rate: float, steps: int, purpose: str) -> None:
+    def release(
+        self,
+        server_round: int,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        purpose: str,
+    ) -> None:
         """Record a release this device just computed: the hook runs before it may leave."""
         assert self.dp is not None
-        event = PrivacyEvent(noise_multiplier, sample_rate, steps, max_grad_norm=max_grad_norm,
-                             unit="example", purpose=purpose, randomness=self.noise.label)
+        event = PrivacyEvent(
+            noise_multiplier,
+            sample_rate,
+            steps,
+            max_grad_norm=max_grad_norm,
+            unit="example",
+            purpose=purpose,
+            randomness=self.noise.label,
+        )
         if self.on_release is not None:
-            self.on_release(event, round=int(server_round), target_delta=self.dp.target_delta,
-                            budget_epsilon=self.dp.budget_epsilon,
-                            claimed_epsilon=self.epsilon_spent(), accountant=self.dp.accountant)
+            self.on_release(
+                event,
+                round=int(server_round),
+                target_delta=self.dp.target_delta,
+                budget_epsilon=self.dp.budget_epsilon,
+                claimed_epsilon=self.epsilon_spent(),
+                accountant=self.dp.accountant,
+            )
 
     def release_rng(self) -> np.random.Generator:
         """The generator of one release's random choices (seeded runs: a fresh stream each)."""
         if self.noise.is_seeded:  # one stream per round from the device's generator
-            return np.random.default_rng(int(torch.randint(0, 2**62, (1,),
-                                                           generator=self.generator)))
+            return np.random.default_rng(
+                int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            )
         return self.noise.rng
 
-    def release_noise(self, rng: np.random.Generator, std: float,
-                      shape: tuple[int, ...]) -> np.ndarray:
+    def release_noise(
+        self, rng: np.random.Generator, std: float, shape: tuple[int, ...]
+    ) -> np.ndarray:
         """Gaussian noise of a release (seeded: from ``rng``; else the secure source)."""
         if self.noise.is_seeded:
             return rng.normal(0.0, std, size=shape)
@@ -183,8 +210,9 @@ class Device:
     @staticmethod
     def _check_share(noise_share: float | None) -> None:
         if noise_share is not None and not (0 < float(noise_share) <= 1):
-            raise PolicyViolation(RefusalCode.NOT_SECURE,
-                                  f"noise share {noise_share!r} outside (0, 1]")
+            raise PolicyViolation(
+                RefusalCode.NOT_SECURE, f"noise share {noise_share!r} outside (0, 1]"
+            )
 
     # --- secure sums -----------------------------------------------------------------------
     def secure_range(self, noise_share: float | None, task: Task | None = None) -> float:
@@ -198,8 +226,9 @@ class Device:
         std = spec.noise_per_coordinate * share if self.dp is not None else 0.0
         return secure_range(spec.coordinate_bound, std, spec.size)
 
-    def check_secure(self, session: SecureSession | None, *, noise_share: float | None,
-                     task: Task | None = None) -> None:
+    def check_secure(
+        self, session: SecureSession | None, *, noise_share: float | None, task: Task | None = None
+    ) -> None:
         """Raise :class:`PolicyViolation` unless this round's secure sum is safe to join.
 
         A noise share, or a raw statistic without device noise, may only leave inside a
@@ -207,27 +236,39 @@ class Device:
         in the group; the session's range must be at least :meth:`secure_range`.
         """
         self._check_share(noise_share)
-        needs_secure = noise_share is not None or (self.algorithm.raw_statistics
-                                                   and self.dp is None)
+        needs_secure = noise_share is not None or (
+            self.algorithm.raw_statistics and self.dp is None
+        )
         if session is None:
             if needs_secure:
-                raise PolicyViolation(RefusalCode.NOT_SECURE,
-                                      "this contribution may only leave inside a secure sum")
+                raise PolicyViolation(
+                    RefusalCode.NOT_SECURE, "this contribution may only leave inside a secure sum"
+                )
             return
         if noise_share is not None and session.group_size < session.min_group(noise_share):
-            raise PolicyViolation(RefusalCode.NOT_SECURE,
-                                  f"noise share {noise_share:g} needs a secure group of "
-                                  f"{session.min_group(noise_share)}, this one has "
-                                  f"{session.group_size}")
+            raise PolicyViolation(
+                RefusalCode.NOT_SECURE,
+                f"noise share {noise_share:g} needs a secure group of "
+                f"{session.min_group(noise_share)}, this one has "
+                f"{session.group_size}",
+            )
         needed = self.secure_range(noise_share, task)
         if session.clipping_range < needed:
-            raise PolicyViolation(RefusalCode.NOT_SECURE,
-                                  f"the secure sum's range {session.clipping_range:g} would "
-                                  f"clip this device's share (needs {needed:g})")
+            raise PolicyViolation(
+                RefusalCode.NOT_SECURE,
+                f"the secure sum's range {session.clipping_range:g} would "
+                f"clip this device's share (needs {needed:g})",
+            )
 
     # --- the round -------------------------------------------------------------------------
-    def contribute(self, task: Task, global_state: Mapping[str, np.ndarray], server_round: int,
-                   *, noise_share: float | None = None) -> Contribution | Refusal:
+    def contribute(
+        self,
+        task: Task,
+        global_state: Mapping[str, np.ndarray],
+        server_round: int,
+        *,
+        noise_share: float | None = None,
+    ) -> Contribution | Refusal:
         """Answer one round: the algorithm's contribution to ``task``, or a refusal.
 
         The table must have exactly this device's shapes and finite values, and a noise share
@@ -245,14 +286,19 @@ class Device:
             self._check_share(noise_share)
         except PolicyViolation as violation:
             return self.refuse(violation)
-        return self.algorithm.contribute(self, task, global_state, server_round=server_round,
-                                         noise_share=noise_share)
+        return self.algorithm.contribute(
+            self, task, global_state, server_round=server_round, noise_share=noise_share
+        )
 
-    def train(self, global_state: Mapping[str, np.ndarray], server_round: int, *,
-              noise_share: float | None = None) -> Contribution | Refusal:
+    def train(
+        self,
+        global_state: Mapping[str, np.ndarray],
+        server_round: int,
+        *,
+        noise_share: float | None = None,
+    ) -> Contribution | Refusal:
         """A training round (``Task("train")``): :meth:`contribute` for SGD rounds."""
-        return self.contribute(Task("train"), global_state, server_round,
-                               noise_share=noise_share)
+        return self.contribute(Task("train"), global_state, server_round, noise_share=noise_share)
 
     # --- ranking and evaluation ------------------------------------------------------------
     def _scores(self, global_state: Mapping[str, np.ndarray] | None) -> np.ndarray:
@@ -261,8 +307,9 @@ class Device:
             self.algorithm.fold_in(self, dict(global_state))
         return self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
 
-    def evaluate(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]
-                 ) -> dict[str, float] | None:
+    def evaluate(
+        self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]
+    ) -> dict[str, float] | None:
         """Rank all items locally against the held-out items; exact metric *sums* (or None).
 
         This is a measurement, not a release: the simulator calls it on the devices it holds
@@ -271,12 +318,19 @@ class Device:
         """
         if self.test_items is None or len(self.test_items) == 0:
             return None
-        return user_metric_sums(self._scores(global_state), self.train_items, self.test_items,
-                                ks=ks)
+        return user_metric_sums(
+            self._scores(global_state), self.train_items, self.test_items, ks=ks
+        )
 
-    def evaluation_release(self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...],
-                           server_round: int, *, noise_multiplier: float | None,
-                           noise_share: float | None = None) -> dict[str, float] | Refusal:
+    def evaluation_release(
+        self,
+        global_state: Mapping[str, np.ndarray],
+        ks: tuple[int, ...],
+        server_round: int,
+        *,
+        noise_multiplier: float | None,
+        noise_share: float | None = None,
+    ) -> dict[str, float] | Refusal:
         """The metric sums this device may send for a federated evaluation, or a refusal.
 
         The sums are a function of the device's held-out interactions, so under DP they are a
@@ -301,24 +355,34 @@ class Device:
         if self.dp is None:
             if self.report_metrics:  # privacy off: nothing is promised
                 return dict(zip(keys, values.tolist(), strict=True))
-            return Refusal(RefusalCode.PRIVACY_POLICY,
-                           "evaluation sums would leave without device noise in a private run")
+            return Refusal(
+                RefusalCode.PRIVACY_POLICY,
+                "evaluation sums would leave without device noise in a private run",
+            )
         if noise_multiplier is None or not noise_multiplier > 0:
             return Refusal(RefusalCode.PRIVACY_POLICY, "evaluation without noise under DP")
         sensitivity = math.sqrt(len(keys))
         refusal = self.over_budget(self.epsilon_after([PrivacyEvent(float(noise_multiplier))]))
         if refusal is not None:
             return refusal
-        std = float(noise_multiplier) * sensitivity * (
-            1.0 if noise_share is None else float(noise_share))
+        std = (
+            float(noise_multiplier)
+            * sensitivity
+            * (1.0 if noise_share is None else float(noise_share))
+        )
         values = values + self.noise.normal(std, values.shape)
         self.accountant.step(noise_multiplier=float(noise_multiplier), sample_rate=1.0)
-        self.release(server_round, noise_multiplier=float(noise_multiplier),  # before it leaves
-                     max_grad_norm=sensitivity, sample_rate=1.0, steps=1, purpose="evaluation")
+        self.release(
+            server_round,
+            noise_multiplier=float(noise_multiplier),  # before it leaves
+            max_grad_norm=sensitivity,
+            sample_rate=1.0,
+            steps=1,
+            purpose="evaluation",
+        )
         return dict(zip(keys, values.tolist(), strict=True))
 
-    def recommend(self, k: int, global_state: Mapping[str, np.ndarray] | None = None
-                  ) -> np.ndarray:
+    def recommend(self, k: int, global_state: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Top-``k`` unseen items for this device's user (computed on the device)."""
         from fedrec.common.evaluation.metrics import topk_items
 

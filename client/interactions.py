@@ -208,8 +208,16 @@ class WeightPolicy:
     min_training_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("purchase", "add_to_cart", "like", "share", "click", "view_weight",
-                     "rating_weight", "min_training_weight"):
+        for name in (
+            "purchase",
+            "add_to_cart",
+            "like",
+            "share",
+            "click",
+            "view_weight",
+            "rating_weight",
+            "min_training_weight",
+        ):
             w = _number(name, getattr(self, name))
             if not 0.0 <= w <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1] (a training weight), got {w}")
@@ -310,8 +318,9 @@ class ItemSignal:
         return self.actions > 0
 
 
-def item_signals(events: Iterable[Event], policy: WeightPolicy | None = None
-                 ) -> dict[str, ItemSignal]:
+def item_signals(
+    events: Iterable[Event], policy: WeightPolicy | None = None
+) -> dict[str, ItemSignal]:
     """Fold events into one :class:`ItemSignal` per item id (order of events is irrelevant)."""
     policy = policy if policy is not None else WeightPolicy()
     out: dict[str, ItemSignal] = {}
@@ -323,8 +332,9 @@ def item_signals(events: Iterable[Event], policy: WeightPolicy | None = None
     return out
 
 
-def weights_from_events(events: Iterable[Event], policy: WeightPolicy | None = None
-                        ) -> tuple[dict[str, float], dict[str, int]]:
+def weights_from_events(
+    events: Iterable[Event], policy: WeightPolicy | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
     """Positives with their weights, and exposures, per item.
 
     Returns:

@@ -25,23 +25,29 @@ class LedgerWriter:
             ``ledger_dir/../devices/<device_id>`` (a simulation's stand-in for the device).
     """
 
-    def __init__(self, device_id: str, ledger_dir: str | Path, *,
-                 key_dir: str | Path | None = None):
+    def __init__(
+        self, device_id: str, ledger_dir: str | Path, *, key_dir: str | Path | None = None
+    ):
         self.device_id = device_id
         self.ledger_dir = Path(ledger_dir)
-        self.key_dir = Path(key_dir) if key_dir is not None else (
-            self.ledger_dir.parent / "devices" / device_id)
+        self.key_dir = (
+            Path(key_dir)
+            if key_dir is not None
+            else (self.ledger_dir.parent / "devices" / device_id)
+        )
         self._ledger: Ledger | None = None
 
     def _open(self) -> Ledger:
         if self._ledger is None:
-            key = DeviceKey.load_or_generate(self.key_dir / "ledger-key.pem",
-                                             public_path=self.key_dir / "ledger-key.pub.pem")
+            key = DeviceKey.load_or_generate(
+                self.key_dir / "ledger-key.pem", public_path=self.key_dir / "ledger-key.pub.pem"
+            )
             pub = self.ledger_dir / "keys" / f"{self.device_id}.pub.pem"
             if not pub.exists():
                 key.save_public(pub)
-            self._ledger = Ledger(self.ledger_dir / f"{self.device_id}.jsonl", key,
-                                  device_id=self.device_id)
+            self._ledger = Ledger(
+                self.ledger_dir / f"{self.device_id}.jsonl", key, device_id=self.device_id
+            )
         return self._ledger
 
     def __call__(self, event: PrivacyEvent, **context: object) -> None:

@@ -44,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrec.client.interactions import Event, EventKind, ItemSignal, WeightPolicy, weights_from_events
+from fedrec.client.interactions import (
+    Event,
+    EventKind,
+    ItemSignal,
+    WeightPolicy,
+    weights_from_events,
+)
 from fedrec.client.storage import DeviceStore, Retention, StoreError
 from fedrec.common.model.ranking import Explanation, Freshness, fold_in, rank, score_items
 from fedrec.common.privacy.policy import (
@@ -90,8 +96,14 @@ DEFAULT_DP: dict[str, Any] = {
     "accountant": "prv",
 }
 #: The keys a server's training recipe may carry (:meth:`FedRecClient.train_round`).
-_RECIPE_KEYS = ("noise_multiplier", "max_grad_norm", "epsilon", "delta",
-                "planned_participations", "local")
+_RECIPE_KEYS = (
+    "noise_multiplier",
+    "max_grad_norm",
+    "epsilon",
+    "delta",
+    "planned_participations",
+    "local",
+)
 _ITEM_EMB, _ITEM_BIAS = "item_embedding.weight", "item_bias.weight"
 _SECONDS_PER_DAY = 86400.0
 _UNSET: Any = object()
@@ -99,13 +111,13 @@ _UNSET: Any = object()
 STATUS = {
     "personalized": "ranked with this device's trained user embedding",
     "personalized-fold-in": "ranked from the items you interacted with (no trained user "
-                            "embedding yet)",
+    "embedding yet)",
     "cold-start-popularity": "no history yet: the popularity prior published by the server",
     "cold-start-recent": "no history yet: the most recent items of the catalog",
     "cold-start-item-bias": "no history yet: the model's item biases (a popularity signal)",
     "cold-start-catalog": "no history yet and no prior: catalog order",
     "no-item-table": "no item table has been received yet (receive_model() or a training "
-                     "round), and no popularity prior: nothing to rank",
+    "round), and no popularity prior: nothing to rank",
 }
 
 
@@ -141,15 +153,20 @@ class Catalog:
             "item_ids": list(self.item_ids),
             "titles": dict(self.titles) if self.titles else None,
             "genres": {k: list(v) for k, v in self.genres.items()} if self.genres else None,
-            "published_at": ({k: float(v) for k, v in self.published_at.items()}
-                             if self.published_at else None),
+            "published_at": (
+                {k: float(v) for k, v in self.published_at.items()} if self.published_at else None
+            ),
         }
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Catalog:
         """Inverse of :meth:`to_json`."""
-        return cls(tuple(value["item_ids"]), value.get("titles"), value.get("genres"),
-                   value.get("published_at"))
+        return cls(
+            tuple(value["item_ids"]),
+            value.get("titles"),
+            value.get("genres"),
+            value.get("published_at"),
+        )
 
 
 @dataclass(frozen=True)
@@ -188,8 +205,9 @@ class TrainingPolicy:
 
     def __post_init__(self) -> None:
         if self.min_battery_level is not None and not 0 <= self.min_battery_level <= 1:
-            raise ValueError(f"min_battery_level is a fraction in [0, 1], got "
-                             f"{self.min_battery_level}")
+            raise ValueError(
+                f"min_battery_level is a fraction in [0, 1], got {self.min_battery_level}"
+            )
         if self.max_rounds_per_day is not None and self.max_rounds_per_day < 0:
             raise ValueError("max_rounds_per_day must be >= 0")
         if self.max_steps_per_day is not None and self.max_steps_per_day < 0:
@@ -198,24 +216,33 @@ class TrainingPolicy:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
 
-    def refusal(self, signals: PolicySignals, *, rounds_today: int, steps_today: int,
-                steps: int) -> str | None:
+    def refusal(
+        self, signals: PolicySignals, *, rounds_today: int, steps_today: int, steps: int
+    ) -> str | None:
         """Why the device must not train now (for its own log), or None when it may."""
         if self.require_charging and not signals.charging:
             return "the device is not charging (the training policy requires it)"
         if self.require_wifi and not signals.on_wifi:
             return "the device is not on Wi-Fi (the training policy requires it)"
-        if (self.min_battery_level is not None and not signals.charging
-                and (signals.battery_level is None
-                     or signals.battery_level < self.min_battery_level)):
-            return (f"battery level {signals.battery_level} is below "
-                    f"{self.min_battery_level} and the device is not charging")
+        if (
+            self.min_battery_level is not None
+            and not signals.charging
+            and (signals.battery_level is None or signals.battery_level < self.min_battery_level)
+        ):
+            return (
+                f"battery level {signals.battery_level} is below "
+                f"{self.min_battery_level} and the device is not charging"
+            )
         if self.max_rounds_per_day is not None and rounds_today >= self.max_rounds_per_day:
-            return (f"{rounds_today} trainings in the last 24 h reach the limit of "
-                    f"{self.max_rounds_per_day} per day")
+            return (
+                f"{rounds_today} trainings in the last 24 h reach the limit of "
+                f"{self.max_rounds_per_day} per day"
+            )
         if self.max_steps_per_day is not None and steps_today + steps > self.max_steps_per_day:
-            return (f"{steps_today} steps in the last 24 h plus {steps} for this round exceed "
-                    f"the limit of {self.max_steps_per_day} per day")
+            return (
+                f"{steps_today} steps in the last 24 h plus {steps} for this round exceed "
+                f"the limit of {self.max_steps_per_day} per day"
+            )
         return None
 
 
@@ -245,8 +272,9 @@ class PolicySignals:
         fields = {k.replace("-", "_"): v for k, v in value.items()}
         unknown = sorted(set(fields) - {"charging", "on_wifi", "battery_level", "now"})
         if unknown:
-            raise ValueError(f"unknown policy signals {unknown}; expected charging, on_wifi, "
-                             "battery_level, now")
+            raise ValueError(
+                f"unknown policy signals {unknown}; expected charging, on_wifi, battery_level, now"
+            )
         return cls(**fields)
 
 
@@ -348,10 +376,20 @@ class PrivacyReport:
 class FedRecClient:
     """The on-device recommender an app embeds. Create it with :meth:`open`."""
 
-    def __init__(self, store: DeviceStore, *, device_id: str, dp: Mapping[str, Any] | None,
-                 local: Mapping[str, Any], policy: TrainingPolicy, weights: WeightPolicy,
-                 retention: Retention | None, sign_ledger: bool, ledger_path: Path | None,
-                 seed: int | None):
+    def __init__(
+        self,
+        store: DeviceStore,
+        *,
+        device_id: str,
+        dp: Mapping[str, Any] | None,
+        local: Mapping[str, Any],
+        policy: TrainingPolicy,
+        weights: WeightPolicy,
+        retention: Retention | None,
+        sign_ledger: bool,
+        ledger_path: Path | None,
+        seed: int | None,
+    ):
         self._store = store
         self.device_id = device_id
         self._dp = dict(dp) if dp is not None else None
@@ -422,17 +460,30 @@ class FedRecClient:
                     "FedRecClient opened with dp=None: local training sends item updates "
                     "WITHOUT differential privacy, so an update can reveal the items this "
                     "user interacted with. Pass DP settings (or omit dp) in any deployment.",
-                    UserWarning, stacklevel=2)
+                    UserWarning,
+                    stacklevel=2,
+                )
             _check_accountant_continues(store, dp_settings)
             store.set_meta("dp", dp_settings)
             local_settings = _local_settings(local, store)
             store.set_meta("local", local_settings)
-            ledger = Path(ledger_path) if ledger_path is not None else path.with_name(
-                path.stem + ".ledger.jsonl")
-            client = cls(store, device_id=str(device_id), dp=dp_settings, local=local_settings,
-                         policy=policy or TrainingPolicy(), weights=weights or WeightPolicy(),
-                         retention=retention, sign_ledger=sign_ledger,
-                         ledger_path=ledger if sign_ledger else None, seed=seed)
+            ledger = (
+                Path(ledger_path)
+                if ledger_path is not None
+                else path.with_name(path.stem + ".ledger.jsonl")
+            )
+            client = cls(
+                store,
+                device_id=str(device_id),
+                dp=dp_settings,
+                local=local_settings,
+                policy=policy or TrainingPolicy(),
+                weights=weights or WeightPolicy(),
+                retention=retention,
+                sign_ledger=sign_ledger,
+                ledger_path=ledger if sign_ledger else None,
+                seed=seed,
+            )
         except BaseException:
             store.close()
             raise
@@ -481,8 +532,9 @@ class FedRecClient:
         self._history_cache = None
         if self._catalog is not None and self._catalog.published_at:
             pub = self._catalog.published_at
-            self._published = np.array([pub.get(i, np.nan) for i in self._catalog.item_ids],
-                                       dtype=np.float64)
+            self._published = np.array(
+                [pub.get(i, np.nan) for i in self._catalog.item_ids], dtype=np.float64
+            )
         if self._catalog is not None and self._catalog.genres:
             g = self._catalog.genres
             self._genres_by_index = [tuple(g.get(i, ())) for i in self._catalog.item_ids]
@@ -529,15 +581,20 @@ class FedRecClient:
                 raise ValueError(
                     f"the catalog has {len(cat.item_ids)} items but the stored item table has "
                     f"{self._emb.shape[0]} rows; pass the catalog with its item table to "
-                    "receive_model(global_state, catalog=...)")
+                    "receive_model(global_state, catalog=...)"
+                )
             value = cat.to_json()
             self._store.put_json("catalog", value)
             self._set_catalog_cache(value)
 
-    def receive_model(self, global_state: Mapping[str, np.ndarray], *,
-                      catalog: Catalog | Sequence[str] | None = None,
-                      popularity: np.ndarray | Mapping[str, float] | None = None,
-                      server_round: int | None = None) -> None:
+    def receive_model(
+        self,
+        global_state: Mapping[str, np.ndarray],
+        *,
+        catalog: Catalog | Sequence[str] | None = None,
+        popularity: np.ndarray | Mapping[str, float] | None = None,
+        server_round: int | None = None,
+    ) -> None:
         """Keep the server's item table (and catalog, popularity prior) for offline ranking.
 
         Args:
@@ -560,24 +617,34 @@ class FedRecClient:
         if catalog is not None:
             cat = catalog if isinstance(catalog, Catalog) else Catalog(tuple(catalog))
             if len(cat.item_ids) != emb.shape[0]:
-                raise ValueError(f"the catalog has {len(cat.item_ids)} ids for an item table "
-                                 f"of {emb.shape[0]} rows")
+                raise ValueError(
+                    f"the catalog has {len(cat.item_ids)} ids for an item table "
+                    f"of {emb.shape[0]} rows"
+                )
         elif self._catalog is not None and len(self._catalog.item_ids) != emb.shape[0]:
             raise ValueError(
                 f"the item table has {emb.shape[0]} rows but the stored catalog has "
-                f"{len(self._catalog.item_ids)} ids; pass catalog= with the new table")
+                f"{len(self._catalog.item_ids)} ids; pass catalog= with the new table"
+            )
         with self._lock:
             json_values: dict[str, Any] = {}
             arrays: dict[str, dict[str, np.ndarray]] = {
-                "item_table": {_ITEM_EMB: emb, _ITEM_BIAS: bias.reshape(-1, 1)}}
+                "item_table": {_ITEM_EMB: emb, _ITEM_BIAS: bias.reshape(-1, 1)}
+            }
             if cat is not None:
                 json_values["catalog"] = cat.to_json()
             pop = None
             if popularity is not None:
                 pop = self._popularity_array(popularity, emb.shape[0], cat)
                 arrays["popularity"] = {"popularity": pop}
-            info = {"item_table": {"round": server_round, "n_items": int(emb.shape[0]),
-                                   "dim": int(emb.shape[1]), "received_at": time.time()}}
+            info = {
+                "item_table": {
+                    "round": server_round,
+                    "n_items": int(emb.shape[0]),
+                    "dim": int(emb.shape[1]),
+                    "received_at": time.time(),
+                }
+            }
             self._store.put_many(arrays=arrays, json_values=json_values, info=info)
             self._emb, self._bias, self._table_info = emb, bias.reshape(-1), info["item_table"]
             if cat is not None:
@@ -598,8 +665,9 @@ class FedRecClient:
             self._store.put_arrays("popularity", {"popularity": pop})
             self._pop = pop
 
-    def _popularity_array(self, popularity: np.ndarray | Mapping[str, float], n: int,
-                          catalog: Catalog | None) -> np.ndarray:
+    def _popularity_array(
+        self, popularity: np.ndarray | Mapping[str, float], n: int, catalog: Catalog | None
+    ) -> np.ndarray:
         if isinstance(popularity, Mapping):
             cat = catalog or self._catalog
             ids = cat.item_ids if cat is not None else tuple(str(i) for i in range(n))
@@ -661,9 +729,11 @@ class FedRecClient:
                     pos.append(idx)
                     w.append(sig.weight)
             order = np.argsort(pos, kind="stable") if pos else np.zeros(0, dtype=np.int64)
-            self._history_cache = (np.asarray(sorted(seen), dtype=np.int64),
-                                   np.asarray(pos, dtype=np.int64)[order],
-                                   np.asarray(w, dtype=np.float64)[order])
+            self._history_cache = (
+                np.asarray(sorted(seen), dtype=np.int64),
+                np.asarray(pos, dtype=np.int64)[order],
+                np.asarray(w, dtype=np.float64)[order],
+            )
         return self._history_cache
 
     def training_items(self) -> np.ndarray:
@@ -673,8 +743,9 @@ class FedRecClient:
             return pos[w >= self.weights.min_training_weight]
 
     # --- retention -------------------------------------------------------------------------
-    def apply_retention(self, retention: Retention | None = None, *,
-                        now: float | None = None) -> int:
+    def apply_retention(
+        self, retention: Retention | None = None, *, now: float | None = None
+    ) -> int:
         """Apply ``retention`` (default: the one given at open); returns events deleted."""
         retention = retention if retention is not None else self.retention
         if retention is None:
@@ -754,12 +825,17 @@ class FedRecClient:
             if vectors is None:
                 diversity = 0.0  # a prior without an item table: nothing to diversify over
             ranked = rank(
-                scores, int(k), item_vectors=vectors,
+                scores,
+                int(k),
+                item_vectors=vectors,
                 exclude=seen if exclude_seen and len(seen) else None,
                 available=self._availability(available, len(scores)),
-                diversity=float(diversity), freshness=self._freshness(freshness),
-                explain_with=pos, genres=self._genres_by_index,
-                explanation_fallback=fallback, explanations=explain,
+                diversity=float(diversity),
+                freshness=self._freshness(freshness),
+                explain_with=pos,
+                genres=self._genres_by_index,
+                explanation_fallback=fallback,
+                explanations=explain,
             )
             items = tuple(self._recommendation(r) for r in ranked)
             return Recommendations(items, status, STATUS[status])
@@ -775,8 +851,7 @@ class FedRecClient:
         if e is None:
             return Recommendation(self._id_of(r.index), r.score)
         because = self._id_of(e.because) if e.because is not None else None
-        return Recommendation(self._id_of(r.index), r.score, e.text(self._name_of), because,
-                              e.kind)
+        return Recommendation(self._id_of(r.index), r.score, e.text(self._name_of), because, e.kind)
 
     def _availability(self, available: Any, n: int) -> Any:
         if available is None:
@@ -798,10 +873,11 @@ class FedRecClient:
             freshness = Freshness(weight=float(freshness))
         if freshness.timestamps is None:
             if self._published is None:
-                raise ValueError("a freshness boost needs per-item timestamps: open with "
-                                 "Catalog(published_at=...) or pass Freshness(timestamps=...)")
-            return Freshness(self._published, freshness.half_life, freshness.weight,
-                             freshness.now)
+                raise ValueError(
+                    "a freshness boost needs per-item timestamps: open with "
+                    "Catalog(published_at=...) or pass Freshness(timestamps=...)"
+                )
+            return Freshness(self._published, freshness.half_life, freshness.weight, freshness.now)
         ts = freshness.timestamps
         if isinstance(ts, Mapping):
             n = int(self.n_items or 0)
@@ -821,11 +897,14 @@ class FedRecClient:
         """
         dp = self._dp if self._dp is not None else DEFAULT_DP
         return PrivacyPolicy(
-            epsilon_budget=float(dp["budget_epsilon"]), delta=float(dp["target_delta"]),
-            accountant=str(dp["accountant"]), allow_no_dp=self._dp is None,
+            epsilon_budget=float(dp["budget_epsilon"]),
+            delta=float(dp["target_delta"]),
+            accountant=str(dp["accountant"]),
+            allow_no_dp=self._dp is None,
             max_steps_per_round=int(self.policy.max_steps_per_round),
             max_table_entries=int(self.policy.max_table_entries),
-            max_memory_bytes=int(self.policy.max_memory_bytes))
+            max_memory_bytes=int(self.policy.max_memory_bytes),
+        )
 
     def train_round(
         self,
@@ -881,32 +960,43 @@ class FedRecClient:
                 self.apply_retention(now=now)
             rounds_today, _ = self._store.rounds_since(now - _SECONDS_PER_DAY)
             reason = self.policy.refusal(
-                signals, rounds_today=rounds_today,
-                steps_today=self._store.steps_since(now - _SECONDS_PER_DAY), steps=local.steps)
+                signals,
+                rounds_today=rounds_today,
+                steps_today=self._store.steps_since(now - _SECONDS_PER_DAY),
+                steps=local.steps,
+            )
             if reason is not None:
                 return Refusal(RefusalCode.DEVICE_STATE, reason, spent_now, spent_now)
             items = self.training_items()
             if len(items) == 0 and dp is None:
-                return Refusal(RefusalCode.UNSUPPORTED, "no training interactions and no DP",
-                               spent_now, spent_now)
+                return Refusal(
+                    RefusalCode.UNSUPPORTED,
+                    "no training interactions and no DP",
+                    spent_now,
+                    spent_now,
+                )
             return self._train(global_state, server_round, items, dp, local, now)
 
-    def _checked_table(self, global_state: Mapping[str, np.ndarray]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def _checked_table(
+        self, global_state: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The server's table, checked against this device (``bad-request``/``resources``)."""
         try:
             emb, bias = _validate_table(global_state)
         except ValueError as exc:
             raise PolicyViolation(RefusalCode.BAD_REQUEST, str(exc)) from None
         if self._catalog is not None and len(self._catalog.item_ids) != emb.shape[0]:
-            raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                  f"a table of {emb.shape[0]} rows for a catalog of "
-                                  f"{len(self._catalog.item_ids)} items")
+            raise PolicyViolation(
+                RefusalCode.BAD_REQUEST,
+                f"a table of {emb.shape[0]} rows for a catalog of "
+                f"{len(self._catalog.item_ids)} items",
+            )
         self.privacy_policy().check_table(*emb.shape)
         return emb, bias
 
-    def _round_settings(self, recipe: Mapping[str, Any] | None, shape: tuple[int, int]
-                        ) -> tuple[DPConfig | None, LocalConfig]:
+    def _round_settings(
+        self, recipe: Mapping[str, Any] | None, shape: tuple[int, int]
+    ) -> tuple[DPConfig | None, LocalConfig]:
         """The DP settings and local recipe of a round, checked against the device's policy."""
         from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
@@ -920,43 +1010,73 @@ class FedRecClient:
             raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad recipe: {exc}") from None
         policy = self.privacy_policy()
         own = self._dp if self._dp is not None else None
-        sigma = float(recipe.get("noise_multiplier",
-                                 own["noise_multiplier"] if own is not None else 0.0))
+        sigma = float(
+            recipe.get("noise_multiplier", own["noise_multiplier"] if own is not None else 0.0)
+        )
         epsilon = recipe.get("epsilon")
         delta = recipe.get("delta")
-        policy.check(TrainingRequest(
-            n_items=shape[0], dim=shape[1], steps=local.steps, noise_multiplier=sigma,
-            sample_rate=local.sample_rate, epsilon=None if epsilon is None else float(epsilon),
-            delta=None if delta is None else float(delta), dp=own is not None))
+        policy.check(
+            TrainingRequest(
+                n_items=shape[0],
+                dim=shape[1],
+                steps=local.steps,
+                noise_multiplier=sigma,
+                sample_rate=local.sample_rate,
+                epsilon=None if epsilon is None else float(epsilon),
+                delta=None if delta is None else float(delta),
+                dp=own is not None,
+            )
+        )
         if own is None:
             return None, local
         if sigma == 0:  # calibrated from public inputs, at the device's accountant
             participations = int(recipe.get("planned_participations", 1))
             if not 1 <= participations <= 10_000:
-                raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                      f"planned_participations {participations} out of range")
-            sigma = _calibrated(float(epsilon), float(delta if delta is not None
-                                                      else policy.delta),
-                                local.sample_rate, local.steps * participations,
-                                policy.accountant)
+                raise PolicyViolation(
+                    RefusalCode.BAD_REQUEST, f"planned_participations {participations} out of range"
+                )
+            sigma = _calibrated(
+                float(epsilon),
+                float(delta if delta is not None else policy.delta),
+                local.sample_rate,
+                local.steps * participations,
+                policy.accountant,
+            )
         max_grad_norm = float(recipe.get("max_grad_norm", own["max_grad_norm"]))
         try:
-            dp = DPConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                          target_delta=policy.delta, budget_epsilon=policy.epsilon_budget,
-                          accountant=policy.accountant)
+            dp = DPConfig(
+                noise_multiplier=sigma,
+                max_grad_norm=max_grad_norm,
+                target_delta=policy.delta,
+                budget_epsilon=policy.epsilon_budget,
+                accountant=policy.accountant,
+            )
         except ValueError as exc:
             raise PolicyViolation(RefusalCode.BAD_REQUEST, f"bad recipe: {exc}") from None
         return dp, local
 
-    def _train(self, global_state: Mapping[str, np.ndarray], server_round: int,
-               items: np.ndarray, dp: DPConfig | None, local: LocalConfig,
-               now: float) -> TrainReply | Refusal:
+    def _train(
+        self,
+        global_state: Mapping[str, np.ndarray],
+        server_round: int,
+        items: np.ndarray,
+        dp: DPConfig | None,
+        local: LocalConfig,
+        now: float,
+    ) -> TrainReply | Refusal:
         """Train one checked round: write-ahead of spend, train, commit (see train_round)."""
         from fedrec.client.device import Device, Refusal
 
         assert self._emb is not None
-        device = Device(self.device_id, items, n_items=int(self._emb.shape[0]),
-                        dim=int(self._emb.shape[1]), local=local, dp=dp, seed=self._seed)
+        device = Device(
+            self.device_id,
+            items,
+            n_items=int(self._emb.shape[0]),
+            dim=int(self._emb.shape[1]),
+            local=local,
+            dp=dp,
+            seed=self._seed,
+        )
         self._restore_device(device)
         release_id = None
         if dp is not None:
@@ -964,20 +1084,30 @@ class FedRecClient:
             needed = device.epsilon_if_trained()
             self._store.cache_epsilon(epsilon=spent, delta=dp.target_delta)
             if needed > dp.budget_epsilon + 1e-9:
-                return Refusal(RefusalCode.BUDGET,
-                               f"this round would bring epsilon to {needed:.4g} > budget "
-                               f"{dp.budget_epsilon:g} (spent {spent:.4g}, delta "
-                               f"{dp.target_delta:g})", spent, needed)
+                return Refusal(
+                    RefusalCode.BUDGET,
+                    f"this round would bring epsilon to {needed:.4g} > budget "
+                    f"{dp.budget_epsilon:g} (spent {spent:.4g}, delta "
+                    f"{dp.target_delta:g})",
+                    spent,
+                    needed,
+                )
             trial = copy.deepcopy(device.accountant)
             for _ in range(local.steps):
                 trial.step(noise_multiplier=dp.noise_multiplier, sample_rate=local.sample_rate)
             # write-ahead of spend: counted from here on, whatever happens next
             release_id = self._store.begin_release(
-                server_round=server_round, noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm, sample_rate=local.sample_rate,
-                steps=local.steps, target_delta=dp.target_delta,
-                budget_epsilon=dp.budget_epsilon, accountant=dp.accountant,
-                history_after=trial.history, epsilon_after=needed)
+                server_round=server_round,
+                noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
+                sample_rate=local.sample_rate,
+                steps=local.steps,
+                target_delta=dp.target_delta,
+                budget_epsilon=dp.budget_epsilon,
+                accountant=dp.accountant,
+                history_after=trial.history,
+                epsilon_after=needed,
+            )
         round_id = self._store.start_round(server_round, started_at=now)
         cpu0 = time.process_time()
         device.on_release = self._release_hook(device, release_id, cpu0)
@@ -986,8 +1116,7 @@ class FedRecClient:
         except BaseException as exc:
             cpu = time.process_time() - cpu0
             if release_id is not None:
-                self._store.abort_release(release_id, f"training failed: {exc!r}",
-                                          cpu_seconds=cpu)
+                self._store.abort_release(release_id, f"training failed: {exc!r}", cpu_seconds=cpu)
             self._store.finish_round(round_id, cpu_seconds=cpu, outcome="error")
             raise
         cpu = time.process_time() - cpu0
@@ -1008,8 +1137,11 @@ class FedRecClient:
         privacy = self._store.privacy_state()
         acc = privacy.accountant_state_dict()
         state["accountant"] = _json_dumps(acc if device.accountant is not None else None)
-        if self._user is not None and np.asarray(self._user["user_embedding"]).shape == np.asarray(
-                state["user_embedding"]).shape:
+        if (
+            self._user is not None
+            and np.asarray(self._user["user_embedding"]).shape
+            == np.asarray(state["user_embedding"]).shape
+        ):
             state["user_embedding"] = self._user["user_embedding"]
             if "generator" in self._user and self._seed is not None:
                 state["generator"] = self._user["generator"]
@@ -1020,8 +1152,10 @@ class FedRecClient:
 
     def _user_arrays(self, device: Any) -> dict[str, np.ndarray]:
         state = device.state_dict()
-        return {"user_embedding": np.asarray(state["user_embedding"], dtype=np.float32),
-                "generator": np.asarray(state["generator"])}
+        return {
+            "user_embedding": np.asarray(state["user_embedding"], dtype=np.float32),
+            "generator": np.asarray(state["generator"]),
+        }
 
     def _save_user_state(self, device: Any) -> None:
         arrays = self._user_arrays(device)
@@ -1037,11 +1171,16 @@ class FedRecClient:
             arrays = self._user_arrays(device)
             assert release_id is not None
             self._store.complete_release(
-                release_id, accountant=context["accountant"],
-                history=device.accountant.history, epsilon=context["claimed_epsilon"],
-                delta=context["target_delta"], record=record,
-                cpu_seconds=time.process_time() - cpu0, user_state=arrays,
-                user_info={"dim": int(device.model.dim)})
+                release_id,
+                accountant=context["accountant"],
+                history=device.accountant.history,
+                epsilon=context["claimed_epsilon"],
+                delta=context["target_delta"],
+                record=record,
+                cpu_seconds=time.process_time() - cpu0,
+                user_state=arrays,
+                user_info={"dim": int(device.model.dim)},
+            )
             self._store.set_meta("rounds_trained", int(device.rounds_trained))
             self._user = arrays
 
@@ -1058,13 +1197,18 @@ class FedRecClient:
             if pem is None:
                 private = Ed25519PrivateKey.generate()
                 pem = private.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption()).decode("ascii")
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ).decode("ascii")
                 self._store.set_meta("ledger_private_key", pem)
             key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
             assert self.ledger_path is not None
-            self._ledger = Ledger(self.ledger_path, DeviceKey(key),  # type: ignore[arg-type]
-                                  device_id=self.device_id)
+            self._ledger = Ledger(
+                self.ledger_path,
+                DeviceKey(key),  # type: ignore[arg-type]
+                device_id=self.device_id,
+            )
             self._ledger_key = DeviceKey(key)  # type: ignore[arg-type]
         return self._ledger
 
@@ -1105,8 +1249,10 @@ class FedRecClient:
             budget = float(dp["budget_epsilon"]) if dp is not None else None
             left = max(0.0, budget - spent) if budget is not None else 0.0
             kind = state.accountant or (dp["accountant"] if dp is not None else None)
-            names = {"prv": "Opacus PRVAccountant (privacy random variables; tight)",
-                     "rdp": "Opacus RDPAccountant (Rényi DP; an upper bound)"}
+            names = {
+                "prv": "Opacus PRVAccountant (privacy random variables; tight)",
+                "rdp": "Opacus RDPAccountant (Rényi DP; an upper bound)",
+            }
             assumptions = [
                 "DP-SGD with Poisson sampling of this device's own interactions, rate q per "
                 "step, Gaussian noise of std noise_multiplier x max_grad_norm on every "
@@ -1127,18 +1273,27 @@ class FedRecClient:
                 "user-level DP added by the server, if any, is accounted by the server, not here",
             ]
             if dp is None or no_dp:
-                assumptions.insert(0, "DP IS OFF for this device: updates sent without DP carry "
-                                      "no guarantee (epsilon is infinite)")
+                assumptions.insert(
+                    0,
+                    "DP IS OFF for this device: updates sent without DP carry "
+                    "no guarantee (epsilon is infinite)",
+                )
             return PrivacyReport(
-                dp_enabled=dp is not None, epsilon_spent=float(spent), epsilon_left=float(left),
+                dp_enabled=dp is not None,
+                epsilon_spent=float(spent),
+                epsilon_left=float(left),
                 budget_epsilon=budget,
                 delta=float(dp["target_delta"]) if dp is not None else state.delta,
-                unit="example (one user-item interaction)", relation="add/remove",
+                unit="example (one user-item interaction)",
+                relation="add/remove",
                 accountant=names.get(kind, kind) if kind else None,
                 trust_model="local (noise added on the device)",
-                rounds_released=int(released), rounds_pending=int(pending),
-                steps=int(state.total_steps), history=state.history,
-                assumptions=tuple(assumptions))
+                rounds_released=int(released),
+                rounds_pending=int(pending),
+                steps=int(state.total_steps),
+                history=state.history,
+                assumptions=tuple(assumptions),
+            )
 
     def status(self) -> dict[str, Any]:
         """A summary for the app: counts and what the device holds."""
@@ -1166,14 +1321,19 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value)
 
 
-def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int,
-                accountant: str) -> float:
+def _calibrated(
+    epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
     """The noise multiplier that spends ``epsilon`` over ``steps`` steps (public inputs only)."""
     from fedrec.common.privacy.accountant import calibrate
 
     try:
-        return calibrate([(1.0, sample_rate, steps)], target_epsilon=epsilon,
-                         target_delta=delta, accountant=accountant)
+        return calibrate(
+            [(1.0, sample_rate, steps)],
+            target_epsilon=epsilon,
+            target_delta=delta,
+            accountant=accountant,
+        )
     except ValueError as exc:
         raise PolicyViolation(RefusalCode.BAD_REQUEST, f"cannot calibrate: {exc}") from None
 
@@ -1219,20 +1379,24 @@ def _device_id(store: DeviceStore, path: Path, device_id: str | None) -> str:
     return device_id
 
 
-def _check_accountant_continues(store: DeviceStore, dp_settings: Mapping[str, Any] | None
-                                ) -> None:
+def _check_accountant_continues(store: DeviceStore, dp_settings: Mapping[str, Any] | None) -> None:
     """Refuse an accountant other than the one the store's spend so far was accounted with."""
     spent = store.privacy_state()
-    if (dp_settings is not None and spent.accountant is not None
-            and spent.accountant != dp_settings["accountant"]):
+    if (
+        dp_settings is not None
+        and spent.accountant is not None
+        and spent.accountant != dp_settings["accountant"]
+    ):
         raise ValueError(
             f"this device's spend so far was accounted with the {spent.accountant!r} "
             f"accountant; opening it with accountant={dp_settings['accountant']!r} "
-            f"cannot continue that history. Keep accountant={spent.accountant!r}.")
+            f"cannot continue that history. Keep accountant={spent.accountant!r}."
+        )
 
 
-def _local_settings(local: LocalConfig | Mapping[str, Any] | None,
-                    store: DeviceStore) -> dict[str, Any]:
+def _local_settings(
+    local: LocalConfig | Mapping[str, Any] | None, store: DeviceStore
+) -> dict[str, Any]:
     """The local training recipe: explicit (a ``LocalConfig`` or its fields), else stored."""
     if local is None:
         return store.get_meta("local", {})
@@ -1254,4 +1418,3 @@ def _validate_table(global_state: Mapping[str, np.ndarray]) -> tuple[np.ndarray,
     if not (np.isfinite(emb).all() and np.isfinite(bias).all()):
         raise ValueError("the item table has NaN or infinite entries; refusing to keep it")
     return emb, bias.reshape(-1)
-

@@ -94,15 +94,20 @@ _FITRES_PARAMETERS = "fitres.parameters"
 
 def is_secure_request(msg: Message) -> bool:
     """Whether ``msg`` is a ``train`` message of a SecAgg+ round (any stage)."""
-    return (msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
-            and RECORD_KEY_CONFIGS in msg.content.config_records)
+    return (
+        msg.metadata.message_type == MessageType.TRAIN
+        and msg.has_content()
+        and RECORD_KEY_CONFIGS in msg.content.config_records
+    )
 
 
 def _clipping_range(context: Context) -> float:
     state = context.state.config_records.get(RECORD_KEY_STATE)
     if state is None or "clipping_range" not in state:
-        raise ValueError("no SecAgg+ session on this node: the ClientApp needs "
-                         "secure_aggregation_mod (or secaggplus_mod)")
+        raise ValueError(
+            "no SecAgg+ session on this node: the ClientApp needs "
+            "secure_aggregation_mod (or secaggplus_mod)"
+        )
     return float(cast(float, state["clipping_range"]))
 
 
@@ -120,12 +125,13 @@ def secure_session(msg: Message, context: Context) -> SecureSession:
     peers = configs.get(Key.CIPHERTEXT_LIST)
     if not isinstance(peers, list):
         raise PolicyViolation(RefusalCode.NOT_SECURE, "not at the collect-masked-vectors stage")
-    return SecureSession(clipping_range=float(state.clipping_range),
-                         group_size=min(len(peers) + 1, len(state.public_keys_dict)))
+    return SecureSession(
+        clipping_range=float(state.clipping_range),
+        group_size=min(len(peers) + 1, len(state.public_keys_dict)),
+    )
 
 
-def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
-                       context: Context) -> Message:
+def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray], context: Context) -> Message:
     """The reply to a SecAgg+ ``train`` request, in the layout ``secaggplus_mod`` masks.
 
     Args:
@@ -154,8 +160,9 @@ def secure_train_reply(msg: Message, arrays: Mapping[str, np.ndarray],
         if not np.all(np.isfinite(value)):
             raise ValueError(f"array {name!r} has non-finite values")
         if exceeds_range({name: value}, c):
-            raise PolicyViolation(RefusalCode.SECURE_RANGE,
-                                  f"array {name!r} exceeds the clipping range {c:g}")
+            raise PolicyViolation(
+                RefusalCode.SECURE_RANGE, f"array {name!r} exceeds the clipping range {c:g}"
+            )
         names.append([str(name), list(value.shape)])
         values.append(np.ascontiguousarray(value))
     fitres = FitRes(
@@ -175,8 +182,13 @@ def decline_reply(msg: Message, code: RefusalCode | str) -> Message:
         code: why, as a :class:`~fedrec.common.privacy.policy.RefusalCode` (e.g. ``"budget"``); the
             server sees only this fixed word.
     """
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                         reason=DECLINED_PREFIX + str(RefusalCode(code))), reply_to=msg)
+    return Message(
+        Error(
+            code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+            reason=DECLINED_PREFIX + str(RefusalCode(code)),
+        ),
+        reply_to=msg,
+    )
 
 
 class _Declined(Exception):
@@ -199,21 +211,28 @@ def _to_secure_reply(call_next: ClientAppCallable) -> ClientAppCallable:
             return reply  # already formatted by secure_train_reply
         if "refusal" in content.config_records:
             code = str(content.config_records["refusal"].get("code", "refused"))
-            raise _Declined(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                  reason=DECLINED_PREFIX + code))
+            raise _Declined(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=DECLINED_PREFIX + code)
+            )
         records = content.array_records
         if ARRAYS_KEY in records:
             record = records[ARRAYS_KEY]
         elif len(records) == 1:
             record = next(iter(records.values()))
         else:
-            raise ValueError(f"the train reply must hold its update in the ArrayRecord "
-                             f"{ARRAYS_KEY!r}; it has {sorted(records)}")
+            raise ValueError(
+                f"the train reply must hold its update in the ArrayRecord "
+                f"{ARRAYS_KEY!r}; it has {sorted(records)}"
+            )
         try:
             return secure_train_reply(msg, _numpy(record), context)
         except PolicyViolation as violation:
-            raise _Declined(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                  reason=DECLINED_PREFIX + violation.code)) from None
+            raise _Declined(
+                Error(
+                    code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                    reason=DECLINED_PREFIX + violation.code,
+                )
+            ) from None
 
     return handler
 
@@ -222,8 +241,7 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def secure_aggregation_mod(msg: Message, context: Context,
-                           call_next: ClientAppCallable) -> Message:
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """ClientApp mod: take part in SecAgg+ rounds; other messages pass through.
 
     For a SecAgg+ ``train`` message this runs Flower's ``secaggplus_mod``; at the

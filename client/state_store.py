@@ -84,21 +84,33 @@ class DeviceStateStore:
 
     def token(self, device_id: str) -> str | None:
         """The token of the device's last save, or None if it has none."""
-        row = self._db().execute("SELECT token FROM device_state WHERE device_id = ?",
-                                 (str(device_id),)).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT token FROM device_state WHERE device_id = ?", (str(device_id),))
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def load(self, device_id: str) -> tuple[str, dict[str, object]] | None:
         """``(token, state)`` as :meth:`~fedrec.client.device.Device.load_state_dict` takes it."""
-        row = self._db().execute(
-            "SELECT token, user_embedding, generator, accountant, rounds_trained "
-            "FROM device_state WHERE device_id = ?", (str(device_id),)).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT token, user_embedding, generator, accountant, rounds_trained "
+                "FROM device_state WHERE device_id = ?",
+                (str(device_id),),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         token, emb, gen, acc, rounds = row
-        return str(token), {"user_embedding": _from_bytes(emb),
-                            "generator": None if gen is None else _from_bytes(gen),
-                            "accountant": str(acc), "rounds_trained": int(rounds)}
+        return str(token), {
+            "user_embedding": _from_bytes(emb),
+            "generator": None if gen is None else _from_bytes(gen),
+            "accountant": str(acc),
+            "rounds_trained": int(rounds),
+        }
 
     def save(self, device_id: str, state: dict[str, object]) -> str:
         """Store what :meth:`~fedrec.client.device.Device.state_dict` returned; its new token."""
@@ -107,10 +119,17 @@ class DeviceStateStore:
         self._db().execute(
             "INSERT OR REPLACE INTO device_state (device_id, token, user_embedding, generator, "
             "accountant, rounds_trained) VALUES (?, ?, ?, ?, ?, ?)",
-            (str(device_id), token, _to_bytes(np.asarray(state["user_embedding"])),
-             None if gen is None else _to_bytes(np.asarray(gen)),
-             str(state["accountant"]) if not isinstance(state["accountant"], dict)
-             else json.dumps(state["accountant"]), int(state["rounds_trained"])))  # type: ignore[call-overload]
+            (
+                str(device_id),
+                token,
+                _to_bytes(np.asarray(state["user_embedding"])),
+                None if gen is None else _to_bytes(np.asarray(gen)),
+                str(state["accountant"])
+                if not isinstance(state["accountant"], dict)
+                else json.dumps(state["accountant"]),
+                int(state["rounds_trained"]),
+            ),
+        )  # type: ignore[call-overload]
         return token
 
     def clear(self) -> None:
@@ -119,8 +138,10 @@ class DeviceStateStore:
 
     def device_ids(self) -> list[str]:
         """Every device with a stored state."""
-        return [r[0] for r in self._db().execute(
-            "SELECT device_id FROM device_state ORDER BY device_id")]
+        return [
+            r[0]
+            for r in self._db().execute("SELECT device_id FROM device_state ORDER BY device_id")
+        ]
 
 
 class StoredDevices:
@@ -136,8 +157,13 @@ class StoredDevices:
         max_devices: devices kept built in this process.
     """
 
-    def __init__(self, factory: Callable[[Any], Device],
-                 states: Callable[[Any], DeviceStateStore], *, max_devices: int = 2048):
+    def __init__(
+        self,
+        factory: Callable[[Any], Device],
+        states: Callable[[Any], DeviceStateStore],
+        *,
+        max_devices: int = 2048,
+    ):
         self.factory = factory
         self.states = states
         self.max_devices = max_devices
@@ -167,17 +193,18 @@ class StoredDevices:
 class _StoredSession:
     """One message's handling by a stored device (see :class:`StoredDevices`)."""
 
-    def __init__(self, owner: StoredDevices, key: tuple[int, int], device: Device,
-                 store: DeviceStateStore):
+    def __init__(
+        self, owner: StoredDevices, key: tuple[int, int], device: Device, store: DeviceStateStore
+    ):
         self.owner, self.key, self.device, self.store = owner, key, device, store
 
     def contribute(self, request: Any, session: Any) -> tuple[Any, dict[str, float]]:
         """Check the secure sum, then contribute; the ε spent rides along (a public count)."""
         self.device.check_secure(session, noise_share=request.noise_share, task=request.task)
-        outcome = self.device.contribute(request.task, request.table, request.server_round,
-                                         noise_share=request.noise_share)
-        metrics = ({"epsilon": self.device.epsilon_spent()} if self.device.dp is not None
-                   else {})
+        outcome = self.device.contribute(
+            request.task, request.table, request.server_round, noise_share=request.noise_share
+        )
+        metrics = {"epsilon": self.device.epsilon_spent()} if self.device.dp is not None else {}
         return outcome, metrics
 
     def evaluate(self, request: Any) -> Any:
@@ -187,8 +214,11 @@ class _StoredSession:
         if request.noise_share is not None:
             raise PolicyViolation(RefusalCode.NOT_SECURE, "a noise share outside a secure sum")
         return self.device.evaluation_release(
-            request.table, request.ks, request.server_round,
-            noise_multiplier=request.noise_multiplier)
+            request.table,
+            request.ks,
+            request.server_round,
+            noise_multiplier=request.noise_multiplier,
+        )
 
     def close(self, changed: bool) -> None:
         """Save the device's state when the message changed it (the accountant first of all)."""

@@ -215,8 +215,9 @@ class Retention:
     keep_events: int | None = None
 
     def __post_init__(self) -> None:
-        if self.keep_days is not None and not (math.isfinite(self.keep_days)
-                                               and self.keep_days >= 0):
+        if self.keep_days is not None and not (
+            math.isfinite(self.keep_days) and self.keep_days >= 0
+        ):
             raise ValueError(f"keep_days must be >= 0 days, got {self.keep_days}")
         if self.keep_events is not None and int(self.keep_events) < 0:
             raise ValueError(f"keep_events must be >= 0, got {self.keep_events}")
@@ -249,7 +250,8 @@ class DeviceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+        )
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -291,7 +293,8 @@ class DeviceStore:
                 )
             if version == 0:
                 tables = db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                ).fetchone()[0]
                 if tables:
                     raise StoreError(f"{self.path} is a SQLite file but not a fedrec store")
                 for statement in _split_sql(_SCHEMA):
@@ -338,14 +341,19 @@ class DeviceStore:
         """Store a JSON-serialisable value under ``key`` (committed on return)."""
         text = json.dumps(value, allow_nan=False)
         with self._tx() as db:
-            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                       "DO UPDATE SET value = excluded.value", (key, text))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                (key, text),
+            )
 
     # --- events ----------------------------------------------------------------------------
     @staticmethod
     def _event_row(event: Event, now: float) -> tuple[Any, ...]:
         if not isinstance(event, Event):
-            raise TypeError(f"expected a fedrec.client.interactions.Event, got {type(event).__name__}")
+            raise TypeError(
+                f"expected a fedrec.client.interactions.Event, got {type(event).__name__}"
+            )
         context = None if event.context is None else json.dumps(event.context, allow_nan=False)
         return (event.kind_value, event.item_id, event.timestamp, event.value, context, now)
 
@@ -360,8 +368,11 @@ class DeviceStore:
         ids = []
         with self._tx() as db:
             for row in rows:
-                cur = db.execute("INSERT INTO events (kind, item_id, ts, value, context, "
-                                 "recorded_at) VALUES (?, ?, ?, ?, ?, ?)", row)
+                cur = db.execute(
+                    "INSERT INTO events (kind, item_id, ts, value, context, "
+                    "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                )
                 ids.append(int(cur.lastrowid))  # type: ignore[arg-type]
         return ids
 
@@ -374,8 +385,10 @@ class DeviceStore:
             args = (float(since),)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY ts, id", args).fetchall()
-        return [(r[0], Event(r[1], r[2], r[3], r[4], None if r[5] is None else json.loads(r[5])))
-                for r in rows]
+        return [
+            (r[0], Event(r[1], r[2], r[3], r[4], None if r[5] is None else json.loads(r[5])))
+            for r in rows
+        ]
 
     def events(self, *, since: float | None = None) -> list[Event]:
         """Stored events ordered by (timestamp, id)."""
@@ -397,7 +410,8 @@ class DeviceStore:
         with self._tx() as db:
             return db.execute(
                 "DELETE FROM events WHERE id NOT IN "
-                "(SELECT id FROM events ORDER BY ts DESC, id DESC LIMIT ?)", (int(n),)
+                "(SELECT id FROM events ORDER BY ts DESC, id DESC LIMIT ?)",
+                (int(n),),
             ).rowcount
 
     def apply_retention(self, retention: Retention, *, now: float | None = None) -> int:
@@ -427,8 +441,9 @@ class DeviceStore:
         return n
 
     # --- blobs -----------------------------------------------------------------------------
-    def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray],
-                   info: Mapping[str, Any] | None = None) -> None:
+    def put_arrays(
+        self, name: str, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None
+    ) -> None:
         """Store named arrays (npz) under ``name`` with JSON ``info`` (committed on return)."""
         data = _npz_bytes(arrays)
         self._put_blob(name, data, dict(info or {}, format="npz"))
@@ -457,31 +472,47 @@ class DeviceStore:
     def has_blob(self, name: str) -> bool:
         """Whether a blob named ``name`` is stored."""
         with self._lock:
-            return self._db.execute("SELECT 1 FROM blobs WHERE name = ?",
-                                    (name,)).fetchone() is not None
+            return (
+                self._db.execute("SELECT 1 FROM blobs WHERE name = ?", (name,)).fetchone()
+                is not None
+            )
 
-    def _put_blob(self, name: str, data: bytes, info: Mapping[str, Any],
-                  db: sqlite3.Connection | None = None) -> None:
+    def _put_blob(
+        self, name: str, data: bytes, info: Mapping[str, Any], db: sqlite3.Connection | None = None
+    ) -> None:
         row = (name, sqlite3.Binary(data), json.dumps(dict(info), allow_nan=False), time.time())
-        sql = ("INSERT INTO blobs (name, data, info, updated_at) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (name) DO UPDATE SET data = excluded.data, info = excluded.info, "
-               "updated_at = excluded.updated_at")
+        sql = (
+            "INSERT INTO blobs (name, data, info, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET data = excluded.data, info = excluded.info, "
+            "updated_at = excluded.updated_at"
+        )
         if db is not None:
             db.execute(sql, row)
             return
         with self._tx() as tx:
             tx.execute(sql, row)
 
-    def put_many(self, *, arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                 json_values: Mapping[str, Any] | None = None,
-                 info: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def put_many(
+        self,
+        *,
+        arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        json_values: Mapping[str, Any] | None = None,
+        info: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         """Store several blobs in one transaction (e.g. an item table with its catalog)."""
         info = info or {}
-        rows = [(name, _npz_bytes(value), dict(info.get(name, {}), format="npz"))
-                for name, value in (arrays or {}).items()]
-        rows += [(name, json.dumps(value, allow_nan=False).encode("utf-8"),
-                  dict(info.get(name, {}), format="json"))
-                 for name, value in (json_values or {}).items()]
+        rows = [
+            (name, _npz_bytes(value), dict(info.get(name, {}), format="npz"))
+            for name, value in (arrays or {}).items()
+        ]
+        rows += [
+            (
+                name,
+                json.dumps(value, allow_nan=False).encode("utf-8"),
+                dict(info.get(name, {}), format="json"),
+            )
+            for name, value in (json_values or {}).items()
+        ]
         with self._tx() as db:
             for name, data, blob_info in rows:
                 self._put_blob(name, data, blob_info, db=db)
@@ -493,49 +524,78 @@ class DeviceStore:
 
     def _get_blob(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
         with self._lock:
-            row = self._db.execute("SELECT data, info FROM blobs WHERE name = ?",
-                                   (name,)).fetchone()
+            row = self._db.execute(
+                "SELECT data, info FROM blobs WHERE name = ?", (name,)
+            ).fetchone()
         return None if row is None else (bytes(row[0]), json.loads(row[1]))
 
     # --- privacy ---------------------------------------------------------------------------
     def privacy_state(self) -> PrivacyState:
         """The stored accountant state and ε."""
         with self._lock:
-            row = self._db.execute("SELECT accountant, history, total_steps, epsilon, delta, "
-                                   "updated_at FROM privacy WHERE id = 1").fetchone()
+            row = self._db.execute(
+                "SELECT accountant, history, total_steps, epsilon, delta, "
+                "updated_at FROM privacy WHERE id = 1"
+            ).fetchone()
         history = merge_history(json.loads(row[1]))
         return PrivacyState(row[0], history, int(row[2]), row[3], row[4], row[5])
 
-    def _write_privacy(self, db: sqlite3.Connection, *, accountant: str,
-                       history: Iterable[Sequence[float]], epsilon: float | None,
-                       delta: float | None) -> None:
+    def _write_privacy(
+        self,
+        db: sqlite3.Connection,
+        *,
+        accountant: str,
+        history: Iterable[Sequence[float]],
+        epsilon: float | None,
+        delta: float | None,
+    ) -> None:
         new = merge_history(history)
         row = db.execute("SELECT accountant, history FROM privacy WHERE id = 1").fetchone()
         old = merge_history(json.loads(row[1]))
         if row[0] is not None and row[0] != accountant:
-            raise StoreError(f"the stored accountant is {row[0]!r}; cannot continue it as "
-                             f"{accountant!r}")
+            raise StoreError(
+                f"the stored accountant is {row[0]!r}; cannot continue it as {accountant!r}"
+            )
         if not _extends(old, new):
             raise StoreError(
                 "refusing to record a privacy state that does not extend the stored one "
                 f"(stored {old}, new {new}): the recorded spend never decreases"
             )
-        db.execute("UPDATE privacy SET accountant = ?, history = ?, total_steps = ?, "
-                   "epsilon = ?, delta = ?, updated_at = ? WHERE id = 1",
-                   (accountant, json.dumps([list(h) for h in new]),
-                    sum(h[2] for h in new), epsilon, delta, time.time()))
+        db.execute(
+            "UPDATE privacy SET accountant = ?, history = ?, total_steps = ?, "
+            "epsilon = ?, delta = ?, updated_at = ? WHERE id = 1",
+            (
+                accountant,
+                json.dumps([list(h) for h in new]),
+                sum(h[2] for h in new),
+                epsilon,
+                delta,
+                time.time(),
+            ),
+        )
 
     def cache_epsilon(self, *, epsilon: float, delta: float) -> None:
         """Store ε at δ for the current history (computed by the caller's accountant)."""
         with self._tx() as db:
-            db.execute("UPDATE privacy SET epsilon = ?, delta = ? WHERE id = 1",
-                       (float(epsilon), float(delta)))
+            db.execute(
+                "UPDATE privacy SET epsilon = ?, delta = ? WHERE id = 1",
+                (float(epsilon), float(delta)),
+            )
 
-    def begin_release(self, *, server_round: int, noise_multiplier: float, max_grad_norm: float,
-                      sample_rate: float, steps: int, target_delta: float,
-                      budget_epsilon: float | None, accountant: str,
-                      history_after: Iterable[Sequence[float]],
-                      epsilon_after: float | None) -> int:
+    def begin_release(
+        self,
+        *,
+        server_round: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        target_delta: float,
+        budget_epsilon: float | None,
+        accountant: str,
+        history_after: Iterable[Sequence[float]],
+        epsilon_after: float | None,
+    ) -> int:
         """Write-ahead of spend: commit the intended release and the accountant state after it.
 
         Call before training. From the moment this returns, the round is counted as spent,
@@ -543,51 +603,85 @@ class DeviceStore:
         """
         now = time.time()
         with self._tx() as db:
-            self._write_privacy(db, accountant=accountant, history=history_after,
-                                epsilon=epsilon_after, delta=target_delta)
+            self._write_privacy(
+                db,
+                accountant=accountant,
+                history=history_after,
+                epsilon=epsilon_after,
+                delta=target_delta,
+            )
             cur = db.execute(
                 "INSERT INTO releases (round, status, noise_multiplier, max_grad_norm, "
                 "sample_rate, steps, target_delta, budget_epsilon, epsilon_after, accountant, "
                 "created_at) VALUES (?, 'intent', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (int(server_round), float(noise_multiplier), float(max_grad_norm),
-                 float(sample_rate), int(steps), float(target_delta), budget_epsilon,
-                 epsilon_after, accountant, now))
+                (
+                    int(server_round),
+                    float(noise_multiplier),
+                    float(max_grad_norm),
+                    float(sample_rate),
+                    int(steps),
+                    float(target_delta),
+                    budget_epsilon,
+                    epsilon_after,
+                    accountant,
+                    now,
+                ),
+            )
             return int(cur.lastrowid)  # type: ignore[arg-type]
 
-    def complete_release(self, release_id: int, *, accountant: str,
-                         history: Iterable[Sequence[float]], epsilon: float | None,
-                         delta: float, record: Mapping[str, Any] | None = None,
-                         cpu_seconds: float | None = None,
-                         user_state: Mapping[str, np.ndarray] | None = None,
-                         user_info: Mapping[str, Any] | None = None) -> None:
+    def complete_release(
+        self,
+        release_id: int,
+        *,
+        accountant: str,
+        history: Iterable[Sequence[float]],
+        epsilon: float | None,
+        delta: float,
+        record: Mapping[str, Any] | None = None,
+        cpu_seconds: float | None = None,
+        user_state: Mapping[str, np.ndarray] | None = None,
+        user_info: Mapping[str, Any] | None = None,
+    ) -> None:
         """Commit a release as sent: final accountant state, ledger record, user state.
 
         Call after training and before the update leaves; all of it commits atomically.
         """
         with self._tx() as db:
-            status = db.execute("SELECT status FROM releases WHERE id = ?",
-                                (int(release_id),)).fetchone()
+            status = db.execute(
+                "SELECT status FROM releases WHERE id = ?", (int(release_id),)
+            ).fetchone()
             if status is None or status[0] != "intent":
                 raise StoreError(f"release {release_id} is not an open intent ({status})")
-            self._write_privacy(db, accountant=accountant, history=history, epsilon=epsilon,
-                                delta=delta)
-            db.execute("UPDATE releases SET status = 'released', released_at = ?, "
-                       "epsilon_after = coalesce(?, epsilon_after), cpu_seconds = ?, "
-                       "record = ? WHERE id = ?",
-                       (time.time(), epsilon, cpu_seconds,
-                        None if record is None else json.dumps(dict(record), allow_nan=False),
-                        int(release_id)))
+            self._write_privacy(
+                db, accountant=accountant, history=history, epsilon=epsilon, delta=delta
+            )
+            db.execute(
+                "UPDATE releases SET status = 'released', released_at = ?, "
+                "epsilon_after = coalesce(?, epsilon_after), cpu_seconds = ?, "
+                "record = ? WHERE id = ?",
+                (
+                    time.time(),
+                    epsilon,
+                    cpu_seconds,
+                    None if record is None else json.dumps(dict(record), allow_nan=False),
+                    int(release_id),
+                ),
+            )
             if user_state is not None:
-                self._put_blob("user_state", _npz_bytes(user_state),
-                               dict(user_info or {}, format="npz"), db=db)
+                self._put_blob(
+                    "user_state", _npz_bytes(user_state), dict(user_info or {}, format="npz"), db=db
+                )
 
-    def abort_release(self, release_id: int, note: str, *,
-                      cpu_seconds: float | None = None) -> None:
+    def abort_release(
+        self, release_id: int, note: str, *, cpu_seconds: float | None = None
+    ) -> None:
         """Mark an intent as not sent; its spend stays counted (the safe side)."""
         with self._tx() as db:
-            db.execute("UPDATE releases SET status = 'aborted', note = ?, cpu_seconds = ? "
-                       "WHERE id = ? AND status = 'intent'",
-                       (str(note), cpu_seconds, int(release_id)))
+            db.execute(
+                "UPDATE releases SET status = 'aborted', note = ?, cpu_seconds = ? "
+                "WHERE id = ? AND status = 'intent'",
+                (str(note), cpu_seconds, int(release_id)),
+            )
 
     def releases(self) -> list[Release]:
         """Every release row, oldest first."""
@@ -595,48 +689,60 @@ class DeviceStore:
             rows = self._db.execute(
                 "SELECT id, round, status, noise_multiplier, max_grad_norm, sample_rate, steps, "
                 "target_delta, budget_epsilon, epsilon_after, accountant, cpu_seconds, "
-                "created_at, released_at, note, record FROM releases ORDER BY id").fetchall()
+                "created_at, released_at, note, record FROM releases ORDER BY id"
+            ).fetchall()
         return [Release(*r[:15], None if r[15] is None else json.loads(r[15])) for r in rows]
 
     def start_round(self, server_round: int, *, started_at: float) -> int:
         """Log a local training as started (before it runs); returns its id."""
         with self._tx() as db:
-            cur = db.execute("INSERT INTO rounds (round, started_at, outcome) "
-                             "VALUES (?, ?, 'started')", (int(server_round), float(started_at)))
+            cur = db.execute(
+                "INSERT INTO rounds (round, started_at, outcome) VALUES (?, ?, 'started')",
+                (int(server_round), float(started_at)),
+            )
             return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def finish_round(self, round_id: int, *, cpu_seconds: float, outcome: str) -> None:
         """Record a logged training's CPU seconds and outcome."""
         with self._tx() as db:
-            db.execute("UPDATE rounds SET cpu_seconds = ?, outcome = ? WHERE id = ?",
-                       (float(cpu_seconds), str(outcome), int(round_id)))
+            db.execute(
+                "UPDATE rounds SET cpu_seconds = ?, outcome = ? WHERE id = ?",
+                (float(cpu_seconds), str(outcome), int(round_id)),
+            )
 
     def last_round_cpu(self) -> float:
         """CPU seconds of the latest logged training (0 when none)."""
         with self._lock:
-            row = self._db.execute("SELECT coalesce(cpu_seconds, 0) FROM rounds "
-                                   "ORDER BY id DESC LIMIT 1").fetchone()
+            row = self._db.execute(
+                "SELECT coalesce(cpu_seconds, 0) FROM rounds ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         return 0.0 if row is None else float(row[0])
 
     def count_rounds(self, outcome: str) -> int:
         """How many logged trainings ended with ``outcome``."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM rounds WHERE outcome = ?",
-                                        (outcome,)).fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT count(*) FROM rounds WHERE outcome = ?", (outcome,)
+                ).fetchone()[0]
+            )
 
     def steps_since(self, since: float) -> int:
         """Local DP-SGD steps of the releases recorded at or after ``since``."""
         with self._lock:
-            row = self._db.execute("SELECT coalesce(sum(steps), 0) FROM releases "
-                                   "WHERE created_at >= ?", (float(since),)).fetchone()
+            row = self._db.execute(
+                "SELECT coalesce(sum(steps), 0) FROM releases WHERE created_at >= ?",
+                (float(since),),
+            ).fetchone()
         return int(row[0])
 
     def rounds_since(self, since: float) -> tuple[int, float]:
         """Trainings started at or after ``since`` (any outcome) and their CPU seconds."""
         with self._lock:
             row = self._db.execute(
-                "SELECT count(*), coalesce(sum(cpu_seconds), 0) FROM rounds "
-                "WHERE started_at >= ?", (float(since),)).fetchone()
+                "SELECT count(*), coalesce(sum(cpu_seconds), 0) FROM rounds WHERE started_at >= ?",
+                (float(since),),
+            ).fetchone()
         return int(row[0]), float(row[1])
 
 

@@ -23,9 +23,20 @@ from fedrec.common.algorithms.registry import REGISTRY
 if TYPE_CHECKING:  # imported lazily: parsing a config must not import torch
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
-__all__ = ["RunConfig", "PRIVACY_MODES", "DEVICE_DP_MODES", "SERVER_OPTIMIZERS", "ALGORITHMS",
-           "DeploymentSettings", "DEPLOYMENT_DEFAULTS", "split_run_config",
-           "load_catalog_file", "catalog_fingerprint", "CATALOG_FINGERPRINT_KEY", "NODE_ID_META"]
+__all__ = [
+    "RunConfig",
+    "PRIVACY_MODES",
+    "DEVICE_DP_MODES",
+    "SERVER_OPTIMIZERS",
+    "ALGORITHMS",
+    "DeploymentSettings",
+    "DEPLOYMENT_DEFAULTS",
+    "split_run_config",
+    "load_catalog_file",
+    "catalog_fingerprint",
+    "CATALOG_FINGERPRINT_KEY",
+    "NODE_ID_META",
+]
 
 PRIVACY_MODES = ("off", "local", "distributed", "user")
 #: Modes in which devices run example-level DP-SGD (and keep an accountant and a ledger).
@@ -56,7 +67,8 @@ class RunConfig:
     # data
     dataset: str = _doc(
         "dataset name: synthetic, ml-100k, ml-1m, ml-latest(-small), recbole, events",
-        default="synthetic")
+        default="synthetic",
+    )
     data_dir: str = _doc("where the dataset's files are (unused for synthetic)", default="")
     synthetic_users: int = _doc("users of the synthetic dataset", default=500)
     synthetic_items: int = _doc("items of the synthetic dataset", default=400)
@@ -64,20 +76,23 @@ class RunConfig:
     population: int = _doc(
         "simulated devices in all: 0 = one per user; more adds synthetic train-only devices "
         "resampled from the real users' training data (evaluation stays on the real users)",
-        default=0)
+        default=0,
+    )
     seed: int = _doc(
         "seed of the data (synthetic generation, splits) and, with reproducible=true, of the "
-        "DP noise and sampling too", default=0)
+        "DP noise and sampling too",
+        default=0,
+    )
     reproducible: bool = _doc(
         "seed the DP noise and sampling of server and devices with `seed`, so that a run "
         "repeats exactly; its summary, ledgers and audit then say it is NOT private against "
         "anyone who knows the seed. Default false: noise and sampling from OS entropy",
-        default=False)
+        default=False,
+    )
     # rounds
     num_rounds: int = _doc("federated rounds", default=8)
     fraction_train: float = _doc("fraction of devices sampled per training round", default=0.5)
-    eval_every: int = _doc("federated evaluation every this many rounds (and the last)",
-                           default=4)
+    eval_every: int = _doc("federated evaluation every this many rounds (and the last)", default=4)
     fraction_evaluate: float = _doc("fraction of devices asked to evaluate", default=1.0)
     eval_noise_multiplier: float = _doc(
         "private runs (local, distributed): noise multiplier of each device's federated "
@@ -85,7 +100,8 @@ class RunConfig:
         "accounted and the training noise is calibrated so that training and the planned "
         "evaluations spend epsilon together. 0: no federated evaluation in private runs (a "
         "simulation's quality is then measured by the simulator, which releases nothing)",
-        default=0.0)
+        default=0.0,
+    )
     ks: str = _doc("comma-separated cut-offs K of the ranking metrics", default="10,20")
     # model
     dim: int = _doc("embedding dimension", default=8)
@@ -98,80 +114,97 @@ class RunConfig:
         "the item embeddings; needs num-rounds 2) or features (one round: a DP item popularity "
         "count; the item embeddings are the catalog's public genres and release years, and "
         "each device weighs them by its own history; needs num-rounds 1 and item metadata)",
-        default="sgd")
+        default="sgd",
+    )
     spectral_top_items: int = _doc(
-        "spectral: items selected by DP popularity for the co-occurrence round", default=300)
+        "spectral: items selected by DP popularity for the co-occurrence round", default=300
+    )
     spectral_max_items: int = _doc(
         "spectral, example-level DP: a device contributes at most this many of its items to "
-        "the co-occurrence round (drawn at random); bounds its sensitivity", default=100)
+        "the co-occurrence round (drawn at random); bounds its sensitivity",
+        default=100,
+    )
     spectral_popularity_share: float = _doc(
         "spectral: fraction of the privacy budget (of 1/sigma^2) spent on the popularity count",
-        default=0.2)
+        default=0.2,
+    )
     feature_scale: float = _doc(
         "features: how strongly a device tilts popularity towards its own genres and eras",
-        default=2.0)
+        default=2.0,
+    )
     feature_smoothing: float = _doc(
         "features: smoothing of the log-ratio of the device's and the catalog's profiles",
-        default=0.01)
+        default=0.01,
+    )
     feature_year_bins: int = _doc(
         "features: release-year bins (quantiles of the catalog's years); 0 = genres only",
-        default=10)
+        default=10,
+    )
     # local training
-    local_epochs: float = _doc("expected passes over a device's interactions per round",
-                               default=10.0)
-    sample_rate: float = _doc("Poisson sampling rate of a device's examples per step",
-                              default=1.0)
+    local_epochs: float = _doc(
+        "expected passes over a device's interactions per round", default=10.0
+    )
+    sample_rate: float = _doc("Poisson sampling rate of a device's examples per step", default=1.0)
     local_lr: float = _doc("local learning rate", default=0.5)
     local_optimizer: str = _doc("local optimizer: sgd or adam", default="sgd")
     loss: str = _doc("bpr or bce", default="bce")
     n_negatives: int = _doc("negatives per positive for bce", default=4)
     l2: float = _doc("per-example L2 penalty on gathered rows", default=0.0)
-    user_lr_scale: float = _doc("user-embedding learning rate as a multiple of local-lr",
-                                default=1.0)
+    user_lr_scale: float = _doc(
+        "user-embedding learning rate as a multiple of local-lr", default=1.0
+    )
     batch_size_norm: float = _doc(
         "divide each step's summed gradient by this constant, the same on every device (a "
-        "divisor that depended on the device's data size would reveal it)", default=40.0)
+        "divisor that depended on the device's data size would reveal it)",
+        default=40.0,
+    )
     # privacy
     privacy: str = _doc(
         "off; local (example-level: each device adds its full DP-SGD noise, server untrusted); "
         "distributed (example-level: each device adds a share of the noise, SecAgg+ shows the "
         "server only the sum, which carries the full noise; server honest-but-curious); "
         "user (user-level DP-FedAvg: whole updates clipped, noise on the aggregate by a "
-        "trusted server, Poisson device sampling)", default="local")
+        "trusted server, Poisson device sampling)",
+        default="local",
+    )
     epsilon: float = _doc("each device's example-level epsilon budget", default=8.0)
     delta: float = _doc("delta of the (epsilon, delta) guarantee", default=1e-5)
     noise_multiplier: float = _doc(
         "DP-SGD noise multiplier; 0 = calibrate so that planned participations spend epsilon",
-        default=0.0)
+        default=0.0,
+    )
     max_grad_norm: float = _doc("per-example clipping norm", default=1.0)
     accountant: str = _doc("device accountant: prv or rdp", default="prv")
     dropout_tolerance: float = _doc(
         "distributed DP: fraction of a round's sampled devices that may drop out while the "
         "secure sum still carries the full noise (each device adds 1/sqrt(survivors) of it)",
-        default=0.1)
+        default=0.1,
+    )
     dropout_policy: str = _doc(
         "distributed DP, when more devices drop out than provisioned: abort (never unmask a "
         "sum with less than the full noise; the round is skipped) or account (use the sum and "
         "account the smaller noise actually present, which may exceed the budget)",
-        default="abort")
+        default="abort",
+    )
     simulated_dropout: float = _doc(
         "simulations: probability that a sampled device goes offline mid-round (after SecAgg+ "
-        "key sharing), to study dropouts", default=0.0)
-    user_clip: float = _doc("user-level DP: L2 clipping norm of a device's whole update",
-                            default=1.0)
+        "key sharing), to study dropouts",
+        default=0.0,
+    )
+    user_clip: float = _doc(
+        "user-level DP: L2 clipping norm of a device's whole update", default=1.0
+    )
     user_noise_multiplier: float = _doc(
         "user-level DP: noise multiplier on the sum; 0 = calibrate to epsilon over num-rounds",
-        default=0.0)
+        default=0.0,
+    )
     # server
-    server_optimizer: str = _doc("fedavg (server learning-rate step) or fedadam",
-                                 default="fedavg")
-    server_lr: float = _doc("server learning rate applied to the aggregated delta",
-                            default=24.0)
+    server_optimizer: str = _doc("fedavg (server learning-rate step) or fedadam", default="fedavg")
+    server_lr: float = _doc("server learning rate applied to the aggregated delta", default=24.0)
     server_beta1: float = _doc("FedAdam beta1", default=0.9)
     server_beta2: float = _doc("FedAdam beta2", default=0.99)
     server_tau: float = _doc("FedAdam adaptivity tau", default=1e-3)
-    max_update_norm: float = _doc("replies whose delta norm exceeds this are dropped",
-                                  default=1e4)
+    max_update_norm: float = _doc("replies whose delta norm exceeds this are dropped", default=1e4)
     # output
     run_dir: str = _doc("directory of this run's outputs ('' = runs/<timestamp>)", default="")
 
@@ -194,8 +227,10 @@ class RunConfig:
         if self.eval_every < 1:
             raise ValueError(f"eval-every must be >= 1, got {self.eval_every}")
         if not (math.isfinite(self.eval_noise_multiplier) and self.eval_noise_multiplier >= 0):
-            raise ValueError("eval-noise-multiplier must be a finite number >= 0, got "
-                             f"{self.eval_noise_multiplier}")
+            raise ValueError(
+                "eval-noise-multiplier must be a finite number >= 0, got "
+                f"{self.eval_noise_multiplier}"
+            )
         if self.server_lr <= 0 or self.max_update_norm <= 0:
             raise ValueError("server-lr and max-update-norm must be positive")
         _ = self.k_values, self.local_config()  # validate
@@ -205,7 +240,8 @@ class RunConfig:
             raise ValueError(f"dropout-tolerance must lie in [0, 1), got {self.dropout_tolerance}")
         if self.dropout_policy not in ("abort", "account"):
             raise ValueError(
-                f"dropout-policy must be abort or account, got {self.dropout_policy!r}")
+                f"dropout-policy must be abort or account, got {self.dropout_policy!r}"
+            )
         if not 0 <= self.simulated_dropout < 1:
             raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
         if self.privacy == "user" and (self.user_clip <= 0 or self.user_noise_multiplier < 0):
@@ -279,8 +315,11 @@ class RunConfig:
     @property
     def eval_rounds(self) -> tuple[int, ...]:
         """The rounds that end with an evaluation (every ``eval-every``-th and the last)."""
-        return tuple(r for r in range(1, self.num_rounds + 1)
-                     if r % self.eval_every == 0 or r == self.num_rounds)
+        return tuple(
+            r
+            for r in range(1, self.num_rounds + 1)
+            if r % self.eval_every == 0 or r == self.num_rounds
+        )
 
     @property
     def federated_evaluation(self) -> bool:
@@ -296,8 +335,11 @@ class RunConfig:
 
     def evaluation_history(self) -> tuple[tuple[float, float, int], ...]:
         """The evaluation releases each device is planned to make: ``((σ_e, 1, E),)`` or ()."""
-        if self.privacy not in DEVICE_DP_MODES or not self.federated_evaluation \
-                or self.fraction_evaluate <= 0:
+        if (
+            self.privacy not in DEVICE_DP_MODES
+            or not self.federated_evaluation
+            or self.fraction_evaluate <= 0
+        ):
             return ()
         return ((float(self.eval_noise_multiplier), 1.0, len(self.eval_rounds)),)
 
@@ -311,9 +353,15 @@ class RunConfig:
         from fedrec.common.privacy.dpsgd import LocalConfig
 
         return LocalConfig(
-            epochs=self.local_epochs, sample_rate=self.sample_rate, lr=self.local_lr,
-            optimizer=self.local_optimizer, loss=self.loss, n_negatives=self.n_negatives,
-            l2=self.l2, user_lr_scale=self.user_lr_scale, batch_size_norm=self.batch_size_norm,
+            epochs=self.local_epochs,
+            sample_rate=self.sample_rate,
+            lr=self.local_lr,
+            optimizer=self.local_optimizer,
+            loss=self.loss,
+            n_negatives=self.n_negatives,
+            l2=self.l2,
+            user_lr_scale=self.user_lr_scale,
+            batch_size_norm=self.batch_size_norm,
         )
 
     def dp_config(self, noise_multiplier: float) -> DPConfig:
@@ -321,8 +369,11 @@ class RunConfig:
         from fedrec.common.privacy.dpsgd import DPConfig
 
         return DPConfig(
-            noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
-            target_delta=self.delta, budget_epsilon=self.epsilon, accountant=self.accountant,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            target_delta=self.delta,
+            budget_epsilon=self.epsilon,
+            accountant=self.accountant,
         )
 
     # --- flat kebab-case mapping --------------------------------------------------------------
@@ -446,8 +497,10 @@ class DeploymentSettings:
 
     def __post_init__(self) -> None:
         if not self.catalog and self.n_items < 1:
-            raise ValueError("the deployment's catalog is unknown: set the run-config key "
-                             "'catalog' (a JSON file of item ids) or 'n-items' (>= 1)")
+            raise ValueError(
+                "the deployment's catalog is unknown: set the run-config key "
+                "'catalog' (a JSON file of item ids) or 'n-items' (>= 1)"
+            )
         if self.min_nodes < 1:
             raise ValueError(f"min-nodes must be >= 1, got {self.min_nodes}")
         if self.wait_timeout < 0 or self.round_timeout <= 0:
@@ -458,8 +511,9 @@ class DeploymentSettings:
         if self.catalog:
             ids = load_catalog_file(self.catalog)
             if self.n_items and self.n_items != len(ids):
-                raise ValueError(f"n-items = {self.n_items} but the catalog {self.catalog} "
-                                 f"has {len(ids)} items")
+                raise ValueError(
+                    f"n-items = {self.n_items} but the catalog {self.catalog} has {len(ids)} items"
+                )
             return len(ids), ids
         return self.n_items, [str(i) for i in range(self.n_items)]
 
@@ -479,10 +533,12 @@ def split_run_config(flat: Mapping[str, object]) -> tuple[RunConfig, DeploymentS
             run[key] = value
     try:
         settings = DeploymentSettings(
-            catalog=str(dep["catalog"] or ""), n_items=int(dep["n-items"]),  # type: ignore[call-overload]
+            catalog=str(dep["catalog"] or ""),
+            n_items=int(dep["n-items"]),  # type: ignore[call-overload]
             min_nodes=int(dep["min-nodes"]),  # type: ignore[call-overload]
             wait_timeout=float(dep["wait-timeout"]),  # type: ignore[arg-type]
-            round_timeout=float(dep["round-timeout"]))  # type: ignore[arg-type]
+            round_timeout=float(dep["round-timeout"]),
+        )  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad deployment run-config: {exc}") from None
     return RunConfig.from_flat(run), settings
@@ -500,8 +556,9 @@ def load_catalog_file(path: str | Path) -> list[str]:
     value = json.loads(p.read_text(encoding="utf-8"))
     ids = value.get("item_ids") if isinstance(value, Mapping) else value
     if not isinstance(ids, list) or not ids:
-        raise ValueError(f"{p}: expected a non-empty JSON list of item ids (or "
-                         '{"item_ids": [...]})')
+        raise ValueError(
+            f'{p}: expected a non-empty JSON list of item ids (or {{"item_ids": [...]}})'
+        )
     out = [str(i) for i in ids]
     if len(set(out)) != len(out):
         raise ValueError(f"{p}: item ids must be unique")

@@ -32,8 +32,9 @@ with tempfile.TemporaryDirectory() as tmp:
     for r in recs:
         print(r.item_id, "-", r.explanation)
 
-    reply = client.train_round(global_state, server_round=1,
-                               policy_signals=PolicySignals(charging=True, on_wifi=True))
+    reply = client.train_round(
+        global_state, server_round=1, policy_signals=PolicySignals(charging=True, on_wifi=True)
+    )
     print("round 1:", type(reply).__name__)
     report = client.privacy_report()
     print(f"epsilon spent {report.epsilon_spent:.3f}, left {report.epsilon_left:.3f}")

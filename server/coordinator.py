@@ -72,15 +72,24 @@ class RoundReport:
     def to_dict(self) -> dict[str, object]:
         """A JSON-able dict."""
         return {
-            "round": self.server_round, "sampled": self.sampled, "aggregated": self.aggregated,
-            "refused": self.refused, "dropped": self.dropped,
-            "drop_reasons": self.drop_reasons, "update_norm": self.update_norm,
+            "round": self.server_round,
+            "sampled": self.sampled,
+            "aggregated": self.aggregated,
+            "refused": self.refused,
+            "dropped": self.dropped,
+            "drop_reasons": self.drop_reasons,
+            "update_norm": self.update_norm,
             **{f"train_{k}": v for k, v in self.train_metrics.items()},
         }
 
 
-def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir: Path | str | None = None,
-                     item_features: np.ndarray | None = None) -> Coordinator:
+def make_coordinator(
+    cfg: RunConfig,
+    n_items: int,
+    *,
+    ledger_dir: Path | str | None = None,
+    item_features: np.ndarray | None = None,
+) -> Coordinator:
     """The run's coordinator: its algorithm (from the registry) wrapped by its mechanism.
 
     ``item_features`` is the catalog's public feature matrix, for algorithms that use it.
@@ -91,8 +100,7 @@ def make_coordinator(cfg: RunConfig, n_items: int, *, ledger_dir: Path | str | N
 
 
 def _norm(arrays: Mapping[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.square(v, dtype=np.float64).sum())
-                             for v in arrays.values())))
+    return float(np.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in arrays.values())))
 
 
 class Coordinator:
@@ -110,8 +118,9 @@ class Coordinator:
         self.cfg = cfg
         self.algorithm = algorithm
         self.mechanism = mechanism
-        self.state = {k: np.asarray(v, dtype=np.float32).copy()
-                      for k, v in algorithm.initial_state().items()}
+        self.state = {
+            k: np.asarray(v, dtype=np.float32).copy() for k, v in algorithm.initial_state().items()
+        }
         self.noise = mechanism.noise
         self.rng = self.noise.rng
         self._participations: dict[int, int] = {}
@@ -119,8 +128,7 @@ class Coordinator:
     # --- sampling ----------------------------------------------------------------------------
     def sample(self, nodes: Sequence[int]) -> list[int]:
         """Devices for the next training round, as the mechanism samples them (no data used)."""
-        return self.mechanism.sample(sorted(int(n) for n in nodes), self._participations,
-                                     self.rng)
+        return self.mechanism.sample(sorted(int(n) for n in nodes), self._participations, self.rng)
 
     def sample_evaluation(self, nodes: Sequence[int]) -> list[int]:
         """Devices asked to evaluate (a fixed fraction, all by default)."""
@@ -147,8 +155,9 @@ class Coordinator:
             raise RuntimeError("plan_round is for rounds with a secure sum")
         return self.mechanism.plan(sampled, self.algorithm.contribution(self.task(server_round)))
 
-    def reply_reference(self, server_round: int, noise_share: float | None = None
-                        ) -> tuple[dict[str, np.ndarray], float]:
+    def reply_reference(
+        self, server_round: int, noise_share: float | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """The arrays every reply of a round must match, and one reply's largest norm.
 
         ``noise_share``: the share of the device noise in a reply (default: 1 when devices
@@ -156,8 +165,9 @@ class Coordinator:
         """
         task = self.task(server_round)
         spec = self.algorithm.contribution(task)
-        share = (1.0 if self.mechanism.device_noise else 0.0) if noise_share is None \
-            else noise_share
+        share = (
+            (1.0 if self.mechanism.device_noise else 0.0) if noise_share is None else noise_share
+        )
         reference = {k: np.zeros(s, dtype=np.float32) for k, s in spec.shapes.items()}
         return reference, self.algorithm.reply_norm_bound(task, share)
 
@@ -167,8 +177,10 @@ class Coordinator:
         if aggregate is None:
             return 0.0
         used = aggregate.mean if aggregate.mean is not None else aggregate.total
-        self.state = {k: np.asarray(v, dtype=np.float32) for k, v in
-                      self.algorithm.update(server_round, self.state, aggregate).items()}
+        self.state = {
+            k: np.asarray(v, dtype=np.float32)
+            for k, v in self.algorithm.update(server_round, self.state, aggregate).items()
+        }
         return _norm(used or {})
 
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
@@ -178,8 +190,10 @@ class Coordinator:
             RuntimeError: the run's contributions may only be seen as secure sums.
         """
         if self.secure:
-            raise RuntimeError("this run's contributions go through the secure sum "
-                               "(aggregate_sum): the server must not receive them one by one")
+            raise RuntimeError(
+                "this run's contributions go through the secure sum "
+                "(aggregate_sum): the server must not receive them one by one"
+            )
         spec = self.algorithm.contribution(self.task(server_round))
         reference, max_norm = self.reply_reference(server_round)
         good: list[Reply] = []
@@ -203,16 +217,23 @@ class Coordinator:
         for reason in reasons:
             log.warning("round %d: dropped reply: %s", server_round, reason)
         aggregate = self.mechanism.aggregate(
-            server_round, [Contributed(r.node, r.arrays, r.num_examples) for r in good], spec)
+            server_round, [Contributed(r.node, r.arrays, r.num_examples) for r in good], spec
+        )
         if aggregate is None:
-            log.warning("round %d: no contribution to use; the round changed nothing",
-                        server_round)
+            log.warning("round %d: no contribution to use; the round changed nothing", server_round)
         norm = self._step(server_round, aggregate)
         train_metrics = self._reply_metrics(good)
         train_metrics.update(self.mechanism.metrics([r.node for r in good]))
-        return RoundReport(server_round=server_round, sampled=len(replies),
-                           aggregated=len(good), refused=refused, dropped=len(reasons),
-                           drop_reasons=reasons, update_norm=norm, train_metrics=train_metrics)
+        return RoundReport(
+            server_round=server_round,
+            sampled=len(replies),
+            aggregated=len(good),
+            refused=refused,
+            dropped=len(reasons),
+            drop_reasons=reasons,
+            update_norm=norm,
+            train_metrics=train_metrics,
+        )
 
     @staticmethod
     def _reply_metrics(good: Sequence[Reply]) -> dict[str, float]:
@@ -227,9 +248,16 @@ class Coordinator:
                 out[k] = float(np.mean(vals))
         return out
 
-    def aggregate_sum(self, server_round: int, plan: RoundPlan,
-                      total: Mapping[str, np.ndarray] | None, included: Sequence[int], *,
-                      refused: int = 0, drop_reasons: Sequence[str] = ()) -> RoundReport:
+    def aggregate_sum(
+        self,
+        server_round: int,
+        plan: RoundPlan,
+        total: Mapping[str, np.ndarray] | None,
+        included: Sequence[int],
+        *,
+        refused: int = 0,
+        drop_reasons: Sequence[str] = (),
+    ) -> RoundReport:
         """Update with a secure sum of ``len(included)`` contributions.
 
         The server never holds an individual contribution here, only ``total``. It checks the
@@ -250,17 +278,24 @@ class Coordinator:
                 n = 0
         aggregate = None
         if total is not None and n > 0:
-            aggregate, why_not = self.mechanism.aggregate_sum(server_round, plan, total,
-                                                              included, spec)
+            aggregate, why_not = self.mechanism.aggregate_sum(
+                server_round, plan, total, included, spec
+            )
             reasons += why_not
         for reason in reasons:
             log.warning("round %d: %s", server_round, reason)
         norm = self._step(server_round, aggregate)
         used = n if aggregate is not None else 0
         return RoundReport(
-            server_round=server_round, sampled=plan.sampled, aggregated=used, refused=refused,
-            dropped=plan.sampled - used - refused, drop_reasons=reasons, update_norm=norm,
-            train_metrics=self.mechanism.metrics(list(included) if used else []))
+            server_round=server_round,
+            sampled=plan.sampled,
+            aggregated=used,
+            refused=refused,
+            dropped=plan.sampled - used - refused,
+            drop_reasons=reasons,
+            update_norm=norm,
+            train_metrics=self.mechanism.metrics(list(included) if used else []),
+        )
 
     @staticmethod
     def combine_evaluation(sums: Sequence[Mapping[str, float]]) -> dict[str, float]:

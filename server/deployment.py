@@ -66,23 +66,45 @@ def make_deployment_server_app(
         cfg, settings = split_run_config(dict(context.run_config))
         n_items, item_ids = settings.load_catalog()
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
-        run_dir.write_json("config.json", {
-            **cfg.to_flat(), "catalog": settings.catalog, "n-items": n_items,
-            "min-nodes": settings.min_nodes, "wait-timeout": settings.wait_timeout,
-            "round-timeout": settings.round_timeout, "runtime": "deployment",
-            "run-id": int(context.run_id), "started-at": time.time(),
-        })
+        run_dir.write_json(
+            "config.json",
+            {
+                **cfg.to_flat(),
+                "catalog": settings.catalog,
+                "n-items": n_items,
+                "min-nodes": settings.min_nodes,
+                "wait-timeout": settings.wait_timeout,
+                "round-timeout": settings.round_timeout,
+                "runtime": "deployment",
+                "run-id": int(context.run_id),
+                "started-at": time.time(),
+            },
+        )
         coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir)
         state = coordinator.state
-        strategy = DeploymentStrategy(cfg, coordinator, run_dir=run_dir, on_round=on_round,
-                                         min_nodes=settings.min_nodes,
-                                         wait_timeout=settings.wait_timeout)
+        strategy = DeploymentStrategy(
+            cfg,
+            coordinator,
+            run_dir=run_dir,
+            on_round=on_round,
+            min_nodes=settings.min_nodes,
+            wait_timeout=settings.wait_timeout,
+        )
         strategy.summary()
-        log.info("deployment: %d items (catalog %s), waiting for %d devices", n_items,
-                 settings.catalog or "rows 0..n-1", settings.min_nodes)
+        log.info(
+            "deployment: %d items (catalog %s), waiting for %d devices",
+            n_items,
+            settings.catalog or "rows 0..n-1",
+            settings.min_nodes,
+        )
         train_config = ConfigRecord({CATALOG_FINGERPRINT_KEY: catalog_fingerprint(item_ids)})
-        strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds,
-                       timeout=settings.round_timeout, train_config=train_config)
+        strategy.start(
+            grid,
+            to_arrays(state),
+            num_rounds=cfg.num_rounds,
+            timeout=settings.round_timeout,
+            train_config=train_config,
+        )
         run_dir.save_final(coordinator.state, item_ids)
         if on_finish is not None:
             on_finish(coordinator, run_dir)

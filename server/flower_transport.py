@@ -38,8 +38,9 @@ def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
 
 def request_content(request: Request) -> RecordDict:
     """The content of a request's messages: ``arrays`` and ``config``."""
-    return RecordDict({"arrays": to_arrays(request.arrays()),
-                       "config": ConfigRecord(request.flat_config())})
+    return RecordDict(
+        {"arrays": to_arrays(request.arrays()), "config": ConfigRecord(request.flat_config())}
+    )
 
 
 def reply_from_message(msg: Message) -> Reply:
@@ -56,9 +57,12 @@ def reply_from_message(msg: Message) -> Reply:
         arrays = to_numpy(content["arrays"])  # type: ignore[arg-type]
         metrics = dict(content["metrics"]) if "metrics" in content else {}
         n = float(metrics.pop("num-examples", 1))
-        return Reply(node=node, arrays=arrays, num_examples=n,
-                     metrics={k: float(v) for k, v in metrics.items()
-                              if isinstance(v, (int, float))})
+        return Reply(
+            node=node,
+            arrays=arrays,
+            num_examples=n,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        )
     except Exception as exc:  # a malformed reply must not crash the server
         return Reply(node=node, error=f"unreadable reply: {type(exc).__name__}: {exc}")
 
@@ -79,8 +83,9 @@ class FlowerTransport:
         """The connected nodes."""
         return [int(n) for n in self.grid.get_node_ids()]
 
-    def messages(self, request: Request, nodes: Sequence[int],
-                 kind: str = MessageType.TRAIN) -> list[Message]:
+    def messages(
+        self, request: Request, nodes: Sequence[int], kind: str = MessageType.TRAIN
+    ) -> list[Message]:
         """The messages of a request to ``nodes``."""
         content = request_content(request)
         return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
@@ -89,8 +94,7 @@ class FlowerTransport:
         """Individual replies of the nodes."""
         if not nodes:
             return []
-        replies = self.grid.send_and_receive(self.messages(request, nodes),
-                                             timeout=self.timeout)
+        replies = self.grid.send_and_receive(self.messages(request, nodes), timeout=self.timeout)
         return [reply_from_message(m) for m in replies]
 
     def secure_sum(self, request: Request, nodes: Sequence[int], plan: RoundPlan) -> SumResult:
@@ -104,10 +108,15 @@ class FlowerTransport:
 
         secagg = SecAggConfig(clipping_range=plan.clipping_range, timeout=self.timeout)
         try:
-            res = secure_sum(self.grid, nodes, request_content(request), config=secagg,
-                             group_id=str(request.server_round),
-                             shapes=dict(request.reply_shapes) or None,
-                             min_included=plan.min_included if plan.enforce_min else None)
+            res = secure_sum(
+                self.grid,
+                nodes,
+                request_content(request),
+                config=secagg,
+                group_id=str(request.server_round),
+                shapes=dict(request.reply_shapes) or None,
+                min_included=plan.min_included if plan.enforce_min else None,
+            )
         except (SecureAggregationError, ValueError) as exc:
             reasons = [f"secure aggregation failed: {exc}"]
             declined = 0
@@ -115,24 +124,36 @@ class FlowerTransport:
                 declined += DECLINED_PREFIX in why
                 reasons.append(f"node {node}: {why}")
             return SumResult(None, [], declined, reasons)
-        reasons = [f"node {n}: {why}" for n, why in sorted(res.drop_reasons.items())
-                   if n not in set(res.declined)]
-        return SumResult(res.total, list(res.included), len(res.declined), reasons,
-                         {"secagg_error_bound": float(res.error_bound),
-                          "secagg_clipping_range": float(plan.clipping_range)})
+        reasons = [
+            f"node {n}: {why}"
+            for n, why in sorted(res.drop_reasons.items())
+            if n not in set(res.declined)
+        ]
+        return SumResult(
+            res.total,
+            list(res.included),
+            len(res.declined),
+            reasons,
+            {
+                "secagg_error_bound": float(res.error_bound),
+                "secagg_clipping_range": float(plan.clipping_range),
+            },
+        )
 
     def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
         """The nodes' evaluation releases (metric sums); unreadable replies dropped."""
         if not nodes:
             return []
         out = []
-        for m in self.grid.send_and_receive(self.messages(request, nodes, MessageType.EVALUATE),
-                                            timeout=self.timeout):
+        for m in self.grid.send_and_receive(
+            self.messages(request, nodes, MessageType.EVALUATE), timeout=self.timeout
+        ):
             if m.has_error() or "metrics" not in m.content:
                 continue
             try:
                 out.append({k: float(v) for k, v in m.content["metrics"].items()})
             except (TypeError, ValueError):
-                log.warning("round %d: dropped an unreadable evaluation reply",
-                            request.server_round)
+                log.warning(
+                    "round %d: dropped an unreadable evaluation reply", request.server_round
+                )
         return out

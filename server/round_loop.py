@@ -54,8 +54,12 @@ class Request:
 
     def flat_config(self) -> dict[str, Any]:
         """The request's config: round, task name, the task's and the transport's settings."""
-        return {"server-round": self.server_round, "task": self.task.name, **self.task.config,
-                **self.config}
+        return {
+            "server-round": self.server_round,
+            "task": self.task.name,
+            **self.task.config,
+            **self.config,
+        }
 
 
 @dataclass
@@ -85,8 +89,13 @@ class Transport(Protocol):
         """Ask each node for its evaluation release; the replies' metric sums."""
 
 
-def run_round(coordinator: Coordinator, transport: Transport, server_round: int, *,
-              config: Mapping[str, Any] | None = None) -> RoundReport:
+def run_round(
+    coordinator: Coordinator,
+    transport: Transport,
+    server_round: int,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> RoundReport:
     """One training round over ``transport``; returns its report."""
     nodes = coordinator.sample(transport.nodes())
     task = coordinator.task(server_round)
@@ -102,15 +111,25 @@ def run_round(coordinator: Coordinator, transport: Transport, server_round: int,
         extra = {"noise-share": plan.noise_share, "min-included": plan.min_included}
     request = Request(server_round, task, coordinator.state, {**(config or {}), **extra}, shapes)
     result = transport.secure_sum(request, nodes, plan)
-    report = coordinator.aggregate_sum(server_round, plan, result.total, result.included,
-                                       refused=result.declined, drop_reasons=result.drop_reasons)
+    report = coordinator.aggregate_sum(
+        server_round,
+        plan,
+        result.total,
+        result.included,
+        refused=result.declined,
+        drop_reasons=result.drop_reasons,
+    )
     report.train_metrics.update(result.public)
     return report
 
 
-def evaluate_round(coordinator: Coordinator, transport: Transport, server_round: int, *,
-                   measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None
-                   ) -> dict[str, object]:
+def evaluate_round(
+    coordinator: Coordinator,
+    transport: Transport,
+    server_round: int,
+    *,
+    measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
+) -> dict[str, object]:
     """A round's evaluations: federated (a release, when planned) and the simulator's.
 
     Returns ``{"eval": …}`` (the simulator's measurement when there is one, else the federated
@@ -129,10 +148,16 @@ def evaluate_round(coordinator: Coordinator, transport: Transport, server_round:
             config["eval-noise-multiplier"] = float(cfg.eval_noise_multiplier)
         request = Request(server_round, Task("evaluate"), coordinator.state, config)
         nodes = coordinator.sample_evaluation(transport.nodes())
-        sums = [s for s in transport.evaluate(request, nodes)
-                if s and all(np.isfinite(v) for v in s.values())]
-        means = (coordinator.combine_evaluation(sums) if cfg.privacy == "off"
-                 else combine_noisy_sums(sums))
+        sums = [
+            s
+            for s in transport.evaluate(request, nodes)
+            if s and all(np.isfinite(v) for v in s.values())
+        ]
+        means = (
+            coordinator.combine_evaluation(sums)
+            if cfg.privacy == "off"
+            else combine_noisy_sums(sums)
+        )
         if means:
             out["federated_eval" if measure is not None else "eval"] = means
     if measure is not None:
@@ -140,12 +165,17 @@ def evaluate_round(coordinator: Coordinator, transport: Transport, server_round:
     return out
 
 
-def run_rounds(coordinator: Coordinator, transport: Transport, *, num_rounds: int,
-               run_dir: RunDirectory | None = None,
-               on_round: Callable[[dict[str, object]], None] | None = None,
-               measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
-               config: Mapping[str, Any] | None = None,
-               before_round: Callable[[int], None] | None = None) -> list[dict[str, object]]:
+def run_rounds(
+    coordinator: Coordinator,
+    transport: Transport,
+    *,
+    num_rounds: int,
+    run_dir: RunDirectory | None = None,
+    on_round: Callable[[dict[str, object]], None] | None = None,
+    measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    before_round: Callable[[int], None] | None = None,
+) -> list[dict[str, object]]:
     """Run ``num_rounds`` rounds; record and checkpoint each one; returns the records.
 
     Args:
@@ -164,8 +194,7 @@ def run_rounds(coordinator: Coordinator, transport: Transport, *, num_rounds: in
         t0 = time.perf_counter()
         if before_round is not None:
             before_round(rnd)
-        record: dict[str, object] = run_round(coordinator, transport, rnd,
-                                               config=config).to_dict()
+        record: dict[str, object] = run_round(coordinator, transport, rnd, config=config).to_dict()
         record.update(evaluate_round(coordinator, transport, rnd, measure=measure))
         record["seconds"] = time.perf_counter() - t0
         if run_dir is not None:

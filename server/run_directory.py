@@ -78,8 +78,12 @@ class RunDirectory:
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
-    def checkpoint(self, server_round: int, state: Mapping[str, np.ndarray],
-                   optimizer_state: Mapping[str, object] | None = None) -> Path:
+    def checkpoint(
+        self,
+        server_round: int,
+        state: Mapping[str, np.ndarray],
+        optimizer_state: Mapping[str, object] | None = None,
+    ) -> Path:
         """Save the global state after ``server_round`` (atomic replace of latest.npz)."""
         arrays = {f"param/{k}": v for k, v in state.items()}
         for k, v in (optimizer_state or {}).items():
@@ -98,7 +102,7 @@ class RunDirectory:
     def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
         """``(round, global state)`` from a checkpoint file."""
         with np.load(path) as z:
-            state = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+            state = {k[len("param/") :]: z[k] for k in z.files if k.startswith("param/")}
             return int(z["round"]), state
 
     def save_final(self, state: Mapping[str, np.ndarray], item_ids: list[str] | None) -> Path:

@@ -191,8 +191,10 @@ class SecAggConfig:
         shares, threshold = self.num_shares, self.reconstruction_threshold
         if _is_int(shares):
             if shares < 3 or shares % 2 == 0:  # type: ignore[operator]
-                raise ValueError("an int num_shares must be odd and at least 3 "
-                                 f"(got {shares}); use 1.0 for all nodes")
+                raise ValueError(
+                    "an int num_shares must be odd and at least 3 "
+                    f"(got {shares}); use 1.0 for all nodes"
+                )
         elif isinstance(shares, float):
             if not 0.0 < shares <= 1.0:
                 raise ValueError(f"a float num_shares must be in (0, 1], got {shares}")
@@ -202,32 +204,42 @@ class SecAggConfig:
             if threshold < 2:  # type: ignore[operator]
                 raise ValueError(f"an int reconstruction_threshold must be >= 2, got {threshold}")
             if _is_int(shares) and threshold >= shares:  # type: ignore[operator]
-                raise ValueError("an int reconstruction_threshold must be below num_shares "
-                                 f"({threshold} >= {shares})")
+                raise ValueError(
+                    "an int reconstruction_threshold must be below num_shares "
+                    f"({threshold} >= {shares})"
+                )
         elif isinstance(threshold, float):
             if not 0.0 < threshold <= 1.0:
                 raise ValueError(
-                    f"a float reconstruction_threshold must be in (0, 1], got {threshold}")
+                    f"a float reconstruction_threshold must be in (0, 1], got {threshold}"
+                )
         else:
             raise TypeError(
-                f"reconstruction_threshold must be an int or a float, got {threshold!r}")
+                f"reconstruction_threshold must be an int or a float, got {threshold!r}"
+            )
         if not _is_real(self.clipping_range) or not (
-                math.isfinite(self.clipping_range) and self.clipping_range > 0):
+            math.isfinite(self.clipping_range) and self.clipping_range > 0
+        ):
             raise ValueError(f"clipping_range must be finite and > 0, got {self.clipping_range}")
         if not _is_int(self.quantization_range) or self.quantization_range < 2:
             raise ValueError(
-                f"quantization_range must be an int >= 2, got {self.quantization_range!r}")
+                f"quantization_range must be an int >= 2, got {self.quantization_range!r}"
+            )
         m = self.modulus_range
         if not _is_int(m) or m <= self.quantization_range or m > 2**32 or m & (m - 1):
-            raise ValueError("modulus_range must be a power of 2 above quantization_range and "
-                             f"at most 2**32, got {m!r}")
+            raise ValueError(
+                "modulus_range must be a power of 2 above quantization_range and "
+                f"at most 2**32, got {m!r}"
+            )
         if self.timeout is not None and not (_is_real(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout must be None or > 0, got {self.timeout!r}")
         if not _is_int(self.min_nodes) or self.min_nodes < 2:
             raise ValueError(f"min_nodes must be an int >= 2, got {self.min_nodes!r}")
         if self.max_nodes < self.min_nodes:
-            raise ValueError(f"modulus_range / quantization_range allows {self.max_nodes} "
-                             f"nodes, fewer than min_nodes={self.min_nodes}")
+            raise ValueError(
+                f"modulus_range / quantization_range allows {self.max_nodes} "
+                f"nodes, fewer than min_nodes={self.min_nodes}"
+            )
 
     @property
     def quantization_step(self) -> float:
@@ -262,10 +274,14 @@ class SecAggConfig:
     def workflow(self) -> SecAggPlusWorkflow:
         """Flower's workflow object with these parameters (``max_weight`` fixed to 1.0)."""
         return SecAggPlusWorkflow(
-            num_shares=self.num_shares, reconstruction_threshold=self.reconstruction_threshold,
-            max_weight=_MAX_WEIGHT, clipping_range=float(self.clipping_range),
-            quantization_range=self.quantization_range, modulus_range=self.modulus_range,
-            timeout=self.timeout)
+            num_shares=self.num_shares,
+            reconstruction_threshold=self.reconstruction_threshold,
+            max_weight=_MAX_WEIGHT,
+            clipping_range=float(self.clipping_range),
+            quantization_range=self.quantization_range,
+            modulus_range=self.modulus_range,
+            timeout=self.timeout,
+        )
 
 
 @dataclass
@@ -335,13 +351,15 @@ class _NodeRef(ClientProxy):
     def _unused(self) -> Any:
         raise NotImplementedError("secure_sum talks to nodes through the Grid only")
 
-    def get_properties(self, ins: GetPropertiesIns, timeout: float | None,
-                       group_id: int | None) -> GetPropertiesRes:
+    def get_properties(
+        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
+    ) -> GetPropertiesRes:
         """Not used (legacy API)."""
         return self._unused()
 
-    def get_parameters(self, ins: GetParametersIns, timeout: float | None,
-                       group_id: int | None) -> GetParametersRes:
+    def get_parameters(
+        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
+    ) -> GetParametersRes:
         """Not used (legacy API)."""
         return self._unused()
 
@@ -349,13 +367,15 @@ class _NodeRef(ClientProxy):
         """Not used (legacy API)."""
         return self._unused()
 
-    def evaluate(self, ins: EvaluateIns, timeout: float | None,
-                 group_id: int | None) -> EvaluateRes:
+    def evaluate(
+        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
+    ) -> EvaluateRes:
         """Not used (legacy API)."""
         return self._unused()
 
-    def reconnect(self, ins: ReconnectIns, timeout: float | None,
-                  group_id: int | None) -> DisconnectRes:
+    def reconnect(
+        self, ins: ReconnectIns, timeout: float | None, group_id: int | None
+    ) -> DisconnectRes:
         """Not used (legacy API)."""
         return self._unused()
 
@@ -371,31 +391,44 @@ class _SumCapture(Strategy):
         """No initial parameters."""
         return None
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         """Exactly our nodes, with empty legacy instructions (replaced after setup)."""
-        return [(_NodeRef(n), FitIns(Parameters(tensors=[], tensor_type=""), {}))
-                for n in self.nodes]
+        return [
+            (_NodeRef(n), FitIns(Parameters(tensors=[], tensor_type=""), {})) for n in self.nodes
+        ]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Capture the results (each carries the unmasked aggregate); write nothing back."""
         self.results = list(results)
         return None, {}
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list:
         """No evaluation."""
         return []
 
-    def aggregate_evaluate(self, server_round: int, results: list, failures: list,
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list,
+        failures: list,
+    ) -> tuple[float | None, dict[str, Scalar]]:
         """No evaluation."""
         return None, {}
 
-    def evaluate(self, server_round: int, parameters: Parameters,
-                 ) -> tuple[float, dict[str, Scalar]] | None:
+    def evaluate(
+        self,
+        server_round: int,
+        parameters: Parameters,
+    ) -> tuple[float, dict[str, Scalar]] | None:
         """No evaluation."""
         return None
 
@@ -429,8 +462,11 @@ class _ScreeningGrid:
 
     def __init__(self, grid: Grid, shapes: Mapping[str, tuple[int, ...]] | None):
         self._grid = grid
-        self._shapes = None if shapes is None else [
-            (str(k), tuple(int(d) for d in s)) for k, s in shapes.items()]
+        self._shapes = (
+            None
+            if shapes is None
+            else [(str(k), tuple(int(d) for d in s)) for k, s in shapes.items()]
+        )
         self.drop_reasons: dict[int, str] = {}
         self.declined: set[int] = set()
         self.decline_codes: dict[int, str] = {}
@@ -439,8 +475,9 @@ class _ScreeningGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         """Send through the wrapped grid; return the replies, malformed ones as errors."""
         messages = list(messages)
         if not messages:
@@ -451,7 +488,8 @@ class _ScreeningGrid:
         replied = {r.metadata.src_node_id for r in replies}
         for nid in by_node.keys() - replied:
             self.drop_reasons[nid] = f"{stage}: no reply" + (
-                f" within {timeout} s" if timeout is not None else "")
+                f" within {timeout} s" if timeout is not None else ""
+            )
         problems: dict[int, str] = {}
         for r in replies:
             nid = r.metadata.src_node_id
@@ -466,18 +504,29 @@ class _ScreeningGrid:
             if problem is not None:
                 problems[nid] = problem
         if stage == Stage.COLLECT_MASKED_VECTORS:
-            problems.update(self._check_vectors(
-                [r for r in replies if not r.has_error()
-                 and r.metadata.src_node_id not in problems]))
+            problems.update(
+                self._check_vectors(
+                    [
+                        r
+                        for r in replies
+                        if not r.has_error() and r.metadata.src_node_id not in problems
+                    ]
+                )
+            )
         out: list[Message] = []
         for r in replies:
             nid = r.metadata.src_node_id
             if nid in problems:
-                log.warning("secure_sum: node %s sent a malformed %s reply (%s); dropped",
-                            nid, stage, problems[nid])
+                log.warning(
+                    "secure_sum: node %s sent a malformed %s reply (%s); dropped",
+                    nid,
+                    stage,
+                    problems[nid],
+                )
                 self.drop_reasons[nid] = f"{stage}: malformed reply: {problems[nid]}"
-                r = Message(Error(code=0, reason=f"malformed reply: {problems[nid]}"),
-                            reply_to=by_node[nid])
+                r = Message(
+                    Error(code=0, reason=f"malformed reply: {problems[nid]}"), reply_to=by_node[nid]
+                )
             out.append(r)
         return out
 
@@ -502,8 +551,9 @@ class _ScreeningGrid:
                 weight = content.metric_records["fitres.num_examples"]["num_examples"]
                 if weight != 1:
                     raise ValueError(f"num_examples is {weight}, not 1")
-                masked = cast(list[bytes],
-                              content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
+                masked = cast(
+                    list[bytes], content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+                )
                 shapes = [bytes_to_ndarray(b).shape for b in masked]
                 want = [(1,), *(s for _, s in layout)]
                 if shapes != want:
@@ -534,30 +584,36 @@ def _narrow_to_active(state: WorkflowState) -> None:
     state.sampled_node_ids = set(active)
     state.nid_to_neighbours = {
         nid: neighbours & active
-        for nid, neighbours in state.nid_to_neighbours.items() if nid in active
+        for nid, neighbours in state.nid_to_neighbours.items()
+        if nid in active
     }
 
 
-def _checked_protocol_sizes(config: SecAggConfig, node_ids: list[int],
-                            content: RecordDict) -> tuple[int, int]:
+def _checked_protocol_sizes(
+    config: SecAggConfig, node_ids: list[int], content: RecordDict
+) -> tuple[int, int]:
     """``(num_shares, threshold)`` for ``node_ids``; ``ValueError`` on bad arguments."""
     if len(node_ids) < config.min_nodes:
-        raise ValueError(f"secure_sum needs at least {config.min_nodes} distinct nodes, "
-                         f"got {len(node_ids)}")
+        raise ValueError(
+            f"secure_sum needs at least {config.min_nodes} distinct nodes, got {len(node_ids)}"
+        )
     if len(node_ids) > config.max_nodes:
-        raise ValueError(f"{len(node_ids)} nodes would overflow modulus_range "
-                         f"(at most {config.max_nodes} with these ranges)")
+        raise ValueError(
+            f"{len(node_ids)} nodes would overflow modulus_range "
+            f"(at most {config.max_nodes} with these ranges)"
+        )
     if RECORD_KEY_CONFIGS in content:
         raise ValueError(f"the record name {RECORD_KEY_CONFIGS!r} is reserved for SecAgg+")
     num_shares, threshold = config.protocol_sizes(len(node_ids))
     if threshold > min(num_shares, len(node_ids)):
-        raise ValueError(f"threshold {threshold} exceeds the neighbourhood size "
-                         f"{min(num_shares, len(node_ids))} for {len(node_ids)} nodes")
+        raise ValueError(
+            f"threshold {threshold} exceeds the neighbourhood size "
+            f"{min(num_shares, len(node_ids))} for {len(node_ids)} nodes"
+        )
     return num_shares, threshold
 
 
-def _legacy_context(node_ids: list[int],
-                    group_id: str | int) -> tuple[LegacyContext, _SumCapture]:
+def _legacy_context(node_ids: list[int], group_id: str | int) -> tuple[LegacyContext, _SumCapture]:
     """A private ``LegacyContext`` whose strategy samples ``node_ids`` and captures the sum."""
     strategy = _SumCapture(node_ids)
     client_manager = SimpleClientManager()  # only for the workflow's log line
@@ -565,27 +621,38 @@ def _legacy_context(node_ids: list[int],
         client_manager.register(_NodeRef(nid))
     context = LegacyContext(
         Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-        strategy=strategy, client_manager=client_manager)
+        strategy=strategy,
+        client_manager=client_manager,
+    )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-        {WorkflowKey.CURRENT_ROUND: group_id})
+        {WorkflowKey.CURRENT_ROUND: group_id}
+    )
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     return context, strategy
 
 
-def _halted(stage: str, why: str, *, screen: _ScreeningGrid, node_ids: list[int],
-            threshold: int) -> SecureAggregationError:
+def _halted(
+    stage: str, why: str, *, screen: _ScreeningGrid, node_ids: list[int], threshold: int
+) -> SecureAggregationError:
     """The error of a round that stops at ``stage``, with the sampled nodes' drop reasons."""
     reasons = {n: r for n, r in screen.drop_reasons.items() if n in node_ids}
     return SecureAggregationError(
         f"secure aggregation halted at stage {stage!r}: {why} "
         f"({len(reasons)} of {len(node_ids)} nodes failed at some stage, "
         f"threshold {threshold})",
-        stage=stage, drop_reasons=reasons)
+        stage=stage,
+        drop_reasons=reasons,
+    )
 
 
-def _mask_and_collect(workflow: SecAggPlusWorkflow, screen: _ScreeningGrid,
-                      context: LegacyContext, state: WorkflowState, content: RecordDict,
-                      fail: Callable[[str, str], SecureAggregationError]) -> None:
+def _mask_and_collect(
+    workflow: SecAggPlusWorkflow,
+    screen: _ScreeningGrid,
+    context: LegacyContext,
+    state: WorkflowState,
+    content: RecordDict,
+    fail: Callable[[str, str], SecureAggregationError],
+) -> None:
     """Run the setup, share-keys and collect-masked-vectors stages.
 
     Each node's instruction becomes a copy of ``content`` after setup; a stage that cannot go
@@ -601,27 +668,33 @@ def _mask_and_collect(workflow: SecAggPlusWorkflow, screen: _ScreeningGrid,
         raise fail(Stage.SHARE_KEYS, "too few nodes shared their keys")
     _narrow_to_active(state)
     collected = workflow.collect_masked_vectors_stage(proxy, context, state)
-    out_of_range = sorted(n for n, code in screen.decline_codes.items()
-                          if code.startswith(SECURE_RANGE_CODE))
+    out_of_range = sorted(
+        n for n, code in screen.decline_codes.items() if code.startswith(SECURE_RANGE_CODE)
+    )
     if out_of_range:
-        raise fail(Stage.COLLECT_MASKED_VECTORS,
-                   f"{len(out_of_range)} device(s) declined because their noised share "
-                   "exceeded the clipping range; not unmasking a sum whose noise would differ "
-                   "from the accounted noise")
+        raise fail(
+            Stage.COLLECT_MASKED_VECTORS,
+            f"{len(out_of_range)} device(s) declined because their noised share "
+            "exceeded the clipping range; not unmasking a sum whose noise would differ "
+            "from the accounted noise",
+        )
     if not collected:
         raise fail(Stage.COLLECT_MASKED_VECTORS, "too few masked vectors")
 
 
-def _unmasked_total(results: list[tuple[ClientProxy, FitRes]],
-                    layout: list[tuple[str, tuple[int, ...]]] | None,
-                    n: int) -> dict[str, np.ndarray]:
+def _unmasked_total(
+    results: list[tuple[ClientProxy, FitRes]],
+    layout: list[tuple[str, tuple[int, ...]]] | None,
+    n: int,
+) -> dict[str, np.ndarray]:
     """The float32 sum of ``n`` included nodes, keyed and shaped by the agreed ``layout``."""
     assert layout is not None  # set by the collect stage's screening
     vectors = parameters_to_ndarrays(results[0][1].parameters)
     # The workflow divided by the sum of the weight factors, n · Q / Q = n: undo it.
     totals = [np.asarray(v, dtype=np.float64) * n for v in vectors]
-    return {name: totals[i].reshape(shape).astype(np.float32)
-            for i, (name, shape) in enumerate(layout)}
+    return {
+        name: totals[i].reshape(shape).astype(np.float32) for i, (name, shape) in enumerate(layout)
+    }
 
 
 def secure_sum(
@@ -674,9 +747,11 @@ def secure_sum(
     _mask_and_collect(workflow, screen, context, state, content, fail)
     included = sorted(state.active_node_ids)
     if min_included is not None and len(included) < min_included:
-        raise fail(Stage.COLLECT_MASKED_VECTORS,
-                   f"{len(included)} masked vectors, fewer than the {min_included} required; "
-                   "not unmasking")
+        raise fail(
+            Stage.COLLECT_MASKED_VECTORS,
+            f"{len(included)} masked vectors, fewer than the {min_included} required; "
+            "not unmasking",
+        )
     if not workflow.unmask_stage(proxy, context, state) or strategy.results is None:
         raise fail(Stage.UNMASK, "too few key shares to remove the masks")
     results = strategy.results

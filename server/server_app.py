@@ -63,15 +63,23 @@ def make_server_app(
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         n_items, item_ids = catalog(cfg)
-        features = (item_features(cfg)  # make_coordinator says so if features lack one
-                    if cfg.algorithm == "features" and item_features is not None else None)
-        coordinator = make_coordinator(cfg, n_items, ledger_dir=run_dir.ledger_dir,
-                                       item_features=features)
+        features = (
+            item_features(cfg)  # make_coordinator says so if features lack one
+            if cfg.algorithm == "features" and item_features is not None
+            else None
+        )
+        coordinator = make_coordinator(
+            cfg, n_items, ledger_dir=run_dir.ledger_dir, item_features=features
+        )
         state = coordinator.state
         strategy = ItemEmbeddingStrategy(
-            cfg, coordinator, run_dir=run_dir, on_round=on_round,
+            cfg,
+            coordinator,
+            run_dir=run_dir,
+            on_round=on_round,
             min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1,
-            measure=measure(cfg) if measure is not None else None)
+            measure=measure(cfg) if measure is not None else None,
+        )
         strategy.summary()
         strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)

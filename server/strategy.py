@@ -54,12 +54,18 @@ class ItemEmbeddingStrategy(Strategy):
             device whose SuperNode restarted is back in the next round).
     """
 
-    def __init__(self, cfg: RunConfig, coordinator: Coordinator, *,
-                 run_dir: RunDirectory | None = None,
-                 on_round: Callable[[dict[str, object]], None] | None = None,
-                 min_nodes: int = 1, wait_timeout: float = 120.0,
-                 measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
-                 quorum_every_round: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        coordinator: Coordinator,
+        *,
+        run_dir: RunDirectory | None = None,
+        on_round: Callable[[dict[str, object]], None] | None = None,
+        min_nodes: int = 1,
+        wait_timeout: float = 120.0,
+        measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
+        quorum_every_round: bool = False,
+    ):
         self.cfg = cfg
         self.coordinator = coordinator
         self.run_dir = run_dir
@@ -72,35 +78,51 @@ class ItemEmbeddingStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the strategy's settings."""
-        log.info("ItemEmbeddingStrategy: algorithm %s, privacy %s, fraction-train %.3f",
-                 self.cfg.algorithm, self.cfg.privacy, self.cfg.fraction_train)
+        log.info(
+            "ItemEmbeddingStrategy: algorithm %s, privacy %s, fraction-train %.3f",
+            self.cfg.algorithm,
+            self.cfg.privacy,
+            self.cfg.fraction_train,
+        )
 
     # --- Strategy API (individual replies) ----------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Messages to the devices sampled for this round (rounds without a secure sum)."""
         if self.quorum_every_round and server_round > 1:
             self.wait_for_nodes(grid)
         coord = self.coordinator
         nodes = coord.sample(list(grid.get_node_ids()))
         task = coord.task(server_round)
-        request = Request(server_round, task, to_numpy(arrays), dict(config),
-                          coord.algorithm.contribution(task).shapes)
+        request = Request(
+            server_round,
+            task,
+            to_numpy(arrays),
+            dict(config),
+            coord.algorithm.contribution(task).shapes,
+        )
         return FlowerTransport(grid).messages(request, nodes)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and aggregate the replies; returns the new global arrays and metrics."""
-        report = self.coordinator.aggregate(server_round,
-                                            [reply_from_message(m) for m in replies])
+        report = self.coordinator.aggregate(server_round, [reply_from_message(m) for m in replies])
         self.last_report = report
-        return to_arrays(self.coordinator.state), MetricRecord({
-            "aggregated": report.aggregated, "refused": report.refused,
-            "dropped": report.dropped, "update-norm": report.update_norm,
-            **{k.replace("_", "-"): v for k, v in report.train_metrics.items()}})
+        return to_arrays(self.coordinator.state), MetricRecord(
+            {
+                "aggregated": report.aggregated,
+                "refused": report.refused,
+                "dropped": report.dropped,
+                "update-norm": report.update_norm,
+                **{k.replace("_", "-"): v for k, v in report.train_metrics.items()},
+            }
+        )
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Evaluation requests, when the run plans (and accounts for) federated evaluation."""
         cfg = self.cfg
         if server_round not in cfg.eval_rounds or not cfg.federated_evaluation:
@@ -110,13 +132,15 @@ class ItemEmbeddingStrategy(Strategy):
         extra = {"ks": ",".join(map(str, cfg.k_values))}
         if cfg.privacy != "off":
             extra["eval-noise-multiplier"] = float(cfg.eval_noise_multiplier)
-        request = Request(server_round, Task("evaluate"), to_numpy(arrays),
-                          {**dict(config), **extra})
+        request = Request(
+            server_round, Task("evaluate"), to_numpy(arrays), {**dict(config), **extra}
+        )
         nodes = self.coordinator.sample_evaluation(list(grid.get_node_ids()))
         return FlowerTransport(grid).messages(request, nodes, MessageType.EVALUATE)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Means of the devices' metric sums (noised sums in a private run)."""
         from fedrec.common.evaluation.metrics import combine_noisy_sums
 
@@ -130,8 +154,11 @@ class ItemEmbeddingStrategy(Strategy):
                 continue
             if all(np.isfinite(v) for v in values.values()):
                 sums.append(values)
-        combined = (self.coordinator.combine_evaluation(sums) if self.cfg.privacy == "off"
-                    else combine_noisy_sums(sums))
+        combined = (
+            self.coordinator.combine_evaluation(sums)
+            if self.cfg.privacy == "off"
+            else combine_noisy_sums(sums)
+        )
         return MetricRecord(combined) if combined else None
 
     # --- the rounds ----------------------------------------------------------------------------
@@ -146,11 +173,16 @@ class ItemEmbeddingStrategy(Strategy):
                 return n
             time.sleep(0.2)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-              ) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
         """Run ``num_rounds`` rounds of fedrec's round loop over the Grid."""
         transport = FlowerTransport(grid, timeout=timeout)
         self.wait_for_nodes(grid)
@@ -164,12 +196,20 @@ class ItemEmbeddingStrategy(Strategy):
                 self.on_round(r)
 
         result = Result()
-        for r in run_rounds(self.coordinator, transport, num_rounds=num_rounds,
-                            run_dir=self.run_dir, on_round=record, measure=self.measure,
-                            config=dict(train_config or {}), before_round=before):
+        for r in run_rounds(
+            self.coordinator,
+            transport,
+            num_rounds=num_rounds,
+            run_dir=self.run_dir,
+            on_round=record,
+            measure=self.measure,
+            config=dict(train_config or {}),
+            before_round=before,
+        ):
             rnd = int(r["round"])  # type: ignore[call-overload]
             result.train_metrics_clientapp[rnd] = MetricRecord(
-                {k: float(v) for k, v in r.items() if isinstance(v, (int, float))})
+                {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+            )
             if "eval" in r:
                 result.evaluate_metrics_clientapp[rnd] = MetricRecord(dict(r["eval"]))  # type: ignore[arg-type]
         result.arrays = to_arrays(self.coordinator.state)

@@ -31,7 +31,7 @@ def validate_delta(
         if not np.isfinite(arr).all():
             return f"{key}: contains NaN or infinite values"
         sq += float(np.square(arr, dtype=np.float64).sum())
-    norm = sq ** 0.5
+    norm = sq**0.5
     if norm > max_norm:
         return f"update norm {norm:.4g} exceeds the limit {max_norm:g}"
     return None

@@ -30,9 +30,17 @@ from fedrec.server.server_app import make_server_app
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
 from fedrec.simulations.measure import measure_quality
 
-__all__ = ["make_apps", "server_app", "client_app", "simulated_device_factory",
-           "simulated_devices", "simulated_states", "simulator_measure", "state_store",
-           "catalog"]
+__all__ = [
+    "make_apps",
+    "server_app",
+    "client_app",
+    "simulated_device_factory",
+    "simulated_devices",
+    "simulated_states",
+    "simulator_measure",
+    "state_store",
+    "catalog",
+]
 
 DEFAULT_FLWR_RUN_DIR = "runs/flwr-run"
 
@@ -49,8 +57,11 @@ def device_count(cfg: RunConfig) -> int:
 
 
 def _config(config: RunConfig | None, context: Context) -> RunConfig:
-    return config if config is not None else RunConfig.from_flat(
-        {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+    return (
+        config
+        if config is not None
+        else RunConfig.from_flat({"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+    )
 
 
 def state_store(cfg: RunConfig) -> DeviceStateStore:
@@ -75,8 +86,7 @@ def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Conte
     return factory
 
 
-def simulated_states(config: RunConfig | None = None
-                     ) -> Callable[[Context], DeviceStateStore]:
+def simulated_states(config: RunConfig | None = None) -> Callable[[Context], DeviceStateStore]:
     """Where the simulated devices of a run keep their own state (:func:`state_store`)."""
     return lambda context: state_store(_config(config, context))
 
@@ -116,8 +126,11 @@ def simulated_dropout_mod(config: RunConfig | None = None):
     )
 
     def mod(msg: Message, context: Context, call_next):
-        cfg = config if config is not None else RunConfig.from_flat(
-            {"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+        cfg = (
+            config
+            if config is not None
+            else RunConfig.from_flat({"run-dir": DEFAULT_FLWR_RUN_DIR, **dict(context.run_config)})
+        )
         p = cfg.simulated_dropout
         if p > 0 and msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
             stage = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
@@ -140,14 +153,24 @@ def make_apps(
 ) -> tuple[ServerApp, ClientApp]:
     """Server and client apps bound to a resolved configuration."""
     return (
-        make_server_app(catalog, config=config, on_round=on_round, on_finish=on_finish,
-                        item_features=federated_features,
-                        expected_nodes=device_count, measure=simulator_measure),
+        make_server_app(
+            catalog,
+            config=config,
+            on_round=on_round,
+            on_finish=on_finish,
+            item_features=federated_features,
+            expected_nodes=device_count,
+            measure=simulator_measure,
+        ),
         make_client_app(simulated_devices(config), mods=[simulated_dropout_mod(config)]),
     )
 
 
 #: For ``flwr run .``: configuration from the run config.
-server_app = make_server_app(catalog, expected_nodes=device_count,
-                             item_features=federated_features, measure=simulator_measure)
+server_app = make_server_app(
+    catalog,
+    expected_nodes=device_count,
+    item_features=federated_features,
+    measure=simulator_measure,
+)
 client_app = make_client_app(simulated_devices(), mods=[simulated_dropout_mod()])

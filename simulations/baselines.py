@@ -31,8 +31,9 @@ SEARCH_GRID: tuple[dict[str, object], ...] = (
     {"loss": "bce", "n_negatives": 8, "l2": 0.003},
     {"loss": "bce", "n_negatives": 8, "l2": 0.01},
 )
-DEFAULT_MF = TrainConfig(dim=64, loss="bce", n_negatives=8, l2=0.01, lr=0.005, epochs=40,
-                         batch_size=1024)
+DEFAULT_MF = TrainConfig(
+    dim=64, loss="bce", n_negatives=8, l2=0.01, lr=0.005, epochs=40, batch_size=1024
+)
 
 
 def most_popular(split: Split, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
@@ -71,8 +72,14 @@ def centralized_mf(
             t0 = time.perf_counter()
             CentralizedTrainer(cfg).fit(inner.train, on_epoch=on_epoch)
             ep, score = max(curve, key=lambda c: c[1])
-            trials.append({"config": cand, "best_epochs": ep, "validation_ndcg@10": score,
-                           "seconds": time.perf_counter() - t0})
+            trials.append(
+                {
+                    "config": cand,
+                    "best_epochs": ep,
+                    "validation_ndcg@10": score,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             log(f"  search {cand}: validation NDCG@10 {score:.4f} at epoch {ep}")
             if score > best[0]:
                 best = (score, cfg, ep)
@@ -82,12 +89,21 @@ def centralized_mf(
     model = CentralizedTrainer(final_cfg).fit(split.train)
     train_seconds = time.perf_counter() - t0
     metrics = evaluate(_score_fn(model), split.train, split.test, ks=ks)
-    return {"metrics": metrics, "config": final_cfg.to_dict(), "search": trials,
-            "train_seconds": train_seconds}
+    return {
+        "metrics": metrics,
+        "config": final_cfg.to_dict(),
+        "search": trials,
+        "train_seconds": train_seconds,
+    }
 
 
-def run_baselines(split: Split, *, search: bool = True, seed: int = 0,
-                  log: Callable[[str], None] = lambda _msg: None) -> dict[str, object]:
+def run_baselines(
+    split: Split,
+    *,
+    search: bool = True,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, object]:
     """Most-popular and centralized MF on ``split`` (plus the sampled-negative metrics)."""
     from fedrec.common.evaluation.metrics import evaluate_sampled
 
@@ -98,11 +114,13 @@ def run_baselines(split: Split, *, search: bool = True, seed: int = 0,
     log(f"most-popular: NDCG@10 {pop['ndcg@10']:.4f}  Recall@10 {pop['recall@10']:.4f}")
     mf = centralized_mf(split, search=search, base=replace(DEFAULT_MF, seed=seed), log=log)
     mf_metrics = mf["metrics"]
-    log(f"centralized MF: NDCG@10 {mf_metrics['ndcg@10']:.4f}  "  # type: ignore[index]
-        f"Recall@10 {mf_metrics['recall@10']:.4f}")  # type: ignore[index]
+    log(
+        f"centralized MF: NDCG@10 {mf_metrics['ndcg@10']:.4f}  "  # type: ignore[index]
+        f"Recall@10 {mf_metrics['recall@10']:.4f}"
+    )  # type: ignore[index]
     return {
         "protocol": "full ranking over all items not in the user's train; temporal split "
-                    "(last max(1, floor(n/5)) by (timestamp, item) as test)",
+        "(last max(1, floor(n/5)) by (timestamp, item) as test)",
         "users": int(np.unique(split.test.user).size),
         "most_popular": pop,
         "most_popular_sampled_99_negatives": pop_sampled,

@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     jobs: dict[str, Callable[[], object]] = {
         "synthetic 1,000 x 500": lambda: generate_synthetic(n_users=1000, n_items=500, seed=0),
-        "synthetic 20,000 x 500": lambda: generate_synthetic(n_users=20_000, n_items=500,
-                                                             seed=0),
+        "synthetic 20,000 x 500": lambda: generate_synthetic(n_users=20_000, n_items=500, seed=0),
     }
     if args.data_dir:
         from fedrec.common.data.loaders import load_ml100k
@@ -69,15 +68,18 @@ def run(args: argparse.Namespace) -> int:
     for name, fn in jobs.items():
         sec = median_seconds(fn, args.repeats)
         target = TARGETS_S[name]
-        print(f"  {name:<24} {sec:8.3f} {'< ' + format(target, 'g'):>8}"
-              f"  {'ok' if sec < target else 'MISSED'}")
+        print(
+            f"  {name:<24} {sec:8.3f} {'< ' + format(target, 'g'):>8}"
+            f"  {'ok' if sec < target else 'MISSED'}"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     run(ap.parse_args(argv))
 

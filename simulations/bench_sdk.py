@@ -40,27 +40,35 @@ def _make_client(folder: Path, n_items: int, dim: int, seed: int):
 
     rng = np.random.default_rng(seed)
     ids = tuple(f"item-{i}" for i in range(n_items))
-    published = {ids[i]: float(t) for i, t in
-                 zip(range(0, n_items, max(1, n_items // 1000)),
-                     rng.uniform(0, 1e6, size=n_items), strict=False)}
+    published = {
+        ids[i]: float(t)
+        for i, t in zip(
+            range(0, n_items, max(1, n_items // 1000)),
+            rng.uniform(0, 1e6, size=n_items),
+            strict=False,
+        )
+    }
     table = {
         "item_embedding.weight": rng.normal(scale=0.1, size=(n_items, dim)).astype(np.float32),
         "item_bias.weight": rng.normal(scale=0.01, size=(n_items, 1)).astype(np.float32),
     }
     path = folder / f"bench-{n_items}.db"
-    client = FedRecClient.open(path, catalog=Catalog(ids, published_at=published),
-                               sign_ledger=False)
+    client = FedRecClient.open(
+        path, catalog=Catalog(ids, published_at=published), sign_ledger=False
+    )
     client.receive_model(table)
     history = rng.choice(n_items, size=min(50, n_items // 2), replace=False)
     client.record_many(Event("purchase", ids[i], 1e6 + k) for k, i in enumerate(history))
-    client.store.put_arrays("user_state", {
-        "user_embedding": rng.normal(scale=0.1, size=(1, dim)).astype(np.float32)})
+    client.store.put_arrays(
+        "user_state", {"user_embedding": rng.normal(scale=0.1, size=(1, dim)).astype(np.float32)}
+    )
     client.close()
     return FedRecClient.open(path)
 
 
-def bench_recommend(n_items: int, *, dim: int = 32, repeats: int | None = None,
-                    seed: int = 0) -> dict[str, float]:
+def bench_recommend(
+    n_items: int, *, dim: int = 32, repeats: int | None = None, seed: int = 0
+) -> dict[str, float]:
     """Latency of ``recommend(10)`` (seconds) on an ``n_items`` catalog."""
     from fedrec.client.sdk import Freshness
 
@@ -73,9 +81,12 @@ def bench_recommend(n_items: int, *, dim: int = 32, repeats: int | None = None,
             runs = {
                 "plain": lambda: client.recommend(10),
                 "all_options": lambda: client.recommend(
-                    10, diversity=0.3, explain=True,
+                    10,
+                    diversity=0.3,
+                    explain=True,
                     freshness=Freshness(weight=0.3, half_life=86400.0, now=1e6),
-                    available=lambda item: not item.endswith("7")),
+                    available=lambda item: not item.endswith("7"),
+                ),
             }
             for name, call in runs.items():
                 for _ in range(min(20, repeats)):
@@ -150,18 +161,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1682, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--no-training-import", action="store_true",
-                        help="skip timing the torch/Opacus import")
+    parser.add_argument(
+        "--no-training-import", action="store_true", help="skip timing the torch/Opacus import"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the benchmark table; exit status 1 when a latency target is missed."""
     import os
 
-    print(f"fedrec client SDK benchmark (python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, d={args.dim})")
-    print(f"{'items':>10} {'p50 ms':>8} {'p99 ms':>8} {'target':>8} "
-          f"{'all-opts p50':>13} {'all-opts p99':>13}  status")
+    print(
+        f"fedrec client SDK benchmark (python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, d={args.dim})"
+    )
+    print(
+        f"{'items':>10} {'p50 ms':>8} {'p99 ms':>8} {'target':>8} "
+        f"{'all-opts p50':>13} {'all-opts p99':>13}  status"
+    )
     ok = True
     for n in args.sizes:
         r = bench_recommend(n, dim=args.dim, repeats=args.repeats)
@@ -169,21 +185,29 @@ def run(args: argparse.Namespace) -> int:
         p50 = r["plain_p50"] * 1e3
         met = "" if target is None else ("ok" if p50 < target else "MISSED")
         ok = ok and met != "MISSED"
-        print(f"{n:>10} {p50:>8.3f} {r['plain_p99'] * 1e3:>8.3f} "
-              f"{'<' + format(target, 'g') if target else '-':>8} "
-              f"{r['all_options_p50'] * 1e3:>13.3f} {r['all_options_p99'] * 1e3:>13.3f}  "
-              f"{r['status']} {met}")
+        print(
+            f"{n:>10} {p50:>8.3f} {r['plain_p99'] * 1e3:>8.3f} "
+            f"{'<' + format(target, 'g') if target else '-':>8} "
+            f"{r['all_options_p50'] * 1e3:>13.3f} {r['all_options_p99'] * 1e3:>13.3f}  "
+            f"{r['status']} {met}"
+        )
     imp = bench_import(training=not args.no_training_import)
-    print(f"import fedrec.client.sdk: {imp['import_s'] * 1e3:.0f} ms (fresh interpreter, "
-          f"median of 3); loads {imp['heavy_modules'] or 'no torch/opacus/scipy/flwr/ray'}")
+    print(
+        f"import fedrec.client.sdk: {imp['import_s'] * 1e3:.0f} ms (fresh interpreter, "
+        f"median of 3); loads {imp['heavy_modules'] or 'no torch/opacus/scipy/flwr/ray'}"
+    )
     print(f"open a store (1,682-item table): {imp['open_s'] * 1e3:.1f} ms")
-    print(f"RSS: interpreter {imp['rss_start_mb']:.0f} MB, after import "
-          f"{imp['rss_after_import_mb']:.0f} MB, after open + recommend "
-          f"{imp['rss_after_open_mb']:.0f} MB")
+    print(
+        f"RSS: interpreter {imp['rss_start_mb']:.0f} MB, after import "
+        f"{imp['rss_after_import_mb']:.0f} MB, after open + recommend "
+        f"{imp['rss_after_open_mb']:.0f} MB"
+    )
     if "training_import_s" in imp:
-        print(f"first train_round also imports torch + Opacus: "
-              f"{imp['training_import_s']:.1f} s, RSS then "
-              f"{imp['rss_after_training_import_mb']:.0f} MB")
+        print(
+            f"first train_round also imports torch + Opacus: "
+            f"{imp['training_import_s']:.1f} s, RSS then "
+            f"{imp['rss_after_training_import_mb']:.0f} MB"
+        )
     return 0 if ok else 1
 
 

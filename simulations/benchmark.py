@@ -31,8 +31,13 @@ if TYPE_CHECKING:  # torch, Opacus, dp_accounting load on use, not when the comm
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
 
-def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local: LocalConfig,
-                       dp: DPConfig, gen: torch.Generator) -> None:
+def opacus_hooks_epoch(
+    model: MatrixFactorization,
+    positives: np.ndarray,
+    local: LocalConfig,
+    dp: DPConfig,
+    gen: torch.Generator,
+) -> None:
     """One round with Opacus' default per-sample hooks (reference implementation)."""
     import torch
     from opacus import GradSampleModule
@@ -52,12 +57,17 @@ def opacus_hooks_epoch(model: MatrixFactorization, positives: np.ndarray, local:
 
     gsm = GradSampleModule(Pairwise(model))
     n = len(positives)
-    opt = DPOptimizer(torch.optim.SGD(model.trainable_parameters(), lr=local.lr),
-                      noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                      expected_batch_size=max(1, int(local.sample_rate * n)), generator=gen)
+    opt = DPOptimizer(
+        torch.optim.SGD(model.trainable_parameters(), lr=local.lr),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=max(1, int(local.sample_rate * n)),
+        generator=gen,
+    )
     pos = torch.as_tensor(positives)
-    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=local.sample_rate,
-                                            generator=gen, steps=local.steps)
+    sampler = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=local.sample_rate, generator=gen, steps=local.steps
+    )
     for batch in sampler:
         opt.zero_grad()
         if batch:
@@ -86,8 +96,14 @@ def bench_local(n_items: int, dim: int, n_examples: int, reps: int) -> dict[str,
         if kind == "non-private":
             train_local(model, positives, local=local, dp=None, generator=gen)
         elif kind == "dp-sgd (fedrec)":
-            train_local(model, positives, local=local, dp=dp, accountant=make_accountant("rdp"),
-                        generator=gen)
+            train_local(
+                model,
+                positives,
+                local=local,
+                dp=dp,
+                accountant=make_accountant("rdp"),
+                generator=gen,
+            )
         else:
             opacus_hooks_epoch(model, positives, local, dp, gen)
 
@@ -103,9 +119,15 @@ def bench_rounds(users: int, rounds: int) -> dict[str, float]:
     from fedrec.simulations.loop import run_plain
     from fedrec.simulations.runner import simulate
 
-    cfg = RunConfig(synthetic_users=users, synthetic_items=400, num_rounds=rounds,
-                    eval_every=10**6, fraction_evaluate=0.0, accountant="rdp",
-                    fraction_train=0.25)
+    cfg = RunConfig(
+        synthetic_users=users,
+        synthetic_items=400,
+        num_rounds=rounds,
+        eval_every=10**6,
+        fraction_evaluate=0.0,
+        accountant="rdp",
+        fraction_train=0.25,
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # devices write their ledgers in both engines
@@ -144,8 +166,12 @@ def add_arguments(ap: argparse.ArgumentParser, part: str = "all") -> None:
         return
     ap.add_argument("--items", type=int, default=1682, help="catalog size (ML-100K: 1682)")
     ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--examples", type=int, default=85,
-                    help="a device's interactions (ML-100K train median is about 50-90)")
+    ap.add_argument(
+        "--examples",
+        type=int,
+        default=85,
+        help="a device's interactions (ML-100K train median is about 50-90)",
+    )
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -156,8 +182,10 @@ def run_local(args: argparse.Namespace) -> int:
     reps = 5 if args.quick else 15
     local = bench_local(args.items, args.dim, args.examples, reps)
     base = local["non-private"]
-    print(f"local training per device-epoch ({args.items} items, d={args.dim}, "
-          f"{args.examples} interactions, sampling rate 0.25; median of {reps}):")
+    print(
+        f"local training per device-epoch ({args.items} items, d={args.dim}, "
+        f"{args.examples} interactions, sampling rate 0.25; median of {reps}):"
+    )
     for kind, sec in local.items():
         print(f"  {kind:26s} {sec * 1e3:8.2f} ms   {sec / base:5.2f}x non-private")
     return 0
@@ -185,8 +213,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the benchmark figures."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     run(ap.parse_args(argv))
 

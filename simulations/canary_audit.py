@@ -24,8 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MFCanaryResult", "audit_device_training", "audit_spectral_release",
-           "add_arguments", "run", "main"]
+__all__ = [
+    "MFCanaryResult",
+    "audit_device_training",
+    "audit_spectral_release",
+    "add_arguments",
+    "run",
+    "main",
+]
 
 
 @dataclass
@@ -38,10 +44,19 @@ class MFCanaryResult:
     claimed_epsilon: float
 
 
-def audit_device_training(*, m: int = 1000, k_guesses: int = 200, noise_multiplier: float,
-                          claimed_noise_multiplier: float | None = None, rounds: int = 1,
-                          sample_rate: float = 1.0, dim: int = 4, seed: int = 0,
-                          beta: float = 0.05, delta: float = 1e-5) -> MFCanaryResult:
+def audit_device_training(
+    *,
+    m: int = 1000,
+    k_guesses: int = 200,
+    noise_multiplier: float,
+    claimed_noise_multiplier: float | None = None,
+    rounds: int = 1,
+    sample_rate: float = 1.0,
+    dim: int = 4,
+    seed: int = 0,
+    beta: float = 0.05,
+    delta: float = 1e-5,
+) -> MFCanaryResult:
     """Audit one device's DP training with ``m`` canary interactions.
 
     ``noise_multiplier`` is what training really uses; ``claimed_noise_multiplier`` (default:
@@ -54,10 +69,16 @@ def audit_device_training(*, m: int = 1000, k_guesses: int = 200, noise_multipli
     from fedrec.common.privacy.accountant import make_accountant
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig, train_local
 
-    claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
-        claimed_noise_multiplier
-    local = LocalConfig(epochs=1.0, sample_rate=sample_rate, lr=0.5, loss="bpr",
-                        batch_size_norm=float(m) * sample_rate)
+    claimed_sigma = (
+        noise_multiplier if claimed_noise_multiplier is None else claimed_noise_multiplier
+    )
+    local = LocalConfig(
+        epochs=1.0,
+        sample_rate=sample_rate,
+        lr=0.5,
+        loss="bpr",
+        batch_size_norm=float(m) * sample_rate,
+    )
     gen = torch.Generator().manual_seed(seed)
     acc = make_accountant("rdp")
 
@@ -66,26 +87,40 @@ def audit_device_training(*, m: int = 1000, k_guesses: int = 200, noise_multipli
         model = MatrixFactorization(1, n_items, dim, generator=gen)
         before = model.global_state()
         items = np.flatnonzero(included)
-        dp = DPConfig(noise_multiplier=noise_multiplier, max_grad_norm=1.0,
-                      budget_epsilon=1e9, accountant="rdp")
+        dp = DPConfig(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=1.0,
+            budget_epsilon=1e9,
+            accountant="rdp",
+        )
         for _ in range(rounds):
             if len(items):
                 train_local(model, items, local=local, dp=dp, accountant=acc, generator=gen)
         after = model.global_state()
         return (after["item_bias.weight"] - before["item_bias.weight"])[:m, 0]
 
-    result = run_canary_audit(train_and_score, m=m, seed=seed, beta=beta, delta=delta,
-                              k_guesses=k_guesses)
+    result = run_canary_audit(
+        train_and_score, m=m, seed=seed, beta=beta, delta=delta, k_guesses=k_guesses
+    )
     claimed = make_accountant("rdp")
-    claimed.history = [(h[0] if claimed_sigma == noise_multiplier else claimed_sigma,
-                        h[1], h[2]) for h in acc.history]
+    claimed.history = [
+        (h[0] if claimed_sigma == noise_multiplier else claimed_sigma, h[1], h[2])
+        for h in acc.history
+    ]
     eps = float(claimed.get_epsilon(delta=delta)) if claimed_sigma > 0 else float("inf")
     return MFCanaryResult(result.r, result.v, result.epsilon_lower_bound, eps)
 
 
-def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multiplier: float,
-                           claimed_noise_multiplier: float | None = None, seed: int = 0,
-                           beta: float = 0.05, delta: float = 1e-5) -> MFCanaryResult:
+def audit_spectral_release(
+    *,
+    m: int = 1000,
+    k_guesses: int = 200,
+    noise_multiplier: float,
+    claimed_noise_multiplier: float | None = None,
+    seed: int = 0,
+    beta: float = 0.05,
+    delta: float = 1e-5,
+) -> MFCanaryResult:
     """Audit one device's spectral popularity release with ``m`` canary items.
 
     The device is the product's :class:`~fedrec.client.device.Device`; with
@@ -100,30 +135,50 @@ def audit_spectral_release(*, m: int = 1000, k_guesses: int = 200, noise_multipl
     from fedrec.common.privacy.accountant import make_accountant
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
-    claimed_sigma = noise_multiplier if claimed_noise_multiplier is None else \
-        claimed_noise_multiplier
-    algorithm = Spectral(RunConfig(algorithm="spectral", num_rounds=2, dim=1,
-                                   spectral_top_items=1, privacy="off"), m)
+    claimed_sigma = (
+        noise_multiplier if claimed_noise_multiplier is None else claimed_noise_multiplier
+    )
+    algorithm = Spectral(
+        RunConfig(algorithm="spectral", num_rounds=2, dim=1, spectral_top_items=1, privacy="off"), m
+    )
     algorithm.noise = (noise_multiplier, noise_multiplier)  # the release under audit
     local = LocalConfig()
 
     def release_and_score(included: np.ndarray) -> np.ndarray:
-        dp = (DPConfig(noise_multiplier=noise_multiplier, max_grad_norm=1.0,
-                       budget_epsilon=1e9, target_delta=delta, accountant="rdp")
-              if noise_multiplier > 0 else None)
-        device = Device("canary-device", np.flatnonzero(included), n_items=m, dim=1,
-                        local=local, dp=dp, seed=seed, algorithm=algorithm)
+        dp = (
+            DPConfig(
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=1.0,
+                budget_epsilon=1e9,
+                target_delta=delta,
+                accountant="rdp",
+            )
+            if noise_multiplier > 0
+            else None
+        )
+        device = Device(
+            "canary-device",
+            np.flatnonzero(included),
+            n_items=m,
+            dim=1,
+            local=local,
+            dp=dp,
+            seed=seed,
+            algorithm=algorithm,
+        )
         if not included.any():
             return np.zeros(m)
         out = device.contribute(Task("popularity"), device.model.global_state(), 1)
         return np.asarray(out.arrays["popularity"], dtype=np.float64)
 
-    result = run_canary_audit(release_and_score, m=m, seed=seed, beta=beta, delta=delta,
-                              k_guesses=k_guesses)
+    result = run_canary_audit(
+        release_and_score, m=m, seed=seed, beta=beta, delta=delta, k_guesses=k_guesses
+    )
     claimed = make_accountant("rdp")
     claimed.history = [(claimed_sigma, 1.0, 1)]
-    return MFCanaryResult(result.r, result.v, result.epsilon_lower_bound,
-                          float(claimed.get_epsilon(delta=delta)))
+    return MFCanaryResult(
+        result.r, result.v, result.epsilon_lower_bound, float(claimed.get_epsilon(delta=delta))
+    )
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -132,8 +187,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--m", type=int, default=1000)
     ap.add_argument("--guesses", type=int, default=200)
-    ap.add_argument("--algorithm", choices=("sgd", "spectral"), default="sgd",
-                    help="audit DP-SGD training (default) or the spectral popularity release")
+    ap.add_argument(
+        "--algorithm",
+        choices=("sgd", "spectral"),
+        default="sgd",
+        help="audit DP-SGD training (default) or the spectral popularity release",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,29 +201,47 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     if args.algorithm == "spectral":
-        honest = audit_spectral_release(m=args.m, k_guesses=args.guesses,
-                                        noise_multiplier=args.noise_multiplier)
-        broken = audit_spectral_release(m=args.m, k_guesses=args.guesses, noise_multiplier=0.0,
-                                        claimed_noise_multiplier=args.noise_multiplier)
+        honest = audit_spectral_release(
+            m=args.m, k_guesses=args.guesses, noise_multiplier=args.noise_multiplier
+        )
+        broken = audit_spectral_release(
+            m=args.m,
+            k_guesses=args.guesses,
+            noise_multiplier=0.0,
+            claimed_noise_multiplier=args.noise_multiplier,
+        )
     else:
-        honest = audit_device_training(m=args.m, k_guesses=args.guesses,
-                                       noise_multiplier=args.noise_multiplier,
-                                       rounds=args.rounds)
-        broken = audit_device_training(m=args.m, k_guesses=args.guesses, noise_multiplier=0.0,
-                                       claimed_noise_multiplier=args.noise_multiplier,
-                                       rounds=args.rounds)
+        honest = audit_device_training(
+            m=args.m,
+            k_guesses=args.guesses,
+            noise_multiplier=args.noise_multiplier,
+            rounds=args.rounds,
+        )
+        broken = audit_device_training(
+            m=args.m,
+            k_guesses=args.guesses,
+            noise_multiplier=0.0,
+            claimed_noise_multiplier=args.noise_multiplier,
+            rounds=args.rounds,
+        )
     for name, res in (("honest", honest), ("noise off (broken)", broken)):
-        verdict = "CAUGHT: lower bound exceeds the claim" if (
-            res.epsilon_lower_bound > res.claimed_epsilon) else "consistent with the claim"
-        print(f"{name:20s} guesses {res.r}, correct {res.v}, empirical eps >= "
-              f"{res.epsilon_lower_bound:.3f}, claimed eps {res.claimed_epsilon:.3f}: {verdict}")
+        verdict = (
+            "CAUGHT: lower bound exceeds the claim"
+            if (res.epsilon_lower_bound > res.claimed_epsilon)
+            else "consistent with the claim"
+        )
+        print(
+            f"{name:20s} guesses {res.r}, correct {res.v}, empirical eps >= "
+            f"{res.epsilon_lower_bound:.3f}, claimed eps {res.claimed_epsilon:.3f}: {verdict}"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print the audit of an honest run and of a run with the noise switched off."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     run(ap.parse_args(argv))
 

@@ -19,8 +19,13 @@ from fedrec.common.config import DEVICE_DP_MODES, RunConfig
 from fedrec.common.data.schema import Interactions
 from fedrec.common.data.splits import Split, random_split, temporal_split
 
-__all__ = ["FederatedDataset", "federated_dataset", "federated_features", "make_device",
-           "resolve_noise_multiplier"]
+__all__ = [
+    "FederatedDataset",
+    "federated_dataset",
+    "federated_features",
+    "make_device",
+    "resolve_noise_multiplier",
+]
 
 
 @dataclass
@@ -61,10 +66,17 @@ def _load(cfg: RunConfig) -> Interactions:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(dataset: str, data_dir: str, users: int, items: int, seed: int, split: str,
-            population: int = 0) -> FederatedDataset:
-    cfg = RunConfig(dataset=dataset, data_dir=data_dir, synthetic_users=users,
-                    synthetic_items=items, seed=seed, split=split)
+def _cached(
+    dataset: str, data_dir: str, users: int, items: int, seed: int, split: str, population: int = 0
+) -> FederatedDataset:
+    cfg = RunConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        synthetic_users=users,
+        synthetic_items=items,
+        seed=seed,
+        split=split,
+    )
     data = _load(cfg)
     sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
     train, test = sp.train.user_items(), sp.test.user_items()
@@ -79,9 +91,15 @@ def _cached(dataset: str, data_dir: str, users: int, items: int, seed: int, spli
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
     """The dataset of a run, split per user (cached per process)."""
-    return _cached(cfg.dataset, str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else "",
-                   cfg.synthetic_users, cfg.synthetic_items, cfg.seed, cfg.split,
-                   cfg.population)
+    return _cached(
+        cfg.dataset,
+        str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else "",
+        cfg.synthetic_users,
+        cfg.synthetic_items,
+        cfg.seed,
+        cfg.split,
+        cfg.population,
+    )
 
 
 def federated_features(cfg: RunConfig) -> np.ndarray:
@@ -112,13 +130,13 @@ def device_algorithm(cfg: RunConfig, n_items: int) -> Algorithm:
 _ALGORITHMS: dict[tuple, Algorithm] = {}
 
 
-def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
-                ) -> Device:
+def make_device(
+    fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
+) -> Device:
     """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``)."""
     if not 0 <= user < fed.n_users:
         raise ValueError(f"partition {user} does not exist: the dataset has {fed.n_users} users")
-    dp = (cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy in DEVICE_DP_MODES
-          else None)
+    dp = cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy in DEVICE_DP_MODES else None
     device_id = f"device-{user:06d}"
     on_release = None
     if dp is not None and ledger_dir is not None:
@@ -126,7 +144,17 @@ def make_device(fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir:
 
         on_release = LedgerWriter(device_id, ledger_dir)
     return Device(
-        device_id, fed.train_items[user], n_items=fed.n_items, dim=cfg.dim,
-        local=cfg.local_config(), dp=dp, algorithm=device_algorithm(cfg, fed.n_items),
-        test_items=fed.test_items[user], item_bias=cfg.item_bias, init_std=cfg.init_std,
-        seed=cfg.device_seed, on_release=on_release, report_metrics=cfg.privacy == "off")
+        device_id,
+        fed.train_items[user],
+        n_items=fed.n_items,
+        dim=cfg.dim,
+        local=cfg.local_config(),
+        dp=dp,
+        algorithm=device_algorithm(cfg, fed.n_items),
+        test_items=fed.test_items[user],
+        item_bias=cfg.item_bias,
+        init_std=cfg.init_std,
+        seed=cfg.device_seed,
+        on_release=on_release,
+        report_metrics=cfg.privacy == "off",
+    )

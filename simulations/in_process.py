@@ -36,9 +36,15 @@ class InProcessTransport:
         rng: the coin of those dropouts.
     """
 
-    def __init__(self, n_devices: int, device: Callable[[int], Device],
-                 done: Callable[[int, Device], None] | None = None, *, dropout: float = 0.0,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        n_devices: int,
+        device: Callable[[int], Device],
+        done: Callable[[int, Device], None] | None = None,
+        *,
+        dropout: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ):
         self.n_devices = n_devices
         self.device = device
         self.done = done or (lambda u, d: None)
@@ -54,8 +60,9 @@ class InProcessTransport:
         share = request.config.get("noise-share")
         try:
             dev.check_secure(session, noise_share=share, task=request.task)
-            out = dev.contribute(request.task, request.state, request.server_round,
-                                 noise_share=share)
+            out = dev.contribute(
+                request.task, request.state, request.server_round, noise_share=share
+            )
         except PolicyViolation as violation:
             out = Refusal(violation.code, violation.detail)
         if not isinstance(out, Refusal):
@@ -98,11 +105,17 @@ class InProcessTransport:
                 total[k] += reply.arrays[k]
             included.append(u)
         if out_of_range:
-            return SumResult(None, [], declined, [f"secure sum aborted: {out_of_range} noised "
-                                                  "share(s) beyond the range"])
-        return SumResult(None if total is None else {k: v.astype(np.float32)
-                                                     for k, v in total.items()},
-                         included, declined)
+            return SumResult(
+                None,
+                [],
+                declined,
+                [f"secure sum aborted: {out_of_range} noised share(s) beyond the range"],
+            )
+        return SumResult(
+            None if total is None else {k: v.astype(np.float32) for k, v in total.items()},
+            included,
+            declined,
+        )
 
     def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
         """Each device's evaluation release (refusals left out)."""
@@ -110,9 +123,11 @@ class InProcessTransport:
         for u in nodes:
             dev = self.device(u)
             sums = dev.evaluation_release(
-                request.state, tuple(int(k) for k in str(request.config["ks"]).split(",")),
+                request.state,
+                tuple(int(k) for k in str(request.config["ks"]).split(",")),
                 request.server_round,
-                noise_multiplier=request.config.get("eval-noise-multiplier"))
+                noise_multiplier=request.config.get("eval-noise-multiplier"),
+            )
             if not isinstance(sums, Refusal):
                 self.done(u, dev)
                 out.append(sums)

@@ -25,8 +25,9 @@ from fedrec.common.config import RunConfig
 __all__ = ["noisy_popularity", "add_arguments", "run", "main"]
 
 
-def noisy_popularity(sigmas: list[float], *, cfg: RunConfig, delta: float, seeds: int = 3
-                     ) -> list[dict[str, float]]:
+def noisy_popularity(
+    sigmas: list[float], *, cfg: RunConfig, delta: float, seeds: int = 3
+) -> list[dict[str, float]]:
     """NDCG@10 of popularity counted with per-device Gaussian noise of std σ (mean of seeds)."""
     # scipy and torch load on use, not when the command line is parsed
     from fedrec.common.evaluation.metrics import evaluate
@@ -44,10 +45,20 @@ def noisy_popularity(sigmas: list[float], *, cfg: RunConfig, delta: float, seeds
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
             noisy = pop + rng.normal(0.0, sigma * np.sqrt(n_devices), size=pop.shape)
-            vals.append(evaluate(lambda r, s=noisy: np.tile(s, (len(r), 1)), sp.train, sp.test,
-                                 ks=(10,))["ndcg@10"])
-        rows.append({"sigma": sigma, "epsilon": analytic_gaussian_epsilon(
-            noise_multiplier=sigma, target_delta=delta, steps=1), "ndcg@10": float(np.mean(vals))})
+            vals.append(
+                evaluate(lambda r, s=noisy: np.tile(s, (len(r), 1)), sp.train, sp.test, ks=(10,))[
+                    "ndcg@10"
+                ]
+            )
+        rows.append(
+            {
+                "sigma": sigma,
+                "epsilon": analytic_gaussian_epsilon(
+                    noise_multiplier=sigma, target_delta=delta, steps=1
+                ),
+                "ndcg@10": float(np.mean(vals)),
+            }
+        )
     return rows
 
 
@@ -64,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from fedrec.simulations.federation import federated_dataset
 
     cfg = RunConfig.from_flat({"dataset": args.dataset, "data-dir": args.data_dir})
-    rows = noisy_popularity([float(s) for s in args.sigmas.split(",")], cfg=cfg,
-                            delta=args.delta)
-    print(f"noisy popularity on {args.dataset} ({federated_dataset(cfg).n_users} devices), "
-          f"delta {args.delta:g}, one Gaussian release per device:")
+    rows = noisy_popularity([float(s) for s in args.sigmas.split(",")], cfg=cfg, delta=args.delta)
+    print(
+        f"noisy popularity on {args.dataset} ({federated_dataset(cfg).n_users} devices), "
+        f"delta {args.delta:g}, one Gaussian release per device:"
+    )
     print("  sigma   epsilon   NDCG@10")
     for r in rows:
         label = "exact" if r["sigma"] == 0 else f"{r['sigma']:5.2f}"
@@ -77,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     run(ap.parse_args(argv))
 

@@ -38,8 +38,9 @@ class PlainResult:
     train_seconds: float = 0.0
 
 
-def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
-                       ks: tuple[int, ...]) -> dict[str, float]:
+def central_evaluation(
+    devices: dict[int, Device], state: dict[str, np.ndarray], ks: tuple[int, ...]
+) -> dict[str, float]:
     """Evaluate with the server's metrics code on all devices' embeddings (simulation only).
 
     Gathers every device's user embedding into one model and calls
@@ -55,17 +56,32 @@ def central_evaluation(devices: dict[int, Device], state: dict[str, np.ndarray],
     scores = emb @ state["item_embedding.weight"].T + state["item_bias.weight"].T
 
     def _inter(kind: str) -> Interactions:
-        rows = [(i, it) for i, u in enumerate(users)
-                for it in getattr(devices[u], kind) if getattr(devices[u], kind) is not None]
+        rows = [
+            (i, it)
+            for i, u in enumerate(users)
+            for it in getattr(devices[u], kind)
+            if getattr(devices[u], kind) is not None
+        ]
         arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-        return Interactions(arr[:, 0], arr[:, 1], np.ones(len(arr)), np.zeros(len(arr)),
-                            IdMap(map(str, users)), IdMap(map(str, range(n_items))))
+        return Interactions(
+            arr[:, 0],
+            arr[:, 1],
+            np.ones(len(arr)),
+            np.zeros(len(arr)),
+            IdMap(map(str, users)),
+            IdMap(map(str, range(n_items))),
+        )
 
     return evaluate(lambda rows: scores[rows], _inter("train_items"), _inter("test_items"), ks=ks)
 
 
-def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None,
-              ledger_dir=None, dropout: float = 0.0) -> PlainResult:
+def run_plain(
+    cfg: RunConfig,
+    *,
+    on_round: Callable[[dict[str, object]], None] | None = None,
+    ledger_dir=None,
+    dropout: float = 0.0,
+) -> PlainResult:
     """Run ``cfg`` with devices called in-process; returns reports per round.
 
     ``dropout`` (secure sums) drops each device's contribution from the sum with that
@@ -76,16 +92,22 @@ def run_plain(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] |
     features = federated_features(cfg) if cfg.algorithm_class().needs_item_features else None
     coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir, item_features=features)
     devices = _Devices(fed, cfg, ledger_dir)
-    transport = InProcessTransport(fed.n_users, devices.get, devices.done, dropout=dropout,
-                                   rng=np.random.default_rng([cfg.seed, 7]))
+    transport = InProcessTransport(
+        fed.n_users,
+        devices.get,
+        devices.done,
+        dropout=dropout,
+        rng=np.random.default_rng([cfg.seed, 7]),
+    )
 
     def measure(state: dict[str, np.ndarray]) -> dict[str, float]:
         sums = [devices.get(u).evaluate(state, cfg.k_values) for u in range(fed.n_real_users)]
         return coord.combine_evaluation([s for s in sums if s])
 
     result = PlainResult()
-    result.rounds = run_rounds(coord, transport, num_rounds=cfg.num_rounds, on_round=on_round,
-                               measure=measure)
+    result.rounds = run_rounds(
+        coord, transport, num_rounds=cfg.num_rounds, on_round=on_round, measure=measure
+    )
     result.train_seconds = sum(float(r["seconds"]) for r in result.rounds)  # type: ignore[arg-type]
     evaluated = {u: devices.get(u) for u in range(fed.n_real_users)}  # real users only
     result.final = central_evaluation(evaluated, coord.state, cfg.k_values)

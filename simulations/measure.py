@@ -23,12 +23,15 @@ from fedrec.simulations.federation import federated_dataset, make_device
 __all__ = ["measure_quality", "MEASUREMENT_NOTE"]
 
 #: How run summaries label the simulator's measurement.
-MEASUREMENT_NOTE = ("measured by the simulator on every real user's own device state (exact; "
-                    "not sent to the server, so not a release)")
+MEASUREMENT_NOTE = (
+    "measured by the simulator on every real user's own device state (exact; "
+    "not sent to the server, so not a release)"
+)
 
 
-def measure_quality(cfg: RunConfig, state: Mapping[str, np.ndarray],
-                    store: DeviceStateStore) -> dict[str, float]:
+def measure_quality(
+    cfg: RunConfig, state: Mapping[str, np.ndarray], store: DeviceStateStore
+) -> dict[str, float]:
     """Mean full-ranking metrics of the run's real users under the item table ``state``.
 
     Each device is rebuilt from the dataset and restored from ``store`` (devices that never

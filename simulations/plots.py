@@ -17,16 +17,23 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    records = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     out = []
     evals = [(r["round"], r["eval"]) for r in records if r.get("eval")]
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
         keys = [k for k in evals[-1][1] if k.startswith(("ndcg@", "recall@"))]
         for k in sorted(keys):
-            ax.plot([r for r, _ in evals], [e.get(k, float("nan")) for _, e in evals],
-                    marker="o", label=k)
+            ax.plot(
+                [r for r, _ in evals],
+                [e.get(k, float("nan")) for _, e in evals],
+                marker="o",
+                label=k,
+            )
         ax.set_xlabel("round")
         ax.set_ylabel("federated evaluation")
         ax.set_title("Quality over rounds")
@@ -36,8 +43,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         out.append(run_dir / "plots" / "quality.png")
         fig.savefig(out[-1], dpi=100)
         plt.close(fig)
-    eps = [(r["round"], r.get("train_epsilon_max"), r.get("train_epsilon_median"))
-           for r in records if r.get("train_epsilon_max") is not None]
+    eps = [
+        (r["round"], r.get("train_epsilon_max"), r.get("train_epsilon_median"))
+        for r in records
+        if r.get("train_epsilon_max") is not None
+    ]
     if eps:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([e[0] for e in eps], [e[1] for e in eps], label="max over replying devices")

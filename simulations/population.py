@@ -19,8 +19,9 @@ import numpy as np
 __all__ = ["augment"]
 
 
-def augment(train_items: list[np.ndarray], n_items: int, total: int, *, seed: int = 0,
-            keep: float = 0.8) -> list[np.ndarray]:
+def augment(
+    train_items: list[np.ndarray], n_items: int, total: int, *, seed: int = 0, keep: float = 0.8
+) -> list[np.ndarray]:
     """``total - len(train_items)`` synthetic training-item arrays resampled from the real ones.
 
     Args:

@@ -89,8 +89,10 @@ def quiet_engine(verbose: bool = False) -> Iterator[None]:
 
     logger = logging.getLogger(FLOWER_LOGGER)
     saved_level, saved_propagate = logger.level, logger.propagate
-    saved_handlers = [(h, h.level, {a: getattr(h, a) for a in ("timestamps", "colored")
-                                    if hasattr(h, a)}) for h in logger.handlers]
+    saved_handlers = [
+        (h, h.level, {a: getattr(h, a) for a in ("timestamps", "colored") if hasattr(h, a)})
+        for h in logger.handlers
+    ]
     drop = _DropRunSimulationDeprecation()
     set_env = False
     try:

@@ -39,30 +39,43 @@ class SimulationResult:
     summary: dict[str, object] = field(default_factory=dict)
 
 
-def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
-                    ) -> dict[str, object]:
+def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float) -> dict[str, object]:
     """ε spent per device from the ledgers' last claimed ε (max/median), with assumptions."""
     summary = _privacy_summary(ledger_dir, cfg, noise_multiplier)
     summary["algorithm"] = cfg.algorithm
     if cfg.privacy != "off":
-        summary["randomness"] = (SEEDED_WARNING if cfg.reproducible else
-                                 "OS entropy: the noise and the sampling of server and "
-                                 "devices cannot be replayed from the config")
+        summary["randomness"] = (
+            SEEDED_WARNING
+            if cfg.reproducible
+            else "OS entropy: the noise and the sampling of server and "
+            "devices cannot be replayed from the config"
+        )
     summary["evaluation"] = evaluation_summary(cfg)
     algorithm = cfg.algorithm_class()
-    if cfg.privacy != "off" and len(algorithm.planned_releases(cfg)) > 1 or \
-            algorithm.raw_statistics and cfg.privacy != "off":
+    if (
+        cfg.privacy != "off"
+        and len(algorithm.planned_releases(cfg)) > 1
+        or algorithm.raw_statistics
+        and cfg.privacy != "off"
+    ):
         from fedrec.common.privacy.mechanisms import MECHANISMS
 
         if cfg.privacy == "user":
-            summary["trust"] = ("SecAgg+ shows the server only the sum of a round's "
-                                "contributions (each of norm at most 1, clipped on the device); "
-                                "the server adds the noise to the sum and is trusted to")
+            summary["trust"] = (
+                "SecAgg+ shows the server only the sum of a round's "
+                "contributions (each of norm at most 1, clipped on the device); "
+                "the server adds the noise to the sum and is trusted to"
+            )
         else:
             summary["trust"] = MECHANISMS[cfg.privacy].trust
         sigmas = list(cfg.noise_multipliers())
-        summary.update({"mechanism": algorithm.summary, "noise_multiplier": sigmas,
-                        "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0})
+        summary.update(
+            {
+                "mechanism": algorithm.summary,
+                "noise_multiplier": sigmas,
+                "sample_rate": cfg.fraction_train if cfg.privacy == "user" else 1.0,
+            }
+        )
     return summary
 
 
@@ -71,18 +84,23 @@ def evaluation_summary(cfg: RunConfig) -> dict[str, str]:
     if cfg.privacy == "off":
         federated = "exact metric sums (privacy off: nothing is promised)"
     elif cfg.federated_evaluation:
-        federated = (f"a DP release per device and evaluation round: metric sums with "
-                     f"Gaussian noise (noise multiplier {cfg.eval_noise_multiplier:g} x "
-                     "sqrt(#metrics)), accounted in each device's ledger (purpose "
-                     "'evaluation') and in the calibration of the training noise")
+        federated = (
+            f"a DP release per device and evaluation round: metric sums with "
+            f"Gaussian noise (noise multiplier {cfg.eval_noise_multiplier:g} x "
+            "sqrt(#metrics)), accounted in each device's ledger (purpose "
+            "'evaluation') and in the calibration of the training noise"
+        )
     else:
-        federated = ("none: devices send no metric sums in this private run (set "
-                     "eval-noise-multiplier to release noised, accounted ones)")
+        federated = (
+            "none: devices send no metric sums in this private run (set "
+            "eval-noise-multiplier to release noised, accounted ones)"
+        )
     return {"quality": MEASUREMENT_NOTE, "federated": federated}
 
 
-def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
-                     ) -> dict[str, object]:
+def _privacy_summary(
+    ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
+) -> dict[str, object]:
     if cfg.privacy == "off":
         return {"mode": "off", "guarantee": "none: updates are not differentially private"}
     if cfg.privacy == "user":
@@ -96,7 +114,7 @@ def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
             "delta": cfg.delta,
             "accountant": "pld (dp-accounting), Poisson-sampled Gaussian over rounds",
             "trust": "the server sees individual (clipped) updates and adds the noise; "
-                     "everything it publishes is user-level DP",
+            "everything it publishes is user-level DP",
             "noise_multiplier": cfg.user_noise(),
             "max_grad_norm": cfg.user_clip,
             "sample_rate": cfg.fraction_train,
@@ -105,6 +123,7 @@ def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
             "epsilon_max": eps_user,
             "epsilon_median": eps_user,
         }
+
     def last_claims(folder: Path) -> list[float]:
         eps = []
         for path in sorted(folder.glob("*.jsonl")):
@@ -119,12 +138,16 @@ def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
         # the devices' own ledgers hold the noise they provisioned for
         eps = last_claims(Path(ledger_dir) / "secure-sum")
         provisioned = last_claims(Path(ledger_dir))
-        trust = ("honest-but-curious server: SecAgg+ shows it only the sum of a round's "
-                 "updates, which carries the full noise; devices add 1/sqrt(k) of it each "
-                 f"(provisioned for {cfg.dropout_tolerance:.0%} dropouts)")
-        extra = {"epsilon_max_provisioned": max(provisioned) if provisioned else 0.0,
-                 "dropout_tolerance": cfg.dropout_tolerance,
-                 "ledgers": "ledgers/secure-sum (noise present), ledgers/ (device claims)"}
+        trust = (
+            "honest-but-curious server: SecAgg+ shows it only the sum of a round's "
+            "updates, which carries the full noise; devices add 1/sqrt(k) of it each "
+            f"(provisioned for {cfg.dropout_tolerance:.0%} dropouts)"
+        )
+        extra = {
+            "epsilon_max_provisioned": max(provisioned) if provisioned else 0.0,
+            "dropout_tolerance": cfg.dropout_tolerance,
+            "ledgers": "ledgers/secure-sum (noise present), ledgers/ (device claims)",
+        }
     else:
         eps = last_claims(Path(ledger_dir))
         trust = "none: each device adds its full noise; the server sees every update"
@@ -146,8 +169,16 @@ def _privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float
     }
 
 
-def _finish(run_dir: RunDirectory, cfg: RunConfig, fed, rounds: list[dict[str, object]],
-            sigma: float, *, wall: float, **extra: object) -> dict[str, object]:
+def _finish(
+    run_dir: RunDirectory,
+    cfg: RunConfig,
+    fed,
+    rounds: list[dict[str, object]],
+    sigma: float,
+    *,
+    wall: float,
+    **extra: object,
+) -> dict[str, object]:
     """Build, write and plot a run's summary (final quality beside most-popular, privacy)."""
     from fedrec.simulations.baselines import most_popular
     from fedrec.simulations.plots import plot_run
@@ -207,20 +238,29 @@ def simulate(
     cpus = num_cpus or os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                      "logging_level": "error", "log_to_driver": False},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": False,
+        },
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     with quiet_engine(verbose):
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=fed.n_users, backend_config=backend_config,
-                       verbose_logging=verbose)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=fed.n_users,
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
     if not result.rounds:
         raise RuntimeError(
             "the simulation ended without completing a round; see the log above for the "
-            "error Flower reported")
-    result.summary = _finish(run_dir, cfg, fed, result.rounds, sigma,
-                             wall=time.perf_counter() - t0)
+            "error Flower reported"
+        )
+    result.summary = _finish(run_dir, cfg, fed, result.rounds, sigma, wall=time.perf_counter() - t0)
     return result
 
 
@@ -228,15 +268,22 @@ def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> N
     """The run directory's ``config.json``: resolved configuration, noise, sizes, versions."""
     from fedrec.common.audit.ledger import library_versions
 
-    run_dir.write_json("config.json", {
-        "run_config": cfg.to_flat(), "noise_multiplier": sigma,
-        "devices": fed.n_users, "items": fed.n_items, "interactions": len(fed.data),
-        "versions": library_versions(),
-    })
+    run_dir.write_json(
+        "config.json",
+        {
+            "run_config": cfg.to_flat(),
+            "noise_multiplier": sigma,
+            "devices": fed.n_users,
+            "items": fed.n_items,
+            "interactions": len(fed.data),
+            "versions": library_versions(),
+        },
+    )
 
 
-def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None
-                  ) -> tuple[dict[str, object], Path]:
+def simulate_loop(
+    cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None
+) -> tuple[dict[str, object], Path]:
     """The same run with the plain loop of :mod:`fedrec.simulations.loop` (a reference)."""
     from fedrec.simulations.loop import run_plain
 
@@ -253,6 +300,14 @@ def simulate_loop(cfg: RunConfig, *, on_round: Callable[[dict[str, object]], Non
 
     res = run_plain(cfg, on_round=record, ledger_dir=run_dir.ledger_dir)
     run_dir.save_final(res.state, fed.data.item_map.to_list())
-    summary = _finish(run_dir, cfg, fed, res.rounds, sigma, wall=res.seconds,
-                      central_evaluation=res.final, engine="loop")
+    summary = _finish(
+        run_dir,
+        cfg,
+        fed,
+        res.rounds,
+        sigma,
+        wall=res.seconds,
+        central_evaluation=res.final,
+        engine="loop",
+    )
     return summary, run_dir.path

@@ -20,8 +20,9 @@ recipe of ``distributed`` is the spectral algorithm, the better of the two there
 once per seed and drawn as a line. Pass ``--set KEY=VALUE`` to change any key for every run.
 ``--algorithm NAME`` sweeps a registered algorithm with its own defaults in every mode, no
 recipe (a mode the algorithm cannot run in is skipped, with the table's reason in
-``sweep.md``). The command line seeds noise and sampling (``reproducible = true``, said in ``sweep.md``) so
-that figures repeat seed for seed; ``--set reproducible=false`` draws them from OS entropy.
+``sweep.md``). The command line seeds noise and sampling (``reproducible = true``, said in
+``sweep.md``) so that figures repeat seed for seed; ``--set reproducible=false`` draws them
+from OS entropy.
 """
 
 from __future__ import annotations
@@ -38,55 +39,168 @@ __all__ = ["RECIPES", "run_sweep", "add_arguments", "run", "main"]
 #: Named run-config overrides per privacy mode (measured on ML-100K; see the issue notes).
 RECIPES: dict[str, dict[str, dict[str, object]]] = {
     "ml-100k": {
-        "off": {"num-rounds": 100, "fraction-train": 0.2, "dim": 64, "loss": "bce",
-                "n-negatives": 8, "l2": 0.01, "server-optimizer": "fedadam",
-                "server-lr": 0.03, "eval-every": 20},
-        "off-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
-                         "dim": 32, "eval-every": 1},
-        "local": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0, "dim": 32,
-                  "eval-every": 1, "delta": 1e-5},
-        "local-sgd": {"num-rounds": 6, "fraction-train": 0.5, "dim": 8, "loss": "bce",
-                  "n-negatives": 4, "sample-rate": 1.0, "local-epochs": 10,
-                  "local-lr": 0.5, "max-grad-norm": 1.0, "server-lr": 24.0,
-                  "batch-size-norm": 85.0, "eval-every": 6, "delta": 1e-5},
-        "distributed": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0,
-                        "dim": 8, "spectral-top-items": 300, "spectral-max-items": 100,
-                        "spectral-popularity-share": 0.2, "dropout-tolerance": 0.1,
-                        "eval-every": 2, "delta": 1e-5},
-        "distributed-features": {"algorithm": "features", "num-rounds": 1,
-                                 "fraction-train": 1.0, "dim": 32, "eval-every": 1,
-                                 "dropout-tolerance": 0.1, "delta": 1e-5},
-        "distributed-sgd": {"num-rounds": 50, "fraction-train": 0.1, "dim": 2, "loss": "bce",
-                        "n-negatives": 8, "sample-rate": 1.0, "local-epochs": 1,
-                        "local-lr": 0.5, "batch-size-norm": 10.0,
-                        "server-optimizer": "fedadam", "server-lr": 0.1,
-                        "dropout-tolerance": 0.1, "eval-every": 50, "delta": 1e-5},
-        "user": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0, "dim": 8,
-                 "spectral-top-items": 300, "spectral-popularity-share": 0.2,
-                 "eval-every": 2, "delta": 1e-4},
-        "user-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
-                          "dim": 32, "eval-every": 1, "delta": 1e-4},
-        "user-sgd": {"num-rounds": 20, "fraction-train": 0.5, "dim": 32, "loss": "bce",
-                 "n-negatives": 8, "l2": 0.01, "local-epochs": 10, "sample-rate": 1.0,
-                 "local-lr": 0.5, "batch-size-norm": 40.0, "server-optimizer": "fedadam",
-                 "server-lr": 0.05, "user-clip": 0.5, "eval-every": 20, "delta": 1e-4},
+        "off": {
+            "num-rounds": 100,
+            "fraction-train": 0.2,
+            "dim": 64,
+            "loss": "bce",
+            "n-negatives": 8,
+            "l2": 0.01,
+            "server-optimizer": "fedadam",
+            "server-lr": 0.03,
+            "eval-every": 20,
+        },
+        "off-features": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 32,
+            "eval-every": 1,
+        },
+        "local": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 32,
+            "eval-every": 1,
+            "delta": 1e-5,
+        },
+        "local-sgd": {
+            "num-rounds": 6,
+            "fraction-train": 0.5,
+            "dim": 8,
+            "loss": "bce",
+            "n-negatives": 4,
+            "sample-rate": 1.0,
+            "local-epochs": 10,
+            "local-lr": 0.5,
+            "max-grad-norm": 1.0,
+            "server-lr": 24.0,
+            "batch-size-norm": 85.0,
+            "eval-every": 6,
+            "delta": 1e-5,
+        },
+        "distributed": {
+            "algorithm": "spectral",
+            "num-rounds": 2,
+            "fraction-train": 1.0,
+            "dim": 8,
+            "spectral-top-items": 300,
+            "spectral-max-items": 100,
+            "spectral-popularity-share": 0.2,
+            "dropout-tolerance": 0.1,
+            "eval-every": 2,
+            "delta": 1e-5,
+        },
+        "distributed-features": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 32,
+            "eval-every": 1,
+            "dropout-tolerance": 0.1,
+            "delta": 1e-5,
+        },
+        "distributed-sgd": {
+            "num-rounds": 50,
+            "fraction-train": 0.1,
+            "dim": 2,
+            "loss": "bce",
+            "n-negatives": 8,
+            "sample-rate": 1.0,
+            "local-epochs": 1,
+            "local-lr": 0.5,
+            "batch-size-norm": 10.0,
+            "server-optimizer": "fedadam",
+            "server-lr": 0.1,
+            "dropout-tolerance": 0.1,
+            "eval-every": 50,
+            "delta": 1e-5,
+        },
+        "user": {
+            "algorithm": "spectral",
+            "num-rounds": 2,
+            "fraction-train": 1.0,
+            "dim": 8,
+            "spectral-top-items": 300,
+            "spectral-popularity-share": 0.2,
+            "eval-every": 2,
+            "delta": 1e-4,
+        },
+        "user-features": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 32,
+            "eval-every": 1,
+            "delta": 1e-4,
+        },
+        "user-sgd": {
+            "num-rounds": 20,
+            "fraction-train": 0.5,
+            "dim": 32,
+            "loss": "bce",
+            "n-negatives": 8,
+            "l2": 0.01,
+            "local-epochs": 10,
+            "sample-rate": 1.0,
+            "local-lr": 0.5,
+            "batch-size-norm": 40.0,
+            "server-optimizer": "fedadam",
+            "server-lr": 0.05,
+            "user-clip": 0.5,
+            "eval-every": 20,
+            "delta": 1e-4,
+        },
     },
     "quick": {
         "off": {"num-rounds": 10, "fraction-train": 0.25, "eval-every": 10},
         "local": {"num-rounds": 10, "fraction-train": 0.25, "eval-every": 10},
-        "distributed": {"num-rounds": 10, "fraction-train": 0.25, "local-epochs": 1,
-                        "server-optimizer": "fedadam", "server-lr": 0.05, "eval-every": 10},
-        "user": {"num-rounds": 10, "fraction-train": 0.5, "server-optimizer": "fedadam",
-                 "server-lr": 0.05, "eval-every": 10, "delta": 1e-4},
-        "distributed-spectral": {"algorithm": "spectral", "num-rounds": 2,
-                                 "fraction-train": 1.0, "eval-every": 2,
-                                 "spectral-top-items": 50},
-        "user-spectral": {"algorithm": "spectral", "num-rounds": 2, "fraction-train": 1.0,
-                          "eval-every": 2, "spectral-top-items": 50, "delta": 1e-4},
-        "local-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
-                           "dim": 16, "eval-every": 1},
-        "off-features": {"algorithm": "features", "num-rounds": 1, "fraction-train": 1.0,
-                         "dim": 16, "eval-every": 1},
+        "distributed": {
+            "num-rounds": 10,
+            "fraction-train": 0.25,
+            "local-epochs": 1,
+            "server-optimizer": "fedadam",
+            "server-lr": 0.05,
+            "eval-every": 10,
+        },
+        "user": {
+            "num-rounds": 10,
+            "fraction-train": 0.5,
+            "server-optimizer": "fedadam",
+            "server-lr": 0.05,
+            "eval-every": 10,
+            "delta": 1e-4,
+        },
+        "distributed-spectral": {
+            "algorithm": "spectral",
+            "num-rounds": 2,
+            "fraction-train": 1.0,
+            "eval-every": 2,
+            "spectral-top-items": 50,
+        },
+        "user-spectral": {
+            "algorithm": "spectral",
+            "num-rounds": 2,
+            "fraction-train": 1.0,
+            "eval-every": 2,
+            "spectral-top-items": 50,
+            "delta": 1e-4,
+        },
+        "local-features": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 16,
+            "eval-every": 1,
+        },
+        "off-features": {
+            "algorithm": "features",
+            "num-rounds": 1,
+            "fraction-train": 1.0,
+            "dim": 16,
+            "eval-every": 1,
+        },
     },
 }
 
@@ -116,8 +230,7 @@ def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
 
         res_plain = run_plain(cfg)
         quality = next((r["eval"] for r in reversed(res_plain.rounds) if "eval" in r), {})
-    return {"quality": quality, "seconds": time.perf_counter() - t0,
-            "config": cfg.to_flat()}
+    return {"quality": quality, "seconds": time.perf_counter() - t0, "config": cfg.to_flat()}
 
 
 def algorithm_recipe(name: str, modes: list[str]) -> dict[str, dict[str, object]]:
@@ -133,9 +246,17 @@ def algorithm_recipe(name: str, modes: list[str]) -> dict[str, dict[str, object]
     return {"off": {"algorithm": name}, **{m: {"algorithm": name} for m in modes}}
 
 
-def run_sweep(base: dict[str, object], *, recipe: str | None, epsilons: list[float],
-              modes: list[str], engine: str = "loop", seeds: list[int] = (0,),
-              algorithm: str | None = None, log=print) -> dict[str, object]:
+def run_sweep(
+    base: dict[str, object],
+    *,
+    recipe: str | None,
+    epsilons: list[float],
+    modes: list[str],
+    engine: str = "loop",
+    seeds: list[int] = (0,),
+    algorithm: str | None = None,
+    log=print,
+) -> dict[str, object]:
     """Run the sweep; returns ``{"most_popular": …, "runs": [...], "refused": {...}}``.
 
     With ``algorithm``, every mode runs that algorithm with its defaults (no recipe); a mode
@@ -163,8 +284,10 @@ def run_sweep(base: dict[str, object], *, recipe: str | None, epsilons: list[flo
         recipes = RECIPES[recipe]
     unknown = [m for m in modes if m not in recipes or m == "off"]
     if unknown:
-        raise ValueError(f"no recipe {unknown} in {recipe!r}; choose from "
-                         f"{sorted(k for k in recipes if k != 'off')}")
+        raise ValueError(
+            f"no recipe {unknown} in {recipe!r}; choose from "
+            f"{sorted(k for k in recipes if k != 'off')}"
+        )
     cfg0 = RunConfig.from_flat(base)
     pop = most_popular(federated_dataset(cfg0).split)
     log(f"most-popular NDCG@10 {pop['ndcg@10']:.4f}")
@@ -173,26 +296,44 @@ def run_sweep(base: dict[str, object], *, recipe: str | None, epsilons: list[flo
         cfg = RunConfig.from_flat({**base, **recipes["off"], "privacy": "off", "seed": seed})
         r = _run(cfg, engine)
         runs.append({"mode": "off", "epsilon": None, "seed": seed, **r})
-        log(f"off seed {seed}: NDCG@10 {r['quality'].get('ndcg@10', float('nan')):.4f} "
-            f"({r['seconds']:.0f} s)")
+        log(
+            f"off seed {seed}: NDCG@10 {r['quality'].get('ndcg@10', float('nan')):.4f} "
+            f"({r['seconds']:.0f} s)"
+        )
         for mode in modes:
             if privacy_of(mode) == "off":  # a non-private reference: no ε to sweep
-                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": "off",
-                                           "seed": seed})
+                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": "off", "seed": seed})
                 r = _run(cfg, engine)
                 runs.append({"mode": mode, "epsilon": None, "seed": seed, **r})
-                log(f"{mode} seed {seed}: NDCG@10 "
-                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)")
+                log(
+                    f"{mode} seed {seed}: NDCG@10 "
+                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
+                )
                 continue
             for eps in epsilons:
-                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": privacy_of(mode),
-                                           "epsilon": eps, "seed": seed})
+                cfg = RunConfig.from_flat(
+                    {
+                        **base,
+                        **recipes[mode],
+                        "privacy": privacy_of(mode),
+                        "epsilon": eps,
+                        "seed": seed,
+                    }
+                )
                 r = _run(cfg, engine)
                 runs.append({"mode": mode, "epsilon": eps, "seed": seed, **r})
-                log(f"{mode} eps {eps:g} seed {seed}: NDCG@10 "
-                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)")
-    return {"most_popular": pop, "runs": runs, "recipe": recipe, "engine": engine,
-            "base": base, "refused": refused}
+                log(
+                    f"{mode} eps {eps:g} seed {seed}: NDCG@10 "
+                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
+                )
+    return {
+        "most_popular": pop,
+        "runs": runs,
+        "recipe": recipe,
+        "engine": engine,
+        "base": base,
+        "refused": refused,
+    }
 
 
 def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
@@ -212,45 +353,68 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
         groups.setdefault((r["mode"], r["epsilon"]), []).append(r["quality"].get("ndcg@10"))
     pop = result["most_popular"]["ndcg@10"]
     deltas = {(r["mode"], r["epsilon"]): r["config"].get("delta") for r in runs}
-    lines = ["| mode | unit | epsilon | delta | NDCG@10 (median over seeds) | seeds | "
-             "beats most-popular |",
-             "| --- | --- | --- | --- | --- | --- | --- |",
-             f"| most-popular | - | - | - | {pop:.4f} | - | - |"]
+    lines = [
+        "| mode | unit | epsilon | delta | NDCG@10 (median over seeds) | seeds | "
+        "beats most-popular |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| most-popular | - | - | - | {pop:.4f} | - | - |",
+    ]
     for (mode, eps), vals in groups.items():
         med = statistics.median(vals)
         delta = "-" if eps is None else f"{deltas.get((mode, eps)):g}"
         unit = unit_of(mode) if eps is not None else "-"
-        lines.append(f"| {mode} | {unit} | {'-' if eps is None else f'{eps:g}'}"
-                     f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |")
+        lines.append(
+            f"| {mode} | {unit} | {'-' if eps is None else f'{eps:g}'}"
+            f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |"
+        )
     if any(str(r["config"].get("reproducible")).lower() == "true" for r in runs):
         lines.append("")
-        lines.append("Seeded runs (reproducible = true): the figures repeat exactly, and the "
-                     "runs are not private against anyone who knows the seed.")
+        lines.append(
+            "Seeded runs (reproducible = true): the figures repeat exactly, and the "
+            "runs are not private against anyone who knows the seed."
+        )
     for mode, reason in (result.get("refused") or {}).items():
         lines.append("")
         lines.append(f"{mode}: not run ({reason}).")
-    user_deltas = sorted({float(r["config"]["delta"]) for r in runs
-                          if r["epsilon"] is not None and privacy_of(r["mode"]) == "user"})
+    user_deltas = sorted(
+        {
+            float(r["config"]["delta"])
+            for r in runs
+            if r["epsilon"] is not None and privacy_of(r["mode"]) == "user"
+        }
+    )
     if user_deltas:
         lines.append("")
-        lines.append(f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user: each "
-                     "user's guarantee may fail with that probability; δ means little unless "
-                     "it is well below 1/(number of users).")
+        lines.append(
+            f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user: each "
+            "user's guarantee may fail with that probability; δ means little unless "
+            "it is well below 1/(number of users)."
+        )
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(pop, color="gray", linestyle="--", label="most-popular")
     off = groups.get(("off", None))
     if off:
-        ax.axhline(statistics.median(off), color="black", linestyle=":",
-                   label="non-private federated")
+        ax.axhline(
+            statistics.median(off), color="black", linestyle=":", label="non-private federated"
+        )
     for mode in sorted(m for m, e in groups if e is None and m != "off"):
-        ax.axhline(statistics.median(groups[(mode, None)]), color="tab:brown", linestyle="-.",
-                   label=f"{mode} (non-private)")
+        ax.axhline(
+            statistics.median(groups[(mode, None)]),
+            color="tab:brown",
+            linestyle="-.",
+            label=f"{mode} (non-private)",
+        )
     for mode in sorted({m for m, e in groups if e is not None}):
-        pts = sorted((e, statistics.median(v)) for (m, e), v in groups.items()
-                     if m == mode and e is not None)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                label=f"{mode} DP ({unit_of(mode)}-level)")
+        pts = sorted(
+            (e, statistics.median(v)) for (m, e), v in groups.items() if m == mode and e is not None
+        )
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o",
+            label=f"{mode} DP ({unit_of(mode)}-level)",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("epsilon (example-level: local, distributed; user-level: user)")
     ax.set_ylabel("NDCG@10")
@@ -267,11 +431,19 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The sweep's options (``python -m fedrec.simulations.sweep`` and ``fedrec sweep``)."""
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--data-dir", default="")
-    ap.add_argument("--recipe", default=None, choices=sorted(RECIPES),
-                    help="default: ml-100k for MovieLens data, quick otherwise")
-    ap.add_argument("--algorithm", default=None, metavar="NAME",
-                    help="run this registered algorithm with its own defaults in every mode "
-                         "(no recipe; modes it cannot run in are skipped with the reason)")
+    ap.add_argument(
+        "--recipe",
+        default=None,
+        choices=sorted(RECIPES),
+        help="default: ml-100k for MovieLens data, quick otherwise",
+    )
+    ap.add_argument(
+        "--algorithm",
+        default=None,
+        metavar="NAME",
+        help="run this registered algorithm with its own defaults in every mode "
+        "(no recipe; modes it cannot run in are skipped with the reason)",
+    )
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--modes", default="local,distributed,user")
     ap.add_argument("--seeds", default="0")
@@ -286,8 +458,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     # research figures repeat seed for seed: noise and sampling are seeded (and labelled so)
-    base: dict[str, object] = {"dataset": args.dataset, "data-dir": args.data_dir,
-                               "reproducible": True}
+    base: dict[str, object] = {
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "reproducible": True,
+    }
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -295,11 +470,20 @@ def run(args: argparse.Namespace) -> int:
         base[k] = v
     if args.algorithm and args.recipe:
         raise ValueError("give --algorithm or --recipe, not both")
-    recipe = None if args.algorithm else (
-        args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick"))
-    result = run_sweep(base, recipe=recipe, epsilons=[float(e) for e in args.epsilons.split(",")],
-                       modes=args.modes.split(","), engine=args.engine,
-                       seeds=[int(s) for s in args.seeds.split(",")], algorithm=args.algorithm)
+    recipe = (
+        None
+        if args.algorithm
+        else (args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick"))
+    )
+    result = run_sweep(
+        base,
+        recipe=recipe,
+        epsilons=[float(e) for e in args.epsilons.split(",")],
+        modes=args.modes.split(","),
+        engine=args.engine,
+        seeds=[int(s) for s in args.seeds.split(",")],
+        algorithm=args.algorithm,
+    )
     for p in write_outputs(result, Path(args.out)):
         print("written", p)
     print(Path(args.out, "sweep.md").read_text())
@@ -308,8 +492,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of the sweep."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     run(ap.parse_args(argv))
 

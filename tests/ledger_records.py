@@ -2,8 +2,15 @@
 
 from fedrec.common.privacy.events import PrivacyEvent
 
-_EVENT_FIELDS = ("noise_multiplier", "sampling_probability", "steps", "max_grad_norm", "unit",
-                 "purpose", "randomness")
+_EVENT_FIELDS = (
+    "noise_multiplier",
+    "sampling_probability",
+    "steps",
+    "max_grad_norm",
+    "unit",
+    "purpose",
+    "randomness",
+)
 
 
 def append_record(ledger, **fields):

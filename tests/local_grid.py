@@ -18,10 +18,16 @@ class LocalGrid:
 
     def __init__(self, app, n, *, run_config=None):
         self.app = app
-        self.contexts = {100 + p: Context(run_id=1, node_id=100 + p,
-                                          node_config={"partition-id": p, "num-partitions": n},
-                                          state=RecordDict(), run_config=run_config or {})
-                         for p in range(n)}
+        self.contexts = {
+            100 + p: Context(
+                run_id=1,
+                node_id=100 + p,
+                node_config={"partition-id": p, "num-partitions": n},
+                state=RecordDict(),
+                run_config=run_config or {},
+            )
+            for p in range(n)
+        }
         self.replies: list[Message] = []
         self.masked_shapes = []  # the shapes of every masked vector a device sent
 
@@ -40,8 +46,9 @@ class LocalGrid:
             if not reply.has_error():
                 configs = reply.content.config_records.get(RECORD_KEY_CONFIGS, {})
                 if Key.MASKED_PARAMETERS in configs:
-                    self.masked_shapes.append([bytes_to_ndarray(b).shape
-                                               for b in configs[Key.MASKED_PARAMETERS]])
+                    self.masked_shapes.append(
+                        [bytes_to_ndarray(b).shape for b in configs[Key.MASKED_PARAMETERS]]
+                    )
             out.append(reply)
         return out
 

@@ -23,12 +23,24 @@ def _imports(folder: str) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("folder, forbidden", [
-    ("common", ("flwr", "ray", "fedrec.client", "fedrec.server", "fedrec.simulations")),
-    ("client", ("fedrec.server", "fedrec.simulations", "ray", "flwr.server", "flwr.serverapp",
-                "flwr.simulation")),
-    ("server", ("fedrec.client", "fedrec.simulations", "ray", "flwr.clientapp")),
-])
+@pytest.mark.parametrize(
+    "folder, forbidden",
+    [
+        ("common", ("flwr", "ray", "fedrec.client", "fedrec.server", "fedrec.simulations")),
+        (
+            "client",
+            (
+                "fedrec.server",
+                "fedrec.simulations",
+                "ray",
+                "flwr.server",
+                "flwr.serverapp",
+                "flwr.simulation",
+            ),
+        ),
+        ("server", ("fedrec.client", "fedrec.simulations", "ray", "flwr.clientapp")),
+    ],
+)
 def test_folder_imports_stay_in_their_lane(folder, forbidden):
     for path, names in _imports(folder).items():
         bad = sorted(n for n in names for f in forbidden if n == f or n.startswith(f + "."))
@@ -36,10 +48,12 @@ def test_folder_imports_stay_in_their_lane(folder, forbidden):
 
 
 def test_client_sdk_imports_without_server_simulation_or_ray():
-    code = ("import sys, fedrec.client.device, fedrec.client.client_app, "
-            "fedrec.common.privacy.accountant;"
-            "bad=[m for m in sys.modules if m.startswith(('ray','fedrec.server',"
-            "'fedrec.simulations','flwr.simulation'))]; print(bad); assert not bad")
+    code = (
+        "import sys, fedrec.client.device, fedrec.client.client_app, "
+        "fedrec.common.privacy.accountant;"
+        "bad=[m for m in sys.modules if m.startswith(('ray','fedrec.server',"
+        "'fedrec.simulations','flwr.simulation'))]; print(bad); assert not bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -55,8 +69,9 @@ def test_no_generic_top_level_names_are_installed():
 
 
 def test_cli_help_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "fedrec.cli", "--help"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fedrec.cli", "--help"], check=True, capture_output=True, text=True
+    ).stdout
     for command in ("simulate", "baselines"):
         assert command in out
 

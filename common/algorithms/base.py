@@ -35,8 +35,17 @@ from fedrec.common.privacy.policy import PolicyViolation, Refusal
 if TYPE_CHECKING:  # the run configuration imports torch lazily
     from fedrec.common.config import RunConfig
 
-__all__ = ["Algorithm", "Task", "ContributionSpec", "Contribution", "Aggregate",
-           "PlannedRelease", "State", "TABLE_KEYS", "DeviceView"]
+__all__ = [
+    "Algorithm",
+    "Task",
+    "ContributionSpec",
+    "Contribution",
+    "Aggregate",
+    "PlannedRelease",
+    "State",
+    "TABLE_KEYS",
+    "DeviceView",
+]
 
 State = dict[str, np.ndarray]
 #: The item table's arrays: what the server holds and sends (the model's global parameters).
@@ -153,16 +162,40 @@ class DeviceView(Protocol):
     report_metrics: bool
     rounds_trained: int
 
-    def table_shapes(self) -> dict[str, tuple[int, ...]]: ...  # noqa: D102
-    def epsilon_after(self, events: Any) -> float: ...  # noqa: D102
-    def epsilon_if_trained(self) -> float: ...  # noqa: D102
-    def over_budget(self, needed: float) -> Refusal | None: ...  # noqa: D102
-    def refuse(self, violation: PolicyViolation) -> Refusal: ...  # noqa: D102
-    def release(self, server_round: int, *, noise_multiplier: float,  # noqa: D102
-                max_grad_norm: float, sample_rate: float, steps: int, purpose: str) -> None: ...
-    def release_rng(self) -> np.random.Generator: ...  # noqa: D102
-    def release_noise(self, rng: np.random.Generator, std: float,  # noqa: D102
-                      shape: tuple[int, ...]) -> np.ndarray: ...
+    def table_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of the item table's arrays."""
+
+    def epsilon_after(self, events: Any) -> float:
+        """The device's ε if it made these releases on top of its history."""
+
+    def epsilon_if_trained(self) -> float:
+        """The device's ε after one more training round as planned."""
+
+    def over_budget(self, needed: float) -> Refusal | None:
+        """A ``budget`` refusal if ``needed`` exceeds the device's own budget, else None."""
+
+    def refuse(self, violation: PolicyViolation) -> Refusal:
+        """The refusal (a fixed code) for a policy violation."""
+
+    def release(
+        self,
+        server_round: int,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        purpose: str,
+    ) -> None:
+        """Write a release to the device's ledger (before the contribution leaves)."""
+
+    def release_rng(self) -> np.random.Generator:
+        """The generator a release's noise is drawn from (OS entropy unless reproducible)."""
+
+    def release_noise(
+        self, rng: np.random.Generator, std: float, shape: tuple[int, ...]
+    ) -> np.ndarray:
+        """Gaussian noise of ``std`` and ``shape`` from the device's noise source."""
 
 
 class Algorithm(ABC):
@@ -181,16 +214,19 @@ class Algorithm(ABC):
     #: run-config values this algorithm needs unless the user sets them (e.g. num-rounds)
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: privacy mode → ``None`` (supported) or why it is refused
-    modes: ClassVar[Mapping[str, str | None]] = {"off": None, "local": None,
-                                                  "distributed": None, "user": None}
+    modes: ClassVar[Mapping[str, str | None]] = {
+        "off": None,
+        "local": None,
+        "distributed": None,
+        "user": None,
+    }
     #: whether a contribution without device noise is a raw statistic of the device's data
     #: (then it may only ever leave inside a secure sum)
     raw_statistics: ClassVar[bool] = False
     #: whether the algorithm needs the catalog's public item features
     needs_item_features: ClassVar[bool] = False
 
-    def __init__(self, cfg: RunConfig, n_items: int, *,
-                 item_features: np.ndarray | None = None):
+    def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         self.cfg = cfg
         self.n_items = int(n_items)
         self.item_features = item_features
@@ -242,8 +278,15 @@ class Algorithm(ABC):
 
     # --- device side -----------------------------------------------------------------------
     @abstractmethod
-    def contribute(self, device: DeviceView, task: Task, state: State, *, server_round: int,
-                   noise_share: float | None) -> Contribution | Refusal:
+    def contribute(
+        self,
+        device: DeviceView,
+        task: Task,
+        state: State,
+        *,
+        server_round: int,
+        noise_share: float | None,
+    ) -> Contribution | Refusal:
         """One device's contribution to ``task`` (noised and accounted under device DP).
 
         ``noise_share`` is the fraction of the noise the device adds inside a secure sum

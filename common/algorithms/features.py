@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Features", "feature_table", "profile_fold_in"]
 
-def feature_table(popularity: np.ndarray, features: np.ndarray, dim: int
-                  ) -> dict[str, np.ndarray]:
+
+def feature_table(popularity: np.ndarray, features: np.ndarray, dim: int) -> dict[str, np.ndarray]:
     """The item table of the features algorithm from a (noisy) popularity count.
 
     Embedding ``i`` is ``features[i]`` normalized to sum 1, padded with zeros to ``dim``
@@ -47,16 +47,18 @@ def feature_table(popularity: np.ndarray, features: np.ndarray, dim: int
     if popularity.shape != (n,):
         raise ValueError(f"popularity must have shape ({n},), got {popularity.shape}")
     if k > dim:
-        raise ValueError(f"dim {dim} is smaller than the {k} public item features; "
-                         f"set dim to at least {k}")
+        raise ValueError(
+            f"dim {dim} is smaller than the {k} public item features; set dim to at least {k}"
+        )
     emb = np.zeros((n, dim), dtype=np.float32)
     emb[:, :k] = features / np.maximum(features.sum(axis=1, keepdims=True), 1.0)
     bias = np.log1p(np.maximum(popularity, 0.0)).astype(np.float32)[:, None]
     return {"item_embedding.weight": emb, "item_bias.weight": bias}
 
 
-def profile_fold_in(embedding: np.ndarray, bias: np.ndarray, items: np.ndarray, *,
-                    scale: float, smoothing: float) -> np.ndarray:
+def profile_fold_in(
+    embedding: np.ndarray, bias: np.ndarray, items: np.ndarray, *, scale: float, smoothing: float
+) -> np.ndarray:
     """A device's user embedding ``scale · log((p_u + s) / (g + s))`` (shape ``(1, dim)``).
 
     ``p_u`` is the mean of the embeddings of ``items`` (the device's own), ``g`` the mean over
@@ -78,43 +80,57 @@ class Features(Spectral):
     """One DP popularity release; the item embeddings are the catalog's public features."""
 
     name = "features"
-    summary = ("one DP popularity release; the catalog's public genres and release years are "
-               "the item embeddings, personalized on each device")
+    summary = (
+        "one DP popularity release; the catalog's public genres and release years are "
+        "the item embeddings, personalized on each device"
+    )
     defaults = {"num-rounds": 1, "fraction-train": 1.0, "dim": 64}
     needs_item_features = True
 
-    def __init__(self, cfg: RunConfig, n_items: int, *,
-                 item_features: np.ndarray | None = None):
+    def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)
-        if item_features is not None and (item_features.ndim != 2
-                                          or item_features.shape[0] != n_items
-                                          or item_features.shape[1] > cfg.dim):
-            raise ValueError(f"algorithm features: the catalog has {item_features.shape[1]} "
-                             f"public item features for {item_features.shape[0]} items; they "
-                             f"need {n_items} rows and dim >= {item_features.shape[1]} "
-                             f"(dim is {cfg.dim}: set dim to at least "
-                             f"{item_features.shape[1]})")
+        if item_features is not None and (
+            item_features.ndim != 2
+            or item_features.shape[0] != n_items
+            or item_features.shape[1] > cfg.dim
+        ):
+            raise ValueError(
+                f"algorithm features: the catalog has {item_features.shape[1]} "
+                f"public item features for {item_features.shape[0]} items; they "
+                f"need {n_items} rows and dim >= {item_features.shape[1]} "
+                f"(dim is {cfg.dim}: set dim to at least "
+                f"{item_features.shape[1]})"
+            )
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         """One round, item biases on, sane profile settings."""
         if cfg.num_rounds != 1:
-            raise ValueError("algorithm features runs exactly 1 round (the popularity "
-                             f"release): set num-rounds 1, not {cfg.num_rounds}")
+            raise ValueError(
+                "algorithm features runs exactly 1 round (the popularity "
+                f"release): set num-rounds 1, not {cfg.num_rounds}"
+            )
         if not cfg.item_bias:
-            raise ValueError("algorithm features needs item-bias true (the DP popularity "
-                             "is the item bias)")
+            raise ValueError(
+                "algorithm features needs item-bias true (the DP popularity is the item bias)"
+            )
         if cfg.feature_scale < 0 or cfg.feature_smoothing <= 0 or cfg.feature_year_bins < 0:
-            raise ValueError("feature-scale and feature-year-bins must be >= 0, "
-                             "feature-smoothing positive")
+            raise ValueError(
+                "feature-scale and feature-year-bins must be >= 0, feature-smoothing positive"
+            )
 
     @classmethod
     def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
         """One round, the popularity release alone, with the profile's settings."""
-        return SpectralSpec(n_items=n_items, dim=cfg.dim,
-                            unit="user" if cfg.privacy == "user" else "example", rounds=1,
-                            popularity_share=1.0, feature_scale=cfg.feature_scale,
-                            feature_smoothing=cfg.feature_smoothing)
+        return SpectralSpec(
+            n_items=n_items,
+            dim=cfg.dim,
+            unit="user" if cfg.privacy == "user" else "example",
+            rounds=1,
+            popularity_share=1.0,
+            feature_scale=cfg.feature_scale,
+            feature_smoothing=cfg.feature_smoothing,
+        )
 
     @classmethod
     def shares(cls, cfg: RunConfig) -> tuple[float, ...]:
@@ -132,6 +148,11 @@ class Features(Spectral):
         """The log-ratio profile of the device's items (:func:`profile_fold_in`)."""
         emb = np.asarray(state["item_embedding.weight"], dtype=np.float32)
         bias = np.asarray(state["item_bias.weight"], dtype=np.float32)
-        u = profile_fold_in(emb, bias, device.train_items, scale=self.spec.feature_scale,
-                            smoothing=self.spec.feature_smoothing)
+        u = profile_fold_in(
+            emb,
+            bias,
+            device.train_items,
+            scale=self.spec.feature_scale,
+            smoothing=self.spec.feature_smoothing,
+        )
         device.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})

@@ -54,8 +54,10 @@ class Popularity(Algorithm):
 
     def initial_state(self) -> State:
         """Zero embeddings and zero biases (no data involved)."""
-        return {"item_embedding.weight": np.zeros((self.n_items, self.cfg.dim), np.float32),
-                "item_bias.weight": np.zeros((self.n_items, 1), np.float32)}
+        return {
+            "item_embedding.weight": np.zeros((self.n_items, self.cfg.dim), np.float32),
+            "item_bias.weight": np.zeros((self.n_items, 1), np.float32),
+        }
 
     def task(self, server_round: int) -> Task:
         """The one round: count."""
@@ -66,10 +68,15 @@ class Popularity(Algorithm):
         sigma = self.cfg.noise_multipliers()[0]
         device_noise = self.cfg.privacy in ("local", "distributed")
         return ContributionSpec(
-            shapes={"count": (self.n_items,)}, aggregate="sum",
+            shapes={"count": (self.n_items,)},
+            aggregate="sum",
             max_norm=1.0 if self.cfg.privacy == "user" else math.sqrt(self.n_items),
-            coordinate_bound=1.0, sensitivity=1.0, noise_multiplier=sigma,
-            noise_per_coordinate=sigma if device_noise else 0.0, purpose="popularity")
+            coordinate_bound=1.0,
+            sensitivity=1.0,
+            noise_multiplier=sigma,
+            noise_per_coordinate=sigma if device_noise else 0.0,
+            purpose="popularity",
+        )
 
     def update(self, server_round: int, state: State, aggregate: Aggregate) -> State:
         """The noisy counts become the item biases."""
@@ -77,8 +84,15 @@ class Popularity(Algorithm):
         bias = np.asarray(aggregate.total["count"], dtype=np.float32)[:, None]
         return {**state, "item_bias.weight": bias}
 
-    def contribute(self, device: DeviceView, task: Task, state: State, *, server_round: int,
-                   noise_share: float | None) -> Contribution | Refusal:
+    def contribute(
+        self,
+        device: DeviceView,
+        task: Task,
+        state: State,
+        *,
+        server_round: int,
+        noise_share: float | None,
+    ) -> Contribution | Refusal:
         """The device's item indicator, with its noise (and accounted) under device DP."""
         x = np.zeros(self.n_items)
         x[np.unique(device.train_items)] = 1.0
@@ -93,6 +107,12 @@ class Popularity(Algorithm):
         share = 1.0 if noise_share is None else noise_share
         x = x + device.release_noise(device.release_rng(), sigma * share, x.shape)
         device.accountant.step(noise_multiplier=sigma, sample_rate=1.0)
-        device.release(server_round, noise_multiplier=sigma, max_grad_norm=1.0,
-                       sample_rate=1.0, steps=1, purpose="popularity")
+        device.release(
+            server_round,
+            noise_multiplier=sigma,
+            max_grad_norm=1.0,
+            sample_rate=1.0,
+            steps=1,
+            purpose="popularity",
+        )
         return Contribution({"count": x.astype(np.float32)})

@@ -42,9 +42,14 @@ def initial_item_table(cfg: RunConfig, n_items: int) -> State:
 
     from fedrec.common.model.mf import MatrixFactorization
 
-    model = MatrixFactorization(1, n_items, cfg.dim, item_bias=cfg.item_bias,
-                                init_std=cfg.init_std,
-                                generator=torch.Generator().manual_seed(cfg.seed))
+    model = MatrixFactorization(
+        1,
+        n_items,
+        cfg.dim,
+        item_bias=cfg.item_bias,
+        init_std=cfg.init_std,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return model.global_state()
 
 
@@ -54,19 +59,24 @@ class SGD(Algorithm):
     name = "sgd"
     summary = "rounds of local (DP-)SGD on the MF model (Opacus DP-SGD on devices)"
 
-    def __init__(self, cfg: RunConfig, n_items: int, *,
-                 item_features: np.ndarray | None = None):
+    def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)
         self.optimizer = make_server_optimizer(
-            cfg.server_optimizer, lr=cfg.server_lr, beta1=cfg.server_beta1,
-            beta2=cfg.server_beta2, tau=cfg.server_tau)
+            cfg.server_optimizer,
+            lr=cfg.server_lr,
+            beta1=cfg.server_beta1,
+            beta2=cfg.server_beta2,
+            tau=cfg.server_tau,
+        )
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         """Distributed DP needs the linear ``sgd`` local optimizer."""
         if cfg.privacy == "distributed" and cfg.local_optimizer != "sgd":
-            raise ValueError("privacy distributed needs local-optimizer sgd (linear in the "
-                             "gradients, so the secure sum is a post-processing of DP sums)")
+            raise ValueError(
+                "privacy distributed needs local-optimizer sgd (linear in the "
+                "gradients, so the secure sum is a post-processing of DP sums)"
+            )
 
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> tuple[PlannedRelease, ...]:
@@ -92,18 +102,31 @@ class SGD(Algorithm):
         cfg, local = self.cfg, self.cfg.local_config()
         sigma = max(cfg.noise_multipliers(), default=0.0)
         signal, noise = sgd_update_bounds(
-            lr=local.lr, steps=local.steps, max_grad_norm=cfg.max_grad_norm,
-            batch_size_norm=local.batch_size_norm, noise_multiplier=sigma, noise_share=1.0)
+            lr=local.lr,
+            steps=local.steps,
+            max_grad_norm=cfg.max_grad_norm,
+            batch_size_norm=local.batch_size_norm,
+            noise_multiplier=sigma,
+            noise_share=1.0,
+        )
         if cfg.privacy not in ("local", "distributed"):  # the server adds it, if anyone
             noise = 0.0
-        shapes = {"item_embedding.weight": (self.n_items, cfg.dim),
-                  "item_bias.weight": (self.n_items, 1)}
+        shapes = {
+            "item_embedding.weight": (self.n_items, cfg.dim),
+            "item_bias.weight": (self.n_items, 1),
+        }
         return ContributionSpec(
-            shapes=shapes, aggregate="mean", max_norm=float(cfg.max_update_norm),
+            shapes=shapes,
+            aggregate="mean",
+            max_norm=float(cfg.max_update_norm),
             coordinate_bound=signal,
             sensitivity=cfg.user_clip if cfg.privacy == "user" else cfg.max_grad_norm,
-            noise_multiplier=sigma, noise_per_coordinate=noise,
-            sampling_probability=local.sample_rate, steps=local.steps, purpose="dp-sgd")
+            noise_multiplier=sigma,
+            noise_per_coordinate=noise,
+            sampling_probability=local.sample_rate,
+            steps=local.steps,
+            purpose="dp-sgd",
+        )
 
     def reply_norm_bound(self, task: Task, noise_share: float) -> float:
         """``max-update-norm``: a configured cap on any reply, noise included."""
@@ -118,21 +141,32 @@ class SGD(Algorithm):
         """The server optimizer's state."""
         return self.optimizer.state_dict()
 
-    def contribute(self, device: DeviceView, task: Task, state: State, *, server_round: int,
-                   noise_share: float | None) -> Contribution | Refusal:
+    def contribute(
+        self,
+        device: DeviceView,
+        task: Task,
+        state: State,
+        *,
+        server_round: int,
+        noise_share: float | None,
+    ) -> Contribution | Refusal:
         """Local (DP-)SGD from the server's table; the reply is the dense table delta."""
         from fedrec.common.model.mf import GLOBAL_KEYS
         from fedrec.common.privacy.dpsgd import train_local
         from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 
         if task.name != "train" or task.arrays:
-            return device.refuse(PolicyViolation(RefusalCode.UNSUPPORTED,
-                                                 f"an SGD device trains; asked {task.name!r}"))
+            return device.refuse(
+                PolicyViolation(
+                    RefusalCode.UNSUPPORTED, f"an SGD device trains; asked {task.name!r}"
+                )
+            )
         if device.dp is None and len(device.train_items) == 0:
             if device.report_metrics:  # privacy off: nothing to hide, nothing to learn from
                 return Refusal(RefusalCode.UNSUPPORTED, "no training interactions")
-            return Contribution({k: np.zeros(v, dtype=np.float32)
-                                 for k, v in device.table_shapes().items()})
+            return Contribution(
+                {k: np.zeros(v, dtype=np.float32) for k, v in device.table_shapes().items()}
+            )
         if device.dp is not None:
             refusal = device.over_budget(device.epsilon_if_trained())
             if refusal is not None:
@@ -140,21 +174,30 @@ class SGD(Algorithm):
         device.model.load_global_state(state)
         before = device.model.global_state()
         result = train_local(
-            device.model, device.train_items, local=device.local, dp=device.dp,
-            accountant=device.accountant, generator=device.generator,
+            device.model,
+            device.train_items,
+            local=device.local,
+            dp=device.dp,
+            accountant=device.accountant,
+            generator=device.generator,
             noise_share=noise_share if device.dp is not None else None,
-            noise_source=device.noise)
+            noise_source=device.noise,
+        )
         device.rounds_trained += 1
         after = device.model.global_state()
         delta = {k: (after[k] - before[k]).astype(np.float32) for k in GLOBAL_KEYS}
         if device.dp is not None:
             device.release(  # recorded before the update leaves
-                server_round, noise_multiplier=device.dp.noise_multiplier,
-                max_grad_norm=device.dp.max_grad_norm, sample_rate=result.sample_rate,
+                server_round,
+                noise_multiplier=device.dp.noise_multiplier,
+                max_grad_norm=device.dp.max_grad_norm,
+                sample_rate=result.sample_rate,
                 steps=result.steps,
-                purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd")
+                purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd",
+            )
             return Contribution(delta)  # the example count and the loss are data: neither
         if not device.report_metrics:
             return Contribution(delta)
-        return Contribution(delta, num_examples=len(device.train_items),
-                            metrics={"loss": result.mean_loss})
+        return Contribution(
+            delta, num_examples=len(device.train_items), metrics={"loss": result.mean_loss}
+        )

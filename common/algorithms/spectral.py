@@ -57,8 +57,15 @@ from fedrec.common.privacy.policy import Refusal
 if TYPE_CHECKING:
     from fedrec.common.config import RunConfig
 
-__all__ = ["PHASES", "Spectral", "SpectralSpec", "contribution", "select_items", "factorize",
-           "phase_of_round"]
+__all__ = [
+    "PHASES",
+    "Spectral",
+    "SpectralSpec",
+    "contribution",
+    "select_items",
+    "factorize",
+    "phase_of_round",
+]
 
 #: The two rounds of the spectral algorithm, in order.
 PHASES = ("popularity", "cooccurrence")
@@ -114,8 +121,10 @@ class SpectralSpec:
             raise ValueError(f"rounds must be 1 or 2, got {self.rounds}")
         if self.rounds == 1:
             if self.popularity_share != 1:
-                raise ValueError("a popularity-only run spends its whole budget on popularity: "
-                                 f"popularity_share must be 1, got {self.popularity_share}")
+                raise ValueError(
+                    "a popularity-only run spends its whole budget on popularity: "
+                    f"popularity_share must be 1, got {self.popularity_share}"
+                )
             if self.feature_scale < 0 or self.feature_smoothing <= 0:
                 raise ValueError("feature_scale must be >= 0 and feature_smoothing positive")
             return
@@ -127,7 +136,7 @@ class SpectralSpec:
     @property
     def phases(self) -> tuple[str, ...]:
         """The phases of this run, one per round."""
-        return PHASES[:self.rounds]
+        return PHASES[: self.rounds]
 
     @property
     def n_selected(self) -> int:
@@ -168,9 +177,14 @@ def _capped(items: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return items
 
 
-def contribution(items: np.ndarray, phase: str, spec: SpectralSpec, *,
-                 selected: np.ndarray | None = None,
-                 rng: np.random.Generator) -> np.ndarray:
+def contribution(
+    items: np.ndarray,
+    phase: str,
+    spec: SpectralSpec,
+    *,
+    selected: np.ndarray | None = None,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One device's noise-free contribution to ``phase`` (float64, shape ``spec.shape``).
 
     Args:
@@ -211,11 +225,12 @@ def select_items(popularity: np.ndarray, spec: SpectralSpec) -> np.ndarray:
     if popularity.shape != (spec.n_items,):
         raise ValueError(f"popularity must have shape ({spec.n_items},)")
     order = np.lexsort((np.arange(spec.n_items), -popularity))
-    return np.sort(order[:spec.n_selected])
+    return np.sort(order[: spec.n_selected])
 
 
-def factorize(popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.ndarray,
-              spec: SpectralSpec) -> dict[str, np.ndarray]:
+def factorize(
+    popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.ndarray, spec: SpectralSpec
+) -> dict[str, np.ndarray]:
     """The item table from the two (noisy) sums.
 
     Item embeddings of the selected items are the top ``dim`` eigenvectors of the symmetric
@@ -231,7 +246,7 @@ def factorize(popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.nda
     g[np.triu_indices(n)] = upper
     g = g + np.triu(g, 1).T
     _, vecs = np.linalg.eigh(g)
-    v = vecs[:, ::-1][:, :spec.dim]
+    v = vecs[:, ::-1][:, : spec.dim]
     # a sign convention, so that the table does not depend on the eigensolver's choice
     v = v * np.where(v.sum(axis=0) < 0, -1.0, 1.0)
     emb = np.zeros((spec.n_items, spec.dim), dtype=np.float32)
@@ -247,13 +262,14 @@ class Spectral(Algorithm):
     """Two DP releases, a popularity count and a co-occurrence matrix (module docstring)."""
 
     name = "spectral"
-    summary = ("two DP releases (item popularity, then the co-occurrence of the top items), "
-               "eigendecomposed into the item table; users folded in on the device")
+    summary = (
+        "two DP releases (item popularity, then the co-occurrence of the top items), "
+        "eigendecomposed into the item table; users folded in on the device"
+    )
     defaults = {"num-rounds": 2, "fraction-train": 1.0}
     raw_statistics = True
 
-    def __init__(self, cfg: RunConfig, n_items: int, *,
-                 item_features: np.ndarray | None = None):
+    def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)
         self.spec = self.spec_of(cfg, n_items)
         self.noise = tuple(cfg.noise_multipliers())
@@ -264,19 +280,27 @@ class Spectral(Algorithm):
     def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
         """The run's public settings for a catalog of ``n_items``."""
         return SpectralSpec(
-            n_items=n_items, dim=cfg.dim, top_items=cfg.spectral_top_items,
-            max_items=cfg.spectral_max_items, unit="user" if cfg.privacy == "user" else "example",
-            popularity_share=cfg.spectral_popularity_share)
+            n_items=n_items,
+            dim=cfg.dim,
+            top_items=cfg.spectral_top_items,
+            max_items=cfg.spectral_max_items,
+            unit="user" if cfg.privacy == "user" else "example",
+            popularity_share=cfg.spectral_popularity_share,
+        )
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         """Two rounds, item biases on, a sane selection and budget split."""
         if cfg.num_rounds != 2:
-            raise ValueError("algorithm spectral runs exactly 2 rounds (popularity, then "
-                             f"co-occurrence): set num-rounds 2, not {cfg.num_rounds}")
+            raise ValueError(
+                "algorithm spectral runs exactly 2 rounds (popularity, then "
+                f"co-occurrence): set num-rounds 2, not {cfg.num_rounds}"
+            )
         if not cfg.item_bias:
-            raise ValueError("algorithm spectral needs item-bias true (it ranks the items "
-                             "outside the selection by bias)")
+            raise ValueError(
+                "algorithm spectral needs item-bias true (it ranks the items "
+                "outside the selection by bias)"
+            )
         if cfg.spectral_top_items < cfg.dim:
             raise ValueError("spectral-top-items must be at least dim")
         if cfg.spectral_max_items < 1:
@@ -329,12 +353,15 @@ class Spectral(Algorithm):
         device_noise = self.cfg.privacy in ("local", "distributed")
         sigma = self.noise_multiplier(task.name)
         return ContributionSpec(
-            shapes={task.name: self.spec.shape(task.name)}, aggregate="sum",
-            max_norm=self.spec.max_norm(task.name), coordinate_bound=1.0,
-            sensitivity=self.spec.sensitivity(task.name), noise_multiplier=sigma,
-            noise_per_coordinate=sigma * self.spec.sensitivity(task.name) if device_noise
-            else 0.0,
-            purpose=f"spectral-{task.name}")
+            shapes={task.name: self.spec.shape(task.name)},
+            aggregate="sum",
+            max_norm=self.spec.max_norm(task.name),
+            coordinate_bound=1.0,
+            sensitivity=self.spec.sensitivity(task.name),
+            noise_multiplier=sigma,
+            noise_per_coordinate=sigma * self.spec.sensitivity(task.name) if device_noise else 0.0,
+            purpose=f"spectral-{task.name}",
+        )
 
     def update(self, server_round: int, state: State, aggregate: Aggregate) -> State:
         """Popularity: select the top items; co-occurrence: factorize into the table."""
@@ -357,12 +384,22 @@ class Spectral(Algorithm):
 
     def server_state(self) -> dict[str, Any]:
         """The popularity release and the selection (between the two rounds)."""
-        return {k: v for k, v in (("popularity", self.popularity),
-                                  ("selected", self.selected)) if v is not None}
+        return {
+            k: v
+            for k, v in (("popularity", self.popularity), ("selected", self.selected))
+            if v is not None
+        }
 
     # --- device side -----------------------------------------------------------------------
-    def contribute(self, device: DeviceView, task: Task, state: State, *, server_round: int,
-                   noise_share: float | None) -> Contribution | Refusal:
+    def contribute(
+        self,
+        device: DeviceView,
+        task: Task,
+        state: State,
+        *,
+        server_round: int,
+        noise_share: float | None,
+    ) -> Contribution | Refusal:
         """The device's indicator (or co-occurrence) contribution, noised under device DP."""
         from fedrec.common.privacy.events import PrivacyEvent
         from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
@@ -387,14 +424,21 @@ class Spectral(Algorithm):
             values = values * min(1.0, 1.0 / norm) if norm > 0 else values
         if device.dp is None:
             return Contribution({phase: values.astype(np.float32)})
-        std = sigma * self.spec.sensitivity(phase) * (1.0 if noise_share is None
-                                                       else float(noise_share))
+        std = (
+            sigma
+            * self.spec.sensitivity(phase)
+            * (1.0 if noise_share is None else float(noise_share))
+        )
         values = values + device.release_noise(rng, std, values.shape)
         device.accountant.step(noise_multiplier=float(sigma), sample_rate=1.0)
         device.release(  # recorded before the contribution leaves
-            server_round, noise_multiplier=sigma,
-            max_grad_norm=self.spec.sensitivity(phase), sample_rate=1.0, steps=1,
-            purpose=f"spectral-{phase}" + ("" if noise_share is None else "-distributed"))
+            server_round,
+            noise_multiplier=sigma,
+            max_grad_norm=self.spec.sensitivity(phase),
+            sample_rate=1.0,
+            steps=1,
+            purpose=f"spectral-{phase}" + ("" if noise_share is None else "-distributed"),
+        )
         return Contribution({phase: values.astype(np.float32)})
 
     def _check_selection(self, phase: str, selected: np.ndarray | None) -> np.ndarray | None:
@@ -406,17 +450,26 @@ class Spectral(Algorithm):
         if selected is None:
             raise PolicyViolation(RefusalCode.BAD_REQUEST, "no item selection")
         sel = np.asarray(selected)
-        if (sel.ndim != 1 or sel.dtype.kind not in "iu" or len(sel) != self.spec.n_selected
-                or (len(sel) and (sel.min() < 0 or sel.max() >= self.spec.n_items))
-                or np.any(np.diff(sel) <= 0)):
-            raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                  f"the selection must be {self.spec.n_selected} sorted "
-                                  f"distinct item indices in [0, {self.spec.n_items})")
+        if (
+            sel.ndim != 1
+            or sel.dtype.kind not in "iu"
+            or len(sel) != self.spec.n_selected
+            or (len(sel) and (sel.min() < 0 or sel.max() >= self.spec.n_items))
+            or np.any(np.diff(sel) <= 0)
+        ):
+            raise PolicyViolation(
+                RefusalCode.BAD_REQUEST,
+                f"the selection must be {self.spec.n_selected} sorted "
+                f"distinct item indices in [0, {self.spec.n_items})",
+            )
         return sel.astype(np.int64)
 
     def fold_in(self, device: DeviceView, state: State) -> None:
         """PureSVD's fold-in: the sum of the embeddings of the device's items."""
         emb = np.asarray(state["item_embedding.weight"], dtype=np.float32)
-        u = (emb[device.train_items].sum(axis=0, keepdims=True) if len(device.train_items)
-             else np.zeros((1, emb.shape[1]), dtype=np.float32))
+        u = (
+            emb[device.train_items].sum(axis=0, keepdims=True)
+            if len(device.train_items)
+            else np.zeros((1, emb.shape[1]), dtype=np.float32)
+        )
         device.model.load_local_state({"user_embedding.weight": u.astype(np.float32)})

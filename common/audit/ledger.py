@@ -231,8 +231,7 @@ class DeviceKey:
         return cls(key)
 
     @classmethod
-    def load_or_generate(cls, path: str | Path, public_path: str | Path | None = None
-                         ) -> DeviceKey:
+    def load_or_generate(cls, path: str | Path, public_path: str | Path | None = None) -> DeviceKey:
         """The key stored at ``path``, or a new one saved there (with its public PEM)."""
         if Path(path).exists():
             return cls.load(path)
@@ -570,8 +569,7 @@ class Ledger:
         accountant's cumulative ε after this release.
         """
         if event.randomness not in RANDOMNESS:
-            raise LedgerError(f"randomness must be one of {RANDOMNESS}, "
-                              f"got {event.randomness!r}.")
+            raise LedgerError(f"randomness must be one of {RANDOMNESS}, got {event.randomness!r}.")
         if event.unit not in UNITS:
             raise LedgerError(f"unit must be one of {UNITS}, got {event.unit!r}.")
         if relation not in RELATIONS:
@@ -590,8 +588,9 @@ class Ledger:
             "mechanism": {
                 "type": "gaussian",
                 "noise_multiplier": event.noise_multiplier,
-                "max_grad_norm": _finite_or_none("max_grad_norm", event.max_grad_norm,
-                                                 positive=True),
+                "max_grad_norm": _finite_or_none(
+                    "max_grad_norm", event.max_grad_norm, positive=True
+                ),
                 "randomness": event.randomness,
             },
             "sampling": (

@@ -596,9 +596,16 @@ def audit_run(
         raise ValueError(f"no *.jsonl ledgers in {ledger_dir}.")
 
     report = _audit_ledgers(
-        source, ledger_dir, files, accountants, budget=budget, target_delta=target_delta,
-        workers=workers, value_discretization_interval=value_discretization_interval,
-        eps_error=eps_error, all_signatures=all_signatures,
+        source,
+        ledger_dir,
+        files,
+        accountants,
+        budget=budget,
+        target_delta=target_delta,
+        workers=workers,
+        value_discretization_interval=value_discretization_interval,
+        eps_error=eps_error,
+        all_signatures=all_signatures,
     )
     if write:
         out = Path(out_dir) if out_dir is not None else _default_out_dir(source, ledger_dir)
@@ -632,7 +639,12 @@ def _audit_ledgers(
     server = next((a for a in audits if a.device_id == SERVER_ID), None)
     _population_notes(devices, server)
     curve_acc, curve_interval = _device_curves(
-        per_ledger, devices, results, accountants, workers, value_discretization_interval,
+        per_ledger,
+        devices,
+        results,
+        accountants,
+        workers,
+        value_discretization_interval,
         eps_error,
     )
     curve_rounds, curve_max, curve_median, claimed_max = _curves(devices)
@@ -781,9 +793,7 @@ def _device_curves(
     return curve_acc, curve_interval
 
 
-def _round_prefixes(
-    audit: LedgerAudit, releases: Sequence[PrivacyEvent]
-) -> list[tuple[int, _Key]]:
+def _round_prefixes(audit: LedgerAudit, releases: Sequence[PrivacyEvent]) -> list[tuple[int, _Key]]:
     """``(round, (history so far, δ))`` after each round with a release (its last release)."""
     points: list[tuple[int, _Key]] = []
     totals: dict[tuple[float, float | None], int] = {}
@@ -916,8 +926,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def render_markdown(report: AuditReport) -> str:
     """Return the human report (Markdown)."""
     lines: list[str] = []
-    for section in (_md_summary, _md_assumptions, _md_epsilon, _md_findings,
-                    _md_claims_and_notes, _md_plots, _md_devices):
+    for section in (
+        _md_summary,
+        _md_assumptions,
+        _md_epsilon,
+        _md_findings,
+        _md_claims_and_notes,
+        _md_plots,
+        _md_devices,
+    ):
         lines.extend(section(report))
     return "\n".join(lines)
 

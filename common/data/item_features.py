@@ -32,8 +32,9 @@ def _years(metadata: ItemMetadata, n_items: int) -> np.ndarray | None:
     return None
 
 
-def item_features(metadata: ItemMetadata | None, n_items: int, *, year_bins: int = 10
-                  ) -> tuple[np.ndarray, list[str]]:
+def item_features(
+    metadata: ItemMetadata | None, n_items: int, *, year_bins: int = 10
+) -> tuple[np.ndarray, list[str]]:
     """The catalog's public feature matrix ``(n_items, k)`` of 0/1 and its column names.
 
     One column per genre found in the metadata (sorted), and up to ``year_bins`` columns of
@@ -66,10 +67,13 @@ def item_features(metadata: ItemMetadata | None, n_items: int, *, year_bins: int
         rows = np.flatnonzero(np.isfinite(years))
         onehot[rows, bins[rows]] = 1.0
         blocks.append(onehot)
-        names += ([f"year<{edges[0]:g}"] + [f"year>={e:g}" for e in edges]) if len(edges) \
-            else ["year"]
+        names += (
+            ([f"year<{edges[0]:g}"] + [f"year>={e:g}" for e in edges]) if len(edges) else ["year"]
+        )
     if not blocks or sum(b.shape[1] for b in blocks) == 0:
-        raise ValueError("algorithm features needs public item metadata (genres or a release "
-                         "year); this dataset has none. Datasets with it: ml-100k (u.item), "
-                         "ml-1m (movies.dat), ml-latest (movies.csv), RecBole item files")
+        raise ValueError(
+            "algorithm features needs public item metadata (genres or a release "
+            "year); this dataset has none. Datasets with it: ml-100k (u.item), "
+            "ml-1m (movies.dat), ml-latest (movies.csv), RecBole item files"
+        )
     return np.hstack(blocks), names

@@ -88,9 +88,25 @@ DUPLICATE_POLICIES: tuple[str, ...] = ("keep-last", "keep-all", "error")
 """Values of the ``duplicates=`` argument of every loader."""
 
 ML100K_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 """The 19 genre flag columns of ml-100k's ``u.item``, in GroupLens order."""
 
@@ -228,8 +244,14 @@ def _read_fields(
     """
     if quoting and b'"' in body:
         return _read_fields_csv(
-            path, body, sep=sep, n_fields=n_fields, want=want, first_line=first_line,
-            describe=describe, encoding=encoding,
+            path,
+            body,
+            sep=sep,
+            n_fields=n_fields,
+            want=want,
+            first_line=first_line,
+            describe=describe,
+            encoding=encoding,
         )
     sep_bytes = sep.encode(encoding)
     if len(sep_bytes) == 1:
@@ -246,16 +268,19 @@ def _read_fields(
         pos = end + 1
         if len(sep_bytes) > 1:
             if b"\x1f" in chunk:
-                raise DataFormatError(
-                    "unexpected control character \\x1f", path=path, line=line_no
-                )
+                raise DataFormatError("unexpected control character \\x1f", path=path, line=line_no)
             chunk = chunk.replace(sep_bytes, b"\x1f")
         a = np.frombuffer(chunk, dtype=np.uint8)
         ends = np.flatnonzero((a == sep_byte) | (a == 10))
         kinds = a[ends]
         if len(ends) % n_fields or not (kinds.reshape(-1, n_fields) == pattern).all():
             _raise_first_bad_line(
-                path, chunk, line_no=line_no, sep=sep, n_fields=n_fields, describe=describe,
+                path,
+                chunk,
+                line_no=line_no,
+                sep=sep,
+                n_fields=n_fields,
+                describe=describe,
                 encoding=encoding,
             )
         starts = np.empty_like(ends)
@@ -325,7 +350,10 @@ def _read_fields_csv(
         start = reader.line_num + 1
     columns = {name: np.array(vals, dtype=bytes) for name, vals in cells.items()}
     return _Table(
-        path=path, columns=columns, first_line=first_line, encoding=encoding,
+        path=path,
+        columns=columns,
+        first_line=first_line,
+        encoding=encoding,
         lines=np.asarray(lines, dtype=np.int64),
     )
 
@@ -335,8 +363,14 @@ def _read_headerless(
 ) -> _Table:
     raw = _read_bytes(path, expected)
     return _read_fields(
-        path, raw, sep=sep, n_fields=len(fields), want={f: i for i, f in enumerate(fields)},
-        first_line=1, describe=", ".join(fields), encoding=encoding,
+        path,
+        raw,
+        sep=sep,
+        n_fields=len(fields),
+        want={f: i for i, f in enumerate(fields)},
+        first_line=1,
+        describe=", ".join(fields),
+        encoding=encoding,
     )
 
 
@@ -594,7 +628,12 @@ def _to_time(table: _Table, column: str, what: str, *, iso: bool = False) -> np.
     if bad.any():
         expected = "a number or an ISO-8601 date/time" if iso else "a number (unix seconds)"
         _fallback(
-            table, column, np.flatnonzero(bad), out, lambda t: _py_time(t, iso=iso), what,
+            table,
+            column,
+            np.flatnonzero(bad),
+            out,
+            lambda t: _py_time(t, iso=iso),
+            what,
             expected,
         )
     return out
@@ -604,9 +643,7 @@ def _to_time(table: _Table, column: str, what: str, *, iso: bool = False) -> np.
 # Assembling Interactions: id maps, duplicates, metadata.
 
 
-def _encode_ids(
-    values: np.ndarray, to_str: Callable[[Any], str]
-) -> tuple[list[str], np.ndarray]:
+def _encode_ids(values: np.ndarray, to_str: Callable[[Any], str]) -> tuple[list[str], np.ndarray]:
     """Return the unique external ids (as strings) and each row's position in that list."""
     if values.dtype.kind == "i" and len(values):
         lo, hi = int(values.min()), int(values.max())
@@ -693,7 +730,9 @@ def _apply_duplicates(
     if policy == "keep-all":
         logger.info(
             "%s: %d duplicate (user, item) rows over %d pairs, all kept (duplicates='keep-all')",
-            source, n_dup, n_pairs,
+            source,
+            n_dup,
+            n_pairs,
         )
         return None
     if policy == "error":
@@ -711,7 +750,9 @@ def _apply_duplicates(
     logger.warning(
         "%s: dropped %d duplicate (user, item) rows over %d pairs, keeping the most recent "
         "rating of each pair (duplicates='keep-last')",
-        source, n_dup, n_pairs,
+        source,
+        n_dup,
+        n_pairs,
     )
     drop = np.zeros(n, bool)
     drop[order[~last]] = True
@@ -749,8 +790,15 @@ def _assemble(
     user = user_map.indices(user_ext)[user_pos] if user_ext else np.zeros(0, np.int64)
     item = item_map.indices(item_ext)[item_pos] if item_ext else np.zeros(0, np.int64)
     keep = _apply_duplicates(
-        user, item, timestamp, len(item_map), policy=duplicates, source=name,
-        line_of=table.line if table is not None else None, path=path, user_map=user_map,
+        user,
+        item,
+        timestamp,
+        len(item_map),
+        policy=duplicates,
+        source=name,
+        line_of=table.line if table is not None else None,
+        path=path,
+        user_map=user_map,
         item_map=item_map,
     )
     if keep is not None:
@@ -763,14 +811,22 @@ def _assemble(
         if missing:
             logger.warning(
                 "%s: %d rated items have no entry in %s (kept, without metadata)",
-                name, missing, catalog.path,
+                name,
+                missing,
+                catalog.path,
             )
     logger.debug(
         "%s: %d interactions, %d users, %d items", name, len(user), len(user_map), len(item_map)
     )
     return Interactions(
-        user=user, item=item, weight=weight.astype(np.float32), timestamp=timestamp,
-        user_map=user_map, item_map=item_map, items=items, name=name,
+        user=user,
+        item=item,
+        weight=weight.astype(np.float32),
+        timestamp=timestamp,
+        user_map=user_map,
+        item_map=item_map,
+        items=items,
+        name=name,
     )
 
 
@@ -806,7 +862,8 @@ def _dedupe_catalog(catalog: _Catalog) -> _Catalog:
     keep = sorted(seen.values())
     logger.warning(
         "%s: %d repeated item ids, keeping the first entry of each",
-        catalog.path, len(catalog.ids) - len(keep),
+        catalog.path,
+        len(catalog.ids) - len(keep),
     )
 
     def pick(values: list[Any] | None) -> list[Any] | None:
@@ -830,9 +887,7 @@ def _numeric_id(text: str, *, path: Path, line: int, what: str) -> str:
     try:
         return str(int(text.strip()))
     except ValueError:
-        raise DataFormatError(
-            f"{what} {text!r} is not an integer", path=path, line=line
-        ) from None
+        raise DataFormatError(f"{what} {text!r} is not an integer", path=path, line=line) from None
 
 
 def _text_lines(path: Path, encoding: str, expected: str) -> list[str]:
@@ -866,29 +921,36 @@ def _read_u_item(path: Path) -> _Catalog:
         flags = parts[5:]
         for flag in flags:
             if flag not in ("0", "1"):
-                raise DataFormatError(
-                    f"genre flag {flag!r} is not 0 or 1", path=path, line=line_no
-                )
+                raise DataFormatError(f"genre flag {flag!r} is not 0 or 1", path=path, line=line_no)
         genres.append(tuple(g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1"))
         release.append(parts[2] or None)
         video.append(parts[3] or None)
         urls.append(parts[4] or None)
         year = parts[2][-4:]
         years.append(int(year) if year.isdigit() else _year_of_title(parts[1]))
-    return _dedupe_catalog(_Catalog(
-        path=path, ids=ids, titles=titles, genres=genres,
-        extra={"year": years, "release_date": release, "video_release_date": video,
-               "imdb_url": urls},
-    ))
+    return _dedupe_catalog(
+        _Catalog(
+            path=path,
+            ids=ids,
+            titles=titles,
+            genres=genres,
+            extra={
+                "year": years,
+                "release_date": release,
+                "video_release_date": video,
+                "imdb_url": urls,
+            },
+        )
+    )
 
 
 _RECBOLE_TITLE_FIELDS = ("movie_title", "title", "item_title", "name")
 _RECBOLE_GENRE_FIELDS = ("class", "genre", "genres", "categories", "category")
 
 
-def _recbole_header(path: Path, header_line: str, *, required: Sequence[str]) -> list[
-    tuple[str, str]
-]:
+def _recbole_header(
+    path: Path, header_line: str, *, required: Sequence[str]
+) -> list[tuple[str, str]]:
     """Parse a RecBole header (``name:type`` fields, tab-separated)."""
     fields = []
     for raw in header_line.split("\t"):
@@ -917,7 +979,8 @@ def _recbole_value(text: str, kind: str, *, path: Path, line: int, field: str) -
             except ValueError:
                 raise DataFormatError(
                     f"field {field!r} value {text!r} is not a list of numbers",
-                    path=path, line=line,
+                    path=path,
+                    line=line,
                 ) from None
         return tuple(parts)
     if kind == "float":
@@ -970,10 +1033,15 @@ def _read_recbole_items(path: Path, *, numeric_ids: bool = False) -> _Catalog:
             int(y) if isinstance(y, str) and y.strip().isdigit() else None
             for y in extra["release_year"]
         ]
-    return _dedupe_catalog(_Catalog(
-        path=path, ids=ids, titles=titles if title_pos is not None else None,
-        genres=genres if genre_pos is not None else None, extra=extra,
-    ))
+    return _dedupe_catalog(
+        _Catalog(
+            path=path,
+            ids=ids,
+            titles=titles if title_pos is not None else None,
+            genres=genres if genre_pos is not None else None,
+            extra=extra,
+        )
+    )
 
 
 def _split_genres(text: str) -> tuple[str, ...]:
@@ -1011,8 +1079,12 @@ def _read_movies_csv(path: Path) -> _Catalog:
     reader = csv.reader(io.StringIO(text))
     header = next(reader)
     want = _header_columns(
-        path, header, required={"id": "movieId", "title": "title", "genres": "genres"},
-        optional={}, sep=",", expected="header movieId,title,genres",
+        path,
+        header,
+        required={"id": "movieId", "title": "title", "genres": "genres"},
+        optional={},
+        sep=",",
+        expected="header movieId,title,genres",
     )
     ids: list[str] = []
     titles: list[str | None] = []
@@ -1101,7 +1173,10 @@ def load_ml100k(
     data_path = _require(root, "u.data", "ml-100k", "u.data (and u.item)")
     fields = ("user", "item", "rating", "timestamp")
     table = _read_headerless(
-        data_path, sep="\t", fields=fields, encoding="latin-1",
+        data_path,
+        sep="\t",
+        fields=fields,
+        encoding="latin-1",
         expected="tab-separated lines of user, item, rating, timestamp",
     )
     users, items, weights, times = _ml_ratings(
@@ -1119,8 +1194,15 @@ def load_ml100k(
         else:
             logger.info("%s: no u.item or items.tsv; loading without item metadata", root)
     return _assemble(
-        name=name, path=data_path, table=table, user_ids=users, item_ids=items, weight=weights,
-        timestamp=times, catalog=catalog, duplicates=duplicates,
+        name=name,
+        path=data_path,
+        table=table,
+        user_ids=users,
+        item_ids=items,
+        weight=weights,
+        timestamp=times,
+        catalog=catalog,
+        duplicates=duplicates,
     )
 
 
@@ -1157,16 +1239,26 @@ def load_ml1m(
     root = _dataset_dir(path, "ratings.dat", "ml-1m")
     data_path = _require(root, "ratings.dat", "ml-1m", "ratings.dat (and movies.dat)")
     table = _read_headerless(
-        data_path, sep="::", fields=("UserID", "MovieID", "Rating", "Timestamp"),
-        encoding="latin-1", expected="lines of UserID::MovieID::Rating::Timestamp",
+        data_path,
+        sep="::",
+        fields=("UserID", "MovieID", "Rating", "Timestamp"),
+        encoding="latin-1",
+        expected="lines of UserID::MovieID::Rating::Timestamp",
     )
     users, items, weights, times = _ml_ratings(
         table, user="UserID", item="MovieID", rating="Rating", timestamp="Timestamp"
     )
     catalog = _optional_metadata(root, "movies.dat", _read_movies_dat)
     return _assemble(
-        name=name, path=data_path, table=table, user_ids=users, item_ids=items, weight=weights,
-        timestamp=times, catalog=catalog, duplicates=duplicates,
+        name=name,
+        path=data_path,
+        table=table,
+        user_ids=users,
+        item_ids=items,
+        weight=weights,
+        timestamp=times,
+        catalog=catalog,
+        duplicates=duplicates,
     )
 
 
@@ -1203,22 +1295,43 @@ def load_ml_latest(
     header_bytes, body = _split_header(data_path, raw, expected)
     header = next(csv.reader([header_bytes.decode("utf-8", "replace")]))
     want = _header_columns(
-        data_path, header,
-        required={"user": "userId", "item": "movieId", "rating": "rating",
-                  "timestamp": "timestamp"},
-        optional={}, sep=",", expected="header userId,movieId,rating,timestamp",
+        data_path,
+        header,
+        required={
+            "user": "userId",
+            "item": "movieId",
+            "rating": "rating",
+            "timestamp": "timestamp",
+        },
+        optional={},
+        sep=",",
+        expected="header userId,movieId,rating,timestamp",
     )
     table = _read_fields(
-        data_path, body, sep=",", n_fields=len(header), want=want, first_line=2,
-        describe=",".join(header), encoding="utf-8", quoting=True,
+        data_path,
+        body,
+        sep=",",
+        n_fields=len(header),
+        want=want,
+        first_line=2,
+        describe=",".join(header),
+        encoding="utf-8",
+        quoting=True,
     )
     users, items, weights, times = _ml_ratings(
         table, user="user", item="item", rating="rating", timestamp="timestamp"
     )
     catalog = _optional_metadata(root, "movies.csv", _read_movies_csv)
     return _assemble(
-        name=name, path=data_path, table=table, user_ids=users, item_ids=items, weight=weights,
-        timestamp=times, catalog=catalog, duplicates=duplicates,
+        name=name,
+        path=data_path,
+        table=table,
+        user_ids=users,
+        item_ids=items,
+        weight=weights,
+        timestamp=times,
+        catalog=catalog,
+        duplicates=duplicates,
     )
 
 
@@ -1283,8 +1396,14 @@ def load_recbole(
         if optional in names:
             want[optional] = names.index(optional)
     table = _read_fields(
-        inter, body, sep="\t", n_fields=len(fields), want=want, first_line=2,
-        describe=", ".join(names), encoding="utf-8",
+        inter,
+        body,
+        sep="\t",
+        n_fields=len(fields),
+        want=want,
+        first_line=2,
+        describe=", ".join(names),
+        encoding="utf-8",
     )
     n = len(table)
     to_str = _bytes_str("utf-8")
@@ -1292,14 +1411,22 @@ def load_recbole(
     items = _encode_ids(table.columns["item"], to_str)
     weights = _to_float(table, "rating", "rating") if "rating" in want else np.ones(n)
     times = (
-        _to_time(table, "timestamp", "timestamp") if "timestamp" in want
+        _to_time(table, "timestamp", "timestamp")
+        if "timestamp" in want
         else np.arange(n, dtype=np.int64)
     )
     item_file = inter.with_suffix(".item")
     catalog = _read_recbole_items(item_file) if item_file.is_file() else None
     return _assemble(
-        name=name or inter.stem, path=inter, table=table, user_ids=users, item_ids=items,
-        weight=weights, timestamp=times, catalog=catalog, duplicates=duplicates,
+        name=name or inter.stem,
+        path=inter,
+        table=table,
+        user_ids=users,
+        item_ids=items,
+        weight=weights,
+        timestamp=times,
+        catalog=catalog,
+        duplicates=duplicates,
     )
 
 
@@ -1309,9 +1436,7 @@ def _import_pyarrow() -> Any:
         import pyarrow.compute
         import pyarrow.parquet
     except ImportError as exc:
-        raise ImportError(
-            "reading Parquet needs pyarrow: pip install fedrec[parquet]"
-        ) from exc
+        raise ImportError("reading Parquet needs pyarrow: pip install fedrec[parquet]") from exc
     return pyarrow
 
 
@@ -1371,14 +1496,27 @@ def load_event_log(
     if format == "parquet":
         return _load_parquet_events(p, mapping, duplicates=duplicates, name=name)
     return _load_csv_events(
-        p, mapping, weight_col=weight_col, timestamp_col=timestamp_col, sep=sep,
-        encoding=encoding, duplicates=duplicates, name=name,
+        p,
+        mapping,
+        weight_col=weight_col,
+        timestamp_col=timestamp_col,
+        sep=sep,
+        encoding=encoding,
+        duplicates=duplicates,
+        name=name,
     )
 
 
 def _load_csv_events(
-    p: Path, mapping: dict[str, str], *, weight_col: str | None, timestamp_col: str | None,
-    sep: str, encoding: str, duplicates: str, name: str,
+    p: Path,
+    mapping: dict[str, str],
+    *,
+    weight_col: str | None,
+    timestamp_col: str | None,
+    sep: str,
+    encoding: str,
+    duplicates: str,
+    name: str,
 ) -> Interactions:
     """The CSV half of :func:`load_event_log` (``mapping``: role to column name)."""
     expected = f"a {_sep_adjective(sep)}-separated file with a header naming the columns"
@@ -1386,28 +1524,44 @@ def _load_csv_events(
     header_bytes, body = _split_header(p, raw, expected)
     header = next(csv.reader([header_bytes.decode(encoding, "replace")], delimiter=sep))
     want = _header_columns(
-        p, header, required={"user": mapping["user"], "item": mapping["item"]},
-        optional={"weight": weight_col, "timestamp": timestamp_col}, sep=sep,
+        p,
+        header,
+        required={"user": mapping["user"], "item": mapping["item"]},
+        optional={"weight": weight_col, "timestamp": timestamp_col},
+        sep=sep,
         expected=f"columns {', '.join(map(repr, mapping.values()))}",
     )
     table = _read_fields(
-        p, body, sep=sep, n_fields=len(header), want=want, first_line=2,
-        describe=sep.join(header), encoding=encoding, quoting=True,
+        p,
+        body,
+        sep=sep,
+        n_fields=len(header),
+        want=want,
+        first_line=2,
+        describe=sep.join(header),
+        encoding=encoding,
+        quoting=True,
     )
     n = len(table)
     to_str = _bytes_str(encoding)
     users = _encode_ids(table.columns["user"], to_str)
     items = _encode_ids(table.columns["item"], to_str)
-    weights = (
-        _to_float(table, "weight", f"weight ({weight_col})") if weight_col else np.ones(n)
-    )
+    weights = _to_float(table, "weight", f"weight ({weight_col})") if weight_col else np.ones(n)
     times = (
         _to_time(table, "timestamp", f"timestamp ({timestamp_col})", iso=True)
-        if timestamp_col else np.arange(n, dtype=np.int64)
+        if timestamp_col
+        else np.arange(n, dtype=np.int64)
     )
     return _assemble(
-        name=name, path=p, table=table, user_ids=users, item_ids=items, weight=weights,
-        timestamp=times, catalog=None, duplicates=duplicates,
+        name=name,
+        path=p,
+        table=table,
+        user_ids=users,
+        item_ids=items,
+        weight=weights,
+        timestamp=times,
+        catalog=None,
+        duplicates=duplicates,
     )
 
 
@@ -1461,9 +1615,15 @@ def _load_parquet_events(
     if "timestamp" in columns:
         times = _arrow_times(pa, columns["timestamp"], path=path, col=mapping["timestamp"])
     return _assemble(
-        name=name, path=path, table=None, user_ids=ids(columns["user"]),
-        item_ids=ids(columns["item"]), weight=np.asarray(weights, np.float64),
-        timestamp=times, catalog=None, duplicates=duplicates,
+        name=name,
+        path=path,
+        table=None,
+        user_ids=ids(columns["user"]),
+        item_ids=ids(columns["item"]),
+        weight=np.asarray(weights, np.float64),
+        timestamp=times,
+        catalog=None,
+        duplicates=duplicates,
     )
 
 

@@ -170,8 +170,11 @@ class Interactions:
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.timestamp = np.asarray(self.timestamp, dtype=np.int64)
         n = len(self.user)
-        for label, arr in (("item", self.item), ("weight", self.weight),
-                           ("timestamp", self.timestamp)):
+        for label, arr in (
+            ("item", self.item),
+            ("weight", self.weight),
+            ("timestamp", self.timestamp),
+        ):
             if len(arr) != n:
                 raise ValueError(f"{label} has {len(arr)} entries but user has {n}")
         if n:

@@ -72,8 +72,9 @@ def held_out_counts(n: np.ndarray, fraction: float = 0.2) -> np.ndarray:
     else:
         # Exact: one Python-int product per *distinct* count, then scatter back.
         uniq, inverse = np.unique(n, return_inverse=True)
-        per = np.array([(int(u) * frac.numerator) // frac.denominator for u in uniq],
-                       dtype=np.int64)
+        per = np.array(
+            [(int(u) * frac.numerator) // frac.denominator for u in uniq], dtype=np.int64
+        )
         held = per[inverse].reshape(n.shape)
     return np.where(n > 0, np.maximum(1, held), 0)
 

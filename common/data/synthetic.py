@@ -117,16 +117,19 @@ def make_synthetic(
             f"need n_users >= 1, n_items >= 2 and dim >= 1; got {n_users}, {n_items}, {dim}"
         )
     if mean_interactions <= 0 or noise < 0 or activity_sigma < 0 or mean_gap_s <= 0:
-        raise ValueError("mean_interactions and mean_gap_s must be > 0; noise and "
-                         "activity_sigma must be >= 0")
+        raise ValueError(
+            "mean_interactions and mean_gap_s must be > 0; noise and activity_sigma must be >= 0"
+        )
     rng = np.random.default_rng(seed)
     user_factors = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n_users, dim))
     item_factors = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n_items, dim))
     popularity = _item_popularity(rng, n_items, popularity_exponent)
-    counts = _interaction_counts(rng, n_users, n_items, mean_interactions, activity_sigma,
-                                 min_interactions)
-    item = _choose_items(rng, user_factors, item_factors, np.log(popularity), counts,
-                         scale=scale, noise=noise)
+    counts = _interaction_counts(
+        rng, n_users, n_items, mean_interactions, activity_sigma, min_interactions
+    )
+    item = _choose_items(
+        rng, user_factors, item_factors, np.log(popularity), counts, scale=scale, noise=noise
+    )
     user = np.repeat(np.arange(n_users), counts)
     item, timestamp = _timestamps(rng, user, item, counts, start, start_spread_days, mean_gap_s)
 
@@ -252,8 +255,7 @@ def _item_genres(item_factors: np.ndarray) -> list[tuple[str, ...]]:
     """Item ``i``'s genres: ``"g<j>"`` where ``item_factors[i, j] > 1/√dim`` (step 7)."""
     dim = item_factors.shape[1]
     return [
-        tuple(f"g{j}" for j in np.flatnonzero(row > 1.0 / np.sqrt(dim)))
-        for row in item_factors
+        tuple(f"g{j}" for j in np.flatnonzero(row > 1.0 / np.sqrt(dim))) for row in item_factors
     ]
 
 
@@ -289,6 +291,13 @@ def generate_synthetic(
         The generated interactions.
     """
     return make_synthetic(
-        n_users=n_users, n_items=n_items, dim=dim, mean_interactions=mean_interactions,
-        popularity_exponent=popularity_exponent, seed=seed, noise=noise, scale=scale, **kwargs,
+        n_users=n_users,
+        n_items=n_items,
+        dim=dim,
+        mean_interactions=mean_interactions,
+        popularity_exponent=popularity_exponent,
+        seed=seed,
+        noise=noise,
+        scale=scale,
+        **kwargs,
     ).interactions

@@ -225,8 +225,10 @@ def combine_noisy_sums(sums: Iterable[Mapping[str, float]]) -> dict[str, float]:
         return {}
     keys = [k for k in sums[0] if k != "users"]
     users = math.fsum(float(s.get("users", 0.0)) for s in sums)
-    out = {k: (math.fsum(float(s.get(k, 0.0)) for s in sums) / users if users > 0 else math.nan)
-           for k in keys}
+    out = {
+        k: (math.fsum(float(s.get(k, 0.0)) for s in sums) / users if users > 0 else math.nan)
+        for k in keys
+    }
     out["users"] = users
     return out
 
@@ -259,9 +261,7 @@ def _item_mask_csr(data: Interactions) -> sp.csr_matrix:
     keys = np.unique(data.user * np.int64(n_items) + data.item)
     users, items = np.divmod(keys, np.int64(n_items))
     indptr = np.concatenate(([0], np.cumsum(np.bincount(users, minlength=n_users))))
-    return sp.csr_matrix(
-        (np.ones(len(keys), dtype=bool), items, indptr), shape=(n_users, n_items)
-    )
+    return sp.csr_matrix((np.ones(len(keys), dtype=bool), items, indptr), shape=(n_users, n_items))
 
 
 def _check_pair(train: Interactions, test: Interactions) -> None:

@@ -31,8 +31,9 @@ def weighted_mean(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         raise ValueError("one positive weight per delta is required")
     w = w / w.sum()
     return {
-        k: sum(wi * d[k].astype(np.float64)
-               for wi, d in zip(w, deltas, strict=True)).astype(np.float32)
+        k: sum(wi * d[k].astype(np.float64) for wi, d in zip(w, deltas, strict=True)).astype(
+            np.float32
+        )
         for k in deltas[0]
     }
 
@@ -104,8 +105,9 @@ class FedAdamStep(ServerOptimizer):
         self.t = int(state["t"])  # type: ignore[arg-type]
 
 
-def make_server_optimizer(kind: str, *, lr: float, beta1: float = 0.9, beta2: float = 0.99,
-                          tau: float = 1e-3) -> ServerOptimizer:
+def make_server_optimizer(
+    kind: str, *, lr: float, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+) -> ServerOptimizer:
     """Build a server optimizer by name (``"fedavg"`` or ``"fedadam"``)."""
     if kind == "fedavg":
         return FedAvgStep(lr=lr)

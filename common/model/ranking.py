@@ -83,8 +83,9 @@ class Freshness:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.half_life) and self.half_life > 0):
-            raise ValueError(f"half_life must be a positive number of seconds, got "
-                             f"{self.half_life}")
+            raise ValueError(
+                f"half_life must be a positive number of seconds, got {self.half_life}"
+            )
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"freshness weight must be finite and >= 0, got {self.weight}")
         if self.now is not None and not math.isfinite(self.now):
@@ -135,14 +136,16 @@ class RankedItem:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_items(user_vector: np.ndarray, item_embeddings: np.ndarray,
-                item_bias: np.ndarray | None = None) -> np.ndarray:
+def score_items(
+    user_vector: np.ndarray, item_embeddings: np.ndarray, item_bias: np.ndarray | None = None
+) -> np.ndarray:
     """``<p_u, q_i> + b_i`` for every item (float32, one BLAS matrix-vector product)."""
     emb = np.asarray(item_embeddings)
     user = np.asarray(user_vector, dtype=emb.dtype).reshape(-1)
     if emb.ndim != 2 or emb.shape[1] != user.shape[0]:
-        raise ValueError(f"item embeddings {emb.shape} do not match a user vector of "
-                         f"dimension {user.shape[0]}")
+        raise ValueError(
+            f"item embeddings {emb.shape} do not match a user vector of dimension {user.shape[0]}"
+        )
     if emb.shape[0] <= _BLAS_ROWS:
         scores = emb @ user
     else:
@@ -154,8 +157,9 @@ def score_items(user_vector: np.ndarray, item_embeddings: np.ndarray,
     return scores
 
 
-def fold_in(item_embeddings: np.ndarray, items: np.ndarray, weights: np.ndarray | None = None
-            ) -> np.ndarray:
+def fold_in(
+    item_embeddings: np.ndarray, items: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """A user vector from interacted items: their weighted mean embedding.
 
     A device that has interactions but no trained user embedding yet (or that forgot it) ranks
@@ -232,8 +236,9 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float64) - lo) / (hi - lo)
 
 
-def freshness_boost(timestamps: np.ndarray, *, half_life: float, weight: float,
-                    now: float) -> np.ndarray:
+def freshness_boost(
+    timestamps: np.ndarray, *, half_life: float, weight: float, now: float
+) -> np.ndarray:
     """``weight * 2 ** (-max(0, now - t) / half_life)``; 0 where ``t`` is NaN."""
     t = np.asarray(timestamps, dtype=np.float64)
     age = np.maximum(0.0, now - t)
@@ -247,8 +252,7 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
 
 
-def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float
-              ) -> np.ndarray:
+def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
     """Positions of ``k`` items picked by maximal marginal relevance.
 
     ``relevance`` and ``vectors`` are the candidates' (in any order; ties go to the earlier
@@ -289,8 +293,9 @@ def intra_list_similarity(item_embeddings: np.ndarray, items: Sequence[int]) -> 
 # --------------------------------------------------------------------------- explanations
 
 
-def _genre_sets(genres: Sequence[Sequence[str]] | Mapping[int, Sequence[str]] | None,
-                index: int) -> tuple[str, ...]:
+def _genre_sets(
+    genres: Sequence[Sequence[str]] | Mapping[int, Sequence[str]] | None, index: int
+) -> tuple[str, ...]:
     if genres is None:
         return ()
     try:
@@ -299,10 +304,14 @@ def _genre_sets(genres: Sequence[Sequence[str]] | Mapping[int, Sequence[str]] | 
         return ()
 
 
-def explain(items: np.ndarray, *, history: np.ndarray | None,
-            item_vectors: np.ndarray | None = None,
-            genres: Sequence[Sequence[str]] | Mapping[int, Sequence[str]] | None = None,
-            fallback: str = "score") -> list[Explanation]:
+def explain(
+    items: np.ndarray,
+    *,
+    history: np.ndarray | None,
+    item_vectors: np.ndarray | None = None,
+    genres: Sequence[Sequence[str]] | Mapping[int, Sequence[str]] | None = None,
+    fallback: str = "score",
+) -> list[Explanation]:
     """One :class:`Explanation` per item in ``items``.
 
     Args:
@@ -314,8 +323,11 @@ def explain(items: np.ndarray, *, history: np.ndarray | None,
         fallback: the kind used when there is no history (the cold-start source).
     """
     items = np.asarray(items, dtype=np.int64)
-    hist = np.zeros(0, dtype=np.int64) if history is None else np.unique(
-        np.asarray(history, dtype=np.int64))
+    hist = (
+        np.zeros(0, dtype=np.int64)
+        if history is None
+        else np.unique(np.asarray(history, dtype=np.int64))
+    )
     if len(items) == 0:
         return []
     if len(hist) == 0:
@@ -354,8 +366,9 @@ def explain(items: np.ndarray, *, history: np.ndarray | None,
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _blocked_scores(scores: np.ndarray, exclude: np.ndarray | Sequence[int] | None,
-                    available: Availability | None) -> np.ndarray:
+def _blocked_scores(
+    scores: np.ndarray, exclude: np.ndarray | Sequence[int] | None, available: Availability | None
+) -> np.ndarray:
     """A copy of the scores with excluded and unavailable items at ``-inf`` (when needed)."""
     s = np.asarray(scores)
     n = s.shape[0]
@@ -386,7 +399,9 @@ def _blocked_scores(scores: np.ndarray, exclude: np.ndarray | Sequence[int] | No
 
 
 def _available_candidates(
-    s: np.ndarray, want: int, predicate: Callable[[int], bool] | None,
+    s: np.ndarray,
+    want: int,
+    predicate: Callable[[int], bool] | None,
 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
     """The top ``want`` candidates of ``s`` that pass the availability predicate (if any).
 
@@ -413,15 +428,17 @@ def _available_candidates(
     while len(kept) < want and len(cand) == pulled and pulled < n:
         # pull more in proportion to the pass rate seen so far (at least double on zero)
         rate = len(kept) / pulled
-        pulled = min(n, max(pulled + 1, math.ceil(1.25 * want / rate) if rate
-                            else 2 * pulled))
+        pulled = min(n, max(pulled + 1, math.ceil(1.25 * want / rate) if rate else 2 * pulled))
         cand = top_candidates(s, pulled)
         kept = keep(cand)
     return kept[:want], keep
 
 
 def _add_fresh_candidates(
-    s: np.ndarray, cand: np.ndarray, want: int, freshness: Freshness,
+    s: np.ndarray,
+    cand: np.ndarray,
+    want: int,
+    freshness: Freshness,
     keep: Callable[[np.ndarray], np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Join the ``want // 2`` most recent items to the candidates; their freshness boosts.
@@ -442,13 +459,20 @@ def _add_fresh_candidates(
         cand = np.union1d(cand, recent)
         cand = cand[np.lexsort((cand, -s[cand]))]
     now = freshness.now if freshness.now is not None else time.time()
-    boost = freshness_boost(ts[cand], half_life=freshness.half_life,
-                            weight=freshness.weight, now=now)
+    boost = freshness_boost(
+        ts[cand], half_life=freshness.half_life, weight=freshness.weight, now=now
+    )
     return cand, boost
 
 
-def _rerank(s: np.ndarray, cand: np.ndarray, boost: np.ndarray | None, k: int,
-            diversity: float, item_vectors: np.ndarray | None) -> np.ndarray:
+def _rerank(
+    s: np.ndarray,
+    cand: np.ndarray,
+    boost: np.ndarray | None,
+    k: int,
+    diversity: float,
+    item_vectors: np.ndarray | None,
+) -> np.ndarray:
     """The top ``k`` candidates by normalised score plus boost, MMR-ordered with diversity."""
     rel = _minmax(s[cand])
     if boost is not None:
@@ -509,8 +533,7 @@ def rank(
     if freshness is not None and freshness.timestamps is None:
         raise ValueError("a freshness boost needs per-item timestamps (Freshness.timestamps)")
     reranks = bool(diversity) or (freshness is not None and freshness.weight > 0)
-    want = int(n_candidates) if n_candidates is not None else (
-        max(10 * k, 100) if reranks else k)
+    want = int(n_candidates) if n_candidates is not None else (max(10 * k, 100) if reranks else k)
     want = max(want, k)
     s = _blocked_scores(s, exclude, available)
     predicate = available if callable(available) else None
@@ -525,10 +548,19 @@ def rank(
 
     expl: list[Explanation | None]
     if explanations:
-        expl = list(explain(picked, history=explain_with, item_vectors=item_vectors,
-                            genres=genres, fallback=explanation_fallback))
+        expl = list(
+            explain(
+                picked,
+                history=explain_with,
+                item_vectors=item_vectors,
+                genres=genres,
+                fallback=explanation_fallback,
+            )
+        )
     else:
         expl = [None] * len(picked)
     raw = np.asarray(scores)[picked].tolist()
-    return [RankedItem(int(i), float(sc), e)
-            for i, sc, e in zip(picked.tolist(), raw, expl, strict=True)]
+    return [
+        RankedItem(int(i), float(sc), e)
+        for i, sc, e in zip(picked.tolist(), raw, expl, strict=True)
+    ]

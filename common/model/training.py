@@ -122,9 +122,7 @@ class GatheredBatch:
         return out
 
 
-def gather(
-    model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor
-) -> GatheredBatch:
+def gather(model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor) -> GatheredBatch:
     """Gather the embedding rows a batch touches (differentiable w.r.t. the tables)."""
     return GatheredBatch(
         user=model.user_embedding(users),
@@ -185,8 +183,12 @@ class CentralizedTrainer:
             raise ValueError("cannot train on an empty set of interactions")
         gen = torch.Generator().manual_seed(cfg.seed)
         model = MatrixFactorization(
-            train.n_users, train.n_items, cfg.dim,
-            item_bias=cfg.item_bias, init_std=cfg.init_std, generator=gen,
+            train.n_users,
+            train.n_items,
+            cfg.dim,
+            item_bias=cfg.item_bias,
+            init_std=cfg.init_std,
+            generator=gen,
         )
         opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
         users = torch.as_tensor(train.user)

@@ -27,8 +27,16 @@ import dp_accounting as dpa
 
 from fedrec.common.privacy.events import PrivacyEvent, merge_history
 
-__all__ = ["ACCOUNTANTS", "make_accountant", "epsilon_of", "epsilon_spent", "epsilon_after",
-           "calibrate", "HistoryAccountant", "History"]
+__all__ = [
+    "ACCOUNTANTS",
+    "make_accountant",
+    "epsilon_of",
+    "epsilon_spent",
+    "epsilon_after",
+    "calibrate",
+    "HistoryAccountant",
+    "History",
+]
 
 #: Accountants a device may keep (Opacus).
 ACCOUNTANTS = ("prv", "rdp")
@@ -56,8 +64,11 @@ def _epsilon_cached(kind: str, history: History, delta: float) -> float:
     if kind == "pld":
         from fedrec.common.privacy.accounting import epsilon
 
-        return float(epsilon([PrivacyEvent(s, q, n) for s, q, n in history],
-                             target_delta=delta, accountant="pld"))
+        return float(
+            epsilon(
+                [PrivacyEvent(s, q, n) for s, q, n in history], target_delta=delta, accountant="pld"
+            )
+        )
     acc = make_accountant(kind)
     acc.history = list(history)
     with warnings.catch_warnings(), _numpy_quiet():
@@ -95,8 +106,9 @@ def epsilon_spent(accountant: Any, delta: float) -> float:
 
 def epsilon_after(accountant: Any, events: Iterable[PrivacyEvent], delta: float) -> float:
     """ε after the planned ``events`` on top of what the accountant has spent."""
-    return epsilon_of(accountant.mechanism(),
-                      [*accountant.history, *(e.history_entry for e in events)], delta)
+    return epsilon_of(
+        accountant.mechanism(), [*accountant.history, *(e.history_entry for e in events)], delta
+    )
 
 
 class HistoryAccountant(dpa.PrivacyAccountant):
@@ -131,8 +143,9 @@ def _entries(event: Any, count: int) -> list[tuple[float, float, int]] | None:
         return []
     if isinstance(event, dpa.GaussianDpEvent):
         return [(float(event.noise_multiplier), 1.0, count)]
-    if isinstance(event, dpa.PoissonSampledDpEvent) and isinstance(event.event,
-                                                                   dpa.GaussianDpEvent):
+    if isinstance(event, dpa.PoissonSampledDpEvent) and isinstance(
+        event.event, dpa.GaussianDpEvent
+    ):
         return [(float(event.event.noise_multiplier), float(event.sampling_probability), count)]
     if isinstance(event, dpa.SelfComposedDpEvent):
         return _entries(event.event, count * event.count)
@@ -154,17 +167,22 @@ _MIN_SCALE = 0.1
 
 
 @functools.lru_cache(maxsize=256)
-def _calibrate_cached(events: tuple[tuple[float, float, int], ...],
-                      fixed: tuple[tuple[float, float, int], ...], target_epsilon: float,
-                      target_delta: float, accountant: str) -> float:
+def _calibrate_cached(
+    events: tuple[tuple[float, float, int], ...],
+    fixed: tuple[tuple[float, float, int], ...],
+    target_epsilon: float,
+    target_delta: float,
+    accountant: str,
+) -> float:
     from dp_accounting.mechanism_calibration import ExplicitBracketInterval
 
     def history(scale: float) -> list[tuple[float, float, int]]:
         return [(scale * w, q, n) for w, q, n in events] + list(fixed)
 
     def make_event(scale: float) -> Any:
-        return dpa.ComposedDpEvent([PrivacyEvent(s, q, n).to_dp_event()
-                                    for s, q, n in history(scale)])
+        return dpa.ComposedDpEvent(
+            [PrivacyEvent(s, q, n).to_dp_event() for s, q, n in history(scale)]
+        )
 
     # a bracket from above (small noise multipliers make ε, and PRV's memory, explode)
     hi = 1.0
@@ -176,18 +194,29 @@ def _calibrate_cached(events: tuple[tuple[float, float, int], ...],
     while epsilon_of(accountant, history(lo), target_delta) <= target_epsilon:
         hi, lo = lo, lo / 2.0
         if lo < _MIN_SCALE:
-            raise ValueError(f"epsilon {target_epsilon} needs a noise multiplier below "
-                             f"{_MIN_SCALE}: set one explicitly if that is what you mean")
-    scale = dpa.calibrate_dp_mechanism(lambda: HistoryAccountant(accountant), make_event,
-                                       target_epsilon, target_delta,
-                                       bracket_interval=ExplicitBracketInterval(lo, hi),
-                                       tol=1e-4)
+            raise ValueError(
+                f"epsilon {target_epsilon} needs a noise multiplier below "
+                f"{_MIN_SCALE}: set one explicitly if that is what you mean"
+            )
+    scale = dpa.calibrate_dp_mechanism(
+        lambda: HistoryAccountant(accountant),
+        make_event,
+        target_epsilon,
+        target_delta,
+        bracket_interval=ExplicitBracketInterval(lo, hi),
+        tol=1e-4,
+    )
     return float(scale)
 
 
-def calibrate(events: Sequence[tuple[float, float, int]], *, target_epsilon: float,
-              target_delta: float, accountant: str,
-              fixed: Sequence[tuple[float, float, int]] = ()) -> float:
+def calibrate(
+    events: Sequence[tuple[float, float, int]],
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    accountant: str,
+    fixed: Sequence[tuple[float, float, int]] = (),
+) -> float:
     """The smallest noise scale ``s`` whose releases spend at most ``target_epsilon``.
 
     Args:
@@ -205,17 +234,27 @@ def calibrate(events: Sequence[tuple[float, float, int]], *, target_epsilon: flo
     from fedrec.common.privacy.policy import MAX_CALIBRATION_EPSILON
 
     if not 0 < target_epsilon <= MAX_CALIBRATION_EPSILON:
-        raise ValueError(f"target_epsilon must lie in (0, {MAX_CALIBRATION_EPSILON:g}] for "
-                         f"calibration, got {target_epsilon} (above it a guarantee means "
-                         "nothing; set a noise multiplier instead)")
+        raise ValueError(
+            f"target_epsilon must lie in (0, {MAX_CALIBRATION_EPSILON:g}] for "
+            f"calibration, got {target_epsilon} (above it a guarantee means "
+            "nothing; set a noise multiplier instead)"
+        )
     if not 0 < target_delta < 1:
         raise ValueError(f"target_delta must lie in (0, 1), got {target_delta}")
     if not events or any(w <= 0 or not 0 < q <= 1 or n < 1 for w, q, n in events):
-        raise ValueError(f"calibration needs releases with positive weights, rates in (0, 1] "
-                         f"and steps >= 1, got {events}")
+        raise ValueError(
+            f"calibration needs releases with positive weights, rates in (0, 1] "
+            f"and steps >= 1, got {events}"
+        )
     if fixed and epsilon_of(accountant, fixed, target_delta) >= target_epsilon:
-        raise ValueError(f"the fixed releases alone ({tuple(fixed)}) spend epsilon "
-                         f"{target_epsilon} or more: raise their noise multiplier")
-    return _calibrate_cached(tuple((float(w), float(q), int(n)) for w, q, n in events),
-                             tuple((float(s), float(q), int(n)) for s, q, n in fixed),
-                             float(target_epsilon), float(target_delta), str(accountant))
+        raise ValueError(
+            f"the fixed releases alone ({tuple(fixed)}) spend epsilon "
+            f"{target_epsilon} or more: raise their noise multiplier"
+        )
+    return _calibrate_cached(
+        tuple((float(w), float(q), int(n)) for w, q, n in events),
+        tuple((float(s), float(q), int(n)) for s, q, n in fixed),
+        float(target_epsilon),
+        float(target_delta),
+        str(accountant),
+    )

@@ -472,8 +472,9 @@ def to_dp_event(releases: Iterable[PrivacyEvent]) -> Any:
     return dpa.ComposedDpEvent([release.to_dp_event() for release in releases])
 
 
-def opacus_accountant_from_releases(releases: Sequence[PrivacyEvent],
-                                    mechanism: str = "prv") -> Any:
+def opacus_accountant_from_releases(
+    releases: Sequence[PrivacyEvent], mechanism: str = "prv"
+) -> Any:
     """Build an Opacus accountant (``"prv"``, ``"rdp"``, ``"gdp"``) that has spent ``releases``.
 
     Its ``history`` is what ``step()`` would have built, consecutive equal ``(σ, q)`` merged;
@@ -498,5 +499,6 @@ def opacus_accountant_from_releases(releases: Sequence[PrivacyEvent],
 
 def releases_from_opacus_accountant(accountant: Any) -> list[PrivacyEvent]:
     """Return the releases an Opacus accountant has recorded (its ``history``)."""
-    return [PrivacyEvent(float(sigma), float(q), int(steps))
-            for sigma, q, steps in accountant.history]
+    return [
+        PrivacyEvent(float(sigma), float(q), int(steps)) for sigma, q, steps in accountant.history
+    ]

@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class DPConfig:
     """Example-level DP-SGD settings of a device (keyword names as in Opacus).
@@ -135,7 +134,8 @@ class LocalConfig:
             raise ValueError(
                 f"batch_size_norm must be a positive constant, got {self.batch_size_norm}: a "
                 "step normalisation that depends on the device's data size (0 used to mean "
-                "'q*n') would reveal the data size through the noise scale of an update")
+                "'q*n') would reveal the data size through the noise scale of an update"
+            )
 
     @property
     def steps(self) -> int:
@@ -207,11 +207,13 @@ class _DPOptimizer(DPOptimizerFastGradientClipping):
             if std == 0:
                 noise = torch.zeros_like(summed)
             elif self.noise_source is not None and not self.noise_source.is_seeded:
-                noise = torch.from_numpy(self.noise_source.normal(std, tuple(summed.shape))
-                                         ).to(summed.dtype)
+                noise = torch.from_numpy(self.noise_source.normal(std, tuple(summed.shape))).to(
+                    summed.dtype
+                )
             else:  # Opacus' own draw (seeded runs repeat exactly)
-                noise = torch.normal(mean=0, std=std, size=summed.shape,
-                                     generator=self.generator, dtype=summed.dtype)
+                noise = torch.normal(
+                    mean=0, std=std, size=summed.shape, generator=self.generator, dtype=summed.dtype
+                )
             p.grad = (summed + noise).view_as(p)
 
     def accumulate(self) -> None:
@@ -222,8 +224,9 @@ class _DPOptimizer(DPOptimizerFastGradientClipping):
                 p.summed_grad = p.grad.data.clone()
 
 
-def _accumulate_clipped(model: MatrixFactorization, g: GatheredBatch,
-                        grads: list[torch.Tensor], factor: torch.Tensor) -> None:
+def _accumulate_clipped(
+    model: MatrixFactorization, g: GatheredBatch, grads: list[torch.Tensor], factor: torch.Tensor
+) -> None:
     """Add the clipped per-example gradients into the tables' ``.grad``.
 
     This is what a second backward pass through the embedding lookups of :func:`gather`
@@ -249,8 +252,7 @@ def _local_optimizer(model: MatrixFactorization, local: LocalConfig) -> torch.op
     return torch.optim.SGD(groups)
 
 
-def _check_noise_share(noise_share: float | None, dp: DPConfig | None,
-                       local: LocalConfig) -> None:
+def _check_noise_share(noise_share: float | None, dp: DPConfig | None, local: LocalConfig) -> None:
     """Reject distributed-DP settings :func:`train_local` cannot honour."""
     if noise_share is not None:
         if dp is None:
@@ -299,8 +301,7 @@ def _build_optimizer(
     return optimizer, params, global_params
 
 
-def _poisson_batches(n: int, q: float, gen: torch.Generator,
-                     steps: int) -> Iterable[list[int]]:
+def _poisson_batches(n: int, q: float, gen: torch.Generator, steps: int) -> Iterable[list[int]]:
     """Poisson sampling over the device's ``n`` examples, ``steps`` batches.
 
     With no examples every batch is empty and the update is the noise alone, exactly what
@@ -308,13 +309,20 @@ def _poisson_batches(n: int, q: float, gen: torch.Generator,
     """
     if n:
         return UniformWithReplacementSampler(
-            num_samples=n, sample_rate=q, generator=gen, steps=steps)
+            num_samples=n, sample_rate=q, generator=gen, steps=steps
+        )
     return [[] for _ in range(steps)]
 
 
-def _train_batch(model: MatrixFactorization, pos: torch.Tensor, batch: list[int], *,
-                 local: LocalConfig, dp: DPConfig | None,
-                 gen: torch.Generator) -> tuple[float, int]:
+def _train_batch(
+    model: MatrixFactorization,
+    pos: torch.Tensor,
+    batch: list[int],
+    *,
+    local: LocalConfig,
+    dp: DPConfig | None,
+    gen: torch.Generator,
+) -> tuple[float, int]:
     """Put one batch's gradients into ``.grad`` (clipped per example under ``dp``).
 
     Draws the batch's negatives from ``gen``. Returns the batch's summed loss and its size.
@@ -346,8 +354,9 @@ def _zero_grads(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) ->
             p.grad = torch.zeros_like(p)
 
 
-def _descend_summed(global_params: list[torch.Tensor], summed: list[torch.Tensor],
-                    lr: float) -> None:
+def _descend_summed(
+    global_params: list[torch.Tensor], summed: list[torch.Tensor], lr: float
+) -> None:
     """Distributed DP: move the item tables by ``-lr`` times their summed noisy gradients."""
     with torch.no_grad():
         for acc, p in zip(summed, global_params, strict=True):
@@ -411,7 +420,8 @@ def train_local(
     gen = generator if generator is not None else NoiseSource.secure().torch_generator()
     _check_noise_share(noise_share, dp, local)
     optimizer, params, global_params = _build_optimizer(
-        model, local, dp, gen, noise_share=noise_share, noise_source=noise_source)
+        model, local, dp, gen, noise_share=noise_share, noise_source=noise_source
+    )
     # distributed DP: the item tables' noisy gradients add up, applied after the last step
     summed = None if noise_share is None else [torch.zeros_like(p) for p in global_params]
     total_loss, seen = 0.0, 0
@@ -430,5 +440,6 @@ def train_local(
     if summed is not None:
         _descend_summed(global_params, summed, local.lr)
     model.eval()
-    return LocalResult(steps=steps, sample_rate=q, examples=seen,
-                       mean_loss=total_loss / max(1, seen))
+    return LocalResult(
+        steps=steps, sample_rate=q, examples=seen, mean_loss=total_loss / max(1, seen)
+    )

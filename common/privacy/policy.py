@@ -20,8 +20,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-__all__ = ["RefusalCode", "Refusal", "PrivacyPolicy", "TrainingRequest", "PolicyViolation",
-           "MAX_CALIBRATION_EPSILON", "MIN_NOISE_MULTIPLIER", "training_memory_bytes", "check_arrays"]
+__all__ = [
+    "RefusalCode",
+    "Refusal",
+    "PrivacyPolicy",
+    "TrainingRequest",
+    "PolicyViolation",
+    "MAX_CALIBRATION_EPSILON",
+    "MIN_NOISE_MULTIPLIER",
+    "training_memory_bytes",
+    "check_arrays",
+]
 
 #: Noise calibration is refused above this ε (a guarantee beyond it means nothing, and the
 #: search for the noise multiplier would take minutes).
@@ -92,16 +101,18 @@ def check_arrays(arrays: Mapping[str, object], shapes: Mapping[str, tuple[int, .
     import numpy as np
 
     if set(arrays) != set(shapes):
-        raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                              f"arrays {sorted(arrays)} are not the expected {sorted(shapes)}")
+        raise PolicyViolation(
+            RefusalCode.BAD_REQUEST,
+            f"arrays {sorted(arrays)} are not the expected {sorted(shapes)}",
+        )
     for name, shape in shapes.items():
         value = np.asarray(arrays[name])
         if value.shape != tuple(shape):
-            raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                  f"{name} has shape {value.shape}, expected {tuple(shape)}")
+            raise PolicyViolation(
+                RefusalCode.BAD_REQUEST, f"{name} has shape {value.shape}, expected {tuple(shape)}"
+            )
         if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
-            raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                  f"{name} is not all finite numbers")
+            raise PolicyViolation(RefusalCode.BAD_REQUEST, f"{name} is not all finite numbers")
 
 
 def training_memory_bytes(n_items: int, dim: int) -> int:
@@ -164,8 +175,9 @@ class PrivacyPolicy:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
-            raise ValueError(f"epsilon_budget must be a positive number, got "
-                             f"{self.epsilon_budget!r}")
+            raise ValueError(
+                f"epsilon_budget must be a positive number, got {self.epsilon_budget!r}"
+            )
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta!r}")
         if self.accountant not in ("prv", "rdp"):
@@ -183,14 +195,18 @@ class PrivacyPolicy:
         """Raise :class:`PolicyViolation` if a table of this shape exceeds the ceilings."""
         entries = int(n_items) * (int(dim) + 1)
         if entries > self.max_table_entries:
-            raise PolicyViolation(RefusalCode.RESOURCES,
-                                  f"an item table of {n_items} x {dim} exceeds the device's "
-                                  f"ceiling of {self.max_table_entries} entries")
+            raise PolicyViolation(
+                RefusalCode.RESOURCES,
+                f"an item table of {n_items} x {dim} exceeds the device's "
+                f"ceiling of {self.max_table_entries} entries",
+            )
         if training_memory_bytes(n_items, dim) > self.max_memory_bytes:
-            raise PolicyViolation(RefusalCode.RESOURCES,
-                                  f"training on a {n_items} x {dim} table needs about "
-                                  f"{training_memory_bytes(n_items, dim)} bytes, over the "
-                                  f"device's ceiling of {self.max_memory_bytes}")
+            raise PolicyViolation(
+                RefusalCode.RESOURCES,
+                f"training on a {n_items} x {dim} table needs about "
+                f"{training_memory_bytes(n_items, dim)} bytes, over the "
+                f"device's ceiling of {self.max_memory_bytes}",
+            )
 
     def check(self, request: TrainingRequest) -> None:
         """Raise :class:`PolicyViolation` unless the device may do ``request``.
@@ -201,37 +217,51 @@ class PrivacyPolicy:
         """
         if not request.dp:
             if not self.allow_no_dp:
-                raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
-                                      "the server asks for training without device noise; "
-                                      "this device does not allow it")
+                raise PolicyViolation(
+                    RefusalCode.PRIVACY_POLICY,
+                    "the server asks for training without device noise; "
+                    "this device does not allow it",
+                )
         else:
             if request.delta is not None and not (0 < request.delta <= self.delta):
-                raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
-                                      f"the server's delta {request.delta!r} is looser than "
-                                      f"this device's {self.delta:g}")
+                raise PolicyViolation(
+                    RefusalCode.PRIVACY_POLICY,
+                    f"the server's delta {request.delta!r} is looser than "
+                    f"this device's {self.delta:g}",
+                )
             if request.epsilon is not None and not (0 < request.epsilon <= self.epsilon_budget):
-                raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
-                                      f"the server's epsilon {request.epsilon!r} exceeds this "
-                                      f"device's budget {self.epsilon_budget:g}")
+                raise PolicyViolation(
+                    RefusalCode.PRIVACY_POLICY,
+                    f"the server's epsilon {request.epsilon!r} exceeds this "
+                    f"device's budget {self.epsilon_budget:g}",
+                )
             sigma = request.noise_multiplier
             if not (math.isfinite(sigma) and sigma >= 0):
-                raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                      f"noise multiplier {sigma!r} is not a number >= 0")
+                raise PolicyViolation(
+                    RefusalCode.BAD_REQUEST, f"noise multiplier {sigma!r} is not a number >= 0"
+                )
             if 0 < sigma < MIN_NOISE_MULTIPLIER:
-                raise PolicyViolation(RefusalCode.PRIVACY_POLICY,
-                                      f"noise multiplier {sigma:g} is below "
-                                      f"{MIN_NOISE_MULTIPLIER:g}")
+                raise PolicyViolation(
+                    RefusalCode.PRIVACY_POLICY,
+                    f"noise multiplier {sigma:g} is below {MIN_NOISE_MULTIPLIER:g}",
+                )
             if sigma == 0 and request.epsilon is None:
-                raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                      "no noise multiplier and no epsilon to calibrate one to")
+                raise PolicyViolation(
+                    RefusalCode.BAD_REQUEST,
+                    "no noise multiplier and no epsilon to calibrate one to",
+                )
             if not 0 < request.sample_rate <= 1:
-                raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                      f"sampling rate {request.sample_rate!r} outside (0, 1]")
+                raise PolicyViolation(
+                    RefusalCode.BAD_REQUEST, f"sampling rate {request.sample_rate!r} outside (0, 1]"
+                )
         if not (isinstance(request.steps, int) and 1 <= request.steps):
-            raise PolicyViolation(RefusalCode.BAD_REQUEST,
-                                  f"steps {request.steps!r} is not a positive integer")
+            raise PolicyViolation(
+                RefusalCode.BAD_REQUEST, f"steps {request.steps!r} is not a positive integer"
+            )
         if request.steps > self.max_steps_per_round:
-            raise PolicyViolation(RefusalCode.RESOURCES,
-                                  f"{request.steps} local steps exceed the device's ceiling "
-                                  f"of {self.max_steps_per_round}")
+            raise PolicyViolation(
+                RefusalCode.RESOURCES,
+                f"{request.steps} local steps exceed the device's ceiling "
+                f"of {self.max_steps_per_round}",
+            )
         self.check_table(request.n_items, request.dim)

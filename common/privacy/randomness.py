@@ -37,8 +37,10 @@ SECURE = "os-entropy"
 #: Label of noise drawn from a seed.
 SEEDED = "seeded"
 #: What a run, ledger or audit with seeded noise must say.
-SEEDED_WARNING = ("noise and sampling were SEEDED (reproducible mode): not private against "
-                  "anyone who knows the seed")
+SEEDED_WARNING = (
+    "noise and sampling were SEEDED (reproducible mode): not private against "
+    "anyone who knows the seed"
+)
 
 
 def derive_seed(seed: int, *names: object) -> int:

@@ -28,15 +28,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FAILURE_PROBABILITY", "SecureSession", "secure_range", "sgd_update_bounds",
-           "exceeds_range"]
+__all__ = [
+    "FAILURE_PROBABILITY",
+    "SecureSession",
+    "secure_range",
+    "sgd_update_bounds",
+    "exceeds_range",
+]
 
 #: The probability, per device and round, that a noised share needs clipping.
 FAILURE_PROBABILITY = 1e-12
 
 
-def secure_range(signal_bound: float, noise_std: float, values: int, *,
-                 failure_probability: float = FAILURE_PROBABILITY) -> float:
+def secure_range(
+    signal_bound: float,
+    noise_std: float,
+    values: int,
+    *,
+    failure_probability: float = FAILURE_PROBABILITY,
+) -> float:
     """The SecAgg+ clipping range ``c`` for vectors of ``values`` entries ``signal + noise``.
 
     Args:
@@ -46,14 +56,23 @@ def secure_range(signal_bound: float, noise_std: float, values: int, *,
         failure_probability: ``p``, the probability that any coordinate exceeds ``c``.
     """
     if signal_bound < 0 or noise_std < 0 or values < 1 or not 0 < failure_probability < 1:
-        raise ValueError("secure_range needs signal_bound, noise_std >= 0, values >= 1 and "
-                         "0 < failure_probability < 1")
+        raise ValueError(
+            "secure_range needs signal_bound, noise_std >= 0, values >= 1 and "
+            "0 < failure_probability < 1"
+        )
     z = max(1.0, math.sqrt(2.0 * math.log(values / failure_probability)))
     return float(signal_bound + z * noise_std) * (1 + 1e-9) + 1e-12
 
 
-def sgd_update_bounds(*, lr: float, steps: int, max_grad_norm: float, batch_size_norm: float,
-                      noise_multiplier: float, noise_share: float) -> tuple[float, float]:
+def sgd_update_bounds(
+    *,
+    lr: float,
+    steps: int,
+    max_grad_norm: float,
+    batch_size_norm: float,
+    noise_multiplier: float,
+    noise_share: float,
+) -> tuple[float, float]:
     """``(S, s)`` of one coordinate of a distributed-DP item update (see the module doc).
 
     The update is ``-lr · Σ_t (clamp(g_t) + n_t) / B`` over ``steps`` steps, with
@@ -66,8 +85,9 @@ def sgd_update_bounds(*, lr: float, steps: int, max_grad_norm: float, batch_size
 
 def exceeds_range(arrays: Mapping[str, np.ndarray], clipping_range: float) -> bool:
     """Whether any value of ``arrays`` lies beyond ``±clipping_range`` (it must not be sent)."""
-    return any(np.asarray(v).size and float(np.max(np.abs(v))) > clipping_range
-               for v in arrays.values())
+    return any(
+        np.asarray(v).size and float(np.max(np.abs(v))) > clipping_range for v in arrays.values()
+    )
 
 
 @dataclass(frozen=True)

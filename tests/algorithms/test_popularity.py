@@ -21,8 +21,15 @@ def test_without_privacy_it_is_the_most_popular_baseline():
     from fedrec.simulations.federation import federated_dataset
     from fedrec.simulations.loop import run_plain
 
-    cfg = RunConfig.from_flat({"algorithm": "popularity", "privacy": "off",
-                               "synthetic-users": 80, "synthetic-items": 60, "dim": 4})
+    cfg = RunConfig.from_flat(
+        {
+            "algorithm": "popularity",
+            "privacy": "off",
+            "synthetic-users": 80,
+            "synthetic-items": 60,
+            "dim": 4,
+        }
+    )
     result = run_plain(cfg)
     baseline = most_popular(federated_dataset(cfg).split, ks=cfg.k_values)
     for key in ("ndcg@10", "recall@10", "hr@20"):
@@ -33,9 +40,17 @@ def test_a_private_release_carries_the_accounted_noise(tmp_path):
     from fedrec.common.audit.report import audit_run
     from fedrec.simulations.loop import run_plain
 
-    cfg = RunConfig.from_flat({"algorithm": "popularity", "privacy": "local",
-                               "synthetic-users": 80, "synthetic-items": 60, "dim": 4,
-                               "epsilon": 1.0, "reproducible": True})
+    cfg = RunConfig.from_flat(
+        {
+            "algorithm": "popularity",
+            "privacy": "local",
+            "synthetic-users": 80,
+            "synthetic-items": 60,
+            "dim": 4,
+            "epsilon": 1.0,
+            "reproducible": True,
+        }
+    )
     off = run_plain(cfg.replace(privacy="off")).state["item_bias.weight"]
     noisy = run_plain(cfg, ledger_dir=tmp_path).state["item_bias.weight"]
     (sigma,) = cfg.noise_multipliers()

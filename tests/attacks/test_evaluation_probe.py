@@ -23,8 +23,10 @@ TRAIN = np.array([40, 41, 42, 43, 44])
 def _crafted_table() -> dict[str, np.ndarray]:
     bias = np.full((N_ITEMS, 1), -100.0, dtype=np.float32)
     bias[PROBES, 0] = np.arange(10, 0, -1)
-    return {"item_embedding.weight": np.zeros((N_ITEMS, DIM), dtype=np.float32),
-            "item_bias.weight": bias}
+    return {
+        "item_embedding.weight": np.zeros((N_ITEMS, DIM), dtype=np.float32),
+        "item_bias.weight": bias,
+    }
 
 
 def _candidates():
@@ -38,8 +40,7 @@ def _candidates():
                 if len(test) == 0:
                     continue
                 sums = user_metric_sums(scores, TRAIN, test, ks=KS)
-                out.append((frozenset(subset), np.array([sums[k] for k in
-                                                         evaluation_keys(KS)])))
+                out.append((frozenset(subset), np.array([sums[k] for k in evaluation_keys(KS)])))
     return out
 
 
@@ -56,11 +57,16 @@ def _device(sigma_budget=1e4):
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
     events = []
-    dev = Device("device-000001", TRAIN, n_items=N_ITEMS, dim=DIM, local=LocalConfig(),
-                 dp=DPConfig(noise_multiplier=1.0, budget_epsilon=sigma_budget,
-                             accountant="rdp"),
-                 test_items=HELD_OUT,
-                 on_release=lambda event, **context: events.append(event))
+    dev = Device(
+        "device-000001",
+        TRAIN,
+        n_items=N_ITEMS,
+        dim=DIM,
+        local=LocalConfig(),
+        dp=DPConfig(noise_multiplier=1.0, budget_epsilon=sigma_budget, accountant="rdp"),
+        test_items=HELD_OUT,
+        on_release=lambda event, **context: events.append(event),
+    )
     return dev, events
 
 
@@ -98,9 +104,9 @@ def test_the_probe_learns_only_what_is_accounted():
     width = len(evaluation_keys(KS))
     assert len(events) == trials
     assert {(e.purpose, e.noise_multiplier, e.max_grad_norm) for e in events} == {
-        ("evaluation", sigma, math.sqrt(width))}
-    assert dev.epsilon_spent() == pytest.approx(
-        epsilon_of("rdp", [(sigma, 1.0, trials)], 1e-5))
+        ("evaluation", sigma, math.sqrt(width))
+    }
+    assert dev.epsilon_spent() == pytest.approx(epsilon_of("rdp", [(sigma, 1.0, trials)], 1e-5))
     # and the noise is what was accounted: std sigma * sqrt(#values) on every value
     residuals = np.concatenate(residuals)
     assert np.std(residuals) == pytest.approx(sigma * math.sqrt(width), rel=0.12)
@@ -116,9 +122,18 @@ def test_a_run_with_federated_evaluation_accounts_it_within_the_budget(tmp_path)
     from fedrec.common.config import RunConfig
     from fedrec.simulations.loop import run_plain
 
-    cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=4, num_rounds=4,
-                    fraction_train=0.5, eval_every=2, epsilon=4.0, accountant="rdp",
-                    eval_noise_multiplier=20.0, run_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        synthetic_users=40,
+        synthetic_items=50,
+        dim=4,
+        num_rounds=4,
+        fraction_train=0.5,
+        eval_every=2,
+        epsilon=4.0,
+        accountant="rdp",
+        eval_noise_multiplier=20.0,
+        run_dir=str(tmp_path / "run"),
+    )
     assert cfg.evaluation_history() == ((20.0, 1.0, 2),)
     res = run_plain(cfg, ledger_dir=tmp_path / "ledgers")
     assert "federated_eval" in res.rounds[1] and "eval" in res.rounds[1]

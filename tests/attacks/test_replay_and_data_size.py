@@ -31,10 +31,21 @@ def _user_level_round(tmp_path, monkeypatch, **extra):
         return noisy_mean(deltas, reference, **kw)
 
     monkeypatch.setattr(user_mechanism, "noisy_mean", recording)
-    cfg = RunConfig(synthetic_users=60, synthetic_items=40, dim=4, num_rounds=1,
-                    fraction_train=0.1, privacy="user", delta=1e-4, epsilon=4.0,
-                    server_optimizer="fedavg", server_lr=1.0, eval_every=1,
-                    run_dir=str(tmp_path / "run"), **extra)
+    cfg = RunConfig(
+        synthetic_users=60,
+        synthetic_items=40,
+        dim=4,
+        num_rounds=1,
+        fraction_train=0.1,
+        privacy="user",
+        delta=1e-4,
+        epsilon=4.0,
+        server_optimizer="fedavg",
+        server_lr=1.0,
+        eval_every=1,
+        run_dir=str(tmp_path / "run"),
+        **extra,
+    )
     before = coordinator.initial_global_state(cfg, 40)  # public: seeded, no data involved
     after = run_plain(cfg, ledger_dir=tmp_path / "run" / "ledgers").state
     return cfg, before, after, seen
@@ -45,8 +56,9 @@ def _replay(cfg, before, after, count):
     rng = np.random.default_rng(cfg.seed)
     rng.random(cfg.synthetic_users)  # Poisson sampling consumes the stream first
     std = cfg.user_noise() * cfg.user_clip
-    noisy_sum = {k: (after[k].astype(np.float64) - before[k]) / cfg.server_lr * count
-                 for k in before}
+    noisy_sum = {
+        k: (after[k].astype(np.float64) - before[k]) / cfg.server_lr * count for k in before
+    }
     return {k: noisy_sum[k] - rng.normal(0.0, std, size=before[k].shape) for k in before}
 
 
@@ -60,8 +72,7 @@ def test_replaying_the_seeded_generators_recovers_nothing(tmp_path, monkeypatch)
     assert np.std(err) > 0.5 * std
     # control: in a reproducible run the same attack subtracts the noise exactly (which is
     # why such runs are labelled "not private against anyone who knows the seed")
-    cfg, before, after, seen = _user_level_round(tmp_path / "b", monkeypatch,
-                                                 reproducible=True)
+    cfg, before, after, seen = _user_level_round(tmp_path / "b", monkeypatch, reproducible=True)
     recovered = _replay(cfg, before, after, seen["count"])
     err = np.concatenate([(recovered[k] - seen["sum"][k]).ravel() for k in before])
     assert np.abs(err).max() < 1e-3 * std
@@ -73,8 +84,13 @@ def test_replaying_the_seeded_generators_recovers_nothing(tmp_path, monkeypatch)
     from fedrec.common.audit.report import audit_run, render_markdown
 
     for run, seeded in (("a", False), ("b", True)):
-        report = audit_run(tmp_path / run / "run" / "ledgers", write=False, plots=False,
-                           accountants=("pld",), workers=1)
+        report = audit_run(
+            tmp_path / run / "run" / "ledgers",
+            write=False,
+            plots=False,
+            accountants=("pld",),
+            workers=1,
+        )
         assert ("SEEDED" in render_markdown(report)) is seeded
         assert report.server.randomness == (["seeded"] if seeded else ["os-entropy"])
 
@@ -91,8 +107,15 @@ def test_a_device_s_noise_cannot_be_regenerated_from_the_seed_and_its_id(tmp_pat
     dp = DPConfig(noise_multiplier=1.0, budget_epsilon=50.0)
 
     def update(seed):
-        dev = Device("device-000007", np.zeros(0, dtype=np.int64), n_items=2000, dim=8,
-                     local=local, dp=dp, seed=seed)
+        dev = Device(
+            "device-000007",
+            np.zeros(0, dtype=np.int64),
+            n_items=2000,
+            dim=8,
+            local=local,
+            dp=dp,
+            seed=seed,
+        )
         return dev.train(table, 1).arrays["item_embedding.weight"].ravel()
 
     private = update(None)  # what a simulation of a private run does (cfg.device_seed None)
@@ -118,9 +141,10 @@ def test_an_update_s_noise_scale_does_not_depend_on_the_data_size(tmp_path):
 
     n_items, dim = 1682, 32
     rng = np.random.default_rng(0)
-    table = {"item_embedding.weight": rng.normal(scale=0.1, size=(n_items, dim)
-                                                 ).astype(np.float32),
-             "item_bias.weight": np.zeros((n_items, 1), dtype=np.float32)}
+    table = {
+        "item_embedding.weight": rng.normal(scale=0.1, size=(n_items, dim)).astype(np.float32),
+        "item_bias.weight": np.zeros((n_items, 1), dtype=np.float32),
+    }
     ids = [str(i) for i in range(n_items)]
     ok = PolicySignals(charging=True, on_wifi=True)
     scales = {}

@@ -25,12 +25,24 @@ def _setup(tmp_path):
     from fedrec.server.coordinator import make_coordinator
     from fedrec.simulations.apps import simulated_device_factory, simulated_states
 
-    cfg = RunConfig(synthetic_users=N_DEVICES, synthetic_items=N_ITEMS, dim=DIM,
-                    num_rounds=1, fraction_train=1.0, privacy="distributed",
-                    dropout_tolerance=0.0, epsilon=8.0, accountant="rdp", local_epochs=2,
-                    sample_rate=1.0, local_lr=1.0, batch_size_norm=1.0,
-                    server_optimizer="fedavg", server_lr=1.0,
-                    run_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        synthetic_users=N_DEVICES,
+        synthetic_items=N_ITEMS,
+        dim=DIM,
+        num_rounds=1,
+        fraction_train=1.0,
+        privacy="distributed",
+        dropout_tolerance=0.0,
+        epsilon=8.0,
+        accountant="rdp",
+        local_epochs=2,
+        sample_rate=1.0,
+        local_lr=1.0,
+        batch_size_norm=1.0,
+        server_optimizer="fedavg",
+        server_lr=1.0,
+        run_dir=str(tmp_path / "run"),
+    )
     factory = simulated_device_factory(cfg)
     shares = {}
 
@@ -74,18 +86,25 @@ def test_few_devices_large_share_nothing_clipped_and_the_sigma_is_the_ledgered_o
     assert plan.noise_share == pytest.approx(1 / np.sqrt(N_DEVICES))  # a large share: 0.58
     # no share came near the range: nothing was clipped
     assert len(shares) == N_DEVICES
-    assert max(float(np.abs(v).max()) for s in shares.values() for v in s.values()) \
+    assert (
+        max(float(np.abs(v).max()) for s in shares.values() for v in s.values())
         < plan.clipping_range / 2
+    )
     # the released sum is the noise: measure its sigma, compare with the server's ledger
     local = cfg.local_config()
-    total = np.concatenate([((after[k].astype(np.float64) - before[k]) * N_DEVICES
-                             / cfg.server_lr).ravel() for k in before])
+    total = np.concatenate(
+        [
+            ((after[k].astype(np.float64) - before[k]) * N_DEVICES / cfg.server_lr).ravel()
+            for k in before
+        ]
+    )
     unit = local.lr * np.sqrt(local.steps) * cfg.max_grad_norm / local.batch_size_norm
     measured = float(np.std(total)) / unit
     ledgers = sorted((Path(cfg.run_dir) / "ledgers" / "secure-sum").glob("*.jsonl"))
     assert len(ledgers) == N_DEVICES
-    ledgered = [json.loads(p.read_text().splitlines()[-1])["mechanism"]["noise_multiplier"]
-                for p in ledgers]
+    ledgered = [
+        json.loads(p.read_text().splitlines()[-1])["mechanism"]["noise_multiplier"] for p in ledgers
+    ]
     assert ledgered == [pytest.approx(cfg.device_noise())] * N_DEVICES
     # 9,000 values: the std's relative standard error is 0.75%
     assert measured == pytest.approx(cfg.device_noise(), rel=0.04)
@@ -97,7 +116,8 @@ def test_a_range_that_would_clip_is_refused_and_nothing_is_summed(tmp_path):
 
     real = coordinator.mechanism.plan
     coordinator.mechanism.plan = lambda *a: dataclasses.replace(  # a server shrinking it
-        real(*a), clipping_range=1e-4)
+        real(*a), clipping_range=1e-4
+    )
     before, after, report = _round(coordinator, grid)
     assert report.aggregated == 0 and shares == {}  # every device refused before any work
     assert report.refused == N_DEVICES

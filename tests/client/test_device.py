@@ -13,21 +13,29 @@ LOCAL = LocalConfig(epochs=1, sample_rate=0.5, lr=0.1)
 
 def _state(seed=0):
     import torch
-    return MatrixFactorization(1, N_ITEMS, DIM,
-                               generator=torch.Generator().manual_seed(seed)).global_state()
+
+    return MatrixFactorization(
+        1, N_ITEMS, DIM, generator=torch.Generator().manual_seed(seed)
+    ).global_state()
 
 
 def _device(items, dp=None, **kw):
-    return Device("dev-1", np.asarray(items), n_items=N_ITEMS, dim=DIM, local=LOCAL, dp=dp,
-                  seed=0, **kw)
+    return Device(
+        "dev-1", np.asarray(items), n_items=N_ITEMS, dim=DIM, local=LOCAL, dp=dp, seed=0, **kw
+    )
 
 
 @settings(max_examples=20, deadline=None)
-@given(items=st.lists(st.integers(0, N_ITEMS - 1), min_size=1, max_size=12, unique=True),
-       private=st.booleans())
+@given(
+    items=st.lists(st.integers(0, N_ITEMS - 1), min_size=1, max_size=12, unique=True),
+    private=st.booleans(),
+)
 def test_update_structure_does_not_depend_on_items(items, private):
-    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=1e6,
-                  accountant="rdp") if private else None
+    dp = (
+        DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=1e6, accountant="rdp")
+        if private
+        else None
+    )
     reply = _device(items, dp=dp).train(_state(), 1)
     assert isinstance(reply, Contribution)
     ref = _state()
@@ -44,8 +52,7 @@ def test_update_structure_does_not_depend_on_items(items, private):
 
 def test_reply_never_carries_user_embedding_or_items():
     items = np.array([3, 7, 11])
-    dev = _device(items, dp=DPConfig(noise_multiplier=1.0, budget_epsilon=1e6,
-                                     accountant="rdp"))
+    dev = _device(items, dp=DPConfig(noise_multiplier=1.0, budget_epsilon=1e6, accountant="rdp"))
     reply = dev.train(_state(), 1)
     user = dev.model.local_state()["user_embedding.weight"]
     assert reply.metrics == {}
@@ -56,8 +63,7 @@ def test_reply_never_carries_user_embedding_or_items():
 
 
 def test_device_over_budget_refuses_and_spends_nothing():
-    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=2.0,
-                  accountant="rdp")
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=2.0, accountant="rdp")
     dev = _device(list(range(10)), dp=dp)
     replies = [dev.train(_state(), r) for r in range(1, 40)]
     refusals = [r for r in replies if isinstance(r, Refusal)]
@@ -80,16 +86,19 @@ def test_accountant_state_survives_restart():
     assert fresh.epsilon_spent() == 0.0
     fresh.load_state_dict(saved)
     assert fresh.epsilon_spent() == pytest.approx(spent)
-    np.testing.assert_array_equal(fresh.model.local_state()["user_embedding.weight"],
-                                  dev.model.local_state()["user_embedding.weight"])
+    np.testing.assert_array_equal(
+        fresh.model.local_state()["user_embedding.weight"],
+        dev.model.local_state()["user_embedding.weight"],
+    )
     assert fresh.accountant.history == dev.accountant.history
 
 
 def test_release_is_recorded_before_the_update_leaves():
     events = []
     dp = DPConfig(noise_multiplier=1.0, budget_epsilon=100, accountant="rdp")
-    dev = _device([1, 2], dp=dp, on_release=lambda event, **context: events.append(
-        (event, context)))
+    dev = _device(
+        [1, 2], dp=dp, on_release=lambda event, **context: events.append((event, context))
+    )
     dev.train(_state(), 5)
     assert len(events) == 1 and events[0][1]["round"] == 5
     assert events[0][0].purpose == "dp-sgd" and events[0][0].noise_multiplier == 1.0
@@ -123,12 +132,21 @@ def test_local_mode_accounting_matches_dp_accounting_over_rounds():
     from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
 
     local = LocalConfig(epochs=1, sample_rate=0.25, lr=0.1)
-    dev = Device("d", np.arange(8), n_items=20, dim=4, local=local,
-                 dp=DPConfig(noise_multiplier=1.1, budget_epsilon=50.0), seed=0)
+    dev = Device(
+        "d",
+        np.arange(8),
+        n_items=20,
+        dim=4,
+        local=local,
+        dp=DPConfig(noise_multiplier=1.1, budget_epsilon=50.0),
+        seed=0,
+    )
     state = MatrixFactorization(1, 20, 4).global_state()
     for rnd in range(1, 4):
         assert not isinstance(dev.train(state, rnd), Refusal)
     acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
-    acc.compose(dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.1)),
-                3 * local.steps)
+    acc.compose(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.1)),
+        3 * local.steps,
+    )
     assert dev.epsilon_spent() == pytest.approx(acc.get_epsilon(1e-5), rel=0.02)

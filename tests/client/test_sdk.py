@@ -28,8 +28,10 @@ def _table(seed=0, bias=False):
     centres = rng.normal(size=(6, DIM)) * 2
     emb = np.repeat(centres, N // 6, axis=0) + rng.normal(scale=0.1, size=(N, DIM))
     b = rng.normal(size=(N, 1)) if bias else np.zeros((N, 1))
-    return {"item_embedding.weight": emb.astype(np.float32),
-            "item_bias.weight": b.astype(np.float32)}
+    return {
+        "item_embedding.weight": emb.astype(np.float32),
+        "item_bias.weight": b.astype(np.float32),
+    }
 
 
 def _open(tmp_path, name="d.db", **kw):
@@ -100,8 +102,13 @@ def test_exclude_seen_covers_actions_not_impressions(tmp_path):
     with _open(tmp_path) as c:
         c.receive_model(_table())
         _buy(c, [0])
-        c.record_many([Event("skip", "m1", 5.0), Event("impression", "m2", 5.0),
-                       Event("view", "m3", 5.0, value=1.0)])
+        c.record_many(
+            [
+                Event("skip", "m1", 5.0),
+                Event("impression", "m2", 5.0),
+                Event("view", "m3", 5.0, value=1.0),
+            ]
+        )
         got = set(c.recommend(9).item_ids)
         assert not got & {"m0", "m1", "m3"}
         assert "m2" in got  # shown but not acted on: still eligible
@@ -214,8 +221,7 @@ def test_sdk_dp_defaults_are_dpconfigs():
 
 
 def test_train_round_respects_the_policy(tmp_path):
-    with _open(tmp_path, policy=TrainingPolicy(max_rounds_per_day=1,
-                                               min_battery_level=0.5)) as c:
+    with _open(tmp_path, policy=TrainingPolicy(max_rounds_per_day=1, min_battery_level=0.5)) as c:
         _buy(c, range(6))
         for signals, why in [
             (PolicySignals(charging=False, on_wifi=True, battery_level=0.9), "not charging"),
@@ -233,8 +239,13 @@ def test_train_round_respects_the_policy(tmp_path):
         with pytest.raises(ValueError, match="unknown policy signals"):
             c.train_round(_table(), 4, policy_signals={"plugged": True})
     steps = 2  # LOCAL: ceil(epochs / sample_rate)
-    with _open(tmp_path, "steps.db", policy=TrainingPolicy(
-            require_charging=False, max_rounds_per_day=None, max_steps_per_day=steps)) as c:
+    with _open(
+        tmp_path,
+        "steps.db",
+        policy=TrainingPolicy(
+            require_charging=False, max_rounds_per_day=None, max_steps_per_day=steps
+        ),
+    ) as c:
         _buy(c, range(6))
         assert type(c.train_round(_table(), 1, policy_signals=OK)).__name__ == "Contribution"
         again = c.train_round(_table(), 2, policy_signals=OK)
@@ -280,12 +291,12 @@ def test_privacy_report_and_the_signed_ledger(tmp_path):
         assert report.history == ((1.0, 0.5, 2),) and report.steps == 2
         assert any("Poisson" in a for a in report.assumptions)
         assert any("crash" in a for a in report.assumptions)
-        result = verify_ledger(c.ledger_path, c.ledger_public_key_pem(),
-                               expected_device_id=c.device_id)
+        result = verify_ledger(
+            c.ledger_path, c.ledger_public_key_pem(), expected_device_id=c.device_id
+        )
         assert result.ok and len(result.records) == 1
         rec = result.records[0]
-        assert rec["round"] == 7 and rec["claimed_epsilon"] == pytest.approx(
-            report.epsilon_spent)
+        assert rec["round"] == 7 and rec["claimed_epsilon"] == pytest.approx(report.epsilon_spent)
         assert c.store.releases()[0].record == rec  # the store holds the same signed record
         assert rec["mechanism"]["randomness"] == "seeded"  # _open passes seed=0: said so
     with _open(tmp_path, "secure.db", seed=None) as c:
@@ -341,9 +352,11 @@ def test_without_dp_the_report_says_infinite(tmp_path):
 
 
 def test_importing_the_sdk_pulls_no_server_simulation_ray_or_torch():
-    code = ("import sys, fedrec.client.sdk;"
-            "bad=[m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'opacus')"
-            " or m.startswith(('fedrec.server', 'fedrec.simulations', 'flwr.server',"
-            " 'flwr.simulation', 'flwr.serverapp'))];"
-            "print(bad); assert not bad")
+    code = (
+        "import sys, fedrec.client.sdk;"
+        "bad=[m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'opacus')"
+        " or m.startswith(('fedrec.server', 'fedrec.simulations', 'flwr.server',"
+        " 'flwr.simulation', 'flwr.serverapp'))];"
+        "print(bad); assert not bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

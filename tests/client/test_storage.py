@@ -23,10 +23,18 @@ from fedrec.client.storage import (
 def _release(store, steps=3, sigma=1.0, q=0.5):
     state = store.privacy_state()
     after = merge_history(list(state.history) + [(sigma, q, steps)])
-    return store.begin_release(server_round=1, noise_multiplier=sigma, max_grad_norm=1.0,
-                               sample_rate=q, steps=steps, target_delta=1e-5,
-                               budget_epsilon=8.0, accountant="rdp", history_after=after,
-                               epsilon_after=float(sum(h[2] for h in after)))
+    return store.begin_release(
+        server_round=1,
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+        sample_rate=q,
+        steps=steps,
+        target_delta=1e-5,
+        budget_epsilon=8.0,
+        accountant="rdp",
+        history_after=after,
+        epsilon_after=float(sum(h[2] for h in after)),
+    )
 
 
 def test_pragmas_and_schema_version(tmp_path):
@@ -65,11 +73,14 @@ def test_newer_schema_and_foreign_files_are_refused_untouched(tmp_path):
 
 def test_events_round_trip_and_batches_are_atomic(tmp_path):
     with DeviceStore(tmp_path / "d.db") as s:
-        ids = s.append_events([Event("view", "a", 5.0, 12.0, {"screen": "home"}),
-                               Event("purchase", "b", 3.0)])
+        ids = s.append_events(
+            [Event("view", "a", 5.0, 12.0, {"screen": "home"}), Event("purchase", "b", 3.0)]
+        )
         assert ids == [1, 2]
-        assert s.events() == [Event("purchase", "b", 3.0),
-                              Event("view", "a", 5.0, 12.0, {"screen": "home"})]
+        assert s.events() == [
+            Event("purchase", "b", 3.0),
+            Event("view", "a", 5.0, 12.0, {"screen": "home"}),
+        ]
         with pytest.raises(TypeError):
             s.append_events([Event("click", "c", 1.0), ("click", "d", 1.0)])
         assert s.event_count() == 2  # nothing of the bad batch was written
@@ -94,25 +105,52 @@ def test_spend_only_goes_up(tmp_path):
         assert s.privacy_state().total_steps == 4
         assert s.releases()[0].status == "intent"
         with pytest.raises(StoreError, match="never decreases"):
-            s.begin_release(server_round=2, noise_multiplier=1.0, max_grad_norm=1.0,
-                            sample_rate=0.5, steps=1, target_delta=1e-5, budget_epsilon=8,
-                            accountant="rdp", history_after=[(1.0, 0.5, 1)],
-                            epsilon_after=1.0)
+            s.begin_release(
+                server_round=2,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                sample_rate=0.5,
+                steps=1,
+                target_delta=1e-5,
+                budget_epsilon=8,
+                accountant="rdp",
+                history_after=[(1.0, 0.5, 1)],
+                epsilon_after=1.0,
+            )
         with pytest.raises(StoreError, match="accountant"):
-            s.begin_release(server_round=2, noise_multiplier=1.0, max_grad_norm=1.0,
-                            sample_rate=0.5, steps=1, target_delta=1e-5, budget_epsilon=8,
-                            accountant="prv", history_after=[(1.0, 0.5, 9)],
-                            epsilon_after=1.0)
-        s.complete_release(rid, accountant="rdp", history=[(1.0, 0.5, 4)], epsilon=4.0,
-                           delta=1e-5, record={"seq": 0}, cpu_seconds=0.1,
-                           user_state={"user_embedding": np.ones((1, 2), np.float32)})
+            s.begin_release(
+                server_round=2,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                sample_rate=0.5,
+                steps=1,
+                target_delta=1e-5,
+                budget_epsilon=8,
+                accountant="prv",
+                history_after=[(1.0, 0.5, 9)],
+                epsilon_after=1.0,
+            )
+        s.complete_release(
+            rid,
+            accountant="rdp",
+            history=[(1.0, 0.5, 4)],
+            epsilon=4.0,
+            delta=1e-5,
+            record={"seq": 0},
+            cpu_seconds=0.1,
+            user_state={"user_embedding": np.ones((1, 2), np.float32)},
+        )
         assert s.releases()[0].status == "released" and s.releases()[0].record == {"seq": 0}
         with pytest.raises(StoreError, match="not an open intent"):
-            s.complete_release(rid, accountant="rdp", history=[(1.0, 0.5, 4)], epsilon=4.0,
-                               delta=1e-5)
+            s.complete_release(
+                rid, accountant="rdp", history=[(1.0, 0.5, 4)], epsilon=4.0, delta=1e-5
+            )
         # the triggers guard the file even against direct SQL
-        for sql in ("UPDATE privacy SET total_steps = 0", "DELETE FROM privacy",
-                    "DELETE FROM releases"):
+        for sql in (
+            "UPDATE privacy SET total_steps = 0",
+            "DELETE FROM privacy",
+            "DELETE FROM releases",
+        ):
             with pytest.raises(sqlite3.DatabaseError, match="fedrec"):
                 s._db.execute(sql)
         assert s.privacy_state().total_steps == 4
@@ -183,8 +221,9 @@ def test_sigkill_during_writes_loses_no_committed_event_nor_spend(tmp_path):
     committed: set[int] = set()
     spend_seen = 0
     for trial in range(3):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)],
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True
+        )
         lines = []
         while len(lines) < 20:  # let it get going, then kill it mid-loop
             lines.append(child.stdout.readline())

@@ -181,8 +181,9 @@ def test_bad_arguments_say_what_to_do():
 
 @pytest.mark.parametrize("accountant", ["pld", "rdp", "analytic"])
 def test_delta_for_inverts_epsilon(accountant):
-    releases = ([PrivacyEvent(2.0, None, 4)] if accountant == "analytic"
-                else [PrivacyEvent(1.0, 0.1, 30)])
+    releases = (
+        [PrivacyEvent(2.0, None, 4)] if accountant == "analytic" else [PrivacyEvent(1.0, 0.1, 30)]
+    )
     eps = epsilon(releases, target_delta=DELTA, accountant=accountant)
     delta = delta_for(releases, target_epsilon=eps, accountant=accountant)
     assert delta == pytest.approx(DELTA, rel=0.05)

@@ -138,8 +138,9 @@ def test_summary_and_user_level_epsilon(report):
     assert server is not None and server.unit == "user"
     # 5 unsampled Gaussians with σ = 4: one Gaussian with σ = 4/√5, exact.
     assert server.epsilon["analytic"] == pytest.approx(
-        epsilon([PrivacyEvent(4.0 / math.sqrt(5), None, 1)], target_delta=DELTA,
-                accountant="analytic")
+        epsilon(
+            [PrivacyEvent(4.0 / math.sqrt(5), None, 1)], target_delta=DELTA, accountant="analytic"
+        )
     )
     assert server.epsilon["pld"] == pytest.approx(server.epsilon["analytic"], abs=1e-3)
 

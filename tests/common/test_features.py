@@ -16,7 +16,8 @@ from fedrec.common.data.schema import ItemMetadata
 def _meta():
     return ItemMetadata(
         genres=[("Drama",), ("Comedy", "Drama"), (), ("Comedy",), ("Horror",)],
-        extra={"year": [1950, 1990, None, 1995, 1997]})
+        extra={"year": [1950, 1990, None, 1995, 1997]},
+    )
 
 
 def test_item_features_one_hot_genres_and_year_bins():
@@ -65,13 +66,19 @@ def test_profile_fold_in_tilts_popularity_towards_the_users_genres():
     pop = np.full(6, 20.0)
     pop[5] = 1e6
     t2 = feature_table(pop, feats, dim=3)
-    u2 = profile_fold_in(t2["item_embedding.weight"], t2["item_bias.weight"], np.array([0, 1]),
-                         scale=0.5, smoothing=0.01)
+    u2 = profile_fold_in(
+        t2["item_embedding.weight"],
+        t2["item_bias.weight"],
+        np.array([0, 1]),
+        scale=0.5,
+        smoothing=0.01,
+    )
     s2 = t2["item_bias.weight"][:, 0] + t2["item_embedding.weight"] @ u2[0]
     assert s2[5] > s2[4]
     # a device without items ranks by popularity alone
-    assert not profile_fold_in(emb, bias, np.array([], dtype=np.int64), scale=2.0,
-                               smoothing=0.01).any()
+    assert not profile_fold_in(
+        emb, bias, np.array([], dtype=np.int64), scale=2.0, smoothing=0.01
+    ).any()
 
 
 def test_one_round_spec_and_single_release_accounting():
@@ -91,8 +98,13 @@ def test_one_round_spec_and_single_release_accounting():
     from fedrec.common.privacy.accountant import epsilon_of
 
     assert epsilon_of("rdp", [(sigma, 1.0, 1)], cfg.delta) == pytest.approx(2.0, rel=2e-3)
-    two = RunConfig(algorithm="spectral", num_rounds=2, epsilon=2.0, accountant="rdp",
-                    spectral_popularity_share=0.5).noise_multipliers()
+    two = RunConfig(
+        algorithm="spectral",
+        num_rounds=2,
+        epsilon=2.0,
+        accountant="rdp",
+        spectral_popularity_share=0.5,
+    ).noise_multipliers()
     assert len(two) == 2 and min(two) > sigma  # two releases need more noise each
 
 
@@ -100,8 +112,14 @@ def test_one_round_spec_and_single_release_accounting():
 def test_user_level_features_noise_matches_dp_accounting():
     from tests.common.test_spectral import _dp_accounting_epsilon
 
-    cfg = RunConfig(privacy="user", algorithm="features", num_rounds=1, epsilon=3.0,
-                    delta=1e-4, fraction_train=1.0)
+    cfg = RunConfig(
+        privacy="user",
+        algorithm="features",
+        num_rounds=1,
+        epsilon=3.0,
+        delta=1e-4,
+        fraction_train=1.0,
+    )
     (sigma,) = cfg.noise_multipliers()
     assert cfg.user_noise() == sigma
     assert 0.97 * 3.0 <= _dp_accounting_epsilon([sigma], 1.0, 1e-4) <= 3.0 * 1.001
@@ -116,6 +134,8 @@ def test_features_config_validation():
         RunConfig(algorithm="features", num_rounds=1, feature_smoothing=0.0)
     from fedrec.common.algorithms.features import Features
 
-    spec = Features.spec_of(RunConfig(algorithm="features", num_rounds=1, dim=40,
-                                      feature_scale=1.5, privacy="user"), 100)
+    spec = Features.spec_of(
+        RunConfig(algorithm="features", num_rounds=1, dim=40, feature_scale=1.5, privacy="user"),
+        100,
+    )
     assert (spec.rounds, spec.unit, spec.feature_scale, spec.dim) == (1, "user", 1.5, 40)

@@ -84,8 +84,12 @@ def test_record_format(ledger_file, key):
     assert first["mechanism"]["randomness"] == "os-entropy"
     assert first["prev_hash"] == GENESIS_HASH == "0" * 64
     assert first["device_id"] == "dev7"
-    assert first["mechanism"] == {"type": "gaussian", "noise_multiplier": 1.1, "max_grad_norm": 1.0,
-                                  "randomness": "os-entropy"}
+    assert first["mechanism"] == {
+        "type": "gaussian",
+        "noise_multiplier": 1.1,
+        "max_grad_norm": 1.0,
+        "randomness": "os-entropy",
+    }
     assert first["sampling"] == {"type": "poisson", "probability": 0.05}
     assert records[3]["sampling"] == {"type": "none", "probability": None}
     assert first["unit"] == "example" and first["relation"] == "add/remove"

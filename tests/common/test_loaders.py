@@ -355,7 +355,10 @@ def test_recbole_errors():
 def test_event_log_csv_with_iso_timestamps():
     data = load_event_log(
         FIXTURES / "events" / "events.csv",
-        user_col="account", item_col="sku", weight_col="qty", timestamp_col="when",
+        user_col="account",
+        item_col="sku",
+        weight_col="qty",
+        timestamp_col="when",
     )
     assert data.name == "events"
     assert data.user_map.to_list() == ["acct-1", "acct-2", "acct-3"]
@@ -373,11 +376,17 @@ def test_event_log_defaults_and_tsv():
     np.testing.assert_array_equal(data.weight, 1.0)
     np.testing.assert_array_equal(data.timestamp, np.arange(5))
     plays = load_event_log(
-        FIXTURES / "events" / "plays.tsv", user_col="user", item_col="track", timestamp_col="ts",
+        FIXTURES / "events" / "plays.tsv",
+        user_col="user",
+        item_col="track",
+        timestamp_col="ts",
         sep="\t",
     )
-    assert triples(plays) == [("ana", "t1", 1.0, 100), ("ben", "t2", 1.0, 50),
-                              ("ana", "t2", 1.0, 200)]
+    assert triples(plays) == [
+        ("ana", "t1", 1.0, 100),
+        ("ben", "t2", 1.0, 50),
+        ("ana", "t2", 1.0, 200),
+    ]
 
 
 def test_event_log_errors():
@@ -387,31 +396,38 @@ def test_event_log_errors():
     assert "'account'" in str(info.value)
     with pytest.raises(DataFormatError) as info:
         load_event_log(
-            BAD / "events-bad-time" / "events.csv", user_col="account", item_col="sku",
+            BAD / "events-bad-time" / "events.csv",
+            user_col="account",
+            item_col="sku",
             timestamp_col="when",
         )
     assert info.value.line == 3
     assert "'yesterday' is not a number or an ISO-8601 date/time" in str(info.value)
     with pytest.raises(ValueError, match="format"):
-        load_event_log(FIXTURES / "events" / "events.csv", user_col="a", item_col="b",
-                       format="xlsx")
+        load_event_log(
+            FIXTURES / "events" / "events.csv", user_col="a", item_col="b", format="xlsx"
+        )
 
 
 def test_event_log_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    table = pa.table({
-        "uid": pa.array([30, 4, 30], pa.int64()),
-        "item": ["b", "a", "c"],
-        "score": pa.array([0.5, 2.0, 1.0], pa.float32()),
-        "at": pa.array(
-            [datetime(2024, 1, 5, 10, tzinfo=UTC),
-             datetime(2024, 1, 6, tzinfo=UTC),
-             datetime(2024, 1, 7, tzinfo=UTC)],
-            pa.timestamp("ms", tz="UTC"),
-        ),
-        "iso": ["2024-01-05T10:00:00Z", "2024-01-06", "2024-01-07T00:00:00+00:00"],
-    })
+    table = pa.table(
+        {
+            "uid": pa.array([30, 4, 30], pa.int64()),
+            "item": ["b", "a", "c"],
+            "score": pa.array([0.5, 2.0, 1.0], pa.float32()),
+            "at": pa.array(
+                [
+                    datetime(2024, 1, 5, 10, tzinfo=UTC),
+                    datetime(2024, 1, 6, tzinfo=UTC),
+                    datetime(2024, 1, 7, tzinfo=UTC),
+                ],
+                pa.timestamp("ms", tz="UTC"),
+            ),
+            "iso": ["2024-01-05T10:00:00Z", "2024-01-06", "2024-01-07T00:00:00+00:00"],
+        }
+    )
     path = tmp_path / "log.parquet"
     pq.write_table(table, path)
     expected = [
@@ -428,8 +444,19 @@ def test_event_log_parquet(tmp_path):
         assert triples(data) == expected
     other = tmp_path / "log.bin"
     other.write_bytes(path.read_bytes())
-    assert triples(load_event_log(other, user_col="uid", item_col="item", weight_col="score",
-                                  timestamp_col="at", format="parquet")) == expected
+    assert (
+        triples(
+            load_event_log(
+                other,
+                user_col="uid",
+                item_col="item",
+                weight_col="score",
+                timestamp_col="at",
+                format="parquet",
+            )
+        )
+        == expected
+    )
     with pytest.raises(DataFormatError) as info:
         load_event_log(path, user_col="user", item_col="item")
     assert "missing column(s) 'user'" in str(info.value)
@@ -441,7 +468,13 @@ def test_event_log_parquet(tmp_path):
 
 def test_load_dataset_dispatch():
     assert set(DATASETS) == {
-        "ml-100k", "ml-1m", "ml-latest", "ml-latest-small", "recbole", "events", "synthetic",
+        "ml-100k",
+        "ml-1m",
+        "ml-latest",
+        "ml-latest-small",
+        "recbole",
+        "events",
+        "synthetic",
     }
     # data_dir may be the folder holding the data set under its name, or the data set itself
     a = load_dataset("ml-100k", FIXTURES)
@@ -513,7 +546,7 @@ def test_vectorised_iso_parsing_matches_python(moment, form, offset_minutes):
     }[form]
     text = text.rjust(10, "0") if form == "date" else text
     if not text[:4].isdigit():  # strftime does not zero-pad years < 1000 everywhere
-        text = f"{moment.year:04d}" + text[text.index("-"):]
+        text = f"{moment.year:04d}" + text[text.index("-") :]
     seconds, ok = loaders._iso_to_seconds(np.array([text.encode()]))
     assert ok[0], text
     assert seconds[0] == loaders._py_time(text, iso=True)

@@ -210,8 +210,9 @@ def reference(table, train_sets, test_sets, ks):
         rel = test_sets[u]
         if not rel:
             continue
-        ranking = sorted((i for i in range(len(row)) if i not in train_sets[u]),
-                         key=lambda i: (-row[i], i))
+        ranking = sorted(
+            (i for i in range(len(row)) if i not in train_sets[u]), key=lambda i: (-row[i], i)
+        )
         for k in ks:
             lst = ranking[:k]
             covered[k].update(lst)
@@ -310,9 +311,10 @@ def sampled_problem(seed=0, n_users=30, n_items=300):
 
 def first_test_items(test: Interactions) -> dict[int, int]:
     first = {}
-    for u, i, _ in sorted(zip(test.user.tolist(), test.item.tolist(), test.timestamp.tolist(),
-                              strict=True),
-                          key=lambda x: (x[0], x[2], x[1])):
+    for u, i, _ in sorted(
+        zip(test.user.tolist(), test.item.tolist(), test.timestamp.tolist(), strict=True),
+        key=lambda x: (x[0], x[2], x[1]),
+    ):
         first.setdefault(u, i)
     return first
 
@@ -343,8 +345,13 @@ def test_sampled_worst_scorer_gets_zero_and_ties_go_to_lower_index():
     neg = sample_negatives(split.train, split.test, users, seed=5)
     ranks = 1 + (neg < np.array([first[u] for u in users])[:, None]).sum(axis=1)
     expected = float(np.mean(ranks <= 10))
-    out = evaluate_sampled(lambda u: np.zeros((len(u), split.train.n_items)),
-                           split.train, split.test, seed=5, batch_size=7)
+    out = evaluate_sampled(
+        lambda u: np.zeros((len(u), split.train.n_items)),
+        split.train,
+        split.test,
+        seed=5,
+        batch_size=7,
+    )
     assert out["sampled_hr@10"] == pytest.approx(expected)
 
 
@@ -371,7 +378,8 @@ def test_sampled_pads_when_too_few_candidates():
     neg = sample_negatives(train, test, np.array([0]), n_negatives=4, seed=0)
     assert neg.tolist() == [[3, 4, -1, -1]]
     # Positive 2 scores lowest: rank 3 among 3 candidates.
-    out = evaluate_sampled(table_scorer([[9, 9, 0, 1, 1]]), train, test, n_negatives=4,
-                           ks=(2, 3), seed=0)
+    out = evaluate_sampled(
+        table_scorer([[9, 9, 0, 1, 1]]), train, test, n_negatives=4, ks=(2, 3), seed=0
+    )
     assert out["sampled_hr@2"] == 0.0 and out["sampled_hr@3"] == 1.0
     assert out["sampled_ndcg@3"] == pytest.approx(0.5)  # 1/log2(3 + 1)

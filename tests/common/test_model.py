@@ -31,8 +31,9 @@ def test_load_global_state_roundtrip_and_errors():
     for k in GLOBAL_KEYS:
         np.testing.assert_array_equal(a.global_state()[k], b.global_state()[k])
     with pytest.raises(ValueError, match="shape"):
-        b.load_global_state({"item_embedding.weight": np.zeros((3, 2)),
-                             "item_bias.weight": np.zeros((4, 1))})
+        b.load_global_state(
+            {"item_embedding.weight": np.zeros((3, 2)), "item_bias.weight": np.zeros((4, 1))}
+        )
     with pytest.raises(ValueError, match="missing"):
         b.load_global_state({"item_embedding.weight": np.zeros((4, 2))})
 

@@ -25,8 +25,10 @@ def _reference_top(scores, n):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.sampled_from([0.0, 1.0, 2.0, 2.5, -np.inf]), min_size=1, max_size=40),
-       st.integers(1, 45))
+@given(
+    st.lists(st.sampled_from([0.0, 1.0, 2.0, 2.5, -np.inf]), min_size=1, max_size=40),
+    st.integers(1, 45),
+)
 def test_top_candidates_is_the_sorted_prefix_with_ties_to_the_lower_index(values, n):
     scores = np.asarray(values, dtype=np.float32)
     np.testing.assert_array_equal(top_candidates(scores, n), _reference_top(scores, n))
@@ -88,8 +90,10 @@ def test_availability_mask_indices_and_lazy_predicate():
     s = rng.normal(size=10_000)
     allowed = np.arange(0, 10_000, 7)
     got = [r.index for r in rank(s, 10, available=allowed)]
-    assert got == _reference_top(np.where(np.isin(np.arange(10_000), allowed), s, -np.inf),
-                                 10).tolist()
+    assert (
+        got
+        == _reference_top(np.where(np.isin(np.arange(10_000), allowed), s, -np.inf), 10).tolist()
+    )
     mask = np.zeros(10_000, dtype=bool)
     mask[allowed] = True
     assert [r.index for r in rank(s, 10, available=mask)] == got
@@ -103,8 +107,9 @@ def test_availability_mask_indices_and_lazy_predicate():
     assert len(calls) < 1000  # applied to candidates, never to the whole catalog
     # a predicate that rejects almost everything still fills the list
     rare = [r.index for r in rank(s, 3, available=lambda i: i % 2500 == 0)]
-    assert sorted(rare) == sorted(_reference_top(
-        np.where(np.arange(10_000) % 2500 == 0, s, -np.inf), 3).tolist())
+    assert sorted(rare) == sorted(
+        _reference_top(np.where(np.arange(10_000) % 2500 == 0, s, -np.inf), 3).tolist()
+    )
 
 
 def test_mmr_increases_diversity_and_zero_lambda_is_relevance_order():
@@ -146,8 +151,15 @@ def test_explanations_name_the_nearest_interacted_item_and_a_shared_genre():
     emb = _clustered()
     history = np.array([0, 41, 85])  # one item from each of clusters 0, 1, 2
     genres = [(f"g{i // 40}", "all") for i in range(len(emb))]
-    recs = rank(score_items(fold_in(emb, history), emb), 10, item_vectors=emb,
-                exclude=history, explain_with=history, genres=genres, explanations=True)
+    recs = rank(
+        score_items(fold_in(emb, history), emb),
+        10,
+        item_vectors=emb,
+        exclude=history,
+        explain_with=history,
+        genres=genres,
+        explanations=True,
+    )
     for r in recs:
         e = r.explanation
         assert e.kind == "neighbour" and e.because in history
@@ -155,8 +167,11 @@ def test_explanations_name_the_nearest_interacted_item_and_a_shared_genre():
         assert e.genre == f"g{r.index // 40}"
         assert "because you interacted with" in e.text(lambda i: f"item {i}")
     # metadata alone: the interacted item sharing the most genres
-    by_genre = explain(np.array([100]), history=np.array([0, 90]),
-                       genres={100: ("drama", "war"), 0: ("comedy",), 90: ("war",)})
+    by_genre = explain(
+        np.array([100]),
+        history=np.array([0, 90]),
+        genres={100: ("drama", "war"), 0: ("comedy",), 90: ("war",)},
+    )
     assert by_genre == [Explanation("genre", 90, None, "war")]
     # no history: the cold-start source
     assert explain(np.array([1, 2]), history=None, fallback="popular")[0].kind == "popular"

@@ -16,8 +16,9 @@ from fedrec.common.algorithms.spectral import (
 
 
 def _contrib(items, phase, spec, selected=None, seed=0):
-    return contribution(np.asarray(items), phase, spec, selected=selected,
-                        rng=np.random.default_rng(seed))
+    return contribution(
+        np.asarray(items), phase, spec, selected=selected, rng=np.random.default_rng(seed)
+    )
 
 
 @pytest.mark.parametrize("unit", ["example", "user"])
@@ -28,8 +29,13 @@ def test_contribution_shape_and_norm_do_not_depend_on_the_items(unit):
     for _ in range(40):
         items = rng.choice(50, size=int(rng.integers(1, 50)), replace=False)
         for phase in PHASES:
-            c = _contrib(items, phase, spec, selected if phase == "cooccurrence" else None,
-                         seed=int(rng.integers(1 << 30)))
+            c = _contrib(
+                items,
+                phase,
+                spec,
+                selected if phase == "cooccurrence" else None,
+                seed=int(rng.integers(1 << 30)),
+            )
             assert c.shape == spec.shape(phase)
             assert np.linalg.norm(c) <= spec.max_norm(phase) + 1e-9
             if unit == "user":
@@ -46,8 +52,9 @@ def test_example_level_sensitivity_holds_for_adding_and_swapping_one_item():
         base = rng.choice(30, size=int(rng.integers(1, 20)), replace=False)
         new = rng.choice(np.setdiff1d(np.arange(30), base))
         # popularity is uncapped: a neighbour adds one item
-        diff = np.linalg.norm(_contrib(base, "popularity", spec)
-                              - _contrib(np.append(base, new), "popularity", spec))
+        diff = np.linalg.norm(
+            _contrib(base, "popularity", spec) - _contrib(np.append(base, new), "popularity", spec)
+        )
         worst["popularity"] = max(worst["popularity"], diff)
         assert diff <= spec.sensitivity("popularity") + 1e-9
         # co-occurrence is capped at m items: below the cap a neighbour adds one item; at the
@@ -57,8 +64,10 @@ def test_example_level_sensitivity_holds_for_adding_and_swapping_one_item():
             neighbour = np.append(small, new)
         else:
             neighbour = np.append(np.delete(small, int(rng.integers(m))), new)
-        diff = np.linalg.norm(_contrib(small, "cooccurrence", spec, selected)
-                              - _contrib(neighbour, "cooccurrence", spec, selected))
+        diff = np.linalg.norm(
+            _contrib(small, "cooccurrence", spec, selected)
+            - _contrib(neighbour, "cooccurrence", spec, selected)
+        )
         worst["cooccurrence"] = max(worst["cooccurrence"], diff)
         assert diff <= spec.sensitivity("cooccurrence") + 1e-9, (small, neighbour)
     # the bounds are attained: not loose by more than rounding
@@ -130,8 +139,15 @@ def _dp_accounting_epsilon(sigmas, q, delta):
 def test_user_level_noise_spends_the_budget_per_dp_accounting():
     from fedrec.common.config import RunConfig
 
-    cfg = RunConfig(privacy="user", algorithm="spectral", num_rounds=2, epsilon=4.0,
-                    delta=1e-4, fraction_train=0.6, spectral_popularity_share=0.3)
+    cfg = RunConfig(
+        privacy="user",
+        algorithm="spectral",
+        num_rounds=2,
+        epsilon=4.0,
+        delta=1e-4,
+        fraction_train=0.6,
+        spectral_popularity_share=0.3,
+    )
     s_pop, s_co = cfg.noise_multipliers()
     assert s_pop / s_co == pytest.approx(math.sqrt(0.7 / 0.3), rel=1e-6)
     eps = _dp_accounting_epsilon([s_pop, s_co], 0.6, 1e-4)
@@ -142,8 +158,13 @@ def test_user_level_noise_spends_the_budget_per_dp_accounting():
 def test_example_level_noise_spends_the_budget_per_dp_accounting(accountant):
     from fedrec.common.config import RunConfig
 
-    cfg = RunConfig(privacy="distributed", algorithm="spectral", num_rounds=2, epsilon=3.0,
-                    accountant=accountant)
+    cfg = RunConfig(
+        privacy="distributed",
+        algorithm="spectral",
+        num_rounds=2,
+        epsilon=3.0,
+        accountant=accountant,
+    )
     s_pop, s_co = cfg.noise_multipliers()
     eps = _dp_accounting_epsilon([s_pop, s_co], 1.0, cfg.delta)
     # the devices' accountant (Opacus) and dp-accounting's PLD agree on two Gaussians;
@@ -159,8 +180,13 @@ def test_calibration_rejects_bad_budgets():
         with pytest.raises(ValueError, match="target_epsilon"):
             calibrate([(1.0, 1.0, 1)], target_epsilon=eps, target_delta=1e-5, accountant="rdp")
     with pytest.raises(ValueError, match="fixed releases alone"):
-        calibrate([(1.0, 1.0, 1)], target_epsilon=1.0, target_delta=1e-5, accountant="rdp",
-                  fixed=[(0.5, 1.0, 10)])
+        calibrate(
+            [(1.0, 1.0, 1)],
+            target_epsilon=1.0,
+            target_delta=1e-5,
+            accountant="rdp",
+            fixed=[(0.5, 1.0, 10)],
+        )
 
 
 def test_spec_and_config_validation():

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -109,7 +108,7 @@ def test_public_genres_follow_the_latent_factors():
     genres = data.interactions.items.genres
     dim = data.item_factors.shape[1]
     for row, g in zip(data.item_factors, genres, strict=True):
-        assert set(g) == {f"g{j}" for j in range(dim) if row[j] > 1 / dim ** 0.5}
+        assert set(g) == {f"g{j}" for j in range(dim) if row[j] > 1 / dim**0.5}
     assert sum(map(len, genres)) > 0
 
 

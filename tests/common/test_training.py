@@ -17,8 +17,7 @@ def synthetic():
 def test_mf_recovers_known_latent_structure(synthetic, loss):
     """Data with a known answer: MF must beat popularity and rank like the true factors."""
     split = temporal_split(synthetic.interactions)
-    cfg = TrainConfig(dim=8, loss=loss, epochs=25, batch_size=256, lr=0.01, l2=1e-3,
-                      n_negatives=4)
+    cfg = TrainConfig(dim=8, loss=loss, epochs=25, batch_size=256, lr=0.01, l2=1e-3, n_negatives=4)
     model = CentralizedTrainer(cfg).fit(split.train)
     mf = evaluate(model.full_scores, split.train, split.test, ks=(10,))
     pop = evaluate(MostPopular().fit(split.train).scores, split.train, split.test, ks=(10,))
@@ -26,8 +25,10 @@ def test_mf_recovers_known_latent_structure(synthetic, loss):
     # learned scores agree with the generator's true scores (rank correlation per user)
     learned = model.full_scores(np.arange(50))
     true = synthetic.true_scores(np.arange(50))
-    corr = [np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
-            for a, b in zip(learned, true, strict=True)]
+    corr = [
+        np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
+        for a, b in zip(learned, true, strict=True)
+    ]
     assert np.median(corr) > 0.5
 
 
@@ -49,5 +50,6 @@ def test_train_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="empty"):
         from fedrec.common.data.schema import IdMap, Interactions
+
         empty = Interactions([], [], [], [], IdMap(["a"]), IdMap(["x"]))
         CentralizedTrainer(TrainConfig(epochs=1)).fit(empty)

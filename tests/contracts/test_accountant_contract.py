@@ -53,10 +53,8 @@ def test_the_audits_accountants_reproduce_the_pinned_vectors(kind, vector):
 def test_composition_is_order_free_and_steps_add(kind):
     a, b = (1.1, 0.05, 40), (2.0, 1.0, 3)
     split = [(1.1, 0.05, 15), (2.0, 1.0, 3), (1.1, 0.05, 25)]
-    assert epsilon_of(kind, [a, b], 1e-5) == pytest.approx(epsilon_of(kind, [b, a], 1e-5),
-                                                           rel=2e-3)
-    assert epsilon_of(kind, split, 1e-5) == pytest.approx(epsilon_of(kind, [a, b], 1e-5),
-                                                          rel=2e-3)
+    assert epsilon_of(kind, [a, b], 1e-5) == pytest.approx(epsilon_of(kind, [b, a], 1e-5), rel=2e-3)
+    assert epsilon_of(kind, split, 1e-5) == pytest.approx(epsilon_of(kind, [a, b], 1e-5), rel=2e-3)
     assert epsilon_of(kind, [], 1e-5) == 0.0
     assert epsilon_of(kind, [(0.0, 1.0, 1)], 1e-5) == float("inf")  # no noise, no guarantee
 

@@ -25,10 +25,19 @@ USERS, ITEMS = 10, 24
 
 
 def _config(algorithm, privacy, run_dir):
-    flat = {"algorithm": algorithm, "privacy": privacy, "synthetic-users": USERS,
-            "synthetic-items": ITEMS, "fraction-train": 1.0, "epsilon": 8.0,
-            "delta": 1e-4 if privacy == "user" else 1e-5, "reproducible": True,
-            "local-epochs": 1, "run-dir": str(run_dir), "eval-every": 100}
+    flat = {
+        "algorithm": algorithm,
+        "privacy": privacy,
+        "synthetic-users": USERS,
+        "synthetic-items": ITEMS,
+        "fraction-train": 1.0,
+        "epsilon": 8.0,
+        "delta": 1e-4 if privacy == "user" else 1e-5,
+        "reproducible": True,
+        "local-epochs": 1,
+        "run-dir": str(run_dir),
+        "eval-every": 100,
+    }
     if algorithm == "sgd":
         flat.update({"num-rounds": 2, "dim": 4})
     if algorithm == "spectral":
@@ -91,8 +100,13 @@ def test_every_algorithm_runs_in_every_mode_or_is_refused(tmp_path, algorithm, p
         secure = make_mechanism(cfg, coord.algorithm).secure()
         assert individual == 0 if secure else individual > 0, (kind, individual)
         if privacy != "off":
-            report = audit_run(Path(run_cfg.run_dir) / "ledgers", accountants=("pld",),
-                               write=False, plots=False, workers=1)
+            report = audit_run(
+                Path(run_cfg.run_dir) / "ledgers",
+                accountants=("pld",),
+                write=False,
+                plots=False,
+                workers=1,
+            )
             assert report.ok and report.ledgers, report.tampered
         results[kind] = coord.state
     for key in results["in-process"]:
@@ -107,8 +121,7 @@ class OnlyLocal(algorithm_class("sgd")):
     """A test algorithm that declares it cannot run under user-level DP."""
 
     name = "only-local"
-    modes = {"off": None, "local": None, "distributed": None,
-             "user": "it needs device noise"}
+    modes = {"off": None, "local": None, "distributed": None, "user": "it needs device noise"}
 
 
 def test_a_mode_an_algorithm_declines_is_refused_with_its_reason(monkeypatch):

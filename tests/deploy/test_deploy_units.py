@@ -52,7 +52,8 @@ def test_certificates_chain_to_the_ca_and_name_loopback(tmp_path):
     assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
-        str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+        str(v) for v in sans.get_values_for_type(x509.IPAddress)
+    }
     assert {"localhost", "127.0.0.1", "::1", "link.example.org", "10.0.0.5"} <= names
     for key in ("ca_key", "server_key"):
         assert stat.S_IMODE(paths[key].stat().st_mode) == 0o600
@@ -138,12 +139,15 @@ def test_deploy_app_is_a_valid_flower_app_and_its_config_parses(tmp_path):
 
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps({"item_ids": ["a", "b", "c"]}))
-    path = write_deploy_app(tmp_path / "app", catalog=catalog, min_nodes=3,
-                            settings={"num-rounds": 4, "epsilon": 2.0})
+    path = write_deploy_app(
+        tmp_path / "app", catalog=catalog, min_nodes=3, settings={"num-rounds": 4, "epsilon": 2.0}
+    )
     config, _warnings = load_and_validate(path)
     components = config["tool"]["flwr"]["app"]["components"]
-    assert components == {"serverapp": "fedrec.server.deployment:server_app",
-                          "clientapp": "fedrec.client.deployment:client_app"}
+    assert components == {
+        "serverapp": "fedrec.server.deployment:server_app",
+        "clientapp": "fedrec.client.deployment:client_app",
+    }
     flat = tomllib.loads(path.read_text())["tool"]["flwr"]["app"]["config"]
     cfg, settings = split_run_config(flat)
     assert cfg.num_rounds == 4 and cfg.epsilon == 2.0 and cfg.privacy == "local"
@@ -180,8 +184,13 @@ def test_flower_commands_have_tls_and_node_auth_on_by_default(tmp_path, capsys):
     generate_certificates(tmp_path / "certs")
     generate_node_keys(tmp_path / "keys", 1)
     link = superlink_command(certs=tmp_path / "certs", port=9100)
-    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
-                 "--enable-supernode-auth", "--disable-runtime-dependency-installation"):
+    for flag in (
+        "--ssl-ca-certfile",
+        "--ssl-certfile",
+        "--ssl-keyfile",
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+    ):
         assert flag in link
     assert "--insecure" not in link
     with pytest.raises(ValueError, match="--certs"):
@@ -189,10 +198,14 @@ def test_flower_commands_have_tls_and_node_auth_on_by_default(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="fedrec certs"):
         superlink_command(certs=tmp_path / "nowhere")
 
-    node = supernode_command(superlink="127.0.0.1:9100", store=tmp_path / "d.db",
-                             root_certificates=tmp_path / "certs" / "ca.crt",
-                             auth_key=tmp_path / "keys" / "node-1", port=9200,
-                             node_config={"seed": 3, "charging": False})
+    node = supernode_command(
+        superlink="127.0.0.1:9100",
+        store=tmp_path / "d.db",
+        root_certificates=tmp_path / "certs" / "ca.crt",
+        auth_key=tmp_path / "keys" / "node-1",
+        port=9200,
+        node_config={"seed": 3, "charging": False},
+    )
     assert "--root-certificates" in node and "--auth-supernode-private-key" in node
     assert "--insecure" not in node
     config = node[node.index("--node-config") + 1]
@@ -200,10 +213,13 @@ def test_flower_commands_have_tls_and_node_auth_on_by_default(tmp_path, capsys):
     assert "seed=3" in config and "charging=false" in config
     with pytest.raises(ValueError, match="--root-certificates"):
         supernode_command(superlink="x:1", store="d.db", root_certificates=None, auth_key=None)
-    local = supernode_command(superlink="127.0.0.1:9100", store=tmp_path / "d.db",
-                              root_certificates=tmp_path / "certs" / "ca.crt",
-                              auth_key=tmp_path / "keys" / "node-1",
-                              runtime_certs=tmp_path / "certs")
+    local = supernode_command(
+        superlink="127.0.0.1:9100",
+        store=tmp_path / "d.db",
+        root_certificates=tmp_path / "certs" / "ca.crt",
+        auth_key=tmp_path / "keys" / "node-1",
+        runtime_certs=tmp_path / "certs",
+    )
     assert local[local.index("--ssl-certfile") + 1] == str(tmp_path / "certs" / "server.pem")
 
     # the `fedrec` commands, dry run: insecure only behind the flag, with a loud warning
@@ -229,16 +245,21 @@ def test_the_fedrec_cli_lists_and_runs_the_deployment_commands(tmp_path, capsys)
     assert fedrec_main(["certs", str(tmp_path / "c")]) == 0
     assert fedrec_main(["node-keys", str(tmp_path / "k"), "--count", "2"]) == 0
     assert (tmp_path / "c" / "server.pem").exists() and (tmp_path / "k" / "node-2.pub").exists()
-    assert fedrec_main(["deploy-app", str(tmp_path / "app"), "--n-items", "50",
-                        "--set", "num-rounds=3"]) == 0
+    assert (
+        fedrec_main(
+            ["deploy-app", str(tmp_path / "app"), "--n-items", "50", "--set", "num-rounds=3"]
+        )
+        == 0
+    )
     assert "num-rounds = 3" in (tmp_path / "app" / "pyproject.toml").read_text()
 
 
 def test_close_stale_session_is_a_no_op_without_a_recorded_session(tmp_path):
     from fedrec.client.storage import DeviceStore
 
-    kwargs = dict(superlink="127.0.0.1:1", auth_key=tmp_path / "k", root_certificates=None,
-                  insecure=True)
+    kwargs = dict(
+        superlink="127.0.0.1:1", auth_key=tmp_path / "k", root_certificates=None, insecure=True
+    )
     assert close_stale_session(store=tmp_path / "none.db", **kwargs) is None
     with DeviceStore(tmp_path / "d.db") as s:
         s.set_meta(NODE_ID_META, 42)
@@ -254,12 +275,27 @@ def _run_config(tmp_path, **overrides):
 
     ids = [f"item-{i}" for i in range(30)]
     (tmp_path / "catalog.json").write_text(json.dumps(ids))
-    flat = {k: v for k, v in RunConfig().to_flat().items()
-            if k not in ("dataset", "data-dir", "synthetic-users", "synthetic-items", "split")}
-    flat.update({"noise-multiplier": 1.0, "accountant": "rdp", "dim": 8, "num-rounds": 2,
-                 "epsilon": 50.0, "catalog": str(tmp_path / "catalog.json"),
-                 "local-epochs": 1.0, "sample-rate": 0.5, "loss": "bpr", "n-negatives": 1,
-                 "local-lr": 0.5, "batch-size-norm": 4.0})
+    flat = {
+        k: v
+        for k, v in RunConfig().to_flat().items()
+        if k not in ("dataset", "data-dir", "synthetic-users", "synthetic-items", "split")
+    }
+    flat.update(
+        {
+            "noise-multiplier": 1.0,
+            "accountant": "rdp",
+            "dim": 8,
+            "num-rounds": 2,
+            "epsilon": 50.0,
+            "catalog": str(tmp_path / "catalog.json"),
+            "local-epochs": 1.0,
+            "sample-rate": 0.5,
+            "loss": "bpr",
+            "n-negatives": 1,
+            "local-lr": 0.5,
+            "batch-size-norm": 4.0,
+        }
+    )
     flat.update(overrides)
     return flat, ids
 
@@ -270,17 +306,21 @@ def _train_message(flat, ids, rnd, fingerprint=None):
 
     cfg, settings = split_run_config(flat)
     state = initial_global_state(cfg, settings.load_catalog()[0])
-    config = {"server-round": rnd,
-              "catalog-sha256": fingerprint if fingerprint is not None
-              else catalog_fingerprint(ids)}
-    return Message(RecordDict({"arrays": numpy_to_arrays(state),
-                               "config": ConfigRecord(config)}),
-                   dst_node_id=5, message_type="train")
+    config = {
+        "server-round": rnd,
+        "catalog-sha256": fingerprint if fingerprint is not None else catalog_fingerprint(ids),
+    }
+    return Message(
+        RecordDict({"arrays": numpy_to_arrays(state), "config": ConfigRecord(config)}),
+        dst_node_id=5,
+        message_type="train",
+    )
 
 
 def _context(flat, node_config, node_id=5):
-    return Context(run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(),
-                   run_config=flat)
+    return Context(
+        run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config=flat
+    )
 
 
 def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
@@ -290,12 +330,18 @@ def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
     from fedrec.common.model.mf import GLOBAL_KEYS
 
     flat, ids = _run_config(tmp_path)
-    events = [{"kind": "purchase", "item_id": f"item-{i}", "timestamp": 1000 + i}
-              for i in range(0, 30, 3)]
+    events = [
+        {"kind": "purchase", "item_id": f"item-{i}", "timestamp": 1000 + i} for i in range(0, 30, 3)
+    ]
     (tmp_path / "ev.json").write_text(json.dumps(events))
-    node = {"store": str(tmp_path / "u.db"), "events": str(tmp_path / "ev.json"),
-            "catalog": str(tmp_path / "catalog.json"), "seed": 1, "device-id": "phone-1",
-            "epsilon-budget": 50.0}
+    node = {
+        "store": str(tmp_path / "u.db"),
+        "events": str(tmp_path / "ev.json"),
+        "catalog": str(tmp_path / "catalog.json"),
+        "seed": 1,
+        "device-id": "phone-1",
+        "epsilon-budget": 50.0,
+    }
     app = make_deployment_client_app()
     reply = app(_train_message(flat, ids, 1), _context(flat, node))
     assert set(reply.content.keys()) == {"arrays", "metrics"}
@@ -311,14 +357,22 @@ def test_client_app_state_lives_in_sqlite_across_restarts(tmp_path):
     with FedRecClient.open(tmp_path / "u.db") as client:
         report = client.privacy_report()
         assert report.rounds_released == 2 and report.epsilon_spent == pytest.approx(
-            reply.content["metrics"]["epsilon"])
+            reply.content["metrics"]["epsilon"]
+        )
         assert client.status()["events"] == 10  # the events file was imported once
         assert client.store.get_meta(NODE_ID_META) == 77
         assert client.device_id == "phone-1"
     # the evaluation keeps the table for offline recommendation and reveals nothing
-    ev = Message(RecordDict({"arrays": _train_message(flat, ids, 3).content["arrays"],
-                             "config": ConfigRecord({"server-round": 3, "ks": "10"})}),
-                 dst_node_id=5, message_type="evaluate")
+    ev = Message(
+        RecordDict(
+            {
+                "arrays": _train_message(flat, ids, 3).content["arrays"],
+                "config": ConfigRecord({"server-round": 3, "ks": "10"}),
+            }
+        ),
+        dst_node_id=5,
+        message_type="evaluate",
+    )
     out = app(ev, context)  # no held-out split on a deployed device: nothing to send
     assert dict(out.content["refusal"]) == {"code": "unsupported"}
     with FedRecClient.open(tmp_path / "u.db") as client:
@@ -330,18 +384,26 @@ def test_client_app_refuses_a_foreign_catalog_no_dp_and_a_raised_budget(tmp_path
     from fedrec.client.deployment import device_dp, make_deployment_client_app
 
     flat, ids = _run_config(tmp_path)
-    (tmp_path / "ev.json").write_text(json.dumps(
-        [{"kind": "purchase", "item_id": f"item-{i}", "timestamp": i} for i in range(8)]))
-    node = {"store": str(tmp_path / "u.db"), "events": str(tmp_path / "ev.json"),
-            "catalog": str(tmp_path / "catalog.json"), "seed": 1, "epsilon-budget": 50.0}
+    (tmp_path / "ev.json").write_text(
+        json.dumps([{"kind": "purchase", "item_id": f"item-{i}", "timestamp": i} for i in range(8)])
+    )
+    node = {
+        "store": str(tmp_path / "u.db"),
+        "events": str(tmp_path / "ev.json"),
+        "catalog": str(tmp_path / "catalog.json"),
+        "seed": 1,
+        "epsilon-budget": 50.0,
+    }
     app = make_deployment_client_app()
 
     def code(reply):
         assert set(reply.content["refusal"].keys()) == {"code"}  # a fixed word, nothing else
         return reply.content["refusal"]["code"]
 
-    assert code(app(_train_message(flat, ids, 1, fingerprint="0" * 64),
-                    _context(flat, node))) == "bad-request"
+    assert (
+        code(app(_train_message(flat, ids, 1, fingerprint="0" * 64), _context(flat, node)))
+        == "bad-request"
+    )
     off, _ = _run_config(tmp_path, privacy="off")
     assert code(app(_train_message(off, ids, 1), _context(off, node))) == "privacy-policy"
     user, _ = _run_config(tmp_path, privacy="user")
@@ -351,17 +413,26 @@ def test_client_app_refuses_a_foreign_catalog_no_dp_and_a_raised_budget(tmp_path
     assert device_dp({}, {"budget_epsilon": 3.0})["budget_epsilon"] == 3.0
     assert device_dp({}, None)["budget_epsilon"] == 8.0
     # a run whose epsilon exceeds the device's budget: refused before any work
-    assert code(app(_train_message(flat, ids, 1),
-                    _context(flat, dict(node, **{"epsilon-budget": 0.5})))) == "privacy-policy"
+    assert (
+        code(
+            app(_train_message(flat, ids, 1), _context(flat, dict(node, **{"epsilon-budget": 0.5})))
+        )
+        == "privacy-policy"
+    )
     # a round the device cannot afford: the budget guard refuses
     thin, _ = _run_config(tmp_path, **{"noise-multiplier": 0.4, "epsilon": 0.5})
-    assert code(app(_train_message(thin, ids, 1),
-                    _context(thin, dict(node, **{"epsilon-budget": 0.5})))) == "budget"
+    assert (
+        code(
+            app(_train_message(thin, ids, 1), _context(thin, dict(node, **{"epsilon-budget": 0.5})))
+        )
+        == "budget"
+    )
     # the training policy and its signals from the node config
     from fedrec.client.deployment import _policy
 
-    policy, signals = _policy({"max-rounds-per-day": "none", "battery-level": 0.4,
-                               "on-wifi": "false"})
+    policy, signals = _policy(
+        {"max-rounds-per-day": "none", "battery-level": 0.4, "on-wifi": "false"}
+    )
     assert policy.max_rounds_per_day is None and signals.battery_level == 0.4
     assert signals.charging and not signals.on_wifi
     with pytest.raises(ValueError, match="true or false"):
@@ -396,8 +467,9 @@ def test_server_strategy_waits_for_the_quorum_before_every_round(tmp_path):
 
     from fedrec.server.flower_transport import to_arrays as _to_arrays
 
-    msgs = list(strategy.configure_train(2, _to_arrays(coordinator.state), ConfigRecord({}),
-                                         Grid()))
+    msgs = list(
+        strategy.configure_train(2, _to_arrays(coordinator.state), ConfigRecord({}), Grid())
+    )
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 3]
     assert np.isfinite(strategy.coordinator.state["item_embedding.weight"]).all()
 
@@ -405,15 +477,18 @@ def test_server_strategy_waits_for_the_quorum_before_every_round(tmp_path):
 def test_events_files_in_json_and_csv(tmp_path):
     from fedrec.client.deployment import read_events_file
 
-    (tmp_path / "e.csv").write_text("kind,item_id,timestamp,value\nview,a,10,45\n"
-                                    "purchase,b,11,\n")
+    (tmp_path / "e.csv").write_text("kind,item_id,timestamp,value\nview,a,10,45\npurchase,b,11,\n")
     events = read_events_file(tmp_path / "e.csv")
-    assert [(e.kind_value, e.item_id, e.value) for e in events] == [("view", "a", 45.0),
-                                                                     ("purchase", "b", None)]
-    (tmp_path / "e.json").write_text(json.dumps({"events": [
-        {"kind": "rating", "item_id": "c", "timestamp": 5, "value": 4}]}))
+    assert [(e.kind_value, e.item_id, e.value) for e in events] == [
+        ("view", "a", 45.0),
+        ("purchase", "b", None),
+    ]
+    (tmp_path / "e.json").write_text(
+        json.dumps({"events": [{"kind": "rating", "item_id": "c", "timestamp": 5, "value": 4}]})
+    )
     assert read_events_file(tmp_path / "e.json")[0].value == 4.0
-    (tmp_path / "bad.json").write_text(json.dumps([{"kind": "view", "item_id": "c",
-                                                    "timestamp": 5}]))
+    (tmp_path / "bad.json").write_text(
+        json.dumps([{"kind": "view", "item_id": "c", "timestamp": 5}])
+    )
     with pytest.raises(ValueError, match="event 0"):
         read_events_file(tmp_path / "bad.json")  # a view needs its dwell time

@@ -101,12 +101,18 @@ class Processes:
         self.logs.mkdir()
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, cmd: list[str], *, limit: float = PROCESS_LIMIT_S
-              ) -> subprocess.Popen:
+    def start(
+        self, name: str, cmd: list[str], *, limit: float = PROCESS_LIMIT_S
+    ) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            ["timeout", "-s", "KILL", str(int(limit)), *cmd], stdout=log,
-            stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True)
+            ["timeout", "-s", "KILL", str(int(limit)), *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.root,
+            start_new_session=True,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -150,8 +156,10 @@ class Processes:
                 pass
 
     def dump(self) -> str:
-        return "\n".join(f"===== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            f"===== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
 
 
 def _wait_for(what: str, predicate, timeout: float, procs: Processes, interval: float = 0.1):
@@ -207,19 +215,20 @@ def deployment(tmp_path):
         if not (BIN / tool).exists():
             pytest.skip(f"{tool} is not installed next to {sys.executable}")
     env = dict(os.environ)
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "FLWR_HOME": str(tmp_path / "flwr-home"),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    })
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
-                "all_proxy"):
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "FLWR_HOME": str(tmp_path / "flwr-home"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(var, None)
     procs = Processes(tmp_path, env)
     try:
@@ -259,39 +268,96 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
     rng = np.random.default_rng(0)
     for d in range(1, 5):
         picked = rng.choice(N_ITEMS, size=12, replace=False)
-        events = [{"kind": "purchase" if j % 2 else "view", "item_id": item_ids[i],
-                   "timestamp": 1_700_000_000 + 60 * j, "value": None if j % 2 else 90.0}
-                  for j, i in enumerate(picked)]
+        events = [
+            {
+                "kind": "purchase" if j % 2 else "view",
+                "item_id": item_ids[i],
+                "timestamp": 1_700_000_000 + 60 * j,
+                "value": None if j % 2 else 90.0,
+            }
+            for j, i in enumerate(picked)
+        ]
         (root / f"events-{d}.json").write_text(json.dumps(events))
 
     # --- SuperLink: TLS + SuperNode authentication -----------------------------------------
-    procs.start("superlink", [*fedrec, "superlink", "--certs", str(root / "certs"),
-                              "--host", LOOPBACK, "--port", str(link_port),
-                              "--database", str(root / "superlink.db")])
-    _wait_for("the SuperLink", lambda: "Uvicorn running on https://" in procs.log("superlink"),
-              60, procs)
+    procs.start(
+        "superlink",
+        [
+            *fedrec,
+            "superlink",
+            "--certs",
+            str(root / "certs"),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(link_port),
+            "--database",
+            str(root / "superlink.db"),
+        ],
+    )
+    _wait_for(
+        "the SuperLink", lambda: "Uvicorn running on https://" in procs.log("superlink"), 60, procs
+    )
     assert "--enable-supernode-auth" in procs.log("superlink")  # the wrapper's command line
 
     # --- flwr connection (TLS with our CA) and registration of 3 of the 4 keys -------------
-    write_connection("fedrec-e2e", address, root_certificates=certs["ca_cert"],
-                     flwr_home=root / "flwr-home", default=True)
-    regs = [procs.start(f"register-{i}", [str(BIN / "flwr"), "supernode", "register",
-                                          str(keys[i - 1][1]), "fedrec-e2e", "--format",
-                                          "json"], limit=60)
-            for i in (1, 2, 3)]
+    write_connection(
+        "fedrec-e2e",
+        address,
+        root_certificates=certs["ca_cert"],
+        flwr_home=root / "flwr-home",
+        default=True,
+    )
+    regs = [
+        procs.start(
+            f"register-{i}",
+            [
+                str(BIN / "flwr"),
+                "supernode",
+                "register",
+                str(keys[i - 1][1]),
+                "fedrec-e2e",
+                "--format",
+                "json",
+            ],
+            limit=60,
+        )
+        for i in (1, 2, 3)
+    ]
     for i, proc in enumerate(regs, start=1):
         assert proc.wait(timeout=65) == 0, procs.dump()
         assert '"success": true' in procs.log(f"register-{i}"), procs.log(f"register-{i}")
 
     # --- SuperNodes: TLS (our CA), their auth keys, a SQLite store each --------------------
     def supernode_cmd(d: int) -> list[str]:
-        cmd = [*fedrec, "supernode", "--superlink", address,
-               "--root-certificates", str(certs["ca_cert"]), "--auth-key", str(keys[d - 1][0]),
-               "--store", str(root / f"device-{d}.db"), "--events",
-               str(root / f"events-{d}.json"), "--catalog", str(catalog),
-               "--node-config", f"seed={d}", "--node-config", f"device-id=device-{d}",
-               "--node-config", "epsilon-budget=40", "--node-config", "accountant=rdp",
-               "--host", LOOPBACK, "--port", str(node_ports[d - 1])]
+        cmd = [
+            *fedrec,
+            "supernode",
+            "--superlink",
+            address,
+            "--root-certificates",
+            str(certs["ca_cert"]),
+            "--auth-key",
+            str(keys[d - 1][0]),
+            "--store",
+            str(root / f"device-{d}.db"),
+            "--events",
+            str(root / f"events-{d}.json"),
+            "--catalog",
+            str(catalog),
+            "--node-config",
+            f"seed={d}",
+            "--node-config",
+            f"device-id=device-{d}",
+            "--node-config",
+            "epsilon-budget=40",
+            "--node-config",
+            "accountant=rdp",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(node_ports[d - 1]),
+        ]
         if d == 3:  # TLS on the SuperNode's local runtime API too
             cmd += ["--runtime-certs", str(root / "device-3-certs")]
         return cmd
@@ -299,26 +365,58 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
     for d in (1, 2, 3):
         procs.start(f"supernode-{d}", supernode_cmd(d))
     # ... and one whose key was never registered (checked below, once it has given up)
-    intruder = procs.start("supernode-unregistered", [*supernode_cmd(4), "--rejoin-timeout", "0"],
-                           limit=90)
+    intruder = procs.start(
+        "supernode-unregistered", [*supernode_cmd(4), "--rejoin-timeout", "0"], limit=90
+    )
     for d in (1, 2, 3):
-        _wait_for(f"SuperNode {d} to connect",
-                  lambda d=d: "SuperNode ID:" in procs.log(f"supernode-{d}"), 60, procs)
+        _wait_for(
+            f"SuperNode {d} to connect",
+            lambda d=d: "SuperNode ID:" in procs.log(f"supernode-{d}"),
+            60,
+            procs,
+        )
     assert f"Uvicorn running on https://{LOOPBACK}:{node_ports[2]}" in procs.log("supernode-3")
 
     # --- the run: 2 DP rounds --------------------------------------------------------------
     run_dir = root / "run"
-    app = write_deploy_app(root / "app", catalog=catalog, min_nodes=3, settings={
-        # fraction-evaluate 0: no evaluation round (a deployed device has no held-out split;
-        # the evaluate handler is covered by tests/deploy/test_deploy_units.py)
-        "num-rounds": 2, "fraction-train": 1.0, "fraction-evaluate": 0.0, "dim": 8, "seed": 0,
-        "privacy": "local", "noise-multiplier": 1.0, "max-grad-norm": 1.0, "epsilon": 40.0,
-        "delta": 1e-5, "accountant": "rdp", "local-epochs": 1.0, "sample-rate": 0.5,
-        "local-lr": 0.5, "loss": "bpr", "n-negatives": 1, "batch-size-norm": 4.0,
-        "server-optimizer": "fedavg", "server-lr": 1.0, "item-bias": True, "init-std": 0.1,
-        "run-dir": str(run_dir), "round-timeout": 120.0, "wait-timeout": 60.0})
-    out = procs.run("flwr-run", [str(BIN / "flwr"), "run", str(app.parent), "fedrec-e2e",
-                                 "--format", "json"], limit=60)
+    app = write_deploy_app(
+        root / "app",
+        catalog=catalog,
+        min_nodes=3,
+        settings={
+            # fraction-evaluate 0: no evaluation round (a deployed device has no held-out split;
+            # the evaluate handler is covered by tests/deploy/test_deploy_units.py)
+            "num-rounds": 2,
+            "fraction-train": 1.0,
+            "fraction-evaluate": 0.0,
+            "dim": 8,
+            "seed": 0,
+            "privacy": "local",
+            "noise-multiplier": 1.0,
+            "max-grad-norm": 1.0,
+            "epsilon": 40.0,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "local-epochs": 1.0,
+            "sample-rate": 0.5,
+            "local-lr": 0.5,
+            "loss": "bpr",
+            "n-negatives": 1,
+            "batch-size-norm": 4.0,
+            "server-optimizer": "fedavg",
+            "server-lr": 1.0,
+            "item-bias": True,
+            "init-std": 0.1,
+            "run-dir": str(run_dir),
+            "round-timeout": 120.0,
+            "wait-timeout": 60.0,
+        },
+    )
+    out = procs.run(
+        "flwr-run",
+        [str(BIN / "flwr"), "run", str(app.parent), "fedrec-e2e", "--format", "json"],
+        limit=60,
+    )
     assert '"success": true' in out, out
 
     # --- crash SuperNode 2 in the middle of its round-1 training, restart it ---------------
@@ -326,16 +424,24 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
     # commits the intended spend before training, so the crash cannot lose it.
     store2 = root / "device-2.db"
     metrics = run_dir / "metrics.jsonl"
-    _wait_for("device 2 to start training round 1",
-              lambda: _statuses(store2) or (metrics.exists() and metrics.read_text().strip()),
-              150, procs, interval=0.02)
+    _wait_for(
+        "device 2 to start training round 1",
+        lambda: _statuses(store2) or (metrics.exists() and metrics.read_text().strip()),
+        150,
+        procs,
+        interval=0.02,
+    )
     procs.kill("supernode-2")
     steps_before, history_before, statuses_before = _spend(store2)
     assert steps_before > 0 and statuses_before, statuses_before  # spend is on disk
     node_id = _node_id(procs.log("supernode-2"))
     procs.start("supernode-2-restarted", supernode_cmd(2))
-    _wait_for("SuperNode 2 to rejoin",
-              lambda: "SuperNode ID:" in procs.log("supernode-2-restarted"), 90, procs)
+    _wait_for(
+        "SuperNode 2 to rejoin",
+        lambda: "SuperNode ID:" in procs.log("supernode-2-restarted"),
+        90,
+        procs,
+    )
     assert _node_id(procs.log("supernode-2-restarted")) == node_id  # same key, same node
     steps_after, history_after, _ = _spend(store2)
     assert steps_after >= steps_before  # read back from SQLite after the restart: not lower
@@ -369,8 +475,9 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
         steps, history, statuses = _spend(root / f"device-{d}.db")
         with FedRecClient.open(root / f"device-{d}.db") as client:
             report = client.privacy_report()
-            ledger = verify_ledger(client.ledger_path, client.ledger_public_key_pem(),
-                                   expected_device_id=f"device-{d}")
+            ledger = verify_ledger(
+                client.ledger_path, client.ledger_public_key_pem(), expected_device_id=f"device-{d}"
+            )
             status = client.status()
         assert ledger.ok, (d, ledger)
         released = statuses.count("released")
@@ -392,7 +499,11 @@ def test_tls_node_auth_two_dp_rounds_restart_and_refusal(deployment):
         # two rounds counted, the crashed one included: the same spend as its peers
         assert history2 == spend[1][1] and eps2 == pytest.approx(spend[1][3])
     assert records[1]["aggregated"] == 3 or statuses_before[-1] == "released", (
-        records, statuses_before)
+        records,
+        statuses_before,
+    )
 
-    print(f"\nreal deployment e2e: {time.monotonic() - t0:.1f} s; device-2 releases "
-          f"{spend[2][2]}; epsilons {[round(v[3], 3) for v in spend.values()]}")
+    print(
+        f"\nreal deployment e2e: {time.monotonic() - t0:.1f} s; device-2 releases "
+        f"{spend[2][2]}; epsilons {[round(v[3], 3) for v in spend.values()]}"
+    )

@@ -6,8 +6,10 @@ from fedrec.common.model.optimizers import FedAdamStep, FedAvgStep, weighted_mea
 from fedrec.server.coordinator import Reply, make_coordinator
 from fedrec.server.validation import validate_delta
 
-STATE = {"item_embedding.weight": np.zeros((4, 2), np.float32),
-         "item_bias.weight": np.zeros((4, 1), np.float32)}
+STATE = {
+    "item_embedding.weight": np.zeros((4, 2), np.float32),
+    "item_bias.weight": np.zeros((4, 1), np.float32),
+}
 
 
 def _delta(value=1.0):
@@ -22,18 +24,28 @@ def _coord(**kw):
     return c
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ({"item_embedding.weight": np.zeros((4, 2), np.float32)}, "keys"),
-    ({**_delta(), "item_bias.weight": np.zeros((5, 1), np.float32)}, "shape"),
-    ({**_delta(), "item_bias.weight": np.zeros((4, 1), np.float64)}, "dtype"),
-    ({**_delta(), "item_bias.weight": np.full((4, 1), np.nan, np.float32)}, "NaN"),
-    (_delta(1000.0), "norm"),
-    ({**_delta(), "item_bias.weight": [[0.0]] * 4}, "not an array"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ({"item_embedding.weight": np.zeros((4, 2), np.float32)}, "keys"),
+        ({**_delta(), "item_bias.weight": np.zeros((5, 1), np.float32)}, "shape"),
+        ({**_delta(), "item_bias.weight": np.zeros((4, 1), np.float64)}, "dtype"),
+        ({**_delta(), "item_bias.weight": np.full((4, 1), np.nan, np.float32)}, "NaN"),
+        (_delta(1000.0), "norm"),
+        ({**_delta(), "item_bias.weight": [[0.0]] * 4}, "not an array"),
+    ],
+)
 def test_malformed_reply_is_dropped_and_the_round_goes_on(bad, reason, caplog):
     c = _coord()
-    report = c.aggregate(1, [Reply(node=1, arrays=bad), Reply(node=2, arrays=_delta(0.5)),
-                             Reply(node=3, error="timeout"), Reply(node=4, refusal="budget")])
+    report = c.aggregate(
+        1,
+        [
+            Reply(node=1, arrays=bad),
+            Reply(node=2, arrays=_delta(0.5)),
+            Reply(node=3, error="timeout"),
+            Reply(node=4, refusal="budget"),
+        ],
+    )
     assert report.aggregated == 1 and report.dropped == 2 and report.refused == 1
     assert reason in " ".join(report.drop_reasons)
     np.testing.assert_allclose(c.state["item_embedding.weight"], 0.5)
@@ -50,12 +62,14 @@ def test_all_replies_bad_leaves_state_unchanged():
 def test_weighting_by_examples_and_uniform():
     a, b = _delta(1.0), _delta(3.0)
     c = _coord()
-    c.aggregate(1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b,
-                                                                   num_examples=1)])
+    c.aggregate(
+        1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b, num_examples=1)]
+    )
     np.testing.assert_allclose(c.state["item_bias.weight"], 1.5)
     u = _coord(privacy="local")  # under DP devices do not send their counts: uniform weights
-    u.aggregate(1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b,
-                                                                   num_examples=1)])
+    u.aggregate(
+        1, [Reply(node=1, arrays=a, num_examples=3), Reply(node=2, arrays=b, num_examples=1)]
+    )
     np.testing.assert_allclose(u.state["item_bias.weight"], 2.0)
 
 

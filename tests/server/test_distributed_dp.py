@@ -27,10 +27,15 @@ def _train_noise_only(noise_share, seed):
     model = MatrixFactorization(1, 400, 8)
     g0, u0 = model.global_state(), model.local_state()["user_embedding.weight"].copy()
     local = LocalConfig(epochs=4, sample_rate=1.0, lr=1.0, batch_size_norm=1.0)
-    train_local(model, np.arange(5), local=local,
-                dp=DPConfig(noise_multiplier=1e6, max_grad_norm=1e-6),
-                accountant=make_accountant("rdp"), generator=torch.Generator().manual_seed(seed),
-                noise_share=noise_share)
+    train_local(
+        model,
+        np.arange(5),
+        local=local,
+        dp=DPConfig(noise_multiplier=1e6, max_grad_norm=1e-6),
+        accountant=make_accountant("rdp"),
+        generator=torch.Generator().manual_seed(seed),
+        noise_share=noise_share,
+    )
     g1, u1 = model.global_state(), model.local_state()["user_embedding.weight"]
     return g1["item_embedding.weight"] - g0["item_embedding.weight"], u1 - u0
 
@@ -51,18 +56,27 @@ def test_item_gradients_are_taken_at_the_servers_table(monkeypatch):
     real_gather = dp_module.gather
 
     def spy(model, users, items):
-        seen.append((model.item_embedding.weight.detach().clone(),
-                     model.user_embedding.weight.detach().clone()))
+        seen.append(
+            (
+                model.item_embedding.weight.detach().clone(),
+                model.user_embedding.weight.detach().clone(),
+            )
+        )
         return real_gather(model, users, items)
 
     monkeypatch.setattr(dp_module, "gather", spy)
     model = MatrixFactorization(1, 6, 3, init_std=0.5)
     v0 = model.item_embedding.weight.detach().clone()
     local = LocalConfig(epochs=3, sample_rate=1.0, lr=0.3, batch_size_norm=1.0, loss="bpr")
-    train_local(model, np.array([1, 4]), local=local,
-                dp=DPConfig(noise_multiplier=0.5, max_grad_norm=1.0),
-                accountant=make_accountant("rdp"), generator=torch.Generator().manual_seed(3),
-                noise_share=0.5)
+    train_local(
+        model,
+        np.array([1, 4]),
+        local=local,
+        dp=DPConfig(noise_multiplier=0.5, max_grad_norm=1.0),
+        accountant=make_accountant("rdp"),
+        generator=torch.Generator().manual_seed(3),
+        noise_share=0.5,
+    )
     assert len(seen) == 3
     assert all(torch.equal(v, v0) for v, _ in seen)
     assert not torch.equal(seen[0][1], seen[2][1])
@@ -71,17 +85,28 @@ def test_item_gradients_are_taken_at_the_servers_table(monkeypatch):
     # the local (non-distributed) path does move the items between steps
     seen.clear()
     model = MatrixFactorization(1, 6, 3, init_std=0.5)
-    train_local(model, np.array([1, 4]), local=local,
-                dp=DPConfig(noise_multiplier=0.5, max_grad_norm=1.0),
-                accountant=make_accountant("rdp"), generator=torch.Generator().manual_seed(3))
+    train_local(
+        model,
+        np.array([1, 4]),
+        local=local,
+        dp=DPConfig(noise_multiplier=0.5, max_grad_norm=1.0),
+        accountant=make_accountant("rdp"),
+        generator=torch.Generator().manual_seed(3),
+    )
     assert not torch.equal(seen[0][0], seen[2][0])
 
 
 def test_distributed_needs_sgd_and_dp():
     model = MatrixFactorization(1, 5, 2)
     with pytest.raises(ValueError, match="sgd"):
-        train_local(model, np.array([1]), local=LocalConfig(optimizer="adam"),
-                    dp=DPConfig(), accountant=make_accountant("rdp"), noise_share=0.5)
+        train_local(
+            model,
+            np.array([1]),
+            local=LocalConfig(optimizer="adam"),
+            dp=DPConfig(),
+            accountant=make_accountant("rdp"),
+            noise_share=0.5,
+        )
     with pytest.raises(ValueError, match="needs DP"):
         train_local(model, np.array([1]), local=LocalConfig(), dp=None, noise_share=0.5)
     with pytest.raises(ValueError, match="local-optimizer sgd"):
@@ -90,8 +115,15 @@ def test_distributed_needs_sgd_and_dp():
 
 def _ddp(ledger_dir=None):
     """The distributed mechanism of a run with σ 1.2, q 0.1, 10 steps, 30% dropout tolerance."""
-    cfg = RunConfig(privacy="distributed", noise_multiplier=1.2, max_grad_norm=1.0,
-                    local_epochs=1, sample_rate=0.1, dropout_tolerance=0.3, dim=2)
+    cfg = RunConfig(
+        privacy="distributed",
+        noise_multiplier=1.2,
+        max_grad_norm=1.0,
+        local_epochs=1,
+        sample_rate=0.1,
+        dropout_tolerance=0.3,
+        dim=2,
+    )
     coord = make_coordinator(cfg, 5, ledger_dir=ledger_dir)
     return coord.mechanism, coord.algorithm.contribution(coord.task(1))
 
@@ -124,22 +156,36 @@ def test_accounting_matches_dp_accounting_with_the_noise_present(tmp_path):
     assert eps_first == pytest.approx(_pld_epsilon(0.1, 1.2, 10, 1e-5), rel=0.02)
     assert eps_both > eps_first
     # the server's signed ledgers say the same, and the audit replays them
-    recs = [json.loads(x) for x in (tmp_path / "ledgers" / "secure-sum" / "node-0.jsonl")
-            .read_text().splitlines()]
+    recs = [
+        json.loads(x)
+        for x in (tmp_path / "ledgers" / "secure-sum" / "node-0.jsonl").read_text().splitlines()
+    ]
     assert [r["mechanism"]["noise_multiplier"] for r in recs] == pytest.approx([1.2, low])
     from fedrec.common.audit.report import audit_run
 
-    report = audit_run(tmp_path / "ledgers" / "secure-sum", accountants=("pld",), write=False,
-                       plots=False, workers=1)
+    report = audit_run(
+        tmp_path / "ledgers" / "secure-sum",
+        accountants=("pld",),
+        write=False,
+        plots=False,
+        workers=1,
+    )
     by_id = {a.device_id: a for a in report.ledgers}
     assert by_id["node-0"].epsilon["pld"] == pytest.approx(eps_both, rel=0.02)
     assert not report.tampered
 
 
 def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
-    cfg = RunConfig(privacy="distributed", dim=2, num_rounds=2, fraction_train=0.5,
-                    server_lr=1.0, noise_multiplier=1.0, dropout_tolerance=0.2,
-                    dropout_policy="account")
+    cfg = RunConfig(
+        privacy="distributed",
+        dim=2,
+        num_rounds=2,
+        fraction_train=0.5,
+        server_lr=1.0,
+        noise_multiplier=1.0,
+        dropout_tolerance=0.2,
+        dropout_policy="account",
+    )
     coord = make_coordinator(cfg, 4, ledger_dir=tmp_path)
     before = {k: v.copy() for k, v in coord.state.items()}
     plan = coord.plan_round(5, 1)
@@ -165,10 +211,21 @@ def test_loop_run_with_more_dropouts_than_provisioned(tmp_path, policy):
     from fedrec.simulations.loop import run_plain
     from fedrec.simulations.runner import privacy_summary
 
-    cfg = RunConfig(dataset="synthetic", synthetic_users=30, synthetic_items=40, dim=4,
-                    num_rounds=2, fraction_train=0.5, privacy="distributed", epsilon=5.0,
-                    local_epochs=1, sample_rate=0.5, dropout_tolerance=0.1, eval_every=2,
-                    dropout_policy=policy)
+    cfg = RunConfig(
+        dataset="synthetic",
+        synthetic_users=30,
+        synthetic_items=40,
+        dim=4,
+        num_rounds=2,
+        fraction_train=0.5,
+        privacy="distributed",
+        epsilon=5.0,
+        local_epochs=1,
+        sample_rate=0.5,
+        dropout_tolerance=0.1,
+        eval_every=2,
+        dropout_policy=policy,
+    )
     res = run_plain(cfg, ledger_dir=tmp_path, dropout=0.5)
     assert "ndcg@10" in res.rounds[-1]["eval"]
     summary = privacy_summary(tmp_path, cfg, cfg.device_noise())
@@ -188,8 +245,9 @@ def test_loop_run_with_more_dropouts_than_provisioned(tmp_path, policy):
 
 
 def test_sampling_never_asks_a_device_past_its_planned_participations():
-    cfg = RunConfig(privacy="distributed", num_rounds=5, fraction_train=0.3, dim=2,
-                    noise_multiplier=1.0)
+    cfg = RunConfig(
+        privacy="distributed", num_rounds=5, fraction_train=0.3, dim=2, noise_multiplier=1.0
+    )
     coord = make_coordinator(cfg, 4)
     counts = {}
     for _ in range(cfg.num_rounds):

@@ -93,11 +93,13 @@ def train(msg: Message, context: Context) -> Message:
     if msg.metadata.dst_node_id in _plan(msg).get("decline", set()):
         return decline_reply(msg, "budget")
     rnd = int(msg.content["config"]["round"])
-    arrays = ArrayRecord({k: Array(v) for k, v in update_for(msg.metadata.dst_node_id,
-                                                               rnd).items()})
+    arrays = ArrayRecord(
+        {k: Array(v) for k, v in update_for(msg.metadata.dst_node_id, rnd).items()}
+    )
     # metrics are per-device values in the clear: the secure path must not send them
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"loss": 0.25})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"arrays": arrays, "metrics": MetricRecord({"loss": 0.25})}), reply_to=msg
+    )
 
 
 def _content(rnd: int) -> RecordDict:
@@ -155,8 +157,9 @@ class RecordingGrid:
         return messages
 
     def send_and_receive(self, messages, *, timeout=None):
-        return self._record(self._grid.send_and_receive(self._note_stages(messages),
-                                                        timeout=timeout))
+        return self._record(
+            self._grid.send_and_receive(self._note_stages(messages), timeout=timeout)
+        )
 
     def pull_messages(self, message_ids):
         return self._record(self._grid.pull_messages(message_ids))
@@ -193,17 +196,24 @@ def _scenarios(grid: Grid) -> None:
     rec = RecordingGrid(grid)
 
     # 1. everyone answers
-    _timed("all", lambda: secure_sum(rec, nodes, _content(1), config=CONFIG, group_id="all",
-                                     shapes=SHAPES))
+    _timed(
+        "all",
+        lambda: secure_sum(rec, nodes, _content(1), config=CONFIG, group_id="all", shapes=SHAPES),
+    )
     RESULTS["all:seen"] = rec.take()
 
     # 2. one node drops while sharing keys; 3 of 10 (30%) after key sharing: two crash at
     #    the collect stage, one declines to train (privacy budget)
-    plan = {"share_keys": [nodes[0]], "collect_masked_vectors": [nodes[3], nodes[6]],
-            "decline": [nodes[8]]}
+    plan = {
+        "share_keys": [nodes[0]],
+        "collect_masked_vectors": [nodes[3], nodes[6]],
+        "decline": [nodes[8]],
+    }
     RESULTS["drop:plan"] = plan
-    _timed("drop", lambda: secure_sum(rec, nodes, _content(2), config=CONFIG,
-                                      group_id=_group("drop", **plan)))
+    _timed(
+        "drop",
+        lambda: secure_sum(rec, nodes, _content(2), config=CONFIG, group_id=_group("drop", **plan)),
+    )
     RESULTS["drop:seen"] = rec.take()
 
     # 3. a clipping range below some values: those devices decline (a clipped share would
@@ -219,8 +229,13 @@ def _scenarios(grid: Grid) -> None:
 
     # 4. too many dropouts: 5 of 10 after key sharing, fewer than the threshold (6) remain
     try:
-        secure_sum(rec, nodes, _content(4), config=CONFIG,
-                   group_id=_group("toomany", collect_masked_vectors=nodes[:5]))
+        secure_sum(
+            rec,
+            nodes,
+            _content(4),
+            config=CONFIG,
+            group_id=_group("toomany", collect_masked_vectors=nodes[:5]),
+        )
         RESULTS["toomany"] = None
     except SecureAggregationError as exc:
         RESULTS["toomany"] = exc
@@ -230,8 +245,14 @@ def _scenarios(grid: Grid) -> None:
     #     aborted before the unmask stage, so the server never learns the sum
     sent_before = len(rec.stages)
     try:
-        secure_sum(rec, nodes, _content(6), config=CONFIG, min_included=9,
-                   group_id=_group("short", collect_masked_vectors=nodes[:2]))
+        secure_sum(
+            rec,
+            nodes,
+            _content(6),
+            config=CONFIG,
+            min_included=9,
+            group_id=_group("short", collect_masked_vectors=nodes[:2]),
+        )
         RESULTS["short"] = None
     except SecureAggregationError as exc:
         RESULTS["short"] = exc
@@ -240,11 +261,12 @@ def _scenarios(grid: Grid) -> None:
 
     # 5. sanity check of the recorder: the same nodes answer a plain (non-SecAgg) train
     #    message, which the mod passes through, so updates travel in the clear
-    msgs = [Message(_content(5), dst_node_id=n, message_type=MessageType.TRAIN,
-                    group_id="plain") for n in nodes]
+    msgs = [
+        Message(_content(5), dst_node_id=n, message_type=MessageType.TRAIN, group_id="plain")
+        for n in nodes
+    ]
     replies = rec.send_and_receive(msgs)
-    RESULTS["plain:replied"] = sorted(r.metadata.src_node_id for r in replies
-                                      if not r.has_error())
+    RESULTS["plain:replied"] = sorted(r.metadata.src_node_id for r in replies if not r.has_error())
     RESULTS["plain:seen"] = rec.take()
 
 
@@ -259,12 +281,21 @@ def sim():
     RESULTS.clear()
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
-                      "logging_level": "error", "log_to_driver": False},
+        "init_args": {
+            "num_cpus": 2,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": False,
+        },
     }
     t0 = time.perf_counter()
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N_NODES,
-                   backend_config=backend_config)
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=N_NODES,
+        backend_config=backend_config,
+    )
     RESULTS["seconds"] = time.perf_counter() - t0
     assert "error" not in RESULTS, RESULTS["error"]
     return RESULTS
@@ -320,13 +351,22 @@ def test_config_validation():
     assert CONFIG.max_nodes == 1023
     assert CONFIG.protocol_sizes(10) == (10, 6)
     assert SecAggConfig(num_shares=5, reconstruction_threshold=3).protocol_sizes(10) == (5, 3)
-    for bad in (dict(num_shares=4), dict(num_shares=2), dict(num_shares=1.5),
-                dict(num_shares=5, reconstruction_threshold=5),
-                dict(reconstruction_threshold=1), dict(reconstruction_threshold=0.0),
-                dict(clipping_range=0.0), dict(clipping_range=float("inf")),
-                dict(quantization_range=2**32), dict(modulus_range=3 * 2**22),
-                dict(modulus_range=2**33), dict(timeout=0), dict(min_nodes=1),
-                dict(num_shares=True)):
+    for bad in (
+        dict(num_shares=4),
+        dict(num_shares=2),
+        dict(num_shares=1.5),
+        dict(num_shares=5, reconstruction_threshold=5),
+        dict(reconstruction_threshold=1),
+        dict(reconstruction_threshold=0.0),
+        dict(clipping_range=0.0),
+        dict(clipping_range=float("inf")),
+        dict(quantization_range=2**32),
+        dict(modulus_range=3 * 2**22),
+        dict(modulus_range=2**33),
+        dict(timeout=0),
+        dict(min_nodes=1),
+        dict(num_shares=True),
+    ):
         with pytest.raises((ValueError, TypeError)):
             SecAggConfig(**bad)
 
@@ -339,8 +379,9 @@ def test_secure_sum_rejects_too_few_nodes_before_sending_anything():
     with pytest.raises(ValueError, match="at least 3"):
         secure_sum(NoGrid(), [1, 2, 2], _content(0), group_id=0)
     with pytest.raises(ValueError, match="reserved"):
-        secure_sum(NoGrid(), [1, 2, 3], RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({})}),
-                   group_id=0)
+        secure_sum(
+            NoGrid(), [1, 2, 3], RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({})}), group_id=0
+        )
 
 
 def test_the_leak_detector_catches_plain_and_quantized_but_not_masked_vectors():
@@ -414,8 +455,7 @@ def test_too_few_for_the_caller_aborts_before_unmasking(sim):
 @pytest.mark.slow
 def test_the_server_never_sees_an_individual_update(sim):
     nodes = sim["nodes"]
-    for name, senders in (("all", N_NODES), ("drop", 6), ("clip", 0), ("toomany", 5),
-                          ("short", 8)):
+    for name, senders in (("all", N_NODES), ("drop", 6), ("clip", 0), ("toomany", 5), ("short", 8)):
         seen, records = sim[f"{name}:seen"]
         # not vacuous: the recorder decoded one masked vector per node that sent one
         assert sum(a.shape == SHAPES["w"] for a in seen) == senders, name
@@ -446,8 +486,10 @@ class LocalGrid:
     def __init__(self, app: ClientApp, nodes, silent=None):
         self.app = app
         self.silent = silent or {}  # stage -> node ids that never answer it
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
-                                    run_config={}) for n in nodes}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+            for n in nodes
+        }
 
     def send_and_receive(self, messages, *, timeout=None):
         out = []
@@ -471,8 +513,7 @@ def _local_app():
         node = msg.metadata.dst_node_id
         context.state["device"] = ConfigRecord({"trained": node})  # must survive a refusal
         if node == 4:  # fedrec's usual refusal record
-            return Message(RecordDict({"refusal": ConfigRecord({"code": "budget"})}),
-                           reply_to=msg)
+            return Message(RecordDict({"refusal": ConfigRecord({"code": "budget"})}), reply_to=msg)
         if node == 5:  # a buggy device: wrong shape
             return secure_train_reply(msg, {"w": np.ones((2, 2))}, context)
         return secure_train_reply(msg, {"w": np.full((3, 2), float(node))}, context)
@@ -482,15 +523,20 @@ def _local_app():
 
 def test_in_process_refusal_malformed_and_silent_nodes_are_dropped(task_identity):
     grid = LocalGrid(_local_app(), range(1, 9), silent={Stage.COLLECT_MASKED_VECTORS: {6}})
-    result = secure_sum(grid, list(range(1, 9)), _content(0), group_id=0,
-                        config=SecAggConfig(timeout=1.0), shapes={"w": (3, 2)})
+    result = secure_sum(
+        grid,
+        list(range(1, 9)),
+        _content(0),
+        group_id=0,
+        config=SecAggConfig(timeout=1.0),
+        shapes={"w": (3, 2)},
+    )
     assert result.included == [1, 2, 3, 7, 8]
     assert result.dropped == [4, 5, 6] and result.declined == [4]
     assert result.drop_reasons[4] == "collect_masked_vectors: fedrec.secagg.declined: budget"
     assert "malformed reply" in result.drop_reasons[5]
     assert result.drop_reasons[6] == "collect_masked_vectors: no reply within 1.0 s"
-    np.testing.assert_allclose(result.total["w"], np.full((3, 2), 21.0),
-                               atol=result.error_bound)
+    np.testing.assert_allclose(result.total["w"], np.full((3, 2), 21.0), atol=result.error_bound)
     # the refusing device kept its own state; its SecAgg+ session was discarded
     state = grid.contexts[4].state
     assert state["device"]["trained"] == 4 and "secaggplus_state" not in state
@@ -503,12 +549,15 @@ def test_the_mod_passes_plain_messages_through_and_refuses_non_finite_updates(ta
     with pytest.raises(ValueError, match="not a SecAgg"):
         app(plain, context)  # the handler insists on a secure request
     seen = []
-    passthrough = secure_aggregation_mod(plain, context,
-                                         lambda m, c: seen.append(m) or Message(
-                                             RecordDict(), reply_to=m))
+    passthrough = secure_aggregation_mod(
+        plain, context, lambda m, c: seen.append(m) or Message(RecordDict(), reply_to=m)
+    )
     assert seen == [plain] and passthrough.content.keys() == set()
-    secure = Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({})}), dst_node_id=1,
-                     message_type=MessageType.TRAIN)
+    secure = Message(
+        RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({})}),
+        dst_node_id=1,
+        message_type=MessageType.TRAIN,
+    )
     context.state.config_records["secaggplus_state"] = ConfigRecord({"clipping_range": 8.0})
     with pytest.raises(ValueError, match="non-finite"):
         secure_train_reply(secure, {"w": np.array([np.nan])}, context)

@@ -19,9 +19,14 @@ SELECTED = np.arange(0, 24, 2)
 
 def _algorithm(spec, noise):
     """The spectral algorithm of ``spec``, releasing with the noise multipliers ``noise``."""
-    cfg = RunConfig(algorithm="spectral", num_rounds=2, dim=spec.dim,
-                    spectral_top_items=spec.top_items, spectral_max_items=spec.max_items,
-                    privacy="off")  # no calibration: the test sets spec and noise itself
+    cfg = RunConfig(
+        algorithm="spectral",
+        num_rounds=2,
+        dim=spec.dim,
+        spectral_top_items=spec.top_items,
+        spectral_max_items=spec.max_items,
+        privacy="off",
+    )  # no calibration: the test sets spec and noise itself
     algorithm = Spectral(cfg, spec.n_items)
     algorithm.spec, algorithm.noise = spec, noise
     return algorithm
@@ -29,17 +34,32 @@ def _algorithm(spec, noise):
 
 def _device(items, *, dp=True, noise=(2.0, 1.5), on_release=None, budget=100.0, spec=SPEC):
     cfg = RunConfig(dim=spec.dim)
-    return Device("d", np.asarray(items), n_items=spec.n_items, dim=spec.dim,
-                  local=cfg.local_config(),
-                  dp=DPConfig(noise_multiplier=noise[1], max_grad_norm=1.0, target_delta=1e-5,
-                              budget_epsilon=budget, accountant="rdp") if dp else None,
-                  seed=0, algorithm=_algorithm(spec, noise), on_release=on_release)
+    return Device(
+        "d",
+        np.asarray(items),
+        n_items=spec.n_items,
+        dim=spec.dim,
+        local=cfg.local_config(),
+        dp=DPConfig(
+            noise_multiplier=noise[1],
+            max_grad_norm=1.0,
+            target_delta=1e-5,
+            budget_epsilon=budget,
+            accountant="rdp",
+        )
+        if dp
+        else None,
+        seed=0,
+        algorithm=_algorithm(spec, noise),
+        on_release=on_release,
+    )
 
 
 def _round(dev, phase, rnd, *, selected=None, noise_share=None):
     arrays = {} if selected is None else {"selected-items": np.asarray(selected)}
-    return dev.contribute(Task(phase, arrays), dev.model.global_state(), rnd,
-                          noise_share=noise_share)
+    return dev.contribute(
+        Task(phase, arrays), dev.model.global_state(), rnd, noise_share=noise_share
+    )
 
 
 def test_device_adds_calibrated_noise_and_records_before_replying():
@@ -90,9 +110,19 @@ def test_fold_in_ranks_with_the_devices_own_items():
 
 
 def _coordinator(privacy, tmp_path, **kw):
-    cfg = RunConfig(privacy=privacy, algorithm="spectral", num_rounds=2, dim=2,
-                    fraction_train=1.0, epsilon=8.0, delta=1e-4 if privacy == "user" else 1e-5,
-                    spectral_top_items=12, spectral_max_items=5, accountant="rdp", **kw)
+    cfg = RunConfig(
+        privacy=privacy,
+        algorithm="spectral",
+        num_rounds=2,
+        dim=2,
+        fraction_train=1.0,
+        epsilon=8.0,
+        delta=1e-4 if privacy == "user" else 1e-5,
+        spectral_top_items=12,
+        spectral_max_items=5,
+        accountant="rdp",
+        **kw,
+    )
     return cfg, make_coordinator(cfg, 40, ledger_dir=tmp_path / "ledgers")
 
 
@@ -110,23 +140,26 @@ def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
     clean = sum(contribution(u, "popularity", spec, rng=rng) for u in users)
     plan = coord.plan_round(30, 1)
     assert plan.noise_share == 0.0
-    report = coord.aggregate_sum(1, plan, {"popularity": clean.astype(np.float32)},
-                                 list(range(30)))
+    report = coord.aggregate_sum(1, plan, {"popularity": clean.astype(np.float32)}, list(range(30)))
     assert report.aggregated == 30 and report.train_metrics["epsilon_user"] > 0
     # the noise on the released sum has std z_pop (sensitivity 1)
     assert np.std(coord.algorithm.popularity - clean) == pytest.approx(z[0], rel=0.35)
     selected = coord.task(2).arrays["selected-items"]
     gram = sum(contribution(u, "cooccurrence", spec, selected=selected, rng=rng) for u in users)
-    coord.aggregate_sum(2, coord.plan_round(30, 2), {"cooccurrence": gram.astype(np.float32)},
-                        list(range(30)))
+    coord.aggregate_sum(
+        2, coord.plan_round(30, 2), {"cooccurrence": gram.astype(np.float32)}, list(range(30))
+    )
     assert coord.state["item_embedding.weight"].shape == (40, 2)
-    records = [json.loads(line) for line in
-               (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()
+    ]
     assert [r["mechanism"]["noise_multiplier"] for r in records] == pytest.approx(list(z))
     assert [r["purpose"] for r in records] == ["spectral-popularity", "spectral-cooccurrence"]
     assert records[-1]["claimed_epsilon"] <= 8.0 + 1e-6
-    report = audit_run(tmp_path / "ledgers", accountants=("pld",), workers=1, plots=False,
-                       write=False)
+    report = audit_run(
+        tmp_path / "ledgers", accountants=("pld",), workers=1, plots=False, write=False
+    )
     assert report.ok and report.ledgers[0].epsilon["pld"] <= 8.0 * 1.01
 
 
@@ -143,10 +176,12 @@ def test_privacy_off_spectral_also_sums_securely_and_adds_no_noise(tmp_path):
 def test_a_reply_of_the_wrong_shape_or_too_large_is_dropped(tmp_path):
     _, coord = _coordinator("local", tmp_path)
     good = np.zeros(40, np.float32)
-    replies = [Reply(node=0, arrays={"popularity": good}),
-               Reply(node=1, arrays={"popularity": np.zeros(39, np.float32)}),
-               Reply(node=2, arrays={"cooccurrence": good}),
-               Reply(node=3, arrays={"popularity": np.full(40, 1e6, np.float32)})]
+    replies = [
+        Reply(node=0, arrays={"popularity": good}),
+        Reply(node=1, arrays={"popularity": np.zeros(39, np.float32)}),
+        Reply(node=2, arrays={"cooccurrence": good}),
+        Reply(node=3, arrays={"popularity": np.full(40, 1e6, np.float32)}),
+    ]
     report = coord.aggregate(1, replies)
     assert report.aggregated == 1 and report.dropped == 3
 

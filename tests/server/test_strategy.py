@@ -20,12 +20,18 @@ def _reply(content):
 
 
 def test_reply_parsing_never_raises():
-    ok = reply_from_message(_reply(RecordDict({
-        "arrays": ArrayRecord({"w": Array(np.ones(2, np.float32))}),
-        "metrics": MetricRecord({"num-examples": 4, "loss": 0.5})})))
+    ok = reply_from_message(
+        _reply(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({"w": Array(np.ones(2, np.float32))}),
+                    "metrics": MetricRecord({"num-examples": 4, "loss": 0.5}),
+                }
+            )
+        )
+    )
     assert ok.error is None and ok.num_examples == 4 and ok.metrics == {"loss": 0.5}
-    refusal = reply_from_message(_reply(RecordDict({"refusal": ConfigRecord(
-        {"code": "budget"})})))
+    refusal = reply_from_message(_reply(RecordDict({"refusal": ConfigRecord({"code": "budget"})})))
     assert refusal.refusal == "budget"
     empty = reply_from_message(_reply(RecordDict({"metrics": MetricRecord({"x": 1})})))
     assert empty.error is not None

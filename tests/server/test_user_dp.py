@@ -36,25 +36,36 @@ def test_noisy_mean_has_the_calibrated_noise(noise):
 
 
 def test_poisson_sampling_rate():
-    coord = make_coordinator(RunConfig(privacy="user", fraction_train=0.3, delta=1e-4,
-                                       user_noise_multiplier=1.0), 10)
+    coord = make_coordinator(
+        RunConfig(privacy="user", fraction_train=0.3, delta=1e-4, user_noise_multiplier=1.0), 10
+    )
     sizes = [len(coord.sample(range(1000))) for _ in range(50)]
     assert 270 < np.mean(sizes) < 330 and len(set(sizes)) > 5  # varies: Poisson, not fixed
 
 
 @pytest.mark.slow
 def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_path):
-    cfg = RunConfig(privacy="user", fraction_train=0.2, num_rounds=5, epsilon=4.0,
-                    delta=1e-4, user_clip=0.5, dim=4)
+    cfg = RunConfig(
+        privacy="user",
+        fraction_train=0.2,
+        num_rounds=5,
+        epsilon=4.0,
+        delta=1e-4,
+        user_clip=0.5,
+        dim=4,
+    )
     coord = make_coordinator(cfg, 10, ledger_dir=tmp_path / "ledgers")
     sigma = cfg.user_noise()
     for rnd in range(1, 6):
         picked = coord.sample(list(range(50)))
-        replies = [Reply(node=n, arrays={k: np.ones_like(v) for k, v in coord.state.items()})
-                   for n in picked]
+        replies = [
+            Reply(node=n, arrays={k: np.ones_like(v) for k, v in coord.state.items()})
+            for n in picked
+        ]
         coord.aggregate(rnd, replies)
-    records = [json.loads(x) for x in (tmp_path / "ledgers" / "server.jsonl").read_text()
-               .splitlines()]
+    records = [
+        json.loads(x) for x in (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()
+    ]
     assert [r["round"] for r in records] == [1, 2, 3, 4, 5]
     assert all(r["unit"] == "user" and r["sampling"]["type"] == "poisson" for r in records)
     expected = _pld_epsilon(0.2, sigma, 5, 1e-4)

@@ -5,9 +5,23 @@ from fedrec.cli import main
 
 def test_simulate_command_writes_a_run_directory(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = main(["simulate", "--engine", "loop", "--rounds", "2", "--set", "synthetic-users=30",
-               "--set", "synthetic-items=40", "--set", "accountant=rdp",
-               "--run-dir", str(run_dir)])
+    rc = main(
+        [
+            "simulate",
+            "--engine",
+            "loop",
+            "--rounds",
+            "2",
+            "--set",
+            "synthetic-users=30",
+            "--set",
+            "synthetic-items=40",
+            "--set",
+            "accountant=rdp",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["privacy"]["epsilon_max"] <= 8.0
@@ -27,9 +41,27 @@ def test_bad_input_is_one_clear_line_not_a_traceback(capsys):
 
 def test_simulate_spectral_user_level_from_the_command_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = main(["simulate", "--engine", "loop", "--algorithm", "spectral", "--privacy", "user",
-               "--delta", "1e-4", "--set", "synthetic-users=40", "--set", "synthetic-items=30",
-               "--set", "spectral-top-items=20", "--run-dir", str(run_dir)])
+    rc = main(
+        [
+            "simulate",
+            "--engine",
+            "loop",
+            "--algorithm",
+            "spectral",
+            "--privacy",
+            "user",
+            "--delta",
+            "1e-4",
+            "--set",
+            "synthetic-users=40",
+            "--set",
+            "synthetic-items=30",
+            "--set",
+            "spectral-top-items=20",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     priv = summary["privacy"]
@@ -45,9 +77,23 @@ def test_simulate_spectral_user_level_from_the_command_line(tmp_path, capsys):
 
 def test_simulate_features_from_the_command_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = main(["simulate", "--engine", "loop", "--algorithm", "features", "--epsilon", "4",
-               "--set", "synthetic-users=30", "--set", "synthetic-items=30",
-               "--run-dir", str(run_dir)])
+    rc = main(
+        [
+            "simulate",
+            "--engine",
+            "loop",
+            "--algorithm",
+            "features",
+            "--epsilon",
+            "4",
+            "--set",
+            "synthetic-users=30",
+            "--set",
+            "synthetic-items=30",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())["run_config"]

@@ -10,13 +10,25 @@ import pytest
 
 from fedrec.cli import build_parser, main
 
-TOOL_COMMANDS = [["sweep"], ["bench", "engine"], ["bench", "local"], ["bench", "data"],
-                 ["bench", "sdk"], ["canary"], ["limits"]]
+TOOL_COMMANDS = [
+    ["sweep"],
+    ["bench", "engine"],
+    ["bench", "local"],
+    ["bench", "data"],
+    ["bench", "sdk"],
+    ["canary"],
+    ["limits"],
+]
 
 
 def _fedrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedrec.cli", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "fedrec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_top_level_help_lists_every_command_with_its_one_line_help():
@@ -59,9 +71,11 @@ def test_help_loads_neither_torch_nor_flower():
         "    except SystemExit:\n"
         "        pass\n"
         "heavy = ('torch', 'flwr', 'opacus', 'ray')\n"
-        "print(json.dumps([m for m in heavy if m in sys.modules]))\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120)
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
@@ -81,9 +95,13 @@ def test_commands_take_exactly_their_modules_options():
     from fedrec.simulations import bench_data, bench_sdk, benchmark, canary_audit, limits, sweep
 
     top = build_parser()
-    for path, module in ((["sweep"], sweep), (["bench", "data"], bench_data),
-                         (["bench", "sdk"], bench_sdk), (["canary"], canary_audit),
-                         (["limits"], limits)):
+    for path, module in (
+        (["sweep"], sweep),
+        (["bench", "data"], bench_data),
+        (["bench", "sdk"], bench_sdk),
+        (["canary"], canary_audit),
+        (["limits"], limits),
+    ):
         own = argparse.ArgumentParser()
         module.add_arguments(own)
         assert _options(_subparser(top, *path)) == _options(own), path

@@ -29,20 +29,35 @@ def task_identity():
 
 @pytest.fixture
 def setup(tmp_path):
-    cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=8, num_rounds=4,
-                    fraction_train=0.5, accountant="rdp", run_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        synthetic_users=40,
+        synthetic_items=50,
+        dim=8,
+        num_rounds=4,
+        fraction_train=0.5,
+        accountant="rdp",
+        run_dir=str(tmp_path / "run"),
+    )
     _, client_app = make_apps(cfg)
-    context = Context(run_id=1, node_id=11, node_config={"partition-id": 3,
-                                                         "num-partitions": 40},
-                      state=RecordDict(), run_config=cfg.to_flat())
+    context = Context(
+        run_id=1,
+        node_id=11,
+        node_config={"partition-id": 3, "num-partitions": 40},
+        state=RecordDict(),
+        run_config=cfg.to_flat(),
+    )
     return cfg, client_app, context
 
 
 def _train_msg(cfg, rnd):
     state = initial_global_state(cfg, federated_dataset(cfg).n_items)
-    return Message(content=RecordDict({"arrays": numpy_to_arrays(state),
-                                       "config": ConfigRecord({"server-round": rnd})}),
-                   dst_node_id=11, message_type="train")
+    return Message(
+        content=RecordDict(
+            {"arrays": numpy_to_arrays(state), "config": ConfigRecord({"server-round": rnd})}
+        ),
+        dst_node_id=11,
+        message_type="train",
+    )
 
 
 def test_outgoing_message_carries_only_the_item_delta(setup):
@@ -76,7 +91,7 @@ def test_accountant_state_persists_in_the_device_store(setup):
     steps = cfg.local_config().steps
     assert sum(h[2] for h in first) == steps
     assert sum(h[2] for h in second) == 2 * steps
-    ledger = (context.run_config["run-dir"] + "/ledgers/device-000003.jsonl")
+    ledger = context.run_config["run-dir"] + "/ledgers/device-000003.jsonl"
     lines = open(ledger).read().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [1, 2]
 
@@ -116,8 +131,13 @@ def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setu
     assert built == [11]  # same process, same state: the device is reused
     # the device's state moves on elsewhere (another process served it): its stored token
     # differs, so the first app must rebuild and restore, continuing from that state
-    moved = Context(run_id=1, node_id=11, node_config=dict(context.node_config),
-                    state=RecordDict(), run_config=dict(context.run_config))
+    moved = Context(
+        run_id=1,
+        node_id=11,
+        node_config=dict(context.node_config),
+        state=RecordDict(),
+        run_config=dict(context.run_config),
+    )
     other_app, _ = _counting_app(cfg)
     other_app(_train_msg(cfg, 3), moved)  # advances the stored state and its token
     app(_train_msg(cfg, 4), context)
@@ -134,13 +154,25 @@ def test_a_node_s_device_is_reused_only_while_its_stored_state_is_unchanged(setu
 
 @pytest.mark.slow
 def test_a_noiseless_spectral_contribution_never_leaves_outside_secure_aggregation(tmp_path):
-    cfg = RunConfig(synthetic_users=40, synthetic_items=50, dim=2, num_rounds=2,
-                    algorithm="spectral", privacy="user", delta=1e-4,
-                    spectral_top_items=10, run_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        synthetic_users=40,
+        synthetic_items=50,
+        dim=2,
+        num_rounds=2,
+        algorithm="spectral",
+        privacy="user",
+        delta=1e-4,
+        spectral_top_items=10,
+        run_dir=str(tmp_path / "run"),
+    )
     _, app = make_apps(cfg)
-    context = Context(run_id=1, node_id=11, node_config={"partition-id": 3,
-                                                         "num-partitions": 40},
-                      state=RecordDict(), run_config=cfg.to_flat())
+    context = Context(
+        run_id=1,
+        node_id=11,
+        node_config={"partition-id": 3, "num-partitions": 40},
+        state=RecordDict(),
+        run_config=cfg.to_flat(),
+    )
     msg = _train_msg(cfg, 1)
     msg.content["config"]["spectral-phase"] = "popularity"
     reply = app(msg, context)

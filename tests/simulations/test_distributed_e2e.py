@@ -20,9 +20,13 @@ def _expected_dropouts(cfg):
     """The devices the simulated-dropout coin takes offline in round 1 (same hash as the mod)."""
     import hashlib
 
-    return [p for p in range(cfg.synthetic_users)
-            if int.from_bytes(hashlib.sha256(f"{cfg.seed}/{p}/1".encode()).digest()[:8],
-                              "little") / 2**64 < cfg.simulated_dropout]
+    return [
+        p
+        for p in range(cfg.synthetic_users)
+        if int.from_bytes(hashlib.sha256(f"{cfg.seed}/{p}/1".encode()).digest()[:8], "little")
+        / 2**64
+        < cfg.simulated_dropout
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,25 @@ def run(tmp_path_factory):
     side.mkdir()
     # every device is sampled, so which ones drop out (a hash of seed, device and round) is
     # fixed: 7 of the 20 (35%)
-    cfg = RunConfig(synthetic_users=20, synthetic_items=30, dim=4, num_rounds=1,
-                    fraction_train=1.0, eval_every=1, privacy="distributed", epsilon=6.0,
-                    accountant="rdp", local_epochs=1, sample_rate=0.5, dropout_tolerance=0.1,
-                    simulated_dropout=0.3, dropout_policy="account",
-                    server_optimizer="fedavg", server_lr=2.0,
-                    run_dir=str(base / "run"))
+    cfg = RunConfig(
+        synthetic_users=20,
+        synthetic_items=30,
+        dim=4,
+        num_rounds=1,
+        fraction_train=1.0,
+        eval_every=1,
+        privacy="distributed",
+        epsilon=6.0,
+        accountant="rdp",
+        local_epochs=1,
+        sample_rate=0.5,
+        dropout_tolerance=0.1,
+        simulated_dropout=0.3,
+        dropout_policy="account",
+        server_optimizer="fedavg",
+        server_lr=2.0,
+        run_dir=str(base / "run"),
+    )
     factory = simulated_device_factory(cfg)
 
     def recording_factory(context):
@@ -69,14 +86,24 @@ def run(tmp_path_factory):
 
     rounds = []
     server_app, _ = make_apps(cfg, on_round=rounds.append)
-    client_app = make_client_app(StoredDevices(recording_factory, simulated_states(cfg)),
-                                 mods=[simulated_dropout_mod(cfg)])
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=20,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "num_gpus": 0,
-                                                 "include_dashboard": False,
-                                                 "logging_level": "error",
-                                                 "log_to_driver": False}})
+    client_app = make_client_app(
+        StoredDevices(recording_factory, simulated_states(cfg)), mods=[simulated_dropout_mod(cfg)]
+    )
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=20,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": 2,
+                "num_gpus": 0,
+                "include_dashboard": False,
+                "logging_level": "error",
+                "log_to_driver": False,
+            },
+        },
+    )
     fed = federated_dataset(cfg)
     summary = runner.privacy_summary(base / "run" / "ledgers", cfg, cfg.device_noise())
     return cfg, rounds, side, initial_global_state(cfg, fed.n_items), summary

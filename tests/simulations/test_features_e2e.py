@@ -17,9 +17,19 @@ def test_flower_local_features_run_is_one_audited_release(tmp_path):
     from fedrec.simulations.federation import federated_dataset
     from fedrec.simulations.runner import simulate
 
-    cfg = RunConfig(synthetic_users=24, synthetic_items=40, dim=12, num_rounds=1,
-                    algorithm="features", fraction_train=1.0, eval_every=1, privacy="local",
-                    epsilon=4.0, accountant="rdp", run_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        synthetic_users=24,
+        synthetic_items=40,
+        dim=12,
+        num_rounds=1,
+        algorithm="features",
+        fraction_train=1.0,
+        eval_every=1,
+        privacy="local",
+        epsilon=4.0,
+        accountant="rdp",
+        run_dir=str(tmp_path / "run"),
+    )
     res = simulate(cfg)
     run = Path(cfg.run_dir)
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -39,8 +49,7 @@ def test_flower_local_features_run_is_one_audited_release(tmp_path):
     priv = res.summary["privacy"]
     assert priv["algorithm"] == "features" and len(priv["noise_multiplier"]) == 1
     assert 3.9 < priv["epsilon_max"] <= 4.0 + 1e-6
-    report = audit_run(run / "ledgers", accountants=("rdp",), workers=1, plots=False,
-                       write=False)
+    report = audit_run(run / "ledgers", accountants=("rdp",), workers=1, plots=False, write=False)
     assert report.ok and max(led.epsilon["rdp"] for led in report.ledgers) <= 4.0 * 1.01
 
 
@@ -50,9 +59,18 @@ def test_local_features_beat_most_popular_on_ml100k(ml100k_dir):
     from fedrec.simulations.federation import federated_dataset
     from fedrec.simulations.loop import run_plain
 
-    cfg = RunConfig(dataset="ml-100k", data_dir=str(ml100k_dir), algorithm="features",
-                    num_rounds=1, fraction_train=1.0, eval_every=1, privacy="local",
-                    epsilon=8.0, delta=1e-5, dim=32)
+    cfg = RunConfig(
+        dataset="ml-100k",
+        data_dir=str(ml100k_dir),
+        algorithm="features",
+        num_rounds=1,
+        fraction_train=1.0,
+        eval_every=1,
+        privacy="local",
+        epsilon=8.0,
+        delta=1e-5,
+        dim=32,
+    )
     res = run_plain(cfg)
     pop = most_popular(federated_dataset(cfg).split)["ndcg@10"]
     ndcg = res.rounds[-1]["eval"]["ndcg@10"]

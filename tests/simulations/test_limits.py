@@ -9,4 +9,3 @@ def test_more_noise_never_helps_popularity_much():
     assert exact["sigma"] == 0 and small["epsilon"] > huge["epsilon"]
     assert small["ndcg@10"] > huge["ndcg@10"]
     assert abs(small["ndcg@10"] - exact["ndcg@10"]) < 0.02
-

@@ -14,7 +14,8 @@ DEPRECATION_TEMPLATE = """DEPRECATED FEATURE: %s
         """
 RUN_SIMULATION_NAME = (
     "The `run_simulation` function is deprecated and will be removed in a future version of "
-    "Flower. Please use `flwr run` in the CLI instead to run your simulation.")
+    "Flower. Please use `flwr run` in the CLI instead to run your simulation."
+)
 
 
 class _Collect(logging.Handler):

@@ -14,9 +14,17 @@ def run(tmp_path_factory):
     from fedrec.simulations.runner import simulate
 
     run_dir = tmp_path_factory.mktemp("sim") / "run"
-    cfg = RunConfig(synthetic_users=24, synthetic_items=40, dim=8, num_rounds=3,
-                    fraction_train=0.5, eval_every=1, accountant="rdp", epsilon=8.0,
-                    run_dir=str(run_dir))
+    cfg = RunConfig(
+        synthetic_users=24,
+        synthetic_items=40,
+        dim=8,
+        num_rounds=3,
+        fraction_train=0.5,
+        eval_every=1,
+        accountant="rdp",
+        epsilon=8.0,
+        run_dir=str(run_dir),
+    )
     rounds = []
     result = simulate(cfg, on_round=rounds.append, num_cpus=2)
     return cfg, result, rounds
@@ -36,8 +44,7 @@ def test_simulation_runs_every_round_and_writes_the_run_directory(run):
     round_no, state = RunDirectory.load_checkpoint(path / "checkpoints" / "latest.npz")
     assert round_no == 3 and state["item_embedding.weight"].shape == (40, 8)
     final = np.load(path / "item_embeddings.npz")
-    np.testing.assert_array_equal(final["item_embedding.weight"],
-                                  state["item_embedding.weight"])
+    np.testing.assert_array_equal(final["item_embedding.weight"], state["item_embedding.weight"])
     assert len(json.loads((path / "item_ids.json").read_text())) == 40
     config = json.loads((path / "config.json").read_text())
     assert config["run_config"]["num-rounds"] == 3 and config["noise_multiplier"] > 0
@@ -67,13 +74,26 @@ def test_audit_of_a_simulation_recomputes_what_devices_claimed(run):
     from fedrec.common.audit.report import audit_run
 
     cfg, result, _ = run
-    report = audit_run(result.run_dir, accountants=("pld", "rdp"), plots=False,
-                       out_dir=result.run_dir / "audit")
+    report = audit_run(
+        result.run_dir, accountants=("pld", "rdp"), plots=False, out_dir=result.run_dir / "audit"
+    )
     assert report.ok and not report.tampered and not report.over_budget
     assert len(report.devices) == 24
     for dev in report.devices:
         assert dev.integrity == "ok"
         assert dev.claim_status in ("match", "within-error", "conservative")
         assert dev.epsilon["rdp"] == pytest.approx(dev.claimed_epsilon, rel=1e-6)
-    assert main(["audit", str(result.run_dir), "--accountants", "rdp", "--no-plots",
-                 "--out", str(result.run_dir / "audit2")]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(result.run_dir),
+                "--accountants",
+                "rdp",
+                "--no-plots",
+                "--out",
+                str(result.run_dir / "audit2"),
+            ]
+        )
+        == 0
+    )

@@ -29,13 +29,28 @@ if TYPE_CHECKING:
     from fedrec.common.config import RunConfig
     from fedrec.common.privacy.randomness import NoiseSource
 
-__all__ = ["MECHANISMS", "PrivacyMechanism", "RoundPlan", "Contributed", "ServerLedgers",
-           "Off", "Local", "Distributed", "UserLevel", "make_mechanism", "refusal",
-           "noise_multipliers"]
+__all__ = [
+    "MECHANISMS",
+    "PrivacyMechanism",
+    "RoundPlan",
+    "Contributed",
+    "ServerLedgers",
+    "Off",
+    "Local",
+    "Distributed",
+    "UserLevel",
+    "make_mechanism",
+    "refusal",
+    "noise_multipliers",
+]
 
 #: ``--privacy`` name → mechanism class.
 MECHANISMS: dict[str, type[PrivacyMechanism]] = {
-    "off": Off, "local": Local, "distributed": Distributed, "user": UserLevel}
+    "off": Off,
+    "local": Local,
+    "distributed": Distributed,
+    "user": UserLevel,
+}
 
 
 def refusal(algorithm: type[Algorithm], cfg: RunConfig) -> str | None:
@@ -49,8 +64,13 @@ def refusal(algorithm: type[Algorithm], cfg: RunConfig) -> str | None:
     return mechanism.refusal(algorithm, cfg)
 
 
-def make_mechanism(cfg: RunConfig, algorithm: Algorithm, *, ledger_dir: Path | str | None = None,
-                   noise: NoiseSource | None = None) -> PrivacyMechanism:
+def make_mechanism(
+    cfg: RunConfig,
+    algorithm: Algorithm,
+    *,
+    ledger_dir: Path | str | None = None,
+    noise: NoiseSource | None = None,
+) -> PrivacyMechanism:
     """The run's mechanism, wrapping ``algorithm``."""
     return MECHANISMS[cfg.privacy](cfg, algorithm, ledger_dir=ledger_dir, noise=noise)
 
@@ -75,8 +95,11 @@ def noise_multipliers(cfg: RunConfig) -> tuple[float, ...]:
     if explicit > 0 and len(releases) == 1:
         return (float(explicit),)
     user = cfg.privacy == "user"
-    scale = calibrate([(r.noise_weight, r.sampling_probability, r.steps * r.count)
-                       for r in releases], target_epsilon=cfg.epsilon,
-                      target_delta=cfg.delta, accountant="pld" if user else cfg.accountant,
-                      fixed=() if user else cfg.evaluation_history())
+    scale = calibrate(
+        [(r.noise_weight, r.sampling_probability, r.steps * r.count) for r in releases],
+        target_epsilon=cfg.epsilon,
+        target_delta=cfg.delta,
+        accountant="pld" if user else cfg.accountant,
+        fixed=() if user else cfg.evaluation_history(),
+    )
     return tuple(scale * w for w in weights)

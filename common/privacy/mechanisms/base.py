@@ -89,7 +89,8 @@ class ServerLedgers:
             if self._key is None:
                 path = self.ledger_dir.parent / "server" / "ledger-key.pem"
                 self._key = DeviceKey.load_or_generate(
-                    path, public_path=path.with_suffix(".pub.pem"))
+                    path, public_path=path.with_suffix(".pub.pem")
+                )
             public = base / "keys" / f"{name}.pub.pem"
             if not public.exists():
                 self._key.save_public(public)
@@ -116,8 +117,14 @@ class PrivacyMechanism:
     #: who is trusted with what, in words
     trust: ClassVar[str] = ""
 
-    def __init__(self, cfg: RunConfig, algorithm: Algorithm, *,
-                 ledger_dir: Path | str | None = None, noise: NoiseSource | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        algorithm: Algorithm,
+        *,
+        ledger_dir: Path | str | None = None,
+        noise: NoiseSource | None = None,
+    ):
         self.cfg = cfg
         self.algorithm = algorithm
         self.noise = noise if noise is not None else cfg.noise_source()
@@ -131,8 +138,9 @@ class PrivacyMechanism:
         return None
 
     # --- sampling --------------------------------------------------------------------------
-    def sample(self, pool: Sequence[int], participations: dict[int, int],
-               rng: np.random.Generator) -> list[int]:
+    def sample(
+        self, pool: Sequence[int], participations: dict[int, int], rng: np.random.Generator
+    ) -> list[int]:
         """Devices for a round: ``ceil(fraction · N)``, least-used first, ties at random.
 
         In effect shuffled passes over all devices (each trains once per pass before any
@@ -157,28 +165,41 @@ class PrivacyMechanism:
 
     def plan(self, sampled: int, spec: ContributionSpec) -> RoundPlan:
         """A secure round's provisioning (devices add no noise: share 0)."""
-        return RoundPlan(sampled=sampled, min_included=1, noise_share=0.0,
-                         clipping_range=secure_range(spec.coordinate_bound, 0.0, spec.size))
+        return RoundPlan(
+            sampled=sampled,
+            min_included=1,
+            noise_share=0.0,
+            clipping_range=secure_range(spec.coordinate_bound, 0.0, spec.size),
+        )
 
-    def aggregate_sum(self, server_round: int, plan: RoundPlan, total: Mapping[str, np.ndarray],
-                      included: Sequence[int], spec: ContributionSpec
-                      ) -> tuple[Aggregate | None, list[str]]:
+    def aggregate_sum(
+        self,
+        server_round: int,
+        plan: RoundPlan,
+        total: Mapping[str, np.ndarray],
+        included: Sequence[int],
+        spec: ContributionSpec,
+    ) -> tuple[Aggregate | None, list[str]]:
         """The aggregate of a secure sum of ``len(included)`` contributions, with why not."""
-        return _aggregate_of(spec, {k: np.asarray(v, np.float64) for k, v in total.items()},
-                             len(included)), []
+        return _aggregate_of(
+            spec, {k: np.asarray(v, np.float64) for k, v in total.items()}, len(included)
+        ), []
 
     # --- individual replies ----------------------------------------------------------------
-    def aggregate(self, server_round: int, replies: Sequence[Contributed],
-                  spec: ContributionSpec) -> Aggregate | None:
+    def aggregate(
+        self, server_round: int, replies: Sequence[Contributed], spec: ContributionSpec
+    ) -> Aggregate | None:
         """The aggregate of individually received contributions (None: nothing to use)."""
         if not replies:
             return None
         if spec.aggregate == "mean":
             weights = [r.num_examples if self.name == "off" else 1.0 for r in replies]
-            return Aggregate(count=len(replies),
-                             mean=weighted_mean([r.arrays for r in replies], weights))
-        total = {k: np.sum([r.arrays[k] for r in replies], axis=0, dtype=np.float64)
-                 for k in spec.shapes}
+            return Aggregate(
+                count=len(replies), mean=weighted_mean([r.arrays for r in replies], weights)
+            )
+        total = {
+            k: np.sum([r.arrays[k] for r in replies], axis=0, dtype=np.float64) for k in spec.shapes
+        }
         return Aggregate(count=len(replies), total=total)
 
     def metrics(self, included: Sequence[int]) -> dict[str, float]:

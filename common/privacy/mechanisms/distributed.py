@@ -46,8 +46,10 @@ class Distributed(PrivacyMechanism):
     name = "distributed"
     unit = "example"
     device_noise = True
-    trust = ("honest-but-curious server: SecAgg+ shows it only the sum of a round's "
-             "updates, which carries the full noise; devices add 1/sqrt(k) of it each")
+    trust = (
+        "honest-but-curious server: SecAgg+ shows it only the sum of a round's "
+        "updates, which carries the full noise; devices add 1/sqrt(k) of it each"
+    )
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - the base's
         super().__init__(*args, **kwargs)
@@ -57,8 +59,9 @@ class Distributed(PrivacyMechanism):
         """Always: a share is only DP inside a sum with the others."""
         return True
 
-    def sample(self, pool: Sequence[int], participations: dict[int, int],
-               rng: np.random.Generator) -> list[int]:
+    def sample(
+        self, pool: Sequence[int], participations: dict[int, int], rng: np.random.Generator
+    ) -> list[int]:
         """Shuffled passes, never asking a device past its planned participations.
 
         Such a device would decline (budget) and take its share out of the sum; the plan is
@@ -79,14 +82,19 @@ class Distributed(PrivacyMechanism):
             raise ValueError("a round needs at least one sampled device")
         k = max(1, math.ceil(sampled * (1.0 - self.cfg.dropout_tolerance) - 1e-9))
         share = 1.0 / math.sqrt(k)
-        return RoundPlan(sampled=sampled, min_included=k, noise_share=share,
-                         clipping_range=secure_range(spec.coordinate_bound,
-                                                     spec.noise_per_coordinate * share,
-                                                     spec.size),
-                         enforce_min=self.cfg.dropout_policy == "abort")
+        return RoundPlan(
+            sampled=sampled,
+            min_included=k,
+            noise_share=share,
+            clipping_range=secure_range(
+                spec.coordinate_bound, spec.noise_per_coordinate * share, spec.size
+            ),
+            enforce_min=self.cfg.dropout_policy == "abort",
+        )
 
-    def effective_noise_multiplier(self, plan: RoundPlan, included: int,
-                                   noise_multiplier: float) -> float:
+    def effective_noise_multiplier(
+        self, plan: RoundPlan, included: int, noise_multiplier: float
+    ) -> float:
         """The noise multiplier protecting a round in which ``included`` shares add up.
 
         ``σ·√(included/min_included)``, capped at σ (each device's own step carries exactly
@@ -96,52 +104,72 @@ class Distributed(PrivacyMechanism):
             return 0.0
         return noise_multiplier * min(1.0, math.sqrt(included / plan.min_included))
 
-    def aggregate_sum(self, server_round: int, plan: RoundPlan, total: Mapping[str, np.ndarray],
-                      included: Sequence[int], spec: ContributionSpec
-                      ) -> tuple[Aggregate | None, list[str]]:
+    def aggregate_sum(
+        self,
+        server_round: int,
+        plan: RoundPlan,
+        total: Mapping[str, np.ndarray],
+        included: Sequence[int],
+        spec: ContributionSpec,
+    ) -> tuple[Aggregate | None, list[str]]:
         """Use the sum only with enough shares in it (or account the smaller noise)."""
         n = len(included)
         if 0 < n < plan.min_included and self.cfg.dropout_policy == "abort":
-            return None, [f"secure sum not used: {n} devices summed, fewer than the "
-                          f"{plan.min_included} provisioned for the full noise"]
+            return None, [
+                f"secure sum not used: {n} devices summed, fewer than the "
+                f"{plan.min_included} provisioned for the full noise"
+            ]
         sigma = self.record(server_round, plan, included, spec)
         if sigma < spec.noise_multiplier:
-            log.warning("round %d: %d of %d devices summed (provisioned %d): the sum carried "
-                        "noise multiplier %.4g < %.4g, accounted as such", server_round, n,
-                        plan.sampled, plan.min_included, sigma, spec.noise_multiplier)
-        return _aggregate_of(spec, {k: np.asarray(v, np.float64) for k, v in total.items()},
-                             n), []
+            log.warning(
+                "round %d: %d of %d devices summed (provisioned %d): the sum carried "
+                "noise multiplier %.4g < %.4g, accounted as such",
+                server_round,
+                n,
+                plan.sampled,
+                plan.min_included,
+                sigma,
+                spec.noise_multiplier,
+            )
+        return _aggregate_of(spec, {k: np.asarray(v, np.float64) for k, v in total.items()}, n), []
 
-    def record(self, server_round: int, plan: RoundPlan, included: Sequence[int],
-               spec: ContributionSpec) -> float:
+    def record(
+        self, server_round: int, plan: RoundPlan, included: Sequence[int], spec: ContributionSpec
+    ) -> float:
         """Account the round for every included device at the noise present; returns it."""
         sigma = self.effective_noise_multiplier(plan, len(included), spec.noise_multiplier)
         if sigma <= 0:
             return 0.0
-        event = PrivacyEvent(sigma, spec.sampling_probability, spec.steps,
-                             max_grad_norm=spec.sensitivity, unit="example",
-                             purpose=f"secure-sum-{spec.purpose}",
-                             randomness="seeded" if self.cfg.device_seed is not None
-                             else "os-entropy")
+        event = PrivacyEvent(
+            sigma,
+            spec.sampling_probability,
+            spec.steps,
+            max_grad_norm=spec.sensitivity,
+            unit="example",
+            purpose=f"secure-sum-{spec.purpose}",
+            randomness="seeded" if self.cfg.device_seed is not None else "os-entropy",
+        )
         for device in map(str, included):
             self.histories.setdefault(device, []).append(event.history_entry)
             ledger = self.ledgers.ledger(f"node-{device}", "secure-sum")
             if ledger is not None:
-                ledger.append(event, round=server_round, target_delta=self.cfg.delta,
-                              budget_epsilon=self.cfg.epsilon,
-                              claimed_epsilon=self.epsilon(device),
-                              accountant=self.cfg.accountant)
+                ledger.append(
+                    event,
+                    round=server_round,
+                    target_delta=self.cfg.delta,
+                    budget_epsilon=self.cfg.epsilon,
+                    claimed_epsilon=self.epsilon(device),
+                    accountant=self.cfg.accountant,
+                )
         return sigma
 
     def epsilon(self, device: str) -> float:
         """Example-level ε of one device from the noise actually present in its rounds."""
         from fedrec.common.privacy.accountant import epsilon_of
 
-        return epsilon_of(self.cfg.accountant, self.histories.get(str(device), []),
-                          self.cfg.delta)
+        return epsilon_of(self.cfg.accountant, self.histories.get(str(device), []), self.cfg.delta)
 
     def metrics(self, included: Sequence[int]) -> dict[str, float]:
         """The ε of the devices summed this round, from the noise present."""
         eps = [self.epsilon(str(i)) for i in included]
-        return ({"epsilon_max": max(eps), "epsilon_median": float(np.median(eps))}
-                if eps else {})
+        return {"epsilon_max": max(eps), "epsilon_median": float(np.median(eps))} if eps else {}

@@ -34,15 +34,20 @@ __all__ = ["UserLevel", "clip_delta", "noisy_mean"]
 
 def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, np.ndarray], float]:
     """Scale ``delta`` so that its global L2 norm is at most ``clip``; returns it and the norm."""
-    norm = float(np.sqrt(sum(float(np.square(v, dtype=np.float64).sum())
-                             for v in delta.values())))
+    norm = float(np.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in delta.values())))
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, norm
 
 
-def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
-               *, clip: float, noise_multiplier: float, expected_count: float,
-               noise) -> dict[str, np.ndarray]:  # noqa: ANN001 - a NoiseSource
+def noisy_mean(
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    reference: Mapping[str, np.ndarray],
+    *,
+    clip: float,
+    noise_multiplier: float,
+    expected_count: float,
+    noise,
+) -> dict[str, np.ndarray]:  # noqa: ANN001 - a NoiseSource
     """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate.
 
     ``expected_count = 1`` gives the noisy sum. The noise comes from ``noise`` (a
@@ -55,8 +60,10 @@ def noisy_mean(deltas: Sequence[Mapping[str, np.ndarray]], reference: Mapping[st
         for k in total:
             total[k] += clipped[k]
     std = noise_multiplier * clip
-    return {k: ((v + noise.normal(std, v.shape)) / expected_count).astype(np.float32)
-            for k, v in total.items()}
+    return {
+        k: ((v + noise.normal(std, v.shape)) / expected_count).astype(np.float32)
+        for k, v in total.items()
+    }
 
 
 class UserLevel(PrivacyMechanism):
@@ -64,15 +71,18 @@ class UserLevel(PrivacyMechanism):
 
     name = "user"
     unit = "user"
-    trust = ("the server sees individual (clipped) updates and adds the noise; everything it "
-             "publishes is user-level DP")
+    trust = (
+        "the server sees individual (clipped) updates and adds the noise; everything it "
+        "publishes is user-level DP"
+    )
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - the base's
         super().__init__(*args, **kwargs)
         self.history: list[float] = []  # the noise multiplier of each recorded release
 
-    def sample(self, pool: Sequence[int], participations: dict[int, int],
-               rng: np.random.Generator) -> list[int]:
+    def sample(
+        self, pool: Sequence[int], participations: dict[int, int], rng: np.random.Generator
+    ) -> list[int]:
         """Each device independently with probability ``fraction-train`` (may be empty)."""
         self.pool_size = len(pool)
         keep = rng.random(len(pool)) < self.cfg.fraction_train
@@ -82,29 +92,40 @@ class UserLevel(PrivacyMechanism):
         """The bound on one device's contribution (``user-clip``, or 1 for statistics)."""
         return spec.sensitivity
 
-    def aggregate(self, server_round: int, replies: Sequence[Contributed],
-                  spec: ContributionSpec) -> Aggregate | None:
+    def aggregate(
+        self, server_round: int, replies: Sequence[Contributed], spec: ContributionSpec
+    ) -> Aggregate | None:
         """Clip each update, add the noise to the sum, divide by the expected count.
 
         The noise is added (and ledgered) even when no device replied: the release happens
         every round.
         """
         reference = {k: np.zeros(s, dtype=np.float32) for k, s in spec.shapes.items()}
-        mean = noisy_mean([r.arrays for r in replies], reference, clip=self.clip(spec),
-                          noise_multiplier=spec.noise_multiplier,
-                          expected_count=max(1e-9, self.cfg.fraction_train * self.pool_size),
-                          noise=self.noise)
+        mean = noisy_mean(
+            [r.arrays for r in replies],
+            reference,
+            clip=self.clip(spec),
+            noise_multiplier=spec.noise_multiplier,
+            expected_count=max(1e-9, self.cfg.fraction_train * self.pool_size),
+            noise=self.noise,
+        )
         self.record(server_round, spec, "dp-fedavg")  # the ledger first, then the table
         return Aggregate(count=len(replies), mean=mean)
 
-    def aggregate_sum(self, server_round: int, plan: RoundPlan, total: Mapping[str, np.ndarray],
-                      included: Sequence[int], spec: ContributionSpec
-                      ) -> tuple[Aggregate | None, list[str]]:
+    def aggregate_sum(
+        self,
+        server_round: int,
+        plan: RoundPlan,
+        total: Mapping[str, np.ndarray],
+        included: Sequence[int],
+        spec: ContributionSpec,
+    ) -> tuple[Aggregate | None, list[str]]:
         """Add the noise to the secure sum of norm-bounded statistics; record it first."""
         noisy = {k: np.asarray(v, dtype=np.float64) for k, v in total.items()}
         for k in noisy:
-            noisy[k] = noisy[k] + self.noise.normal(spec.noise_multiplier * self.clip(spec),
-                                                    spec.shapes[k])
+            noisy[k] = noisy[k] + self.noise.normal(
+                spec.noise_multiplier * self.clip(spec), spec.shapes[k]
+            )
         self.record(server_round, spec, spec.purpose)
         return Aggregate(count=len(included), total=noisy), []
 
@@ -114,12 +135,23 @@ class UserLevel(PrivacyMechanism):
         ledger = self.ledgers.ledger("server")
         if ledger is None:
             return
-        event = PrivacyEvent(spec.noise_multiplier, self.cfg.fraction_train, 1,
-                             max_grad_norm=self.clip(spec), unit="user", purpose=purpose,
-                             randomness=self.noise.label)
-        ledger.append(event, round=server_round, target_delta=self.cfg.delta,
-                      budget_epsilon=self.cfg.epsilon, claimed_epsilon=self.epsilon(),
-                      accountant="pld")
+        event = PrivacyEvent(
+            spec.noise_multiplier,
+            self.cfg.fraction_train,
+            1,
+            max_grad_norm=self.clip(spec),
+            unit="user",
+            purpose=purpose,
+            randomness=self.noise.label,
+        )
+        ledger.append(
+            event,
+            round=server_round,
+            target_delta=self.cfg.delta,
+            budget_epsilon=self.cfg.epsilon,
+            claimed_epsilon=self.epsilon(),
+            accountant="pld",
+        )
 
     def epsilon(self) -> float:
         """User-level ε of the releases so far (PLD)."""
