@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from fedrec.cli._common import print_metrics_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fedrec.common.config import RunConfig
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -161,6 +167,13 @@ def run(args: argparse.Namespace) -> int:
             from fedrec.simulations.runner import simulate_loop
 
             summary, run_dir = simulate_loop(cfg, on_round=on_round)
+    _print_outcome(console, cfg, summary)
+    console.print(f"run directory: [bold]{run_dir}[/]")
+    return 0
+
+
+def _print_outcome(console: Console, cfg: RunConfig, summary: dict[str, object]) -> None:
+    """The final table beside most-popular, the privacy statement and the run's counts."""
     quality = summary.get("quality") or {}
     print_metrics_table(
         f"Quality after {summary['rounds']} rounds, measured by the simulator "
@@ -201,5 +214,3 @@ def run(args: argparse.Namespace) -> int:
         f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
         f"wall time {summary['wall_seconds']:.1f} s"
     )
-    console.print(f"run directory: [bold]{run_dir}[/]")
-    return 0

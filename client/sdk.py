@@ -454,17 +454,7 @@ class FedRecClient:
         store = DeviceStore(path)
         try:
             device_id = _device_id(store, path, device_id)
-            dp_settings = _dp_settings(dp, store.get_meta("dp", _UNSET))
-            if dp_settings is None:
-                warnings.warn(
-                    "FedRecClient opened with dp=None: local training sends item updates "
-                    "WITHOUT differential privacy, so an update can reveal the items this "
-                    "user interacted with. Pass DP settings (or omit dp) in any deployment.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            _check_accountant_continues(store, dp_settings)
-            store.set_meta("dp", dp_settings)
+            dp_settings = _open_dp_settings(store, dp)
             local_settings = _local_settings(local, store)
             store.set_meta("local", local_settings)
             ledger = (
@@ -1336,6 +1326,22 @@ def _calibrated(
         )
     except ValueError as exc:
         raise PolicyViolation(RefusalCode.BAD_REQUEST, f"cannot calibrate: {exc}") from None
+
+
+def _open_dp_settings(store: DeviceStore, dp: Any) -> dict[str, Any] | None:
+    """The DP settings an open resolves to, stored; warns loudly when DP is off."""
+    dp_settings = _dp_settings(dp, store.get_meta("dp", _UNSET))
+    if dp_settings is None:
+        warnings.warn(
+            "FedRecClient opened with dp=None: local training sends item updates "
+            "WITHOUT differential privacy, so an update can reveal the items this "
+            "user interacted with. Pass DP settings (or omit dp) in any deployment.",
+            UserWarning,
+            stacklevel=4,  # the caller of FedRecClient.open
+        )
+    _check_accountant_continues(store, dp_settings)
+    store.set_meta("dp", dp_settings)
+    return dp_settings
 
 
 def _dp_settings(dp: Any, stored: Any) -> dict[str, Any] | None:

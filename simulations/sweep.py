@@ -246,6 +246,17 @@ def algorithm_recipe(name: str, modes: list[str]) -> dict[str, dict[str, object]
     return {"off": {"algorithm": name}, **{m: {"algorithm": name} for m in modes}}
 
 
+def _jobs(modes: list[str], epsilons: list[float]) -> list[tuple[str, float | None]]:
+    """One seed's runs: the non-private model, then each label (at each ε unless it is off)."""
+    jobs: list[tuple[str, float | None]] = [("off", None)]
+    for mode in modes:
+        if privacy_of(mode) == "off":  # a non-private reference: no ε to sweep
+            jobs.append((mode, None))
+        else:
+            jobs.extend((mode, eps) for eps in epsilons)
+    return jobs
+
+
 def run_sweep(
     base: dict[str, object],
     *,
@@ -293,39 +304,17 @@ def run_sweep(
     log(f"most-popular NDCG@10 {pop['ndcg@10']:.4f}")
     runs = []
     for seed in seeds:
-        cfg = RunConfig.from_flat({**base, **recipes["off"], "privacy": "off", "seed": seed})
-        r = _run(cfg, engine)
-        runs.append({"mode": "off", "epsilon": None, "seed": seed, **r})
-        log(
-            f"off seed {seed}: NDCG@10 {r['quality'].get('ndcg@10', float('nan')):.4f} "
-            f"({r['seconds']:.0f} s)"
-        )
-        for mode in modes:
-            if privacy_of(mode) == "off":  # a non-private reference: no ε to sweep
-                cfg = RunConfig.from_flat({**base, **recipes[mode], "privacy": "off", "seed": seed})
-                r = _run(cfg, engine)
-                runs.append({"mode": mode, "epsilon": None, "seed": seed, **r})
-                log(
-                    f"{mode} seed {seed}: NDCG@10 "
-                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
-                )
-                continue
-            for eps in epsilons:
-                cfg = RunConfig.from_flat(
-                    {
-                        **base,
-                        **recipes[mode],
-                        "privacy": privacy_of(mode),
-                        "epsilon": eps,
-                        "seed": seed,
-                    }
-                )
-                r = _run(cfg, engine)
-                runs.append({"mode": mode, "epsilon": eps, "seed": seed, **r})
-                log(
-                    f"{mode} eps {eps:g} seed {seed}: NDCG@10 "
-                    f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
-                )
+        for mode, eps in _jobs(modes, epsilons):
+            overrides = {"privacy": privacy_of(mode), "seed": seed}
+            if eps is not None:
+                overrides["epsilon"] = eps
+            r = _run(RunConfig.from_flat({**base, **recipes[mode], **overrides}), engine)
+            runs.append({"mode": mode, "epsilon": eps, "seed": seed, **r})
+            label = mode if eps is None else f"{mode} eps {eps:g}"
+            log(
+                f"{label} seed {seed}: NDCG@10 "
+                f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
+            )
     return {
         "most_popular": pop,
         "runs": runs,
@@ -336,21 +325,19 @@ def run_sweep(
     }
 
 
-def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
-    """``sweep.json``, ``sweep.md`` and ``sweep.png`` in ``out``."""
-    import statistics
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=2, default=float))
-    runs = result["runs"]
+def _groups(runs: list[dict]) -> dict[tuple[str, float | None], list[float]]:
+    """NDCG@10 per (sweep label, ε), one value per seed."""
     groups: dict[tuple[str, float | None], list[float]] = {}
     for r in runs:
         groups.setdefault((r["mode"], r["epsilon"]), []).append(r["quality"].get("ndcg@10"))
+    return groups
+
+
+def _table(result: dict[str, object]) -> str:
+    """``sweep.md``: medians over seeds beside most-popular, and the notes the runs need."""
+    import statistics
+
+    runs = result["runs"]
     pop = result["most_popular"]["ndcg@10"]
     deltas = {(r["mode"], r["epsilon"]): r["config"].get("delta") for r in runs}
     lines = [
@@ -359,7 +346,7 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| most-popular | - | - | - | {pop:.4f} | - | - |",
     ]
-    for (mode, eps), vals in groups.items():
+    for (mode, eps), vals in _groups(runs).items():
         med = statistics.median(vals)
         delta = "-" if eps is None else f"{deltas.get((mode, eps)):g}"
         unit = unit_of(mode) if eps is not None else "-"
@@ -367,15 +354,14 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
             f"| {mode} | {unit} | {'-' if eps is None else f'{eps:g}'}"
             f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |"
         )
+    notes = []
     if any(str(r["config"].get("reproducible")).lower() == "true" for r in runs):
-        lines.append("")
-        lines.append(
+        notes.append(
             "Seeded runs (reproducible = true): the figures repeat exactly, and the "
             "runs are not private against anyone who knows the seed."
         )
     for mode, reason in (result.get("refused") or {}).items():
-        lines.append("")
-        lines.append(f"{mode}: not run ({reason}).")
+        notes.append(f"{mode}: not run ({reason}).")
     user_deltas = sorted(
         {
             float(r["config"]["delta"])
@@ -384,15 +370,28 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
         }
     )
     if user_deltas:
-        lines.append("")
-        lines.append(
+        notes.append(
             f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user: each "
             "user's guarantee may fail with that probability; δ means little unless "
             "it is well below 1/(number of users)."
         )
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines + [part for note in notes for part in ("", note)]) + "\n"
+
+
+def _plot(result: dict[str, object], path: Path) -> None:
+    """``sweep.png``: NDCG@10 against ε per label; most-popular and non-private as lines."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(result["runs"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axhline(pop, color="gray", linestyle="--", label="most-popular")
+    ax.axhline(
+        result["most_popular"]["ndcg@10"], color="gray", linestyle="--", label="most-popular"
+    )
     off = groups.get(("off", None))
     if off:
         ax.axhline(
@@ -422,8 +421,16 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
+    """``sweep.json``, ``sweep.md`` and ``sweep.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / "sweep.md").write_text(_table(result))
+    _plot(result, out / "sweep.png")
     return [out / "sweep.json", out / "sweep.md", out / "sweep.png"]
 
 

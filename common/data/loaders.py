@@ -1342,6 +1342,28 @@ def _bytes_str(encoding: str) -> Callable[[Any], str]:
     return convert
 
 
+def _recbole_inter_path(p: Path) -> Path:
+    """The ``.inter`` file that a folder, a file or a path without the suffix names."""
+    if p.is_dir():
+        inters = sorted(p.glob("*.inter"))
+        if not inters:
+            raise FileNotFoundError(f"{p}: no RecBole .inter file in this folder")
+        if len(inters) > 1:
+            raise DataFormatError(
+                f"expected exactly one RecBole .inter file in the folder, found "
+                f"{', '.join(x.name for x in inters)}; pass the .inter file itself",
+                path=p,
+            )
+        inter = inters[0]
+    elif p.suffix == ".inter":
+        inter = p
+    else:
+        inter = p.with_name(p.name + ".inter")
+    if not inter.is_file():
+        raise FileNotFoundError(f"{inter}: not found; expected a RecBole .inter atomic file")
+    return inter
+
+
 def load_recbole(
     path_or_prefix: str | Path, *, duplicates: str = "keep-last", name: str | None = None
 ) -> Interactions:
@@ -1366,24 +1388,7 @@ def load_recbole(
         DataFormatError: the folder holds several ``.inter`` files, or a file is malformed.
     """
     _check_policy(duplicates)
-    p = Path(path_or_prefix)
-    if p.is_dir():
-        inters = sorted(p.glob("*.inter"))
-        if not inters:
-            raise FileNotFoundError(f"{p}: no RecBole .inter file in this folder")
-        if len(inters) > 1:
-            raise DataFormatError(
-                f"expected exactly one RecBole .inter file in the folder, found "
-                f"{', '.join(x.name for x in inters)}; pass the .inter file itself",
-                path=p,
-            )
-        inter = inters[0]
-    elif p.suffix == ".inter":
-        inter = p
-    else:
-        inter = p.with_name(p.name + ".inter")
-    if not inter.is_file():
-        raise FileNotFoundError(f"{inter}: not found; expected a RecBole .inter atomic file")
+    inter = _recbole_inter_path(Path(path_or_prefix))
     expected = "a RecBole .inter file: tab-separated, header user_id:token\titem_id:token ..."
     raw = _read_bytes(inter, expected)
     header_bytes, body = _split_header(inter, raw, expected)
