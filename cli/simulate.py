@@ -86,6 +86,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         action="store_true",
         help="also show Flower's DEBUG log and the engine's known-harmless warnings",
     )
+    p.add_argument("--no-reference", action="store_true", help="skip the non-private reference run")
     p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
     p.set_defaults(func=run)
 
@@ -161,12 +162,20 @@ def run(args: argparse.Namespace) -> int:
         if args.engine == "flower":
             from fedrec.simulations.runner import simulate
 
-            result = simulate(cfg, on_round=on_round, num_cpus=args.cpus, verbose=args.verbose)
+            result = simulate(
+                cfg,
+                on_round=on_round,
+                num_cpus=args.cpus,
+                verbose=args.verbose,
+                reference=not args.no_reference,
+            )
             summary, run_dir = result.summary, result.run_dir
         else:
             from fedrec.simulations.runner import simulate_loop
 
-            summary, run_dir = simulate_loop(cfg, on_round=on_round)
+            summary, run_dir = simulate_loop(
+                cfg, on_round=on_round, reference=not args.no_reference
+            )
     _print_outcome(console, cfg, summary)
     console.print(f"run directory: [bold]{run_dir}[/]")
     return 0
@@ -180,6 +189,11 @@ def _print_outcome(console: Console, cfg: RunConfig, summary: dict[str, object])
         f"({summary['devices']} devices, {summary['items']} items)",
         {
             f"federated {cfg.algorithm}, privacy {cfg.privacy}": quality,
+            **(
+                {f"{cfg.algorithm} without privacy (same split)": summary["non_private"]}
+                if summary.get("non_private")
+                else {}
+            ),
             "most-popular (same split)": summary.get("most_popular") or {},
         },
         ("ndcg@10", "recall@10", "hr@10", "precision@10", "ndcg@20", "recall@20"),

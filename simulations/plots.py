@@ -8,8 +8,14 @@ from pathlib import Path
 __all__ = ["plot_run"]
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/quality.png`` and ``plots/epsilon.png`` from ``metrics.jsonl``."""
+def plot_run(
+    run_dir: str | Path, *, references: dict[str, float | None] | None = None
+) -> list[Path]:
+    """Write ``plots/quality.png`` and ``plots/epsilon.png`` from ``metrics.jsonl``.
+
+    ``references`` (e.g. most-popular and the non-private model's NDCG@10 on the same split)
+    are drawn as horizontal lines on the quality plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +40,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                 marker="o",
                 label=k,
             )
+        styles = iter([("gray", "--"), ("black", ":"), ("tab:brown", "-.")])
+        for name, value in (references or {}).items():
+            if value is not None:
+                color, style = next(styles)
+                ax.axhline(value, color=color, linestyle=style, label=f"{name} NDCG@10")
         ax.set_xlabel("round")
         ax.set_ylabel("federated evaluation")
         ax.set_title("Quality over rounds")

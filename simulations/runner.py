@@ -177,14 +177,21 @@ def _finish(
     sigma: float,
     *,
     wall: float,
+    reference: bool = True,
     **extra: object,
 ) -> dict[str, object]:
-    """Build, write and plot a run's summary (final quality beside most-popular, privacy)."""
+    """Build, write and plot a run's summary.
+
+    The final quality stands beside most-popular and, for a private run, beside the same
+    algorithm and split without privacy (``reference``; :func:`non_private_reference`).
+    """
     from fedrec.simulations.baselines import most_popular
     from fedrec.simulations.plots import plot_run
 
+    non_private = non_private_reference(cfg) if reference and cfg.privacy != "off" else None
     summary = {
         "most_popular": most_popular(fed.split, ks=cfg.k_values),
+        "non_private": non_private,
         "rounds": len(rounds),
         "devices": fed.n_users,
         "items": fed.n_items,
@@ -196,8 +203,23 @@ def _finish(
         **extra,
     }
     run_dir.write_json("summary.json", summary)
-    plot_run(run_dir.path)
+    references = {"most-popular": summary["most_popular"].get("ndcg@10")}
+    if non_private:
+        references["non-private"] = non_private.get("ndcg@10")
+    plot_run(run_dir.path, references=references)
     return summary
+
+
+def non_private_reference(cfg: RunConfig) -> dict[str, float]:
+    """The final quality of ``cfg``'s algorithm on the same split without privacy.
+
+    Run in-process (the plain loop), seeded from ``cfg.seed``, writing nothing; it is the
+    reference every private figure is reported beside.
+    """
+    from fedrec.simulations.loop import run_plain
+
+    ref = cfg.replace(privacy="off", run_dir="", eval_every=cfg.num_rounds)
+    return dict(run_plain(ref).final)
 
 
 def simulate(
@@ -206,6 +228,7 @@ def simulate(
     on_round: Callable[[dict[str, object]], None] | None = None,
     num_cpus: int | None = None,
     verbose: bool = False,
+    reference: bool = True,
 ) -> SimulationResult:
     """Run ``cfg`` on Flower's simulation engine; returns the result (also on disk).
 
@@ -215,6 +238,8 @@ def simulate(
         num_cpus: CPUs Flower's Ray backend may use (default: all).
         verbose: show Flower's DEBUG log and the engine's known-harmless warnings (by
             default :func:`~fedrec.simulations.quiet.quiet_engine` silences them).
+        reference: also train the non-private reference of a private run
+            (:func:`non_private_reference`, in-process) for the summary, table and plot.
     """
     from flwr.simulation import run_simulation
 
@@ -260,7 +285,9 @@ def simulate(
             "the simulation ended without completing a round; see the log above for the "
             "error Flower reported"
         )
-    result.summary = _finish(run_dir, cfg, fed, result.rounds, sigma, wall=time.perf_counter() - t0)
+    result.summary = _finish(
+        run_dir, cfg, fed, result.rounds, sigma, wall=time.perf_counter() - t0, reference=reference
+    )
     return result
 
 
@@ -282,9 +309,15 @@ def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> N
 
 
 def simulate_loop(
-    cfg: RunConfig, *, on_round: Callable[[dict[str, object]], None] | None = None
+    cfg: RunConfig,
+    *,
+    on_round: Callable[[dict[str, object]], None] | None = None,
+    reference: bool = True,
 ) -> tuple[dict[str, object], Path]:
-    """The same run with the plain loop of :mod:`fedrec.simulations.loop` (a reference)."""
+    """The same run with the plain loop of :mod:`fedrec.simulations.loop` (in-process).
+
+    ``reference`` as in :func:`simulate`.
+    """
     from fedrec.simulations.loop import run_plain
 
     cfg = cfg.replace(run_dir=str(cfg.run_dir or new_run_dir()))
@@ -307,6 +340,7 @@ def simulate_loop(
         res.rounds,
         sigma,
         wall=res.seconds,
+        reference=reference,
         central_evaluation=res.final,
         engine="loop",
     )

@@ -103,3 +103,65 @@ def test_simulate_features_from_the_command_line(tmp_path, capsys):
     assert "algorithm features" in capsys.readouterr().out
     assert main(["simulate", "--algorithm", "features", "--rounds", "3"]) == 2
     assert "exactly 1 round" in capsys.readouterr().err
+
+
+def test_a_private_run_is_reported_beside_its_non_private_reference(tmp_path, capsys, monkeypatch):
+    import matplotlib.axes
+
+    from fedrec.common.config import RunConfig
+    from fedrec.simulations.loop import run_plain
+
+    drawn = []
+    real_axhline = matplotlib.axes.Axes.axhline
+
+    def axhline(self, y=0, *args, **kwargs):
+        drawn.append((kwargs.get("label"), y))
+        return real_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", axhline)
+    keys = {"synthetic-users": 30, "synthetic-items": 40, "num-rounds": 2, "seed": 3}
+    flags = [x for k, v in keys.items() for x in ("--set", f"{k}={v}")]
+    run_dir = tmp_path / "run"
+    assert main(["simulate", "--engine", "loop", *flags, "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # the same algorithm and split, trained without privacy (seeded, in-process)
+    expected = run_plain(RunConfig.from_flat({**keys, "privacy": "off"})).final
+    assert summary["non_private"] == json.loads(json.dumps(expected))
+    out = capsys.readouterr().out
+    assert "sgd without privacy (same split)" in out and "most-popular (same split)" in out
+    # the quality plot draws most-popular and the non-private reference as lines
+    assert ("most-popular NDCG@10", summary["most_popular"]["ndcg@10"]) in drawn
+    assert ("non-private NDCG@10", summary["non_private"]["ndcg@10"]) in drawn
+    assert (run_dir / "plots" / "quality.png").stat().st_size > 1000
+    # --no-reference skips it; a run without privacy is its own reference
+    assert (
+        main(
+            [
+                "simulate",
+                "--engine",
+                "loop",
+                *flags,
+                "--no-reference",
+                "--run-dir",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["non_private"] is None
+    assert (
+        main(
+            [
+                "simulate",
+                "--engine",
+                "loop",
+                *flags,
+                "--privacy",
+                "off",
+                "--run-dir",
+                str(tmp_path / "r3"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "r3" / "summary.json").read_text())["non_private"] is None
