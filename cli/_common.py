@@ -6,7 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_dataset_args", "load_from_args", "print_metrics_table"]
+__all__ = [
+    "add_dataset_args",
+    "add_columns_arg",
+    "columns_to_config",
+    "load_from_args",
+    "print_metrics_table",
+]
+
+#: ``--columns`` roles and the run-config keys they set.
+COLUMN_ROLES = {
+    "user": "events-user-col",
+    "item": "events-item-col",
+    "weight": "events-weight-col",
+    "timestamp": "events-timestamp-col",
+}
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -22,21 +36,69 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default="",
-        help="folder with the dataset's files as distributed (e.g. ml-100k/ with u.data)",
+        help="folder with the dataset's files as distributed (e.g. ml-100k/ with u.data); "
+        "for --dataset events, the CSV or Parquet file",
     )
+    add_columns_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of everything random")
+
+
+def add_columns_arg(p: argparse.ArgumentParser) -> None:
+    """``--columns user=COL,item=COL[,weight=COL][,timestamp=COL]`` (``--dataset events``)."""
+    p.add_argument(
+        "--columns",
+        default=None,
+        metavar="user=COL,item=COL[,weight=COL][,timestamp=COL]",
+        help="--dataset events: which columns of the file hold the user ids, the item ids and, "
+        "optionally, a numeric weight and a time (unix seconds or ISO-8601); e.g. "
+        "--columns user=account,item=sku,timestamp=when",
+    )
+
+
+def columns_to_config(text: str | None) -> dict[str, str]:
+    """``--columns`` as run-config keys (``{"events-user-col": "account", ...}``).
+
+    Raises:
+        ValueError: not ``ROLE=COLUMN`` pairs of the known roles.
+    """
+    if text is None:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        role, sep, column = part.partition("=")
+        role, column = role.strip(), column.strip()
+        if not sep or role not in COLUMN_ROLES or not column:
+            raise ValueError(
+                f"--columns expects ROLE=COLUMN pairs separated by commas, ROLE one of "
+                f"{', '.join(COLUMN_ROLES)}; got {part.strip()!r} in {text!r}"
+            )
+        if COLUMN_ROLES[role] in out:
+            raise ValueError(f"--columns names the {role} column twice in {text!r}")
+        out[COLUMN_ROLES[role]] = column
+    return out
 
 
 def load_from_args(args: argparse.Namespace):
     """Load the dataset the arguments name."""
     from fedrec.common.data.loaders import load_dataset
 
+    columns = columns_to_config(getattr(args, "columns", None))
+    if columns and args.dataset != "events":
+        raise ValueError(f"--columns applies to --dataset events, not {args.dataset}")
     if args.dataset == "synthetic":
         return load_dataset("synthetic", seed=args.seed)
     if not args.data_dir:
         raise ValueError(f"--dataset {args.dataset} needs --data-dir PATH")
     if not Path(args.data_dir).exists():
-        raise FileNotFoundError(f"--data-dir {args.data_dir}: no such folder")
+        raise FileNotFoundError(f"--data-dir {args.data_dir}: no such file or folder")
+    if args.dataset == "events":
+        from fedrec.common.config import RunConfig
+        from fedrec.simulations.federation import events_mapping
+
+        cfg = RunConfig.from_flat(
+            {"dataset": "events", "data-dir": args.data_dir, "privacy": "off", **columns}
+        )
+        return load_dataset("events", args.data_dir, **events_mapping(cfg))
     return load_dataset(args.dataset, args.data_dir)
 
 

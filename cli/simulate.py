@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedrec.cli._common import print_metrics_table
+from fedrec.cli._common import add_columns_arg, columns_to_config, print_metrics_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,13 +31,22 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
             "per device, a few minutes on a laptop. Every run writes a run directory (config, "
             "metrics.jsonl, checkpoints, item embeddings, signed privacy ledgers, plots)."
         ),
-        epilog="Any run-config key can be set with --set KEY=VALUE; the keys:\n  "
+        epilog="Your own event log (CSV with a header, or Parquet), with a column mapping:\n  "
+        "fedrec simulate --dataset events --data-dir log.csv \\\n"
+        "      --columns user=account,item=sku,weight=qty,timestamp=when\n"
+        "(weight and timestamp are optional; times are unix seconds or ISO-8601)\n\n"
+        "Any run-config key can be set with --set KEY=VALUE; the keys, with what each allows:\n  "
         "fedrec simulate --list-keys",
     )
     p.add_argument(
         "--dataset", choices=DATASETS, default=None, help="dataset loader (default: synthetic)"
     )
-    p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the dataset's files; for --dataset events, the CSV or Parquet file",
+    )
+    add_columns_arg(p)
     p.add_argument("--rounds", type=int, default=None, help="federated rounds")
     p.add_argument(
         "--privacy",
@@ -114,7 +123,14 @@ def config_from_args(args: argparse.Namespace):
         "algorithm": getattr(args, "algorithm", None),
     }
     flat.update({k: v for k, v in named.items() if v is not None})
-    return RunConfig.from_flat(flat)  # the algorithm's own defaults for keys not given
+    flat.update(columns_to_config(getattr(args, "columns", None)))
+    cfg = RunConfig.from_flat(flat)  # the algorithm's own defaults for keys not given
+    cfg.check_feasible(n_devices=cfg.known_devices)  # the rest once the data is loaded
+    if cfg.dataset == "events":
+        from fedrec.simulations.federation import events_mapping
+
+        events_mapping(cfg)  # a missing column mapping names the file's columns
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

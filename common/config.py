@@ -69,7 +69,28 @@ class RunConfig:
         "dataset name: synthetic, ml-100k, ml-1m, ml-latest(-small), recbole, events",
         default="synthetic",
     )
-    data_dir: str = _doc("where the dataset's files are (unused for synthetic)", default="")
+    data_dir: str = _doc(
+        "where the dataset's files are: a folder, or the file of dataset events (unused for "
+        "synthetic)",
+        default="",
+    )
+    events_user_col: str = _doc(
+        "dataset events: the column of the user ids (fedrec simulate --columns user=COL)",
+        default="",
+    )
+    events_item_col: str = _doc("dataset events: the column of the item ids", default="")
+    events_weight_col: str = _doc(
+        "dataset events: a numeric column of weights ('' = every event weighs 1)", default=""
+    )
+    events_timestamp_col: str = _doc(
+        "dataset events: a column of times, unix seconds or ISO-8601 ('' = file order)",
+        default="",
+    )
+    events_sep: str = _doc(
+        "dataset events, CSV: the field separator ('' = tab for .tsv files, else comma; "
+        "'tab' for a tab)",
+        default="",
+    )
     synthetic_users: int = _doc("users of the synthetic dataset", default=500)
     synthetic_items: int = _doc("items of the synthetic dataset", default=400)
     split: str = _doc("temporal (DESIGN.md protocol) or random", default="temporal")
@@ -209,45 +230,17 @@ class RunConfig:
     run_dir: str = _doc("directory of this run's outputs ('' = runs/<timestamp>)", default="")
 
     def __post_init__(self) -> None:
-        if self.privacy not in PRIVACY_MODES:
-            raise ValueError(f"privacy must be one of {PRIVACY_MODES}, got {self.privacy!r}")
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ValueError(
-                f"server-optimizer must be one of {SERVER_OPTIMIZERS}, "
-                f"got {self.server_optimizer!r}"
-            )
-        if self.split not in ("temporal", "random"):
-            raise ValueError(f"split must be temporal or random, got {self.split!r}")
-        if self.population < 0:
-            raise ValueError(f"population must be >= 0, got {self.population}")
-        if self.num_rounds < 1:
-            raise ValueError(f"num-rounds must be >= 1, got {self.num_rounds}")
-        if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
-            raise ValueError("fraction-train must lie in (0, 1], fraction-evaluate in [0, 1]")
-        if self.eval_every < 1:
-            raise ValueError(f"eval-every must be >= 1, got {self.eval_every}")
-        if not (math.isfinite(self.eval_noise_multiplier) and self.eval_noise_multiplier >= 0):
-            raise ValueError(
-                "eval-noise-multiplier must be a finite number >= 0, got "
-                f"{self.eval_noise_multiplier}"
-            )
-        if self.server_lr <= 0 or self.max_update_norm <= 0:
-            raise ValueError("server-lr and max-update-norm must be positive")
-        _ = self.k_values, self.local_config()  # validate
-        if self.privacy in DEVICE_DP_MODES:
-            self.dp_config(1.0)
-        if not 0 <= self.dropout_tolerance < 1:
-            raise ValueError(f"dropout-tolerance must lie in [0, 1), got {self.dropout_tolerance}")
-        if self.dropout_policy not in ("abort", "account"):
-            raise ValueError(
-                f"dropout-policy must be abort or account, got {self.dropout_policy!r}"
-            )
-        if not 0 <= self.simulated_dropout < 1:
-            raise ValueError(f"simulated-dropout must lie in [0, 1), got {self.simulated_dropout}")
-        if self.privacy == "user" and (self.user_clip <= 0 or self.user_noise_multiplier < 0):
-            raise ValueError("user-clip must be positive and user-noise-multiplier >= 0")
-        if self.privacy != "off" and not 0 < self.delta < 1:
-            raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
+        from fedrec.common.config_checks import check_fields
+
+        check_fields(self)  # every key: type, finite, range (LIMITS)
+        _ = self.k_values  # validate
+        if self.dataset != "events":
+            for key in ("events_user_col", "events_item_col", "events_weight_col"):
+                if getattr(self, key):
+                    raise ValueError(
+                        f"run-config key {key.replace('_', '-')!r} is set but dataset is "
+                        f"{self.dataset!r}: a column mapping applies to dataset events only"
+                    )
         self.algorithm_class().check(self)
         from fedrec.common.privacy.mechanisms import refusal
 
@@ -255,16 +248,38 @@ class RunConfig:
         if reason is not None:
             raise ValueError(reason)
 
+    def check_feasible(
+        self, *, n_devices: int | None = None, max_examples: int | None = None
+    ) -> None:
+        """Raise ``ValueError`` if the run cannot work (before a simulation trains).
+
+        :func:`fedrec.common.config_checks.check_feasible`: a budget one calibration can meet
+        and that affords a round, noise devices accept, local steps and δ within bounds.
+        ``n_devices`` and ``max_examples`` (the most examples one device holds) add the
+        checks of δ against the population, where they are known.
+        """
+        from fedrec.common.config_checks import check_feasible
+
+        check_feasible(self, n_devices=n_devices, max_examples=max_examples)
+
+    @property
+    def known_devices(self) -> int | None:
+        """The run's device count when it is known without loading data (synthetic data)."""
+        if self.dataset != "synthetic":
+            return None
+        return max(self.population, self.synthetic_users)
+
     # --- derived ---------------------------------------------------------------------------
     @property
     def k_values(self) -> tuple[int, ...]:
         """The metric cut-offs as integers."""
+        expected = "comma-separated whole numbers in [1, 100000], e.g. '10,20'"
         try:
             ks = tuple(int(k) for k in str(self.ks).split(",") if k.strip())
         except ValueError:
-            raise ValueError(f"ks must be comma-separated integers, got {self.ks!r}") from None
-        if not ks or min(ks) < 1:
-            raise ValueError(f"ks must be positive integers, got {self.ks!r}")
+            raise ValueError(f"run-config key 'ks' = {self.ks!r}: expected {expected}") from None
+        if not ks or min(ks) < 1 or max(ks) > 100_000:
+            raise ValueError(f"run-config key 'ks' = {self.ks!r}: expected {expected}")
         return ks
 
     def noise_source(self):
@@ -396,10 +411,7 @@ class RunConfig:
         for key, raw in merged.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise ValueError(
-                    f"unknown run-config key {key!r}; valid keys: "
-                    + ", ".join(sorted(k.replace("_", "-") for k in known))
-                )
+                raise ValueError(_unknown_key(key, [k.replace("_", "-") for k in known]))
             values[name] = _coerce(key, raw, _field_type(known[name]))
         return cls(**values)
 
@@ -413,11 +425,25 @@ class RunConfig:
 
     @classmethod
     def describe(cls) -> dict[str, str]:
-        """Each kebab-case key with its documentation and default."""
+        """Each kebab-case key with its documentation, default and allowed values."""
+        from fedrec.common.config_checks import LIMITS
+
         return {
-            f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r})"
+            f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r}; "
+            f"{LIMITS[f.name].describe(_field_type(f))})"
             for f in fields(cls)
         }
+
+
+def _unknown_key(key: str, valid: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return (
+        f"unknown run-config key {key!r}; {hint}(fedrec simulate --list-keys lists the "
+        f"{len(valid)} keys)"
+    )
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -425,20 +451,29 @@ def _field_type(f: dataclasses.Field) -> type:
 
 
 def _coerce(key: str, value: object, kind: type) -> object:
+    from fedrec.common.config_checks import LIMITS, config_error
+
+    expected = LIMITS[key.replace("-", "_")].describe(kind)
     if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"run-config key {key!r} expects true or false, got {value!r}")
+        raise config_error(key, value, expected)
+    if kind is str:
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, bool):
+        raise config_error(key, value, expected)
     try:
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"run-config key {key!r} expects a {kind.__name__}, got {value!r}"
-        ) from None
+        if kind is int:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise config_error(key, value, expected) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +517,18 @@ DEPLOYMENT_DEFAULTS: dict[str, object] = {
     "round-timeout": 600.0,
 }
 #: RunConfig keys that describe a simulated dataset: meaningless (and ignored) in deployment.
-_DATASET_KEYS = ("dataset", "data-dir", "synthetic-users", "synthetic-items", "split")
+_DATASET_KEYS = (
+    "dataset",
+    "data-dir",
+    "synthetic-users",
+    "synthetic-items",
+    "split",
+    "events-user-col",
+    "events-item-col",
+    "events-weight-col",
+    "events-timestamp-col",
+    "events-sep",
+)
 
 
 @dataclass(frozen=True)

@@ -62,20 +62,61 @@ def _load(cfg: RunConfig) -> Interactions:
         )
     if not cfg.data_dir:
         raise ValueError(f"dataset {cfg.dataset!r} needs --data-dir (the folder with its files)")
+    if cfg.dataset == "events":
+        return load_dataset("events", cfg.data_dir, **events_mapping(cfg))
     return load_dataset(cfg.dataset, cfg.data_dir)
+
+
+def events_mapping(cfg: RunConfig) -> dict[str, object]:
+    """The keyword arguments of :func:`~fedrec.common.data.loaders.load_event_log` for a run.
+
+    Raises:
+        ValueError: the user or item column is not set (naming the file's columns).
+    """
+    from fedrec.common.data.loaders import event_log_columns
+
+    if not (cfg.events_user_col and cfg.events_item_col):
+        found = ", ".join(map(repr, event_log_columns(cfg.data_dir, sep=_sep(cfg.events_sep))))
+        raise ValueError(
+            f"dataset events needs a column mapping: --columns user=COL,item=COL"
+            f"[,weight=COL][,timestamp=COL] (run-config keys events-user-col, "
+            f"events-item-col, ...); {cfg.data_dir} has columns: {found}"
+        )
+    return {
+        "user_col": cfg.events_user_col,
+        "item_col": cfg.events_item_col,
+        "weight_col": cfg.events_weight_col or None,
+        "timestamp_col": cfg.events_timestamp_col or None,
+        "sep": _sep(cfg.events_sep),
+    }
+
+
+def _sep(key: str) -> str | None:
+    return {"": None, "tab": "\t"}.get(key, key)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached(
-    dataset: str, data_dir: str, users: int, items: int, seed: int, split: str, population: int = 0
+    dataset: str,
+    data_dir: str,
+    users: int,
+    items: int,
+    seed: int,
+    split: str,
+    population: int = 0,
+    events: tuple[tuple[str, str], ...] = (),
 ) -> FederatedDataset:
-    cfg = RunConfig(
-        dataset=dataset,
-        data_dir=data_dir,
-        synthetic_users=users,
-        synthetic_items=items,
-        seed=seed,
-        split=split,
+    cfg = RunConfig.from_flat(
+        {
+            "dataset": dataset,
+            "data-dir": data_dir,
+            "synthetic-users": users,
+            "synthetic-items": items,
+            "seed": seed,
+            "split": split,
+            **dict(events),
+        },
+        privacy="off",
     )
     data = _load(cfg)
     sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
@@ -90,8 +131,14 @@ def _cached(
 
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
-    """The dataset of a run, split per user (cached per process)."""
-    return _cached(
+    """The dataset of a run, split per user (cached per process).
+
+    Raises:
+        ValueError: the run cannot work with this dataset
+            (:meth:`~fedrec.common.config.RunConfig.check_feasible` with its population and
+            the most examples one device holds), before anything trains.
+    """
+    fed = _cached(
         cfg.dataset,
         str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else "",
         cfg.synthetic_users,
@@ -99,7 +146,17 @@ def federated_dataset(cfg: RunConfig) -> FederatedDataset:
         cfg.seed,
         cfg.split,
         cfg.population,
+        tuple((k, v) for k, v in cfg.to_flat().items() if k.startswith("events-")),
     )
+    key = tuple(sorted(cfg.to_flat().items()))
+    if key not in _FEASIBLE:
+        most = max((len(t) for t in fed.train_items), default=0)
+        cfg.check_feasible(n_devices=fed.n_users, max_examples=most or None)
+        _FEASIBLE.add(key)
+    return fed
+
+
+_FEASIBLE: set[tuple] = set()
 
 
 def federated_features(cfg: RunConfig) -> np.ndarray:

@@ -1452,7 +1452,7 @@ def load_event_log(
     item_col: str,
     weight_col: str | None = None,
     timestamp_col: str | None = None,
-    sep: str = ",",
+    sep: str | None = None,
     format: str | None = None,
     duplicates: str = "keep-last",
     name: str | None = None,
@@ -1489,6 +1489,8 @@ def load_event_log(
         format = "parquet" if p.suffix.lower() in (".parquet", ".pq") else "csv"
     if format not in ("csv", "parquet"):
         raise ValueError(f"format={format!r}; expected 'csv' or 'parquet'")
+    if sep is None:
+        sep = "\t" if ".tsv" in [x.lower() for x in p.suffixes] else ","
     if name is None:
         name = p.name.split(".")[0] or "events"
     if not p.is_file():
@@ -1709,3 +1711,20 @@ def load_dataset(name: str, data_dir: str | Path | None = None, **kwargs: Any) -
             return load_recbole(data_dir, **kwargs)
         return load_event_log(data_dir, **kwargs)
     raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def event_log_columns(path: str | Path, *, sep: str | None = None) -> list[str]:
+    """The column names of an event log (its CSV header, or its Parquet schema)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file; expected a CSV or Parquet event log")
+    if p.suffix.lower() in (".parquet", ".pq"):
+        pq = _import_pyarrow().parquet
+        try:
+            return list(pq.read_schema(p).names)
+        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+            raise DataFormatError(f"not a readable Parquet file ({exc})", path=p) from None
+    raw = _read_bytes(p, "a CSV file with a header line")
+    header = raw[: raw.index(b"\n")].decode("utf-8", "replace")
+    delimiter = sep or ("\t" if ".tsv" in p.suffixes else ",")
+    return next(csv.reader([header], delimiter=delimiter))
