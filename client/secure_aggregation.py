@@ -125,9 +125,15 @@ def secure_session(msg: Message, context: Context) -> SecureSession:
     peers = configs.get(Key.CIPHERTEXT_LIST)
     if not isinstance(peers, list):
         raise PolicyViolation(RefusalCode.NOT_SECURE, "not at the collect-masked-vectors stage")
+    neighbourhood = min(len(peers) + 1, len(state.public_keys_dict))
+    if state.share_num >= state.sample_num:  # complete graph: every member is a neighbour
+        return SecureSession(clipping_range=float(state.clipping_range), group_size=neighbourhood)
+    # SecAgg+'s sparse graph: a device sees its neighbours only; the round's size is the one
+    # the server announced at setup (honest-but-curious: it runs the protocol it announced)
     return SecureSession(
         clipping_range=float(state.clipping_range),
-        group_size=min(len(peers) + 1, len(state.public_keys_dict)),
+        group_size=int(state.sample_num),
+        group_verified=False,
     )
 
 

@@ -96,13 +96,20 @@ class SecureSession:
 
     Attributes:
         clipping_range: every value is clipped to ``±clipping_range`` before masking.
-        group_size: the devices that completed key sharing with this one, itself included: a
-            lower bound on the devices whose inputs the sum can hold (with SecAgg+'s default
-            complete graph, every node of the round that shared keys).
+        group_size: with a complete graph (rounds of up to 25 nodes), the devices that
+            completed key sharing with this one, itself included: a lower bound, checked by
+            the device, on the inputs the sum can hold. With SecAgg+'s sparse graph (larger
+            rounds) a device sees only its neighbours, and this is the round's size as the
+            server announced it at setup.
+        group_verified: whether the device saw ``group_size`` itself (complete graph) or took
+            the server's announcement (sparse graph; the honest-but-curious server runs the
+            protocol it announces, and the mechanism aborts a round with fewer inputs than the
+            noise needs before unmasking).
     """
 
     clipping_range: float
     group_size: int
+    group_verified: bool = True
 
     def min_group(self, noise_share: float) -> int:
         """The fewest devices a sum needs for shares of ``noise_share`` to add up to σ."""

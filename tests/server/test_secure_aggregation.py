@@ -561,3 +561,43 @@ def test_the_mod_passes_plain_messages_through_and_refuses_non_finite_updates(ta
     context.state.config_records["secaggplus_state"] = ConfigRecord({"clipping_range": 8.0})
     with pytest.raises(ValueError, match="non-finite"):
         secure_train_reply(secure, {"w": np.array([np.nan])}, context)
+
+
+def test_the_neighbourhood_is_complete_for_small_rounds_and_logarithmic_beyond():
+    from fedrec.server.secure_aggregation import COMPLETE_GRAPH_NODES, neighbourhood_size
+
+    assert [neighbourhood_size(n) for n in (3, 10, COMPLETE_GRAPH_NODES)] == [3, 10, 25]
+    assert neighbourhood_size(26) == 11 and neighbourhood_size(500) == 19
+    assert neighbourhood_size(10**6) == 41  # grows with log2 n
+    assert all(neighbourhood_size(n) % 2 == 1 for n in range(26, 5000, 37))  # a ring's k
+    assert SecAggConfig().protocol_sizes(10) == (10, 6)  # complete: as before
+    assert SecAggConfig().protocol_sizes(500) == (19, 11)
+    assert SecAggConfig().for_nodes(10).num_shares == 1.0
+    assert SecAggConfig().for_nodes(500).num_shares == 19
+    with pytest.raises(ValueError, match="resolve num_shares"):
+        SecAggConfig().workflow()
+
+
+def test_a_sparse_round_sums_exactly_and_devices_see_the_announced_size(task_identity):
+    from fedrec.client.secure_aggregation import secure_session
+
+    n, sessions = 40, {}
+    app = ClientApp(mods=[secure_aggregation_mod])
+
+    @app.train()
+    def sparse_train(msg: Message, context: Context) -> Message:
+        node = msg.metadata.dst_node_id
+        sessions[node] = secure_session(msg, context)
+        return secure_train_reply(msg, {"w": np.full((3, 2), node / 10)}, context)
+
+    nodes = list(range(1, n + 1))
+    silent = {Stage.COLLECT_MASKED_VECTORS: {7, 19}}  # two devices vanish mid-round
+    grid = LocalGrid(app, nodes, silent=silent)
+    result = secure_sum(grid, nodes, _content(0), group_id=0, config=SecAggConfig(timeout=1.0))
+    assert (result.num_shares, result.threshold) == (13, 8)
+    assert result.dropped == [7, 19] and len(result.included) == n - 2
+    expected = (sum(nodes) - 7 - 19) / 10
+    np.testing.assert_allclose(result.total["w"], np.full((3, 2), expected), atol=1e-3)
+    # a device sees its neighbours only; the round's size is the server's announcement
+    assert {s.group_size for s in sessions.values()} == {n}
+    assert not any(s.group_verified for s in sessions.values())
