@@ -115,11 +115,12 @@ class SGD(Algorithm):
             "item_embedding.weight": (self.n_items, cfg.dim),
             "item_bias.weight": (self.n_items, 1),
         }
+        user = cfg.privacy == "user"  # each device clips its whole delta to user-clip
         return ContributionSpec(
             shapes=shapes,
             aggregate="mean",
-            max_norm=float(cfg.max_update_norm),
-            coordinate_bound=signal,
+            max_norm=float(cfg.user_clip) if user else float(cfg.max_update_norm),
+            coordinate_bound=min(signal, cfg.user_clip) if user else signal,
             sensitivity=cfg.user_clip if cfg.privacy == "user" else cfg.max_grad_norm,
             noise_multiplier=sigma,
             noise_per_coordinate=noise,
@@ -186,6 +187,10 @@ class SGD(Algorithm):
         device.rounds_trained += 1
         after = device.model.global_state()
         delta = {k: (after[k] - before[k]).astype(np.float32) for k in GLOBAL_KEYS}
+        if self.cfg.privacy == "user":  # one device's whole contribution: norm <= user-clip
+            from fedrec.common.privacy.mechanisms.user import clip_delta
+
+            delta = clip_delta(delta, self.cfg.user_clip)[0]
         if device.dp is not None:
             device.release(  # recorded before the update leaves
                 server_round,

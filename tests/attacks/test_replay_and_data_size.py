@@ -15,22 +15,19 @@ from fedrec.common.config import RunConfig
 
 def _user_level_round(tmp_path, monkeypatch, **extra):
     """One user-level DP round on the loop engine; returns (cfg, before, after, true sum)."""
-    import fedrec.common.privacy.mechanisms.user as user_mechanism
     import fedrec.server.coordinator as coordinator
-    from fedrec.common.privacy.mechanisms.user import clip_delta, noisy_mean
+    from fedrec.common.privacy.mechanisms.user import UserLevel
     from fedrec.simulations.loop import run_plain
 
     seen = {}
+    real = UserLevel.aggregate_sum
 
-    def recording(deltas, reference, **kw):
-        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
-        for d in deltas:
-            for k, v in clip_delta(d, kw["clip"])[0].items():
-                total[k] += v
-        seen["sum"], seen["count"] = total, kw["expected_count"]
-        return noisy_mean(deltas, reference, **kw)
+    def recording(self, server_round, plan, total, included, spec):
+        seen["sum"] = {k: np.asarray(v, dtype=np.float64) for k, v in total.items()}
+        seen["count"] = self.cfg.fraction_train * self.pool_size
+        return real(self, server_round, plan, total, included, spec)
 
-    monkeypatch.setattr(user_mechanism, "noisy_mean", recording)
+    monkeypatch.setattr(UserLevel, "aggregate_sum", recording)
     cfg = RunConfig(
         synthetic_users=60,
         synthetic_items=40,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fedrec.common.config import RunConfig
-from fedrec.common.privacy.mechanisms.user import clip_delta, noisy_mean
+from fedrec.common.privacy.mechanisms.user import clip_delta
 from fedrec.common.privacy.randomness import NoiseSource
-from fedrec.server.coordinator import Reply, make_coordinator
+from fedrec.server.coordinator import make_coordinator
 
 
 def _pld_epsilon(q, sigma, rounds, delta):
@@ -26,13 +26,27 @@ def test_clip_bounds_the_whole_update():
 
 
 @pytest.mark.parametrize("noise", [NoiseSource.secure(), NoiseSource.seeded(0)])
-def test_noisy_mean_has_the_calibrated_noise(noise):
-    ref = {"w": np.zeros(20000, np.float32)}
-    out = noisy_mean([], ref, clip=2.0, noise_multiplier=1.5, expected_count=10.0, noise=noise)
-    assert np.std(out["w"]) == pytest.approx(1.5 * 2.0 / 10.0, rel=0.03)
+def test_the_noisy_mean_of_a_secure_sum_has_the_calibrated_noise(noise):
+    from fedrec.common.algorithms.registry import create
+    from fedrec.common.privacy.mechanisms import make_mechanism
+
+    cfg = RunConfig(
+        privacy="user", fraction_train=0.1, delta=1e-4, user_noise_multiplier=1.5, user_clip=2.0
+    )
+    mechanism = make_mechanism(cfg, create(cfg, 5000), noise=noise)
+    assert mechanism.secure()  # every contribution arrives inside a secure sum
+    mechanism.sample(list(range(100)), {}, np.random.default_rng(0))  # q·N = 10 expected
+    spec = mechanism.algorithm.contribution(mechanism.algorithm.task(1))
+    zeros = {k: np.zeros(v, np.float32) for k, v in spec.shapes.items()}
+    plan = mechanism.plan(10, spec)
+    aggregate, _ = mechanism.aggregate_sum(1, plan, zeros, list(range(10)), spec)
+    values = np.concatenate([v.ravel() for v in aggregate.mean.values()])
+    assert np.std(values) == pytest.approx(1.5 * 2.0 / 10.0, rel=0.03)
     # Gaussian: the fourth moment of a Gaussian is 3 sigma^4 (a sum of four normals is one)
-    z = out["w"] / np.std(out["w"])
+    z = values / np.std(values)
     assert np.mean(z**4) == pytest.approx(3.0, abs=0.15)
+    with pytest.raises(RuntimeError, match="only inside a secure sum"):
+        mechanism.aggregate(1, [], spec)
 
 
 def test_poisson_sampling_rate():
@@ -58,11 +72,8 @@ def test_user_level_rounds_are_ledgered_and_accounted_like_dp_accounting(tmp_pat
     sigma = cfg.user_noise()
     for rnd in range(1, 6):
         picked = coord.sample(list(range(50)))
-        replies = [
-            Reply(node=n, arrays={k: np.ones_like(v) for k, v in coord.state.items()})
-            for n in picked
-        ]
-        coord.aggregate(rnd, replies)
+        total = {k: np.full_like(v, 0.01) * len(picked) for k, v in coord.state.items()}
+        coord.aggregate_sum(rnd, coord.plan_round(len(picked), rnd), total, picked)
     records = [
         json.loads(x) for x in (tmp_path / "ledgers" / "server.jsonl").read_text().splitlines()
     ]

@@ -6,12 +6,13 @@ actually used), bounds each device's whole contribution to L2 norm ``S`` (one de
 data is the unit), adds Gaussian noise ``N(0, (z·S)²)`` to the sum, and records the release in
 its own signed ledger (``ledgers/server.jsonl``) before the new table goes anywhere.
 
-* Updates of the item table (``sgd``): the server clips each device's delta and divides the
-  noised sum by the *expected* number of devices ``q·N`` (a fixed denominator, so the mean's
-  sensitivity is ``S/(q·N)``). The server is trusted with the individual clipped updates.
-* Raw statistics (``spectral``, ``features``): devices bound their contribution to norm 1
-  themselves and send it only inside a secure sum; the server adds the noise to the sum, so
-  it never sees one device's statistic.
+Every contribution, whatever the algorithm, leaves the device only inside a secure sum
+(SecAgg+ on Flower, the clear sum in-process): each device bounds its own contribution to norm
+``S`` (``user-clip`` for table updates, 1 for statistics), the server adds the noise to the sum
+and never sees one device's contribution. Table updates (``sgd``) are then divided by the
+*expected* number of devices ``q·N`` (a fixed denominator, so the mean's sensitivity is
+``S/(q·N)``). The device's clipping is on trust, as its honest participation in SecAgg+ is;
+the sum's range bounds each coordinate whatever a device sends.
 
 The guarantee holds against anyone who sees the published tables: (ε, δ)-DP w.r.t. adding or
 removing one device's data, a Poisson-sampled Gaussian composed over rounds (PLD). Why not
@@ -29,7 +30,7 @@ from fedrec.common.algorithms.base import Aggregate, ContributionSpec
 from fedrec.common.privacy.events import PrivacyEvent
 from fedrec.common.privacy.mechanisms.base import Contributed, PrivacyMechanism, RoundPlan
 
-__all__ = ["UserLevel", "clip_delta", "noisy_mean"]
+__all__ = ["UserLevel", "clip_delta"]
 
 
 def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, np.ndarray], float]:
@@ -39,41 +40,14 @@ def clip_delta(delta: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, 
     return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, norm
 
 
-def noisy_mean(
-    deltas: Sequence[Mapping[str, np.ndarray]],
-    reference: Mapping[str, np.ndarray],
-    *,
-    clip: float,
-    noise_multiplier: float,
-    expected_count: float,
-    noise,
-) -> dict[str, np.ndarray]:  # noqa: ANN001 - a NoiseSource
-    """``(Σ clip(δ_i) + N(0, (z·S)²)) / expected_count`` over every coordinate.
-
-    ``expected_count = 1`` gives the noisy sum. The noise comes from ``noise`` (a
-    :class:`~fedrec.common.privacy.randomness.NoiseSource`: OS entropy unless the run is
-    seeded for reproducibility).
-    """
-    total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
-    for d in deltas:
-        clipped, _ = clip_delta(d, clip)
-        for k in total:
-            total[k] += clipped[k]
-    std = noise_multiplier * clip
-    return {
-        k: ((v + noise.normal(std, v.shape)) / expected_count).astype(np.float32)
-        for k, v in total.items()
-    }
-
-
 class UserLevel(PrivacyMechanism):
     """Poisson sampling, a bounded contribution per device, the noise added by the server."""
 
     name = "user"
     unit = "user"
     trust = (
-        "the server sees individual (clipped) updates and adds the noise; everything it "
-        "publishes is user-level DP"
+        "the server sees only secure sums of contributions each device bounded itself, and "
+        "adds the noise; everything it publishes is user-level DP"
     )
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - the base's
@@ -92,25 +66,15 @@ class UserLevel(PrivacyMechanism):
         """The bound on one device's contribution (``user-clip``, or 1 for statistics)."""
         return spec.sensitivity
 
+    def secure(self) -> bool:
+        """Always: no contribution leaves a device outside a secure sum."""
+        return True
+
     def aggregate(
         self, server_round: int, replies: Sequence[Contributed], spec: ContributionSpec
     ) -> Aggregate | None:
-        """Clip each update, add the noise to the sum, divide by the expected count.
-
-        The noise is added (and ledgered) even when no device replied: the release happens
-        every round.
-        """
-        reference = {k: np.zeros(s, dtype=np.float32) for k, s in spec.shapes.items()}
-        mean = noisy_mean(
-            [r.arrays for r in replies],
-            reference,
-            clip=self.clip(spec),
-            noise_multiplier=spec.noise_multiplier,
-            expected_count=max(1e-9, self.cfg.fraction_train * self.pool_size),
-            noise=self.noise,
-        )
-        self.record(server_round, spec, "dp-fedavg")  # the ledger first, then the table
-        return Aggregate(count=len(replies), mean=mean)
+        """Never used: user-level contributions arrive only as a secure sum."""
+        raise RuntimeError("user-level DP takes contributions only inside a secure sum")
 
     def aggregate_sum(
         self,
@@ -120,13 +84,21 @@ class UserLevel(PrivacyMechanism):
         included: Sequence[int],
         spec: ContributionSpec,
     ) -> tuple[Aggregate | None, list[str]]:
-        """Add the noise to the secure sum of norm-bounded statistics; record it first."""
+        """Add the noise to the secure sum of norm-bounded contributions; record it first.
+
+        The noise is added (and ledgered) however many devices the sum holds: the release
+        happens every round. A mean (table updates) divides by the expected count ``q·N``.
+        """
         noisy = {k: np.asarray(v, dtype=np.float64) for k, v in total.items()}
         for k in noisy:
             noisy[k] = noisy[k] + self.noise.normal(
                 spec.noise_multiplier * self.clip(spec), spec.shapes[k]
             )
-        self.record(server_round, spec, spec.purpose)
+        self.record(server_round, spec, "dp-fedavg" if spec.aggregate == "mean" else spec.purpose)
+        if spec.aggregate == "mean":
+            expected = max(1e-9, self.cfg.fraction_train * self.pool_size)
+            mean = {k: (v / expected).astype(np.float32) for k, v in noisy.items()}
+            return Aggregate(count=len(included), mean=mean), []
         return Aggregate(count=len(included), total=noisy), []
 
     def record(self, server_round: int, spec: ContributionSpec, purpose: str) -> None:
