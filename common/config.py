@@ -426,11 +426,11 @@ class RunConfig:
     @classmethod
     def describe(cls) -> dict[str, str]:
         """Each kebab-case key with its documentation, default and allowed values."""
-        from fedrec.common.config_checks import LIMITS
+        from fedrec.common.config_checks import LIMITS, Limits
 
         return {
             f.name.replace("_", "-"): f"{f.metadata.get('doc', '')} (default: {f.default!r}; "
-            f"{LIMITS[f.name].describe(_field_type(f))})"
+            f"{LIMITS.get(f.name, Limits()).describe(_field_type(f))})"
             for f in fields(cls)
         }
 
@@ -451,9 +451,9 @@ def _field_type(f: dataclasses.Field) -> type:
 
 
 def _coerce(key: str, value: object, kind: type) -> object:
-    from fedrec.common.config_checks import LIMITS, config_error
+    from fedrec.common.config_checks import LIMITS, Limits, config_error
 
-    expected = LIMITS[key.replace("-", "_")].describe(kind)
+    expected = LIMITS.get(key.replace("-", "_"), Limits()).describe(kind)
     if kind is bool:
         if isinstance(value, bool):
             return value

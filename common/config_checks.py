@@ -99,7 +99,8 @@ _BIG = 10**6  # generous ceilings: far above any useful value, far below an over
 _FRACTION = _r(0, 1, open_lo=True)
 _HALF_OPEN = _r(0, 1, open_hi=True)
 
-#: Every key's type-independent limits (the type comes from the RunConfig field).
+#: Every key's type-independent limits (the type comes from the RunConfig field). A key
+#: missing here is checked for its type (and finiteness) only; every number has an entry.
 LIMITS: dict[str, Limits] = {
     "dataset": Limits(choices=_datasets),
     "data_dir": Limits(),
@@ -157,6 +158,7 @@ LIMITS: dict[str, Limits] = {
     "server_tau": _r(0, 1000, open_lo=True),
     "max_update_norm": _r(0, 1e9, open_lo=True),
     "run_dir": Limits(),
+    "keystore": Limits(),
 }
 
 
@@ -189,7 +191,7 @@ def check_fields(cfg: RunConfig) -> None:
 
     for f in fields(cfg):
         kind = _field_kind(cfg, f.name)
-        limits = LIMITS[f.name]
+        limits = LIMITS.get(f.name, Limits())
         value = getattr(cfg, f.name)
         setattr(cfg, f.name, _checked(f.name, kind, limits, value))
 

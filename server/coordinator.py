@@ -30,7 +30,13 @@ from fedrec.common.privacy.mechanisms import (
     RoundPlan,
     make_mechanism,
 )
-from fedrec.server.validation import validate_delta
+from fedrec.server.validation import (
+    ReplyRules,
+    check_evaluation,
+    check_included,
+    check_reply,
+    validate_delta,
+)
 
 __all__ = ["Reply", "RoundReport", "Coordinator", "initial_global_state", "make_coordinator"]
 
@@ -97,6 +103,12 @@ def make_coordinator(
     algorithm = create(cfg, n_items, item_features=item_features)
     mechanism = make_mechanism(cfg, algorithm, ledger_dir=ledger_dir, noise=cfg.noise_source())
     return Coordinator(cfg, algorithm, mechanism)
+
+
+def _node_text(reply: object) -> str:
+    node = getattr(reply, "node", None)
+    text = repr(node)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _norm(arrays: Mapping[str, np.ndarray]) -> float:
@@ -183,8 +195,28 @@ class Coordinator:
         }
         return _norm(used or {})
 
-    def aggregate(self, server_round: int, replies: Sequence[Reply]) -> RoundReport:
+    def reply_rules(self, server_round: int, sampled: Sequence[int] | None = None) -> ReplyRules:
+        """What the replies of a training round must be (:func:`~.validation.check_reply`)."""
+        from fedrec.common.config import DEVICE_DP_MODES
+
+        reference, max_norm = self.reply_reference(server_round)
+        device_dp = self.cfg.privacy in DEVICE_DP_MODES
+        return ReplyRules(
+            reference=reference,
+            max_norm=max_norm,
+            sampled=None if sampled is None else frozenset(int(n) for n in sampled),
+            epsilon_limit=self.cfg.epsilon * (1 + 1e-6) if device_dp else None,
+        )
+
+    def aggregate(
+        self, server_round: int, replies: Sequence[Reply], sampled: Sequence[int] | None = None
+    ) -> RoundReport:
         """Validate individual replies, aggregate the good ones, update the table.
+
+        Every field of every reply is checked (:func:`~fedrec.server.validation.check_reply`):
+        a reply from a node not in ``sampled`` (when given) or from a node that already
+        answered, a malformed contribution, example count or metric (a device's ``epsilon``
+        outside ``[0, epsilon]``) is dropped with its reason and changes nothing.
 
         Raises:
             RuntimeError: the run's contributions may only be seen as secure sums.
@@ -195,38 +227,32 @@ class Coordinator:
                 "(aggregate_sum): the server must not receive them one by one"
             )
         spec = self.algorithm.contribution(self.task(server_round))
-        reference, max_norm = self.reply_reference(server_round)
+        rules = self.reply_rules(server_round, sampled)
         good: list[Reply] = []
         reasons: list[str] = []
         refused = 0
+        seen: set[int] = set()
         for r in replies:
-            if r.error is not None:
-                reasons.append(f"node {r.node}: error: {r.error}")
-            elif r.refusal is not None:
+            verdict, why = check_reply(r, rules, seen)
+            if verdict == "good":
+                good.append(r)
+            elif verdict == "refused":
                 refused += 1
-            elif r.arrays is None:
-                reasons.append(f"node {r.node}: reply carries no contribution")
             else:
-                why = validate_delta(r.arrays, reference, max_norm=max_norm)
-                if why is None and not (np.isfinite(r.num_examples) and r.num_examples > 0):
-                    why = f"invalid example count {r.num_examples!r}"
-                if why is None:
-                    good.append(r)
-                else:
-                    reasons.append(f"node {r.node}: {why}")
+                reasons.append(f"node {_node_text(r)}: {why}")
         for reason in reasons:
             log.warning("round %d: dropped reply: %s", server_round, reason)
         aggregate = self.mechanism.aggregate(
-            server_round, [Contributed(r.node, r.arrays, r.num_examples) for r in good], spec
+            server_round, [Contributed(int(r.node), r.arrays, r.num_examples) for r in good], spec
         )
         if aggregate is None:
             log.warning("round %d: no contribution to use; the round changed nothing", server_round)
         norm = self._step(server_round, aggregate)
         train_metrics = self._reply_metrics(good)
-        train_metrics.update(self.mechanism.metrics([r.node for r in good]))
+        train_metrics.update(self.mechanism.metrics([int(r.node) for r in good]))
         return RoundReport(
             server_round=server_round,
-            sampled=len(replies),
+            sampled=len(sampled) if sampled is not None else len(replies),
             aggregated=len(good),
             refused=refused,
             dropped=len(reasons),
@@ -257,13 +283,15 @@ class Coordinator:
         *,
         refused: int = 0,
         drop_reasons: Sequence[str] = (),
+        sampled: Sequence[int] | None = None,
     ) -> RoundReport:
         """Update with a secure sum of ``len(included)`` contributions.
 
         The server never holds an individual contribution here, only ``total``. It checks the
         sum (keys, shape, finite, norm at most ``len(included)`` times one reply's bound);
         the mechanism accounts the noise present (before the table changes) and turns the sum
-        into the aggregate the algorithm uses.
+        into the aggregate the algorithm uses. A sum that names a node twice, or (with
+        ``sampled``) a node that was not asked, is rejected.
         """
         if not self.secure:
             raise RuntimeError("aggregate_sum is for rounds with a secure sum")
@@ -272,7 +300,9 @@ class Coordinator:
         n = len(included)
         reference, max_norm = self.reply_reference(server_round, plan.noise_share)
         if total is not None and n > 0:
-            why = validate_delta(dict(total), reference, max_norm=max_norm * n)
+            why = check_included(included, sampled) or validate_delta(
+                total, reference, max_norm=max_norm * n
+            )
             if why is not None:
                 reasons.append(f"secure sum rejected: {why}")
                 n = 0
@@ -296,6 +326,28 @@ class Coordinator:
             update_norm=norm,
             train_metrics=self.mechanism.metrics(list(included) if used else []),
         )
+
+    def usable_evaluations(self, server_round: int, sums: Sequence[object]) -> list[dict]:
+        """The evaluation replies that pass :func:`~fedrec.server.validation.check_evaluation`.
+
+        Each must hold exactly the run's metric sums, finite, of magnitude at most 1 (one
+        user's metrics) plus 20 standard deviations of the release's noise; others are
+        dropped with a warning.
+        """
+        from fedrec.common.evaluation.metrics import evaluation_keys
+
+        keys = evaluation_keys(self.cfg.k_values)
+        std = 0.0
+        if self.cfg.privacy != "off":
+            std = float(self.cfg.eval_noise_multiplier) * math.sqrt(len(keys))
+        good = []
+        for s in sums:
+            why = check_evaluation(s, keys, bound=1.0 + 20.0 * std)
+            if why is None:
+                good.append({k: float(v) for k, v in s.items()})  # type: ignore[attr-defined]
+            else:
+                log.warning("round %d: dropped evaluation reply: %s", server_round, why)
+        return good
 
     @staticmethod
     def combine_evaluation(sums: Sequence[Mapping[str, float]]) -> dict[str, float]:

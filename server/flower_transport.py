@@ -21,7 +21,14 @@ from fedrec.common.privacy.mechanisms import RoundPlan
 from fedrec.server.coordinator import Reply
 from fedrec.server.round_loop import Request, SumResult
 
-__all__ = ["FlowerTransport", "reply_from_message", "to_arrays", "to_numpy", "request_content"]
+__all__ = [
+    "FlowerTransport",
+    "reply_from_message",
+    "evaluation_from_message",
+    "to_arrays",
+    "to_numpy",
+    "request_content",
+]
 
 log = logging.getLogger("fedrec.server")
 
@@ -44,27 +51,42 @@ def request_content(request: Request) -> RecordDict:
 
 
 def reply_from_message(msg: Message) -> Reply:
-    """Turn a device's reply message into a :class:`Reply`, never raising."""
-    node = int(msg.metadata.src_node_id)
+    """Turn a device's reply message into a :class:`Reply`, never raising.
+
+    Nothing is judged here: the values travel as they came (metrics as plain Python values,
+    ``num-examples`` as sent) to :func:`~fedrec.server.validation.check_reply`, the one
+    validation path of both transports.
+    """
+    try:
+        node = int(msg.metadata.src_node_id)
+    except Exception:  # noqa: BLE001 - a reply without a readable sender
+        node = -1
     try:
         if msg.has_error():
             return Reply(node=node, error=str(msg.error.reason))
         content = msg.content
-        if "refusal" in content:
-            return Reply(node=node, refusal=str(content["refusal"].get("code", "refused")))
-        if "arrays" not in content:
+        refusal = dict(content["refusal"]).get("code") if "refusal" in content else None
+        arrays = to_numpy(content["arrays"]) if "arrays" in content else None  # type: ignore[arg-type]
+        if refusal is None and arrays is None:
             return Reply(node=node, error="reply has neither 'arrays' nor 'refusal'")
-        arrays = to_numpy(content["arrays"])  # type: ignore[arg-type]
         metrics = dict(content["metrics"]) if "metrics" in content else {}
-        n = float(metrics.pop("num-examples", 1))
-        return Reply(
-            node=node,
-            arrays=arrays,
-            num_examples=n,
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        )
+        n = metrics.pop("num-examples", 1)
+        return Reply(node, arrays, num_examples=n, metrics=metrics, refusal=refusal)
     except Exception as exc:  # a malformed reply must not crash the server
-        return Reply(node=node, error=f"unreadable reply: {type(exc).__name__}: {exc}")
+        return Reply(node=node, error=f"unreadable reply: {type(exc).__name__}: {exc}"[:300])
+
+
+def evaluation_from_message(msg: Message) -> object:
+    """A device's evaluation reply as its metric sums (``None`` for an error or a refusal).
+
+    Unchecked: :meth:`~fedrec.server.coordinator.Coordinator.usable_evaluations` judges them.
+    """
+    try:
+        if msg.has_error() or "metrics" not in msg.content:
+            return None
+        return dict(msg.content["metrics"])
+    except Exception:  # noqa: BLE001 - a malformed reply is dropped, never raised
+        return None
 
 
 class FlowerTransport:
@@ -91,7 +113,7 @@ class FlowerTransport:
         return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
 
     def train(self, request: Request, nodes: Sequence[int]) -> list[Reply]:
-        """Individual replies of the nodes."""
+        """Individual replies of the nodes (unchecked; the coordinator validates them)."""
         if not nodes:
             return []
         replies = self.grid.send_and_receive(self.messages(request, nodes), timeout=self.timeout)
@@ -140,20 +162,23 @@ class FlowerTransport:
             },
         )
 
-    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
-        """The nodes' evaluation releases (metric sums); unreadable replies dropped."""
+    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[object]:
+        """The nodes' evaluation replies (metric sums; unchecked, errors and refusals left out).
+
+        A node that was not asked, or that answers twice, is heard once at most.
+        """
         if not nodes:
             return []
-        out = []
+        asked, out = set(nodes), []
         for m in self.grid.send_and_receive(
             self.messages(request, nodes, MessageType.EVALUATE), timeout=self.timeout
         ):
-            if m.has_error() or "metrics" not in m.content:
+            node = getattr(m.metadata, "src_node_id", None)
+            if node not in asked:
+                log.warning("round %d: dropped an evaluation reply", request.server_round)
                 continue
-            try:
-                out.append({k: float(v) for k, v in m.content["metrics"].items()})
-            except (TypeError, ValueError):
-                log.warning(
-                    "round %d: dropped an unreadable evaluation reply", request.server_round
-                )
+            asked.discard(node)
+            sums = evaluation_from_message(m)
+            if sums is not None:
+                out.append(sums)
         return out

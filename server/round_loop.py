@@ -85,8 +85,8 @@ class Transport(Protocol):
     def secure_sum(self, request: Request, nodes: Sequence[int], plan: RoundPlan) -> SumResult:
         """Send a request to each node; only the sum of their contributions comes back."""
 
-    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
-        """Ask each node for its evaluation release; the replies' metric sums."""
+    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[object]:
+        """Ask each node for its evaluation release; the replies' metric sums (unchecked)."""
 
 
 def run_round(
@@ -102,7 +102,7 @@ def run_round(
     shapes = coordinator.algorithm.contribution(task).shapes
     request = Request(server_round, task, coordinator.state, dict(config or {}), shapes)
     if not coordinator.secure:
-        return coordinator.aggregate(server_round, transport.train(request, nodes))
+        return coordinator.aggregate(server_round, transport.train(request, nodes), nodes)
     if not nodes:
         return RoundReport(server_round, 0, 0, 0, 0, ["no device left to ask"], 0.0, {})
     plan = coordinator.plan_round(len(nodes), server_round)
@@ -118,6 +118,7 @@ def run_round(
         result.included,
         refused=result.declined,
         drop_reasons=result.drop_reasons,
+        sampled=nodes,
     )
     report.train_metrics.update(result.public)
     return report
@@ -148,11 +149,7 @@ def evaluate_round(
             config["eval-noise-multiplier"] = float(cfg.eval_noise_multiplier)
         request = Request(server_round, Task("evaluate"), coordinator.state, config)
         nodes = coordinator.sample_evaluation(transport.nodes())
-        sums = [
-            s
-            for s in transport.evaluate(request, nodes)
-            if s and all(np.isfinite(v) for v in s.values())
-        ]
+        sums = coordinator.usable_evaluations(server_round, transport.evaluate(request, nodes))
         means = (
             coordinator.combine_evaluation(sums)
             if cfg.privacy == "off"

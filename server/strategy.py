@@ -25,6 +25,7 @@ from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator, RoundReport
 from fedrec.server.flower_transport import (
     FlowerTransport,
+    evaluation_from_message,
     reply_from_message,
     to_arrays,
     to_numpy,
@@ -75,6 +76,7 @@ class ItemEmbeddingStrategy(Strategy):
         self.measure = measure
         self.quorum_every_round = quorum_every_round
         self.last_report: RoundReport | None = None
+        self._sampled: dict[int, list[int]] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -94,6 +96,7 @@ class ItemEmbeddingStrategy(Strategy):
             self.wait_for_nodes(grid)
         coord = self.coordinator
         nodes = coord.sample(list(grid.get_node_ids()))
+        self._sampled[server_round] = nodes  # replies from other nodes are dropped
         task = coord.task(server_round)
         request = Request(
             server_round,
@@ -108,7 +111,11 @@ class ItemEmbeddingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and aggregate the replies; returns the new global arrays and metrics."""
-        report = self.coordinator.aggregate(server_round, [reply_from_message(m) for m in replies])
+        report = self.coordinator.aggregate(
+            server_round,
+            [reply_from_message(m) for m in replies],
+            self._sampled.pop(server_round, None),
+        )
         self.last_report = report
         return to_arrays(self.coordinator.state), MetricRecord(
             {
@@ -144,16 +151,9 @@ class ItemEmbeddingStrategy(Strategy):
         """Means of the devices' metric sums (noised sums in a private run)."""
         from fedrec.common.evaluation.metrics import combine_noisy_sums
 
-        sums = []
-        for m in replies:
-            if m.has_error() or "metrics" not in m.content:
-                continue
-            try:
-                values = {k: float(v) for k, v in m.content["metrics"].items()}
-            except (TypeError, ValueError):
-                continue
-            if all(np.isfinite(v) for v in values.values()):
-                sums.append(values)
+        sums = self.coordinator.usable_evaluations(
+            server_round, [evaluation_from_message(m) for m in replies]
+        )
         combined = (
             self.coordinator.combine_evaluation(sums)
             if self.cfg.privacy == "off"

@@ -10,6 +10,7 @@ overhead (:mod:`fedrec.simulations.loop`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from fedrec.common.privacy.policy import PolicyViolation
 from fedrec.common.privacy.secagg import SecureSession, exceeds_range
 from fedrec.server.coordinator import Reply
 from fedrec.server.round_loop import Request, SumResult
+from fedrec.server.validation import validate_delta
 
 __all__ = ["InProcessTransport"]
 
@@ -87,11 +89,17 @@ class InProcessTransport:
         session = SecureSession(clipping_range=plan.clipping_range, group_size=len(nodes))
         total: dict[str, np.ndarray] | None = None
         included: list[int] = []
+        reasons: list[str] = []
         declined = out_of_range = 0
+        reference = {k: np.zeros(s, np.float32) for k, s in request.reply_shapes.items()}
         for u in nodes:
             reply = self._answer(u, request, session)
             if reply.refusal is not None:
                 declined += 1
+                continue
+            why = validate_delta(reply.arrays, reference, max_norm=math.inf) if reference else None
+            if why is not None:  # SecAgg+ drops a vector of the wrong shape the same way
+                reasons.append(f"node {u}: {why}")
                 continue
             assert reply.arrays is not None
             if exceeds_range(reply.arrays, plan.clipping_range):
@@ -109,16 +117,17 @@ class InProcessTransport:
                 None,
                 [],
                 declined,
-                [f"secure sum aborted: {out_of_range} noised share(s) beyond the range"],
+                [*reasons, f"secure sum aborted: {out_of_range} noised share(s) beyond the range"],
             )
         return SumResult(
             None if total is None else {k: v.astype(np.float32) for k, v in total.items()},
             included,
             declined,
+            reasons,
         )
 
-    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[dict[str, float]]:
-        """Each device's evaluation release (refusals left out)."""
+    def evaluate(self, request: Request, nodes: Sequence[int]) -> list[object]:
+        """Each device's evaluation release (refusals left out; the coordinator checks them)."""
         out = []
         for u in nodes:
             dev = self.device(u)
