@@ -37,6 +37,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "Retention": "sdk",
         "STATUS": "sdk",
         "StoreError": "sdk",
+        "CorruptStoreError": "sdk",
         "StoredDevices": "state_store",
         "TrainRequest": "client_app",
         "TrainingPolicy": "sdk",

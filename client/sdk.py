@@ -51,7 +51,7 @@ from fedrec.client.interactions import (
     WeightPolicy,
     weights_from_events,
 )
-from fedrec.client.storage import DeviceStore, Retention, StoreError
+from fedrec.client.storage import CorruptStoreError, DeviceStore, Retention, StoreError
 from fedrec.common.model.ranking import Explanation, Freshness, fold_in, rank, score_items
 from fedrec.common.privacy.policy import (
     PolicyViolation,
@@ -82,6 +82,7 @@ __all__ = [
     "DEFAULT_DP",
     "STATUS",
     "StoreError",
+    "CorruptStoreError",
     "weights_from_events",
 ]
 
@@ -448,6 +449,7 @@ class FedRecClient:
 
         Raises:
             StoreError: the file is not a fedrec store or has a newer schema.
+            CorruptStoreError: SQLite cannot read the file (truncated or damaged).
             ValueError: settings that contradict what the store has already accounted.
         """
         path = Path(path)

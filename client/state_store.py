@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedrec.client.storage import check_readable, open_error
+
 if TYPE_CHECKING:
     from fedrec.client.device import Device
 
@@ -70,9 +72,17 @@ class DeviceStateStore:
         if db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
+            try:
+                check_readable(db, self.path)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_SCHEMA)
+            except BaseException as exc:
+                db.close()
+                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if isinstance(exc, sqlite3.DatabaseError) and not locked:
+                    raise open_error(self.path, exc) from None
+                raise
             self._local.db = db
         return db
 

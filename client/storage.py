@@ -142,6 +142,36 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (newer schema, lowered spend, corrupt blob)."""
 
 
+class CorruptStoreError(StoreError, ValueError):
+    """The file is not a readable SQLite database (truncated, overwritten, damaged).
+
+    A ``ValueError`` too: the file is bad input, and command-line tools report it in one line.
+    """
+
+
+def open_error(path: Path, exc: BaseException) -> CorruptStoreError:
+    """The one-line error for a store SQLite cannot read (naming the file and the way out)."""
+    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return CorruptStoreError(
+        f"{path}: not a readable fedrec store (SQLite: {reason}); the file is truncated or "
+        "damaged: restore it from a backup, or move it away and start a new store"
+    )
+
+
+def check_readable(db: sqlite3.Connection, path: Path) -> None:
+    """Raise :class:`CorruptStoreError` unless SQLite reads the whole file without error.
+
+    ``PRAGMA quick_check`` reads every page (a truncated file fails here, not later in the
+    middle of a round).
+    """
+    try:
+        result = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise open_error(path, exc) from None
+    if result != [("ok",)]:
+        raise open_error(path, sqlite3.DatabaseError(str(result[0][0]) if result else "?"))
+
+
 def _extends(old: History, new: History) -> bool:
     """Whether ``new`` is ``old`` followed by more steps (never fewer, never different)."""
     if not old:
@@ -243,6 +273,7 @@ class DeviceStore:
 
     Raises:
         StoreError: the file was written by a newer schema, or is not a fedrec store.
+        CorruptStoreError: SQLite cannot read the file (truncated, zeroed, damaged).
     """
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0):
@@ -253,6 +284,7 @@ class DeviceStore:
             str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
         )
         try:
+            check_readable(self._db, self.path)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self.path}: could not switch to WAL mode (got {mode!r})")
@@ -260,6 +292,11 @@ class DeviceStore:
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise open_error(self.path, exc) from None
         except BaseException:
             self._conn.close()
             raise

@@ -245,3 +245,43 @@ def test_sigkill_during_writes_loses_no_committed_event_nor_spend(tmp_path):
             assert state.total_steps >= spend_seen
             # every intent, finished or not, is counted in the accountant history
             assert state.total_steps == 2 * len(s.releases())
+
+
+def _damaged_copies(tmp_path):
+    """A real store with events, then copies truncated, zeroed or overwritten."""
+    path = tmp_path / "good.db"
+    with DeviceStore(path) as s:
+        s.append_events([Event("purchase", f"i{i % 20}", float(i)) for i in range(2000)])
+    raw = path.read_bytes()
+    assert len(raw) > 8192
+    return {
+        "truncated to half": raw[: len(raw) // 2],
+        "truncated to one page": raw[:4096],
+        "truncated inside the header": raw[:50],
+        "zeroed header": b"\0" * 100 + raw[100:],
+        "zeroed first page": b"\0" * 4096 + raw[4096:],
+        "not SQLite": b"this is not a database " * 20,
+    }
+
+
+@pytest.mark.parametrize("opener", ["store", "sdk", "simulation"])
+def test_a_damaged_store_is_a_clear_error_naming_the_file(tmp_path, opener):
+    from fedrec.client.sdk import FedRecClient
+    from fedrec.client.state_store import DeviceStateStore
+    from fedrec.client.storage import CorruptStoreError
+
+    for name, data in _damaged_copies(tmp_path).items():
+        path = tmp_path / f"{name.replace(' ', '-')}.db"
+        path.write_bytes(data)
+        with pytest.raises(CorruptStoreError) as info:
+            if opener == "store":
+                DeviceStore(path)
+            elif opener == "sdk":
+                FedRecClient.open(path, catalog=[f"i{i}" for i in range(20)])
+            else:
+                DeviceStateStore(path).device_ids()
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable fedrec store"), (name, message)
+        assert "\n" not in message and "restore it from a backup" in message
+        assert isinstance(info.value, ValueError) and isinstance(info.value, StoreError)
+        assert path.read_bytes() == data, name  # left untouched
