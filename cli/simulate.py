@@ -240,6 +240,14 @@ def _print_outcome(console: Console, cfg: RunConfig, summary: dict[str, object])
         if "randomness" in priv:
             console.print(f"noise: {priv['randomness']}")
     console.print(f"federated evaluation: {priv['evaluation']['federated']}")
+    keys = priv.get("keys")
+    if keys:
+        console.print(
+            f"keys: private keys in {keys['keystore']} (never publish it with the run); "
+            f"audit with `fedrec audit RUN "
+            f"--operator-key {keys['operator_public_key']}` (operator key "
+            f"{keys['operator_fingerprint'][:16]}…)"
+        )
     console.print(
         f"refusals {summary['refusals']}, dropped replies {summary['dropped']}, "
         f"wall time {summary['wall_seconds']:.1f} s"

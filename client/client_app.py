@@ -23,7 +23,9 @@ Messages (the wire contract with :mod:`fedrec.server.flower_transport`):
   DP release (noised and accounted under DP, exact only with privacy off), or ``refusal``.
 
 Every request is checked before any work; a refusal carries only its code, the detail goes
-to the device's log.
+to the device's log. A reply that carries a DP release also carries the device's ledger head
+(:func:`ledger_head_mod`: the ``seq`` and ``hash`` of the record written before it left), which
+the server countersigns (:mod:`fedrec.server.countersign`).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ from fedrec.client.secure_aggregation import (
     secure_session,
 )
 from fedrec.common.algorithms.base import TABLE_KEYS, Contribution, Task
+from fedrec.common.audit.receipts import HEAD_RECORD
 from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 from fedrec.common.privacy.secagg import SecureSession
 
 __all__ = [
     "make_client_app",
+    "ledger_head_mod",
     "DeviceSession",
     "DeviceProvider",
     "TrainRequest",
@@ -104,6 +108,9 @@ class DeviceSession(Protocol):
 
     def close(self, changed: bool) -> None:
         """Persist the device's state (``changed``: the message spent or trained)."""
+
+    # Optionally ``ledger_head``: the device's ledger head after this message's release
+    # (``{"device_id", "seq", "hash"}``), or None; the reply then carries it.
 
 
 #: Opens the :class:`DeviceSession` of a node from its context.
@@ -175,6 +182,36 @@ def _is_refusal(outcome: object) -> bool:
     return hasattr(outcome, "code") and hasattr(outcome, "detail")
 
 
+_HEAD_STATE = "fedrec.pending-ledger-head"
+
+
+def _keep_head(session: object, context: Context) -> None:
+    """Keep the session's ledger head in the node's state for :func:`ledger_head_mod`."""
+    head = getattr(session, "ledger_head", None)
+    if isinstance(head, Mapping):
+        context.state.config_records[_HEAD_STATE] = ConfigRecord(
+            {
+                "device_id": str(head["device_id"]),
+                "seq": int(head["seq"]),
+                "hash": str(head["hash"]),
+            }
+        )
+
+
+def ledger_head_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """ClientApp mod: a reply that carries a release also carries the device's ledger head.
+
+    Outside fedrec's SecAgg+ mod, so that the head rides beside a masked vector too: the
+    server countersigns what it received (:data:`~fedrec.common.audit.receipts.HEAD_RECORD`).
+    """
+    context.state.config_records.pop(_HEAD_STATE, None)
+    reply = call_next(msg, context)
+    head = context.state.config_records.pop(_HEAD_STATE, None)
+    if head is not None and not reply.has_error() and reply.has_content():
+        reply.content.config_records[HEAD_RECORD] = head
+    return reply
+
+
 def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> ClientApp:
     """A ``ClientApp`` whose SuperNodes run the device the provider opens.
 
@@ -182,7 +219,7 @@ def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> Cl
     the secure-aggregation protocol around ``train`` messages of secure rounds. ``mods`` run
     before it (outermost first), e.g. a simulation's dropout injection.
     """
-    app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
+    app = ClientApp(mods=[*(mods or []), ledger_head_mod, secure_aggregation_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -197,6 +234,7 @@ def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> Cl
             request = parse_train(msg)
             secure = secure_session(msg, context) if is_secure_request(msg) else None
             outcome, metrics = session.contribute(request, secure)
+            _keep_head(session, context)
         except PolicyViolation as violation:
             outcome = violation
         finally:
@@ -225,6 +263,7 @@ def make_client_app(provider: DeviceProvider, *, mods: list | None = None) -> Cl
         outcome: Any = None
         try:
             outcome = session.evaluate(parse_evaluate(msg))
+            _keep_head(session, context)
         except PolicyViolation as violation:
             outcome = violation
         finally:

@@ -42,7 +42,9 @@ __all__ = ["Device", "Contribution", "Refusal", "ReleaseHook"]
 #: Called as ``hook(event, round=..., target_delta=..., budget_epsilon=..., claimed_epsilon=...,
 #: accountant=...)`` after a DP release is computed and before it leaves the device (the
 #: ledger writer; the keyword names are :meth:`~fedrec.common.audit.ledger.Ledger.append`'s).
-ReleaseHook = Callable[..., None]
+#: A hook that returns the ledger record lets the device send its ledger head with the
+#: release, for the server to countersign (:attr:`Device.ledger_head`).
+ReleaseHook = Callable[..., object]
 
 
 class Device:
@@ -104,6 +106,7 @@ class Device:
             algorithm = SGD(RunConfig(dim=dim, item_bias=item_bias), n_items)
         self.algorithm = algorithm
         self.on_release = on_release
+        self.ledger_head: dict[str, object] | None = None
         self.report_metrics = report_metrics and dp is None
         self._seed = derive_seed(seed, device_id) if seed is not None else None
         if self._seed is not None:
@@ -178,7 +181,7 @@ class Device:
             randomness=self.noise.label,
         )
         if self.on_release is not None:
-            self.on_release(
+            record = self.on_release(
                 event,
                 round=int(server_round),
                 target_delta=self.dp.target_delta,
@@ -186,6 +189,12 @@ class Device:
                 claimed_epsilon=self.epsilon_spent(),
                 accountant=self.dp.accountant,
             )
+            if isinstance(record, dict) and "hash" in record:
+                self.ledger_head = {
+                    "device_id": self.device_id,
+                    "seq": int(record["seq"]),
+                    "hash": str(record["hash"]),
+                }
 
     def release_rng(self) -> np.random.Generator:
         """The generator of one release's random choices (seeded runs: a fresh stream each)."""
@@ -281,6 +290,7 @@ class Device:
         ``1 / noise_share²`` devices. The ledger records the noise the sum is provisioned
         for; the server records the noise that was actually present.
         """
+        self.ledger_head = None  # set again by this message's release, if any
         try:
             check_arrays(global_state, self.table_shapes())
             self._check_share(noise_share)
@@ -344,6 +354,7 @@ class Device:
         sums are returned; a device that adds no noise but whose run is private (user-level
         DP) refuses: its sums would leave outside any accounting.
         """
+        self.ledger_head = None  # set again by this message's release, if any
         try:
             check_arrays(global_state, self.table_shapes())
             self._check_share(noise_share)

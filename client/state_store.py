@@ -217,6 +217,11 @@ class _StoredSession:
         metrics = {"epsilon": self.device.epsilon_spent()} if self.device.dp is not None else {}
         return outcome, metrics
 
+    @property
+    def ledger_head(self) -> dict[str, object] | None:
+        """The device's ledger head after this message's release (None: no release)."""
+        return self.device.ledger_head
+
     def evaluate(self, request: Any) -> Any:
         """The device's evaluation release (never inside a secure sum here)."""
         from fedrec.common.privacy.policy import PolicyViolation, RefusalCode

@@ -228,6 +228,12 @@ class RunConfig:
     max_update_norm: float = _doc("replies whose delta norm exceeds this are dropped", default=1e4)
     # output
     run_dir: str = _doc("directory of this run's outputs ('' = runs/<timestamp>)", default="")
+    keystore: str = _doc(
+        "folder of a simulation's private keys (the operator key, the simulated devices' "
+        "keys), kept out of the published run directory ('' = the sibling folder "
+        "RUN-DIR.keystore)",
+        default="",
+    )
 
     def __post_init__(self) -> None:
         from fedrec.common.config_checks import check_fields

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator, make_coordinator
+from fedrec.server.countersign import CountersigningGrid
 from fedrec.server.flower_transport import to_arrays
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.server.strategy import ItemEmbeddingStrategy
@@ -81,7 +82,12 @@ def make_server_app(
             measure=measure(cfg) if measure is not None else None,
         )
         strategy.summary()
+        receipts = coordinator.mechanism.ledgers.receipts() if cfg.privacy != "off" else None
+        if receipts is not None:  # the server countersigns every release it receives
+            grid = CountersigningGrid(grid, receipts)  # type: ignore[assignment]
         strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds)
+        if receipts is not None:
+            receipts.seal(cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)
         if on_finish is not None:
             on_finish(coordinator, run_dir)

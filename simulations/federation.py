@@ -20,6 +20,7 @@ from fedrec.common.data.schema import Interactions
 from fedrec.common.data.splits import Split, random_split, temporal_split
 
 __all__ = [
+    "device_id",
     "FederatedDataset",
     "federated_dataset",
     "federated_features",
@@ -187,21 +188,32 @@ def device_algorithm(cfg: RunConfig, n_items: int) -> Algorithm:
 _ALGORITHMS: dict[tuple, Algorithm] = {}
 
 
+def device_id(user: int) -> str:
+    """The ledger id of the simulated device of dense user ``user``."""
+    return f"device-{user:06d}"
+
+
 def make_device(
     fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
 ) -> Device:
-    """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``)."""
+    """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``).
+
+    Its signing key comes from the run's keystore (outside the run directory; see
+    :mod:`fedrec.common.audit.keystore`), where enrollment registered it.
+    """
     if not 0 <= user < fed.n_users:
         raise ValueError(f"partition {user} does not exist: the dataset has {fed.n_users} users")
     dp = cfg.dp_config(resolve_noise_multiplier(cfg)) if cfg.privacy in DEVICE_DP_MODES else None
-    device_id = f"device-{user:06d}"
+    name = device_id(user)
     on_release = None
     if dp is not None and ledger_dir is not None:
         from fedrec.client.ledger_writer import LedgerWriter
+        from fedrec.common.audit.keystore import Keystore
 
-        on_release = LedgerWriter(device_id, ledger_dir)
+        keystore = Keystore.for_run(Path(ledger_dir).parent, cfg.keystore)
+        on_release = LedgerWriter(name, ledger_dir, key=keystore.device_key(name))
     return Device(
-        device_id,
+        name,
         fed.train_items[user],
         n_items=fed.n_items,
         dim=cfg.dim,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -92,13 +93,16 @@ def run_plain(
     features = federated_features(cfg) if cfg.algorithm_class().needs_item_features else None
     coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir, item_features=features)
     devices = _Devices(fed, cfg, ledger_dir)
-    transport = InProcessTransport(
+    transport: Any = InProcessTransport(
         fed.n_users,
         devices.get,
         devices.done,
         dropout=dropout,
         rng=np.random.default_rng([cfg.seed, 7]),
     )
+    receipts = coord.mechanism.ledgers.receipts() if cfg.privacy != "off" else None
+    if receipts is not None:
+        transport = _Countersigning(transport, receipts, devices.take_heads)
 
     def measure(state: dict[str, np.ndarray]) -> dict[str, float]:
         sums = [devices.get(u).evaluate(state, cfg.k_values) for u in range(fed.n_real_users)]
@@ -108,6 +112,8 @@ def run_plain(
     result.rounds = run_rounds(
         coord, transport, num_rounds=cfg.num_rounds, on_round=on_round, measure=measure
     )
+    if receipts is not None:
+        receipts.seal(cfg.num_rounds)
     result.train_seconds = sum(float(r["seconds"]) for r in result.rounds)  # type: ignore[arg-type]
     evaluated = {u: devices.get(u) for u in range(fed.n_real_users)}  # real users only
     result.final = central_evaluation(evaluated, coord.state, cfg.k_values)
@@ -129,6 +135,7 @@ class _Devices:
         self.keep = fed.n_users <= _KEEP_DEVICES
         self.devices: dict[int, Device] = {}
         self.states: dict[int, dict[str, object]] = {}
+        self.heads: dict[int, dict[str, object]] = {}
 
     def get(self, u: int) -> Device:
         if u in self.devices:
@@ -141,5 +148,46 @@ class _Devices:
         return dev
 
     def done(self, u: int, dev: Device) -> None:
+        if dev.ledger_head is not None:  # what the device sends with its release
+            self.heads[u] = dev.ledger_head
         if not self.keep:
             self.states[u] = dev.state_dict()
+
+    def take_heads(self) -> dict[int, dict[str, object]]:
+        """The ledger heads devices sent since the last call."""
+        heads, self.heads = self.heads, {}
+        return heads
+
+
+class _Countersigning:
+    """The in-process transport, with the server countersigning what it receives.
+
+    A device's ledger head travels with its reply (in-process: through ``take_heads``); the
+    server writes a receipt for each reply it gets and each contribution in a secure sum
+    (:mod:`fedrec.server.countersign` does the same for Flower's Grid).
+    """
+
+    def __init__(self, transport: InProcessTransport, receipts, take_heads) -> None:  # noqa: ANN001
+        self.transport, self.receipts, self.take_heads = transport, receipts, take_heads
+
+    def nodes(self) -> list[int]:
+        return self.transport.nodes()
+
+    def train(self, request, nodes):  # noqa: ANN001, ANN201 - the Transport protocol's
+        replies = self.transport.train(request, nodes)
+        heads = self.take_heads()
+        got = [(r.node, heads[r.node]) for r in replies if r.arrays is not None and r.node in heads]
+        self.receipts.countersign(request.server_round, got)
+        return replies
+
+    def secure_sum(self, request, nodes, plan):  # noqa: ANN001, ANN201
+        result = self.transport.secure_sum(request, nodes, plan)
+        heads = self.take_heads()
+        got = [(n, heads[n]) for n in result.included if n in heads] if result.total else []
+        self.receipts.countersign(request.server_round, got)
+        return result
+
+    def evaluate(self, request, nodes):  # noqa: ANN001, ANN201
+        sums = self.transport.evaluate(request, nodes)
+        self.receipts.countersign(request.server_round, sorted(self.take_heads().items()))
+        return sums

@@ -24,7 +24,7 @@ from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
 from fedrec.simulations.measure import MEASUREMENT_NOTE
 
-__all__ = ["SimulationResult", "simulate", "simulate_loop", "privacy_summary"]
+__all__ = ["SimulationResult", "simulate", "simulate_loop", "privacy_summary", "enroll"]
 
 log = logging.getLogger("fedrec.simulate")
 
@@ -51,6 +51,18 @@ def privacy_summary(ledger_dir: Path, cfg: RunConfig, noise_multiplier: float) -
             "devices cannot be replayed from the config"
         )
     summary["evaluation"] = evaluation_summary(cfg)
+    manifest = Path(ledger_dir).parent / "manifest.json"
+    if cfg.privacy != "off" and manifest.is_file():
+        from fedrec.common.audit.keystore import keystore_path
+
+        keystore = keystore_path(Path(ledger_dir).parent, cfg.keystore)
+        summary["keys"] = {
+            "manifest": "manifest.json (the signed key registry and policy)",
+            "receipts": "receipts.jsonl (the server's countersignatures)",
+            "keystore": str(keystore),
+            "operator_public_key": str(keystore / "server.pub.pem"),
+            "operator_fingerprint": json.loads(manifest.read_text())["operator"]["fingerprint"],
+        }
     algorithm = cfg.algorithm_class()
     if (
         cfg.privacy != "off"
@@ -251,7 +263,7 @@ def simulate(
     run_dir = RunDirectory(cfg.run_dir)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
-    _write_config(run_dir, cfg, fed, sigma)
+    _write_config(run_dir, cfg, fed, sigma, "flower")
     result = SimulationResult(run_dir=run_dir.path, config=cfg)
 
     def record(r: dict[str, object]) -> None:
@@ -291,8 +303,11 @@ def simulate(
     return result
 
 
-def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> None:
-    """The run directory's ``config.json``: resolved configuration, noise, sizes, versions."""
+def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float, engine: str) -> None:
+    """The run directory's ``config.json`` (resolved configuration, noise, sizes, versions).
+
+    A private run also enrolls its devices: :func:`enroll` writes the signed manifest.
+    """
     from fedrec.common.audit.ledger import library_versions
 
     run_dir.write_json(
@@ -306,6 +321,48 @@ def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float) -> N
             "versions": library_versions(),
         },
     )
+    if cfg.privacy != "off":
+        enroll(run_dir.path, cfg, fed.n_users, engine=engine)
+
+
+def enroll(run_dir: Path, cfg: RunConfig, n_devices: int, *, engine: str) -> dict[str, str]:
+    """Enroll a simulation's devices before any trains: the signed manifest and key registry.
+
+    Device keys and the operator key come from the run's keystore, outside the run directory
+    (:mod:`fedrec.common.audit.keystore`); ``RUN/manifest.json`` pins their public halves and
+    the run's policy (:mod:`fedrec.common.audit.manifest`). Returns the keystore's path and the
+    operator key's fingerprint (what an auditor should be given out of band).
+    """
+    from fedrec.common.audit.keystore import Keystore, fingerprint
+    from fedrec.common.audit.manifest import policy_of, write_manifest
+    from fedrec.common.privacy.mechanisms import MECHANISMS
+    from fedrec.simulations.federation import device_id
+
+    keystore = Keystore.for_run(run_dir, cfg.keystore)
+    run, store = Path(run_dir).absolute(), keystore.path.absolute()
+    if store == run or run in store.parents:
+        raise ValueError(
+            f"keystore {keystore.path} is inside the run directory {run_dir}: the run directory "
+            "is what gets published, so private keys must live elsewhere (set keystore to a "
+            "folder outside it, or leave it empty for RUN-DIR.keystore)"
+        )
+    operator = keystore.server_key()
+    devices = {device_id(u): keystore.device_key(device_id(u)) for u in range(n_devices)}
+    write_manifest(
+        run_dir,
+        policy=policy_of(cfg),
+        run={
+            "engine": engine,
+            "algorithm": cfg.algorithm,
+            "rounds": cfg.num_rounds,
+            "fraction_train": cfg.fraction_train,
+            "reproducible": cfg.reproducible,
+        },
+        trust=MECHANISMS[cfg.privacy].trust,
+        device_keys=devices,
+        operator_key=operator,
+    )
+    return {"keystore": str(keystore.path), "operator_fingerprint": fingerprint(operator)}
 
 
 def simulate_loop(
@@ -324,7 +381,7 @@ def simulate_loop(
     run_dir = RunDirectory(cfg.run_dir)
     fed = federated_dataset(cfg)
     sigma = resolve_noise_multiplier(cfg)
-    _write_config(run_dir, cfg, fed, sigma)
+    _write_config(run_dir, cfg, fed, sigma, "loop")
 
     def record(r: dict[str, object]) -> None:
         run_dir.append_metrics(r)

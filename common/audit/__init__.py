@@ -1,4 +1,4 @@
-"""Audit: the signed privacy ledger, the accounting audit of a run, the empirical canary audit."""
+"""Audit: the signed privacy ledger, the run manifest and receipts, the audit, the canary audit."""
 
 from fedrec.common._lazy import lazy_exports
 
@@ -9,6 +9,22 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "AuditReport": "report",
         "CanaryAuditResult": "canary",
         "DeviceKey": "ledger",
+        "Finding": "crosscheck",
+        "HEAD_RECORD": "receipts",
+        "Keystore": "keystore",
+        "MANIFEST_FILE": "manifest",
+        "MANIFEST_FORMAT": "manifest",
+        "Manifest": "manifest",
+        "RECEIPTS_FILE": "receipts",
+        "RECEIPT_FORMAT": "receipts",
+        "ReceiptLog": "receipts",
+        "fingerprint": "keystore",
+        "keystore_path": "keystore",
+        "load_manifest": "manifest",
+        "render_html": "render",
+        "render_markdown": "render",
+        "verify_receipts": "receipts",
+        "write_manifest": "manifest",
         "FORMAT": "ledger",
         "FORMATS": "ledger",
         "GENESIS_HASH": "ledger",

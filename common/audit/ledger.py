@@ -247,11 +247,7 @@ class DeviceKey:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = self._private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = self.private_pem()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
@@ -270,6 +266,14 @@ class DeviceKey:
     def public_key(self) -> Ed25519PublicKey:
         """The public half."""
         return self._private.public_key()
+
+    def private_pem(self) -> bytes:
+        """Return the private key as unencrypted PKCS#8 PEM (for the signer's own storage)."""
+        return self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     def public_pem(self) -> bytes:
         """Return the public key as PEM (SubjectPublicKeyInfo)."""

@@ -1,18 +1,27 @@
-"""Recompute every device's ε from a run's signed ledgers, and check it.
+"""Recompute every device's ε from a run's signed ledgers, and check what can be checked.
 
-:func:`audit_run` is what ``fedrec audit RUN`` does. For every ledger in ``RUN/ledgers``
-(layout in :mod:`fedrec.common.audit.ledger`):
+:func:`audit_run` is what ``fedrec audit RUN`` does:
 
-1. verify the hash chain and the signatures with the signer's public key
-   (``ledgers/keys/<device_id>.pub.pem``); name the first bad record of a tampered ledger;
-2. replay the recorded releases through independent accountants (PLD from Google's
-   ``dp_accounting`` and PRV from Opacus as the tight ones, RDP as a check; the exact analytic
-   Gaussian accountant as well when no release is sampled);
-3. flag accountants that disagree beyond their stated errors (two tight brackets
-   ``[ε - error, ε]`` that do not meet; RDP, an upper bound, below a tight lower bound);
-4. compare with the ε the device claimed in its last record, and with its budget;
-5. summarise (max / median / min ε over devices, user-level ε from ``server.jsonl``) and write
-   ``report.json``, ``report.md`` and two plots (ε over rounds, ε distribution).
+1. read the run manifest (``RUN/manifest.json``, :mod:`fedrec.common.audit.manifest`) and
+   verify its signature with the operator key (pinned by the auditor, or the manifest's own,
+   which the report then says); it gives the key registry, the population and the policy;
+2. verify every ledger's hash chain and signatures with the key *registered at enrollment*
+   (a key file beside a ledger is only compared with the registry; without a manifest the key
+   files are used and the report says they were not pinned), and name the first bad record;
+3. check every device ledger against the server's signed receipts
+   (:mod:`fedrec.common.audit.receipts`): records cut off the end, deleted devices and
+   rewritten records fail (:mod:`fedrec.common.audit.crosscheck`);
+4. replay the recorded releases through independent accountants (PLD from Google's
+   ``dp_accounting`` on a grid refined per history, :func:`~fedrec.common.privacy.accounting.
+   pld_estimate`, and PRV from Opacus as the tight ones, RDP as a check; the exact analytic
+   Gaussian accountant when nothing is sampled), and flag accountants that disagree beyond
+   their stated errors;
+5. check the claim of *every* record against a tight lower bound of ε after it, and each
+   device's ε against the run's budget (the manifest's policy; ``--budget`` overrides; without
+   a manifest, each ledger's own declaration, which the report calls self-declared);
+6. write ``report.json``, ``report.md``, one self-contained ``report.html`` and the plots
+   (:mod:`fedrec.common.audit.render`), stating the trust model, what was verified and what
+   was taken on trust.
 
 ε depends only on the multiset of ``(σ, q) → steps`` (:func:`~fedrec.common.privacy.accounting.
 canonical_history`), so the work is one evaluation per *distinct* history, not per device.
@@ -25,51 +34,68 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedrec.common.audit.crosscheck import (
+    SERVER_ID,
+    Finding,
+    KeySource,
+    check_receipts,
+    diagnose_signer,
+    policy_notes,
+)
+from fedrec.common.audit.keystore import fingerprint
 from fedrec.common.audit.ledger import (
     FORMAT,
+    Ledger,
     LedgerError,
     library_versions,
     load_public_key,
     releases_from_ledger,
     verify_ledger,
 )
+from fedrec.common.audit.manifest import MANIFEST_FILE, Manifest, load_manifest
+from fedrec.common.audit.receipts import ReceiptsResult, verify_receipts
 from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_EPS_ERROR,
+    DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+    PLD_START_INTERVAL,
     History,
     PrivacyEvent,
     accountant_error,
     brackets_overlap,
     canonical_history,
     epsilon,
+    pld_estimate,
 )
 from fedrec.common.privacy.randomness import SEEDED_WARNING
 
 __all__ = [
     "AuditReport",
+    "Finding",
     "LedgerAudit",
     "audit_run",
     "find_ledger_dir",
+    "render_markdown",
     "REPORT_FORMAT",
     "AUDIT_VALUE_DISCRETIZATION_INTERVAL",
 ]
 
-REPORT_FORMAT = "fedrec-audit/1"
-SERVER_ID = "server"
-_CURVE_KEY_LIMIT = 200  # distinct prefixes above which the ε-over-rounds curve uses RDP
-_CURVE_INTERVAL = 1e-3  # coarsest PLD grid for intermediate points of the curve
-AUDIT_VALUE_DISCRETIZATION_INTERVAL = 1e-3
-"""The audit's default PLD grid: 10x coarser than ``dp_accounting``'s default and about 10x
-faster. The pessimistic (connect-the-dots) ε barely moves (1.8289 instead of 1.8282 for
-q = 0.01, σ = 1, 1000 steps), but the *stated* error, ``interval × steps``, grows tenfold:
-pass ``value_discretization_interval=1e-4`` for a tighter disagreement check."""
+REPORT_FORMAT = "fedrec-audit/2"
+AUDIT_VALUE_DISCRETIZATION_INTERVAL = PLD_START_INTERVAL
+"""The audit's first PLD grid. Each history's grid is then refined (4x at a time) until ε
+moves by at most 0.5 % (or 0.001) in a refinement, which is what the audit states as PLD's
+error (:func:`~fedrec.common.privacy.accounting.pld_estimate`): 1e-3 alone overstates
+ε = 0.2557 as 0.2671 (q = 0.001, σ = 1, 3,000 steps). ``fedrec audit --pld-interval X`` fixes
+the grid instead, with the worst-case error ``X × steps``."""
 _SLACK = 1e-6
 
 
@@ -82,23 +108,32 @@ class LedgerAudit:
         path: The ledger file.
         unit: Unit of privacy of its records (``"example"``, ``"user"``, or ``"mixed"``).
         n_records: Records that could be parsed.
-        integrity: ``"ok"``, ``"tampered"``, ``"no-key"`` (no public key to check it with) or
-            ``"unreadable"``.
+        integrity: ``"ok"``, ``"tampered"``, ``"no-key"`` (no public key to check it with),
+            ``"not-enrolled"`` (not in the manifest's key registry) or ``"unreadable"``.
         first_bad_seq: First bad record of a tampered ledger.
         reason: Why it is not ``"ok"``.
+        key_source: ``"registry"`` (the key pinned at enrollment) or ``"folder"`` (the key
+            file beside the ledger: not pinned).
+        key_fingerprint: SHA-256 of the key it was verified with.
         target_delta: δ the ε values are at.
         epsilon: ε per accountant (``nan`` where an accountant failed; see ``failures``).
-        error: Stated error per accountant (how far above the true ε its value may be).
+        error: Stated error per accountant (how far above the true ε its value may be; for
+            PLD measured from the convergence of its grid).
+        bound: Proven bound on that error per accountant (PLD: ``interval × steps``).
+        pld_interval: The PLD grid spacing the final ε was computed on.
         certified_epsilon: The smallest tight upper bound (the ε the audit stands behind).
-        lower_epsilon: The largest tight lower bound ``ε - error``.
+        lower_epsilon: The largest proven lower bound ``ε - bound`` of a tight accountant.
         claimed_epsilon: The device's own cumulative ε in its last record.
         claim_accountant: Which accountant the device says it used.
-        claim_status: ``"match"``, ``"conservative"`` (claims more than recomputed),
-            ``"within-error"``, ``"under-claimed"`` (claims less than any valid accounting
-            allows), ``"none"`` (no claim) or ``"unchecked"``.
-        budget_epsilon: The budget checked against (the audit's, else the declared one).
-        budget_source: ``"audit"``, ``"declared"`` or ``None``.
+        claim_status: The last record's claim: ``"match"``, ``"conservative"`` (claims more
+            than recomputed), ``"within-error"``, ``"under-claimed"`` (claims less than any
+            valid accounting allows), ``"none"`` (no claim) or ``"unchecked"``.
+        under_claimed_seqs: Every record whose claim is below the lower bound of ε after it.
+        budget_epsilon: The budget checked against.
+        budget_source: ``"audit"`` (``--budget``), ``"policy"`` (the run manifest),
+            ``"declared"`` (the ledger's own, without a manifest) or ``None``.
         over_budget: ``certified_epsilon > budget_epsilon``.
+        receipts: Releases of this ledger the server countersigned.
         disagreements: Accountant pairs that disagree beyond their stated errors, in words.
         notes: Other observations (δ changed between records, mixed units, …).
         rounds: Rounds with a release, in order.
@@ -117,17 +152,23 @@ class LedgerAudit:
     integrity: str = "ok"
     first_bad_seq: int | None = None
     reason: str = ""
+    key_source: str | None = None
+    key_fingerprint: str | None = None
     target_delta: float = math.nan
     epsilon: dict[str, float] = field(default_factory=dict)
     error: dict[str, float] = field(default_factory=dict)
+    bound: dict[str, float] = field(default_factory=dict)
+    pld_interval: float | None = None
     certified_epsilon: float = math.nan
     lower_epsilon: float = math.nan
     claimed_epsilon: float | None = None
     claim_accountant: str | None = None
     claim_status: str = "none"
+    under_claimed_seqs: list[int] = field(default_factory=list)
     budget_epsilon: float | None = None
     budget_source: str | None = None
     over_budget: bool = False
+    receipts: int = 0
     disagreements: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
@@ -139,11 +180,65 @@ class LedgerAudit:
     # (round, ε after that round) with the curve accountant, and the claims per round.
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
     claimed_curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    # (seq, round, claimed ε or None, key of the history up to and with this record)
+    prefixes: list[tuple[int, int, float | None, Any]] = field(default_factory=list, repr=False)
 
     @property
     def tampered(self) -> bool:
         """Whether the ledger failed verification (or could not be verified)."""
         return self.integrity != "ok"
+
+
+@dataclass
+class AuditContext:
+    """What the audit knew beyond the ledgers: the manifest, the receipts, the key source.
+
+    Attributes:
+        run_dir: The run directory (where a manifest would be).
+        manifest: The manifest as read (``None``: there was none).
+        receipts: The receipts as verified (``None``: none read).
+        keys_pinned: Whether ledgers were verified with keys from a signed registry.
+        findings: Problems found outside any one ledger (manifest, receipts).
+    """
+
+    run_dir: Path
+    manifest: Manifest | None = None
+    receipts: ReceiptsResult | None = None
+    keys_pinned: bool = False
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The declared policy of a verified manifest (``{}`` without one)."""
+        return self.manifest.policy if self.manifest is not None and self.manifest.ok else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest and receipts part of ``report.json``."""
+        m, r = self.manifest, self.receipts
+        return {
+            "manifest": None
+            if m is None
+            else {
+                "path": str(m.path),
+                "verified": m.ok,
+                "problems": m.problems,
+                "operator_fingerprint": m.operator_fingerprint,
+                "operator_key_pinned": m.operator_pinned,
+                "devices_enrolled": len(m.keys),
+                "policy": m.policy if m.ok else None,
+                "trust": m.data.get("trust") if m.ok else None,
+            },
+            "receipts": None
+            if r is None
+            else {
+                "verified": r.ok,
+                "problem": r.reason,
+                "receipts": len(r.receipts),
+                "sealed": r.sealed,
+                "last_round": r.last_round,
+            },
+            "keys_pinned": self.keys_pinned,
+        }
 
 
 @dataclass
@@ -156,18 +251,19 @@ class AuditReport:
     accountants: tuple[str, ...]
     budget: float | None
     target_delta: float | None
-    value_discretization_interval: float
+    value_discretization_interval: float | None
     eps_error: float
     devices: list[LedgerAudit]
     server: LedgerAudit | None
     primary_accountant: str
     curve_accountant: str
-    curve_interval: float | None
     curve_rounds: list[int]
     curve_max: list[float]
     curve_median: list[float]
     claimed_curve_max: list[float]
     distinct_histories: int
+    context: AuditContext
+    findings: list[Finding] = field(default_factory=list)
     elapsed_s: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -194,13 +290,18 @@ class AuditReport:
 
     @property
     def under_claimed(self) -> list[LedgerAudit]:
-        """Ledgers whose device claimed less ε than any valid accounting allows."""
-        return [a for a in self.ledgers if a.claim_status == "under-claimed"]
+        """Ledgers with a record that claims less ε than any valid accounting allows."""
+        return [a for a in self.ledgers if a.under_claimed_seqs]
 
     @property
     def ok(self) -> bool:
-        """No tampered ledger and nobody over budget (what ``fedrec audit`` exits 0 on)."""
-        return not self.tampered and not self.over_budget
+        """Nothing failed (what ``fedrec audit`` exits 0 on); :attr:`findings` says why not."""
+        return not self.findings
+
+    @property
+    def mode(self) -> str | None:
+        """The run's privacy mode, from its manifest (``None`` without one)."""
+        return self.context.policy.get("privacy")
 
     def summary(self, accountant: str | None = None) -> dict[str, float | int | None]:
         """Max / median / min device ε (example level) for one accountant."""
@@ -221,6 +322,8 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the machine-readable report (JSON-safe: ∞ as ``"inf"``, NaN as null)."""
+        from fedrec.common.audit.render import assumptions, trust_statement
+
         summaries = {name: self.summary(name) for name in (*self.accountants, "certified")}
         data = {
             "format": REPORT_FORMAT,
@@ -229,6 +332,8 @@ class AuditReport:
             "ledger_dir": self.ledger_dir,
             "ledger_format": FORMAT,
             "ok": self.ok,
+            "verdict": "PASS" if self.ok else "FAIL",
+            "findings": [asdict(f) for f in self.findings],
             "settings": {
                 "accountants": list(self.accountants),
                 "primary_accountant": self.primary_accountant,
@@ -238,42 +343,18 @@ class AuditReport:
                 "prv_eps_error": self.eps_error,
                 "auditor_versions": library_versions(),
             },
-            "assumptions": _assumptions(self),
+            **self.context.to_dict(),
+            **trust_statement(self),
+            "assumptions": assumptions(self),
             "summary": {
                 "devices": len(self.devices),
                 "distinct_histories": self.distinct_histories,
                 "example_level": summaries,
                 "user_level": _ledger_dict(self.server) if self.server is not None else None,
             },
-            "flags": {
-                "tampered": [
-                    {"device_id": a.device_id, "first_bad_seq": a.first_bad_seq, "reason": a.reason}
-                    for a in self.tampered
-                ],
-                "over_budget": [
-                    {
-                        "device_id": a.device_id,
-                        "certified_epsilon": a.certified_epsilon,
-                        "budget_epsilon": a.budget_epsilon,
-                    }
-                    for a in self.over_budget
-                ],
-                "disagreements": [
-                    {"device_id": a.device_id, "details": a.disagreements}
-                    for a in self.disagreements
-                ],
-                "under_claimed": [
-                    {
-                        "device_id": a.device_id,
-                        "claimed_epsilon": a.claimed_epsilon,
-                        "lower_epsilon": a.lower_epsilon,
-                    }
-                    for a in self.under_claimed
-                ],
-            },
+            "flags": _flags(self),
             "curves": {
                 "accountant": self.curve_accountant,
-                "pld_interval_between_final_points": self.curve_interval,
                 "rounds": self.curve_rounds,
                 "max": self.curve_max,
                 "median": self.curve_median,
@@ -284,6 +365,36 @@ class AuditReport:
             "elapsed_s": self.elapsed_s,
         }
         return _json_safe(data)
+
+
+def _flags(report: AuditReport) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "tampered": [
+            {"device_id": a.device_id, "first_bad_seq": a.first_bad_seq, "reason": a.reason}
+            for a in report.tampered
+        ],
+        "over_budget": [
+            {
+                "device_id": a.device_id,
+                "certified_epsilon": a.certified_epsilon,
+                "budget_epsilon": a.budget_epsilon,
+                "budget_source": a.budget_source,
+            }
+            for a in report.over_budget
+        ],
+        "disagreements": [
+            {"device_id": a.device_id, "details": a.disagreements} for a in report.disagreements
+        ],
+        "under_claimed": [
+            {
+                "device_id": a.device_id,
+                "seqs": a.under_claimed_seqs,
+                "claimed_epsilon": a.claimed_epsilon,
+                "lower_epsilon": a.lower_epsilon,
+            }
+            for a in report.under_claimed
+        ],
+    }
 
 
 # --------------------------------------------------------------------------- discovery
@@ -306,6 +417,13 @@ def find_ledger_dir(path: str | Path) -> Path:
     )
 
 
+def _run_root(source: Path, ledger_dir: Path) -> Path:
+    """The folder a manifest and receipts would be in."""
+    if ledger_dir != source or ledger_dir.name == "ledgers":
+        return ledger_dir.parent
+    return ledger_dir
+
+
 def _default_out_dir(source: Path, ledger_dir: Path) -> Path:
     if ledger_dir != source:
         return source / "audit"
@@ -319,38 +437,60 @@ def _default_out_dir(source: Path, ledger_dir: Path) -> Path:
 _Key = tuple[History, float]  # (canonical history, δ)
 
 
-def _evaluate(args: tuple[_Key, tuple[str, ...], float, float]) -> dict[str, Any]:
+def _evaluate(args: tuple[_Key, tuple[str, ...], float | None, float]) -> dict[str, Any]:
+    """ε, stated error and proven error bound of one history for each accountant."""
     (history, delta), accountants, interval, eps_error = args
     releases = [PrivacyEvent(s, q, n) for s, q, n in history]
-    out: dict[str, Any] = {"epsilon": {}, "error": {}, "failures": {}}
+    out: dict[str, Any] = {"epsilon": {}, "error": {}, "bound": {}, "failures": {}}
+    out["pld_interval"] = None
     for name in accountants:
         try:
-            out["epsilon"][name] = epsilon(
-                releases,
-                target_delta=delta,
-                accountant=name,
-                value_discretization_interval=interval,
-                eps_error=eps_error,
-            )
-            out["error"][name] = accountant_error(
-                name, releases, value_discretization_interval=interval, eps_error=eps_error
-            )
+            if name == "pld" and interval is None:
+                est = pld_estimate(releases, target_delta=delta)
+                value, error, bound = est.epsilon, est.error, est.bound
+                out["pld_interval"] = est.interval
+            else:
+                grid = DEFAULT_VALUE_DISCRETIZATION_INTERVAL if interval is None else interval
+                value = epsilon(
+                    releases,
+                    target_delta=delta,
+                    accountant=name,
+                    value_discretization_interval=grid,
+                    eps_error=eps_error,
+                )
+                error = bound = accountant_error(
+                    name, releases, value_discretization_interval=grid, eps_error=eps_error
+                )
+                if name == "pld":
+                    out["pld_interval"] = grid
         except Exception as exc:  # noqa: BLE001 - one accountant's failure is a finding
-            out["epsilon"][name] = math.nan
-            out["error"][name] = math.nan
+            value = error = bound = math.nan
             out["failures"][name] = f"{type(exc).__name__}: {exc}"
+        out["epsilon"][name], out["error"][name], out["bound"][name] = value, error, bound
     return out
+
+
+def _unsampled(history: History) -> bool:
+    return bool(history) and all(q is None for _, q, _ in history)
 
 
 def _accountants_for(history: History, requested: Sequence[str]) -> tuple[str, ...]:
     names = list(requested)
-    if history and all(q is None for _, q, _ in history) and "analytic" not in names:
+    if _unsampled(history) and "analytic" not in names:
         names.append("analytic")  # exact when nothing is sampled
     return tuple(names)
 
 
+def _prefix_accountants(requested: Sequence[str]) -> tuple[str, ...]:
+    """Accountants for ε after each record: a proven tight bracket, cheaply (PRV first)."""
+    if "prv" in requested:
+        return ("prv",)
+    tight = tuple(n for n in requested if ACCOUNTANTS[n].kind == "tight")
+    return tight or tuple(requested[:1])
+
+
 def _evaluate_all(
-    jobs: dict[_Key, tuple[str, ...]], interval: float, eps_error: float, workers: int
+    jobs: dict[_Key, tuple[str, ...]], interval: float | None, eps_error: float, workers: int
 ) -> dict[_Key, dict[str, Any]]:
     keys = list(jobs)
     args = [(key, jobs[key], interval, eps_error) for key in keys]
@@ -390,29 +530,29 @@ def _resolve_workers(workers: int | None, n_jobs: int) -> int:
 
 
 def _read_ledger(
-    path: Path, key_dir: Path, device_id: str, all_signatures: bool = True
+    path: Path, keys: KeySource, device_id: str, all_signatures: bool = True
 ) -> tuple[LedgerAudit, list[dict]]:
+    """Verify one ledger with the key its signer enrolled (or, without a registry, its file)."""
     audit = LedgerAudit(device_id=device_id, path=str(path))
-    key_path = key_dir / f"{device_id}.pub.pem"
+    audit.key_source = "registry" if keys.pinned else "folder"
+    key, problem = keys.key(device_id)
     try:
-        if not key_path.exists():
-            from fedrec.common.audit.ledger import Ledger
-
+        if key is None:
             records = Ledger.read(path)
-            audit.integrity = "no-key"
-            audit.reason = f"no public key at {key_path}; the ledger cannot be verified"
+            audit.integrity = "not-enrolled" if keys.pinned else "no-key"
+            audit.reason = problem + "; the ledger cannot be verified"
         else:
+            audit.key_fingerprint = fingerprint(key)
             result = verify_ledger(
-                path,
-                load_public_key(key_path),
-                expected_device_id=device_id,
-                all_signatures=all_signatures,
+                path, key, expected_device_id=device_id, all_signatures=all_signatures
             )
             records = result.records
             if not result.ok:
                 audit.integrity = "tampered"
                 audit.first_bad_seq = result.first_bad_seq
                 audit.reason = result.reason
+                if "signature does not verify" in result.reason:
+                    audit.reason += diagnose_signer(path, device_id, keys)
     except (OSError, ValueError, LedgerError) as exc:
         audit.integrity = "unreadable"
         audit.reason = f"{type(exc).__name__}: {exc}"
@@ -421,17 +561,9 @@ def _read_ledger(
     return audit, records
 
 
-def _read_all(
-    files: Sequence[Path], key_dir: Path, all_signatures: bool
-) -> list[tuple[LedgerAudit, list[dict]]]:
-    """Read and verify every ledger (serially: a process pool loses to pickling here)."""
-    return [_read_ledger(file, key_dir, file.stem, all_signatures) for file in files]
-
-
-def _describe(audit: LedgerAudit, records: list[dict]) -> list[PrivacyEvent]:
-    """Fill the descriptive fields; return the releases (skipping records that are not)."""
-    releases: list[PrivacyEvent] = []
-    rounds: list[int] = []
+def _describe(audit: LedgerAudit, records: list[dict]) -> list[tuple[dict, PrivacyEvent]]:
+    """Fill the descriptive fields; return each record with its release (skipping others)."""
+    pairs: list[tuple[dict, PrivacyEvent]] = []
     units, sampling, sigmas, deltas, sources = set(), set(), set(), [], set()
     for record in records:
         try:
@@ -439,8 +571,7 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[PrivacyEvent]:
         except (LedgerError, ValueError) as exc:
             audit.notes.append(f"record seq {record.get('seq')!r} skipped: {exc}")
             continue
-        releases.append(release)
-        rounds.append(int(record.get("round", -1)))
+        pairs.append((record, release))
         units.add(record.get("unit"))
         sampling.add(record["sampling"]["type"])
         sigmas.add(release.noise_multiplier)
@@ -451,8 +582,8 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[PrivacyEvent]:
             audit.notes.append(
                 f"record seq {record.get('seq')!r}: relation {record.get('relation')!r}"
             )
-    audit.rounds = rounds
-    audit.steps = sum(r.steps for r in releases)
+    audit.rounds = [int(r.get("round", -1)) for r, _ in pairs]
+    audit.steps = sum(rel.steps for _, rel in pairs)
     audit.sampling = sorted(s for s in sampling if s)
     audit.noise_multipliers = sorted(sigmas)
     audit.randomness = sorted(sources)
@@ -471,19 +602,38 @@ def _describe(audit: LedgerAudit, records: list[dict]) -> list[PrivacyEvent]:
                 f"δ changed between records ({sorted(set(deltas))}); audited at the last, "
                 f"{deltas[-1]:g}"
             )
-    return releases
+    return pairs
+
+
+def _set_prefixes(audit: LedgerAudit, pairs: Sequence[tuple[dict, PrivacyEvent]]) -> None:
+    """The history after each record (what its claim must cover)."""
+    totals: dict[tuple[float, float | None], int] = {}
+    audit.prefixes = []
+    for record, release in pairs:
+        if not release.is_noop:
+            group = (release.noise_multiplier, release.sampling_probability)
+            totals[group] = totals.get(group, 0) + release.steps
+        prefix = canonical_history(PrivacyEvent(s, q, n) for (s, q), n in totals.items())
+        claimed = record.get("claimed_epsilon")
+        if not isinstance(claimed, (int, float)) or isinstance(claimed, bool):
+            claimed = None
+        seq, rnd = int(record.get("seq", -1)), int(record.get("round", -1))
+        audit.prefixes.append((seq, rnd, claimed, (prefix, audit.target_delta)))
 
 
 def _judge(audit: LedgerAudit, result: dict[str, Any], records: list[dict]) -> None:
+    """Final ε, certified value, proven lower bound, disagreements, and the last claim."""
     audit.epsilon = dict(result["epsilon"])
     audit.error = dict(result["error"])
+    audit.bound = dict(result["bound"])
     audit.failures = dict(result["failures"])
+    audit.pld_interval = result.get("pld_interval")
     tight = [
         n for n, e in audit.epsilon.items() if ACCOUNTANTS[n].kind == "tight" and not math.isnan(e)
     ]
     if tight:
         audit.certified_epsilon = min(audit.epsilon[n] for n in tight)
-        audit.lower_epsilon = max(audit.epsilon[n] - audit.error[n] for n in tight)
+        audit.lower_epsilon = _lower(result, tight)
     elif "rdp" in audit.epsilon and not math.isnan(audit.epsilon["rdp"]):
         audit.certified_epsilon = audit.epsilon["rdp"]
     for i, a in enumerate(tight):
@@ -500,7 +650,6 @@ def _judge(audit: LedgerAudit, result: dict[str, Any], records: list[dict]) -> N
             f"rdp {rdp:.6g} is below the tight lower bound {audit.lower_epsilon:.6g} "
             "(RDP is an upper bound; one of the accountants is wrong)"
         )
-    # The device's own claim, from its last record.
     last = records[-1] if records else {}
     claimed = last.get("claimed_epsilon")
     audit.claim_accountant = last.get("accountant")
@@ -508,16 +657,25 @@ def _judge(audit: LedgerAudit, result: dict[str, Any], records: list[dict]) -> N
         audit.claimed_epsilon = float(claimed)
         audit.claim_status = _claim_status(audit)
     audit.claimed_curve = [
-        (int(r["round"]), float(r["claimed_epsilon"]))
-        for r in records
-        if isinstance(r.get("claimed_epsilon"), (int, float)) and isinstance(r.get("round"), int)
+        (rnd, float(c)) for _, rnd, c, _ in audit.prefixes if c is not None and rnd >= 0
     ]
+
+
+def _lower(result: dict[str, Any], names: Sequence[str] | None = None) -> float:
+    """The largest proven lower bound ``ε - bound`` among tight accountants (``nan``: none)."""
+    names = names or [n for n in result["epsilon"] if ACCOUNTANTS[n].kind == "tight"]
+    values = [
+        result["epsilon"][n] - result["bound"][n]
+        for n in names
+        if not math.isnan(result["epsilon"][n]) and not math.isnan(result["bound"][n])
+    ]
+    return max(values) if values else math.nan
 
 
 def _claim_status(audit: LedgerAudit) -> str:
     claimed = audit.claimed_epsilon
     assert claimed is not None
-    if not math.isnan(audit.lower_epsilon) and claimed < audit.lower_epsilon - _SLACK:
+    if not math.isnan(audit.lower_epsilon) and claimed < audit.lower_epsilon - _tolerance(claimed):
         return "under-claimed"
     name = audit.claim_accountant
     if name not in audit.epsilon or math.isnan(audit.epsilon[name]):
@@ -525,13 +683,45 @@ def _claim_status(audit: LedgerAudit) -> str:
     same = audit.epsilon[name]
     if math.isinf(same) or math.isinf(claimed):
         return "match" if same == claimed else "conservative" if claimed > same else "within-error"
-    tolerance = _SLACK * max(1.0, abs(same))
-    if abs(claimed - same) <= tolerance:
+    if abs(claimed - same) <= _tolerance(same):
         return "match"
     return "conservative" if claimed > same else "within-error"
 
 
-def _set_budget(audit: LedgerAudit, records: list[dict], budget: float | None) -> None:
+def _tolerance(value: float) -> float:
+    return _SLACK * max(1.0, abs(value)) if math.isfinite(value) else 0.0
+
+
+def _check_claims(audit: LedgerAudit, results: dict[_Key, dict[str, Any]]) -> list[Finding]:
+    """Every record's claim against the proven lower bound of ε after it."""
+    under: list[tuple[int, int, float, float]] = []
+    for seq, rnd, claimed, key in audit.prefixes:
+        if claimed is None or key not in results:
+            continue
+        lower = _lower(results[key])
+        if not math.isnan(lower) and claimed < lower - _tolerance(lower):
+            under.append((seq, rnd, claimed, lower))
+    audit.under_claimed_seqs = [seq for seq, *_ in under]
+    if not under:
+        return []
+    seq, rnd, claimed, lower = under[0]
+    more = f" ({len(under)} records under-claim)" if len(under) > 1 else ""
+    where = "its last record" if seq == audit.prefixes[-1][0] else "an earlier record"
+    return [
+        Finding(
+            audit.device_id,
+            "claim",
+            f"{audit.device_id}: record seq {seq} (round {rnd}, {where}) claims ε "
+            f"{claimed:.4f}, but its releases up to there give at least ε {lower:.4f}: an "
+            f"under-claim{more}",
+        )
+    ]
+
+
+def _set_budget(
+    audit: LedgerAudit, records: list[dict], budget: float | None, policy: dict[str, Any]
+) -> None:
+    """The budget to check against: the audit's, else the run's policy, else the declared."""
     declared = None
     for record in reversed(records):
         value = record.get("budget_epsilon")
@@ -540,10 +730,47 @@ def _set_budget(audit: LedgerAudit, records: list[dict], budget: float | None) -
             break
     if budget is not None and audit.unit != "user":
         audit.budget_epsilon, audit.budget_source = float(budget), "audit"
+    elif policy.get("epsilon_budget") is not None:
+        audit.budget_epsilon, audit.budget_source = float(policy["epsilon_budget"]), "policy"
     elif declared is not None:
         audit.budget_epsilon, audit.budget_source = declared, "declared"
     if audit.budget_epsilon is not None and not math.isnan(audit.certified_epsilon):
         audit.over_budget = audit.certified_epsilon > audit.budget_epsilon + 1e-12
+
+
+def _budget_finding(audit: LedgerAudit, records: list[dict]) -> list[Finding]:
+    if not audit.over_budget:
+        return []
+    source = {
+        "audit": "the audit's budget (--budget)",
+        "policy": "the run's budget (manifest)",
+        "declared": "the budget the ledger declares",
+    }[audit.budget_source or "declared"]
+    declared = {r.get("budget_epsilon") for r in records} - {None}
+    extra = ""
+    if audit.budget_source != "declared" and declared and declared != {audit.budget_epsilon}:
+        extra = f"; the ledger declares {', '.join(f'{d:g}' for d in sorted(declared))}"
+    return [
+        Finding(
+            audit.device_id,
+            "budget",
+            f"{audit.device_id}: certified ε {audit.certified_epsilon:.4f} exceeds "
+            f"{source}, {audit.budget_epsilon:g}{extra}",
+        )
+    ]
+
+
+def _integrity_findings(audit: LedgerAudit, keys: KeySource) -> list[Finding]:
+    out = []
+    if audit.integrity != "ok":
+        check = "key" if audit.integrity in ("no-key", "not-enrolled") else "integrity"
+        seq = "" if audit.first_bad_seq is None else f" at seq {audit.first_bad_seq}"
+        message = f"{audit.device_id}: {audit.integrity}{seq}: {audit.reason}"
+        out.append(Finding(audit.device_id, check, message))
+    swapped = keys.key_file_problem(audit.device_id)
+    if swapped:
+        out.append(Finding(audit.device_id, "key", f"{audit.device_id}: {swapped}"))
+    return out
 
 
 # --------------------------------------------------------------------------- the audit
@@ -559,11 +786,13 @@ def audit_run(
     write: bool = True,
     plots: bool = True,
     workers: int | None = None,
-    value_discretization_interval: float = AUDIT_VALUE_DISCRETIZATION_INTERVAL,
+    value_discretization_interval: float | None = None,
     eps_error: float = DEFAULT_EPS_ERROR,
     all_signatures: bool = True,
+    manifest: str | Path | None = None,
+    operator_key: Ed25519PublicKey | str | Path | bytes | None = None,
 ) -> AuditReport:
-    """Audit a run's ledgers; write ``report.json``, ``report.md`` and plots.
+    """Audit a run's ledgers; write ``report.json``, ``report.md``, ``report.html``, plots.
 
     Args:
         path: A run directory with ``ledgers/``, or a ledgers folder.
@@ -571,39 +800,41 @@ def audit_run(
             ``"analytic"`` is added for ledgers with no sampled release). The first tight
             one is the primary (its ε is the one summarised first).
         budget: An example-level ε budget to check every device ledger against (overrides
-            declared budgets; user-level ledgers keep their declared budget, a different
-            guarantee).
-        target_delta: Audit at this δ instead of the δ each ledger records.
+            the manifest's and declared budgets; user-level ledgers keep theirs).
+        target_delta: Audit at this δ instead of the run's (manifest) or the recorded one.
         out_dir: Where to write the reports (default ``RUN/audit``).
         write: Write the report files (``False``: only return the report).
-        plots: Also write the PNG plots.
+        plots: Also write the PNG plots (embedded in the HTML page too).
         workers: Processes for the accountants (default: up to 8 when there are many
             distinct histories; 1 disables).
-        value_discretization_interval: PLD grid spacing (see
-            :data:`AUDIT_VALUE_DISCRETIZATION_INTERVAL`).
+        value_discretization_interval: A fixed PLD grid (``None``, the default: refined per
+            history, :func:`~fedrec.common.privacy.accounting.pld_estimate`).
         eps_error: Opacus PRV ``eps_error``.
         all_signatures: Check every record's signature (default). ``False`` checks each
-            chain's last one only, which authenticates every signed byte through the chain
-            but not earlier records' signature fields (see
-            :func:`~fedrec.common.audit.ledger.verify_ledger`).
+            chain's last one only (see :func:`~fedrec.common.audit.ledger.verify_ledger`).
+        manifest: The run manifest (default ``RUN/manifest.json`` when there is one).
+        operator_key: The operator's public key (PEM file, bytes or key), to pin the key
+            that signed the manifest; without it the manifest's own key is used, and the
+            report says so.
     """
     start = time.perf_counter()
     accountants = _checked_accountants(accountants, budget, target_delta)
     source = Path(path)
     ledger_dir = find_ledger_dir(source)
     files = sorted(ledger_dir.glob("*.jsonl"))
-    if not files:
+    context = _load_context(_run_root(source, ledger_dir), manifest, operator_key)
+    if not files and context.manifest is None:
         raise ValueError(f"no *.jsonl ledgers in {ledger_dir}.")
-
     report = _audit_ledgers(
         source,
         ledger_dir,
         files,
         accountants,
+        context,
         budget=budget,
         target_delta=target_delta,
         workers=workers,
-        value_discretization_interval=value_discretization_interval,
+        interval=value_discretization_interval,
         eps_error=eps_error,
         all_signatures=all_signatures,
     )
@@ -614,41 +845,105 @@ def audit_run(
     return report
 
 
+def _load_context(
+    run_root: Path,
+    manifest: str | Path | None,
+    operator_key: Ed25519PublicKey | str | Path | bytes | None,
+) -> AuditContext:
+    """Read and verify the manifest and the receipts, if there are any."""
+    context = AuditContext(run_dir=run_root)
+    pinned = load_public_key(operator_key) if operator_key is not None else None
+    path = Path(manifest) if manifest is not None else run_root / MANIFEST_FILE
+    if manifest is not None and not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}.")
+    if not path.is_file():
+        if pinned is not None:
+            context.findings.append(
+                Finding(
+                    "manifest",
+                    "manifest",
+                    f"manifest: none at {path}, so the pinned operator key checks nothing",
+                )
+            )
+        return context
+    context.manifest = load_manifest(path, pinned)
+    for problem in context.manifest.problems:
+        context.findings.append(Finding("manifest", "manifest", f"manifest: {problem}"))
+    if not context.manifest.ok:
+        return context
+    context.keys_pinned = True
+    receipts = context.manifest.receipts_path()
+    if not receipts.is_file():
+        context.findings.append(
+            Finding(
+                "receipts",
+                "receipts",
+                f"receipts: {receipts.name} is missing; the manifest names it (deleted)",
+            )
+        )
+        return context
+    key = context.manifest.operator_key
+    assert key is not None
+    context.receipts = verify_receipts(receipts, key)
+    if not context.receipts.ok:
+        context.findings.append(
+            Finding("receipts", "receipts", f"receipts: {context.receipts.reason}")
+        )
+    elif not context.receipts.sealed:
+        context.findings.append(
+            Finding(
+                "receipts",
+                "receipts",
+                f"receipts: {receipts.name} does not end with the server's seal: the run did "
+                "not finish, or receipts were cut off the end",
+            )
+        )
+    return context
+
+
+def _key_source(ledger_dir: Path, context: AuditContext) -> KeySource:
+    if not context.keys_pinned or context.manifest is None:
+        return KeySource(ledger_dir / "keys", None)
+    registry = dict(context.manifest.keys)
+    if context.manifest.operator_key is not None:
+        registry[SERVER_ID] = context.manifest.operator_key
+    return KeySource(ledger_dir / "keys", registry)
+
+
 def _audit_ledgers(
     source: Path,
     ledger_dir: Path,
     files: Sequence[Path],
     accountants: tuple[str, ...],
+    context: AuditContext,
     *,
     budget: float | None,
     target_delta: float | None,
     workers: int | None,
-    value_discretization_interval: float,
+    interval: float | None,
     eps_error: float,
     all_signatures: bool,
 ) -> AuditReport:
-    """Read, verify and judge every ledger of ``files``; the report (not yet written)."""
-    per_ledger = _read_ledgers(files, ledger_dir / "keys", all_signatures, target_delta)
-    audits = [audit for audit, _, _ in per_ledger]
-    jobs, results = _final_epsilons(
-        per_ledger, accountants, budget, workers, value_discretization_interval, eps_error
-    )
-
-    primary = next((n for n in accountants if ACCOUNTANTS[n].kind == "tight"), accountants[0])
+    """Read, verify, cross-check and judge every ledger of ``files``; the report (unwritten)."""
+    keys = _key_source(ledger_dir, context)
+    delta = target_delta if target_delta is not None else context.policy.get("delta")
+    per_ledger = _read_ledgers(files, keys, all_signatures, delta)
+    findings = list(context.findings)
+    findings += _cross_check(per_ledger, context, keys)
+    jobs, results = _all_epsilons(per_ledger, accountants, workers, interval, eps_error)
+    for audit, records in per_ledger:
+        _judge(audit, results[_final_key(audit)], records)
+        _set_budget(audit, records, budget, context.policy)
+        findings += _check_claims(audit, results) + _budget_finding(audit, records)
+    audits = [audit for audit, _ in per_ledger]
     devices = [a for a in audits if a.device_id != SERVER_ID]
     server = next((a for a in audits if a.device_id == SERVER_ID), None)
-    _population_notes(devices, server)
-    curve_acc, curve_interval = _device_curves(
-        per_ledger,
-        devices,
-        results,
-        accountants,
-        workers,
-        value_discretization_interval,
-        eps_error,
-    )
+    _population_notes(devices, server, context)
+    curve_acc = _prefix_accountants(accountants)[0]
+    for audit in devices:
+        audit.curve = _round_points(audit, results, curve_acc)
     curve_rounds, curve_max, curve_median, claimed_max = _curves(devices)
-
+    primary = next((n for n in accountants if ACCOUNTANTS[n].kind == "tight"), accountants[0])
     return AuditReport(
         source=str(source),
         ledger_dir=str(ledger_dir),
@@ -656,20 +951,28 @@ def _audit_ledgers(
         accountants=accountants,
         budget=budget,
         target_delta=target_delta,
-        value_discretization_interval=value_discretization_interval,
+        value_discretization_interval=interval,
         eps_error=eps_error,
         devices=devices,
         server=server,
         primary_accountant=primary,
         curve_accountant=curve_acc,
-        curve_interval=curve_interval if curve_acc == "pld" else None,
         curve_rounds=curve_rounds,
         curve_max=curve_max,
         curve_median=curve_median,
         claimed_curve_max=claimed_max,
-        distinct_histories=len(jobs),
+        distinct_histories=len({_final_key(a) for a in audits}),
+        context=context,
+        findings=_ordered(findings),
         created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
+
+
+def _ordered(findings: list[Finding]) -> list[Finding]:
+    """Run-wide findings first, then by device; no repeats."""
+    run_wide = ("manifest", "receipts")
+    unique = list(dict.fromkeys(findings))
+    return sorted(unique, key=lambda f: (f.subject not in run_wide, f.subject))
 
 
 def _checked_accountants(
@@ -690,137 +993,136 @@ def _checked_accountants(
 
 
 def _read_ledgers(
-    files: Sequence[Path], key_dir: Path, all_signatures: bool, target_delta: float | None
-) -> list[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]]:
-    """Each ledger's audit (described, its δ set), records and releases, in file order."""
-    per_ledger: list[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]] = []
-    for audit, records in _read_all(files, key_dir, all_signatures):
-        releases = _describe(audit, records)
-        if target_delta is not None:
-            audit.target_delta = float(target_delta)
+    files: Sequence[Path], keys: KeySource, all_signatures: bool, delta: float | None
+) -> list[tuple[LedgerAudit, list[dict]]]:
+    """Each ledger's audit (described, its δ and prefixes set) and records, in file order.
+
+    Serially: a process pool loses to pickling here.
+    """
+    per_ledger: list[tuple[LedgerAudit, list[dict]]] = []
+    for file in files:
+        audit, records = _read_ledger(file, keys, file.stem, all_signatures)
+        pairs = _describe(audit, records)
+        if delta is not None:
+            audit.target_delta = float(delta)
         elif math.isnan(audit.target_delta):
             audit.target_delta = 1e-5
             audit.notes.append("no δ recorded; audited at 1e-5")
-        per_ledger.append((audit, records, releases))
+        _set_prefixes(audit, pairs)
+        per_ledger.append((audit, records))
     return per_ledger
 
 
-def _final_epsilons(
-    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]],
+def _cross_check(
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict]]], context: AuditContext, keys: KeySource
+) -> list[Finding]:
+    """Integrity and key findings; with a verified manifest, the receipts and the policy."""
+    findings: list[Finding] = []
+    for audit, records in per_ledger:
+        findings += _integrity_findings(audit, keys)
+        if context.keys_pinned:
+            audit.notes += policy_notes(audit.device_id, records, context.policy)
+    if not context.keys_pinned or context.manifest is None or context.receipts is None:
+        return findings
+    ledgers = {a.device_id: records for a, records in per_ledger}
+    found, notes = check_receipts(context.receipts.receipts, ledgers, context.manifest.keys)
+    counts: dict[str, int] = {}
+    for r in context.receipts.receipts:
+        counts[str(r["device_id"])] = counts.get(str(r["device_id"]), 0) + 1
+    for audit, _ in per_ledger:
+        audit.receipts = counts.get(audit.device_id, 0)
+        if audit.device_id in notes:
+            audit.notes.append(notes[audit.device_id])
+    return findings + found
+
+
+def _final_key(audit: LedgerAudit) -> _Key:
+    return audit.prefixes[-1][3] if audit.prefixes else ((), audit.target_delta)
+
+
+def _all_epsilons(
+    per_ledger: Sequence[tuple[LedgerAudit, list[dict]]],
     accountants: tuple[str, ...],
-    budget: float | None,
     workers: int | None,
-    value_discretization_interval: float,
+    interval: float | None,
     eps_error: float,
 ) -> tuple[dict[_Key, tuple[str, ...]], dict[_Key, dict[str, Any]]]:
-    """Judge each ledger's final ε and budget; return the jobs run and their results.
+    """ε of every distinct final history (every accountant) and prefix (a tight bracket).
 
-    One evaluation per distinct (history, δ), with each ledger's claim accountant.
+    One evaluation per distinct (history, δ), with each ledger's claim accountant too.
     """
     jobs: dict[_Key, tuple[str, ...]] = {}
-    keys: list[_Key] = []
-    for audit, records, releases in per_ledger:
-        key = (canonical_history(releases), audit.target_delta)
-        names = list(_accountants_for(key[0], accountants))
+
+    def add(key: _Key, names: Sequence[str]) -> None:
+        jobs[key] = tuple(dict.fromkeys((*jobs.get(key, ()), *names)))
+
+    prefix_names = _prefix_accountants(accountants)
+    for audit, records in per_ledger:
+        for *_, key in audit.prefixes:
+            add(key, _accountants_for(key[0], prefix_names))
+        names = list(_accountants_for(_final_key(audit)[0], accountants))
         claim = records[-1].get("accountant") if records else None
         if claim in ACCOUNTANTS and claim not in names and claim != "analytic":
             names.append(claim)
-        jobs[key] = tuple(dict.fromkeys((*jobs.get(key, ()), *names)))
-        keys.append(key)
-    n_workers = _resolve_workers(workers, len(jobs))
-    results = _evaluate_all(jobs, value_discretization_interval, eps_error, n_workers)
-    for (audit, records, _), key in zip(per_ledger, keys, strict=True):
-        _judge(audit, results[key], records)
-        _set_budget(audit, records, budget)
+        add(_final_key(audit), names)
+    results = _evaluate_all(jobs, interval, eps_error, _resolve_workers(workers, len(jobs)))
     return jobs, results
 
 
-def _population_notes(devices: Sequence[LedgerAudit], server: LedgerAudit | None) -> None:
+def _population_notes(
+    devices: Sequence[LedgerAudit], server: LedgerAudit | None, context: AuditContext
+) -> None:
     """Notes on device ledgers with user units and on a server δ too large for the population."""
     for audit in devices:
         if audit.unit == "user":
             audit.notes.append("a device ledger with unit 'user' (expected in server.jsonl)")
-    if server is not None and devices and server.target_delta >= 1.0 / len(devices):
+    manifest = context.manifest
+    population = len(manifest.keys) if manifest is not None and manifest.ok else len(devices)
+    where = "enrolled" if manifest is not None and manifest.ok else "audited"
+    if server is not None and population and server.target_delta >= 1.0 / population:
         server.notes.append(
             f"user-level δ = {server.target_delta:g} is not well below 1/population "
-            f"(1/{len(devices)} devices audited): the guarantee allows leaking a whole user"
+            f"(1/{population} devices {where}): the guarantee allows leaking a whole user"
         )
 
 
-def _device_curves(
-    per_ledger: Sequence[tuple[LedgerAudit, list[dict], list[PrivacyEvent]]],
-    devices: Sequence[LedgerAudit],
-    results: dict[_Key, dict[str, Any]],
-    accountants: tuple[str, ...],
-    workers: int | None,
-    value_discretization_interval: float,
-    eps_error: float,
-) -> tuple[str, float]:
-    """Set each device's ε-over-rounds curve; return the curve's accountant and PLD interval.
-
-    ε after each round with a release, per device. Drawn with PLD (on a grid no finer than
-    _CURVE_INTERVAL where the value is not already known from the final ε), or with RDP when
-    PLD is not among the accountants or the prefixes are too many; PRV would cost as much as
-    PLD on the fine grid per point.
-    """
-    curve_acc = "pld" if "pld" in accountants else "rdp"
-    curve_interval = max(value_discretization_interval, _CURVE_INTERVAL)
-    prefix_keys: dict[_Key, tuple[str, ...]] = {}
-    device_prefixes: list[list[tuple[int, _Key]]] = []
-    for audit, _, releases in per_ledger:
-        if audit.device_id == SERVER_ID:
-            continue
-        points = _round_prefixes(audit, releases)
-        device_prefixes.append(points)
-        for _, key in points:
-            prefix_keys[key] = (curve_acc,)
-    if curve_acc != "rdp" and len(set(prefix_keys) - set(results)) > _CURVE_KEY_LIMIT:
-        curve_acc = "rdp"  # cheap and exact for its bound; labelled as such
-        prefix_keys = dict.fromkeys(prefix_keys, ("rdp",))
-    todo = {
-        k: v
-        for k, v in prefix_keys.items()
-        if k not in results or curve_acc not in results[k]["epsilon"]
-    }
-    curve_results = _evaluate_all(
-        todo, curve_interval, eps_error, _resolve_workers(workers, len(todo))
-    )
-    for audit, points in zip(devices, device_prefixes, strict=True):
-        audit.curve = [
-            (rnd, (curve_results.get(key) or results[key])["epsilon"][curve_acc])
-            for rnd, key in points
-        ]
-    return curve_acc, curve_interval
-
-
-def _round_prefixes(audit: LedgerAudit, releases: Sequence[PrivacyEvent]) -> list[tuple[int, _Key]]:
-    """``(round, (history so far, δ))`` after each round with a release (its last release)."""
-    points: list[tuple[int, _Key]] = []
-    totals: dict[tuple[float, float | None], int] = {}
-    for i, (rnd, release) in enumerate(zip(audit.rounds, releases, strict=True)):
-        if not release.is_noop:
-            group = (release.noise_multiplier, release.sampling_probability)
-            totals[group] = totals.get(group, 0) + release.steps
-        if i + 1 < len(audit.rounds) and audit.rounds[i + 1] == rnd:
+def _round_points(
+    audit: LedgerAudit, results: dict[_Key, dict[str, Any]], accountant: str
+) -> list[tuple[int, float]]:
+    """``(round, ε after that round's last record)`` with the curve accountant."""
+    points: list[tuple[int, float]] = []
+    for i, (_, rnd, _, key) in enumerate(audit.prefixes):
+        if i + 1 < len(audit.prefixes) and audit.prefixes[i + 1][1] == rnd:
             continue  # several releases in one round: the ε after the last
-        prefix = canonical_history(PrivacyEvent(s, q, n) for (s, q), n in totals.items())
-        points.append((rnd, (prefix, audit.target_delta)))
+        value = results[key]["epsilon"].get(accountant, math.nan) if key in results else math.nan
+        points.append((rnd, value))
     return points
 
 
 def _write_report(report: AuditReport, out: Path, plots: bool, start: float) -> None:
-    """Write ``report.md``, ``report.json`` and (with ``plots``) the plots into ``out``."""
+    """Write ``report.md``, ``report.json``, ``report.html`` and (with ``plots``) the plots."""
+    from fedrec.common.audit.render import render_html, render_markdown, write_plots
+
     out.mkdir(parents=True, exist_ok=True)
     report.out_dir = str(out)
     if plots:
-        report.files.update(_write_plots(report, out))
-    report.files["report_md"] = str(out / "report.md")
-    report.files["report_json"] = str(out / "report.json")
+        report.files.update(write_plots(report, out))
+    for key, name in (("report_md", "report.md"), ("report_json", "report.json")):
+        report.files[key] = str(out / name)
+    report.files["report_html"] = str(out / "report.html")
     report.elapsed_s = time.perf_counter() - start
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (out / "report.html").write_text(render_html(report), encoding="utf-8")
     (out / "report.json").write_text(
         json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )
+
+
+def render_markdown(report: AuditReport) -> str:
+    """Return the human report (Markdown; :mod:`fedrec.common.audit.render`)."""
+    from fedrec.common.audit.render import render_markdown as render
+
+    return render(report)
 
 
 def _curves(
@@ -845,7 +1147,7 @@ def _curves(
     return rounds, curve_max, curve_median, claimed_max
 
 
-def _forward_fill(points: Iterable[tuple[int, float]], rounds: Sequence[int]) -> list[float]:
+def _forward_fill(points: Sequence[tuple[int, float]], rounds: Sequence[int]) -> list[float]:
     by_round: dict[int, float] = {}
     for rnd, value in points:
         by_round[rnd] = value
@@ -875,355 +1177,6 @@ def _json_safe(obj: Any) -> Any:
 
 def _ledger_dict(audit: LedgerAudit) -> dict[str, Any]:
     data = asdict(audit)
-    data.pop("curve")
-    data.pop("claimed_curve")
+    for private in ("curve", "claimed_curve", "prefixes"):
+        data.pop(private)
     return data
-
-
-def _assumptions(report: AuditReport) -> dict[str, Any]:
-    sampling = sorted({s for a in report.devices for s in a.sampling})
-    deltas = sorted({a.target_delta for a in report.devices if not math.isnan(a.target_delta)})
-    out = {
-        "unit_of_privacy": {
-            "devices": "one example (one interaction) of one device, accounted over all of "
-            "that device's rounds (example-level DP, local DP-SGD)",
-            "server": "one user (all of one device's data), server-side DP-FedAvg noise "
-            "(user-level DP)",
-        },
-        "neighbouring_relation": "add/remove one unit",
-        "target_delta": deltas if report.target_delta is None else [report.target_delta],
-        "accountants": {n: asdict(ACCOUNTANTS[n]) for n in report.accountants},
-        "sampling": (
-            f"as recorded ({', '.join(sampling) or 'none'}): 'poisson' releases are accounted "
-            "with amplification by Poisson sampling at the recorded rate, which assumes each "
-            "example really was included independently with that probability; 'none' gets "
-            "no amplification"
-        ),
-        "mechanism": "Gaussian noise of std noise_multiplier x max_grad_norm added to the "
-        "sum of per-unit contributions clipped to max_grad_norm",
-        "composition": "every recorded release of a ledger composes; records not in the "
-        "ledger are not accounted (verification shows none were removed or altered, except "
-        "records cut off the end, which only the server's view can reveal)",
-        "randomness": (
-            "as recorded per release, not verified: 'os-entropy' noise and sampling cannot be "
-            "replayed; 'seeded' ones (reproducible runs) can by anyone who knows the seed, so "
-            "their guarantee does not hold against such a party"
-        ),
-        "claims": "a device's claim is its last record's claimed_epsilon; 'match' means the "
-        f"same accountant here gives the same ε within {_SLACK:g} (relative)",
-    }
-    return out
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if math.isinf(value):
-        return "∞"
-    return f"{value:.{digits}f}"
-
-
-def render_markdown(report: AuditReport) -> str:
-    """Return the human report (Markdown)."""
-    lines: list[str] = []
-    for section in (
-        _md_summary,
-        _md_assumptions,
-        _md_epsilon,
-        _md_findings,
-        _md_claims_and_notes,
-        _md_plots,
-        _md_devices,
-    ):
-        lines.extend(section(report))
-    return "\n".join(lines)
-
-
-def _md_summary(report: AuditReport) -> list[str]:
-    """The title and the audit's settings."""
-    lines: list[str] = []
-    add = lines.append
-    status = "PASS" if report.ok else "FAIL"
-    add(f"# Privacy audit: {status}")
-    add("")
-    add(
-        f"- Source: `{report.source}` ({len(report.devices)} device ledgers"
-        + (", server ledger" if report.server is not None else "")
-        + ")"
-    )
-    seeded = [a.device_id for a in report.ledgers if "seeded" in a.randomness]
-    if seeded:
-        add(f"- **Noise: {len(seeded)} ledger(s) record SEEDED noise** — {SEEDED_WARNING}")
-    add(
-        f"- Created: {report.created}; audited in {report.elapsed_s:.1f} s "
-        f"({report.distinct_histories} distinct release histories)"
-    )
-    add(f"- Accountants: {', '.join(report.accountants)} (primary: {report.primary_accountant})")
-    if report.budget is not None:
-        add(f"- Budget checked: ε ≤ {report.budget:g} for every ledger (audit setting)")
-    else:
-        add("- Budget checked: each ledger's declared `budget_epsilon`, where declared")
-    add("")
-    return lines
-
-
-def _md_assumptions(report: AuditReport) -> list[str]:
-    """The assumptions section."""
-    lines: list[str] = []
-    add = lines.append
-    add("## Assumptions")
-    add("")
-    assumptions = _assumptions(report)
-    add(f"- **Unit of privacy (devices):** {assumptions['unit_of_privacy']['devices']}.")
-    add(f"- **Unit of privacy (server):** {assumptions['unit_of_privacy']['server']}.")
-    add(f"- **Neighbouring relation:** {assumptions['neighbouring_relation']}.")
-    deltas = ", ".join(f"{d:g}" for d in assumptions["target_delta"]) or "—"
-    add(f"- **δ:** {deltas} (as recorded per ledger unless overridden).")
-    add(f"- **Mechanism:** {assumptions['mechanism']}.")
-    add(f"- **Sampling:** {assumptions['sampling']}.")
-    add(f"- **Composition:** {assumptions['composition']}.")
-    add(
-        "- **Accountants and their stated errors** (each value is an upper bound on ε; a tight "
-        "one is at most its error above the true ε):"
-    )
-    for name in report.accountants:
-        info = ACCOUNTANTS[name]
-        add(f"  - `{name}`: {info.library}; {info.kind}; error: {info.error}.")
-    add(
-        "  - `analytic` (added for ledgers with no sampled release): "
-        f"{ACCOUNTANTS['analytic'].library}; exact."
-    )
-    add(f"- **Claims:** {assumptions['claims']}.")
-    add("")
-    return lines
-
-
-def _md_epsilon(report: AuditReport) -> list[str]:
-    """The example-level (devices) and user-level (server) ε sections."""
-    lines: list[str] = []
-    add = lines.append
-    add("## Example-level ε over devices")
-    add("")
-    add("| accountant | devices | max | median | min |")
-    add("| --- | ---: | ---: | ---: | ---: |")
-    for name in (*report.accountants, "certified"):
-        s = report.summary(name)
-        add(f"| {name} | {s['n']} | {_fmt(s['max'])} | {_fmt(s['median'])} | {_fmt(s['min'])} |")
-    add("")
-    add("`certified` is the smallest tight upper bound per device, the ε the audit stands behind.")
-    add("")
-    if report.server is not None:
-        srv = report.server
-        add("## User-level ε (server, DP-FedAvg)")
-        add("")
-        add(
-            f"- Unit: {srv.unit}; δ = {srv.target_delta:g}; integrity: {srv.integrity}; "
-            f"{srv.n_records} releases, sampling: {', '.join(srv.sampling) or '—'}"
-        )
-        for name, value in srv.epsilon.items():
-            add(f"- {name}: ε = {_fmt(value)} (stated error ≤ {_fmt(srv.error.get(name))})")
-        add(f"- Certified: ε = {_fmt(srv.certified_epsilon)}")
-        if srv.budget_epsilon is not None:
-            verdict = "OVER BUDGET" if srv.over_budget else "within budget"
-            add(f"- Budget {srv.budget_epsilon:g} ({srv.budget_source}): {verdict}")
-        add("")
-    return lines
-
-
-def _md_findings(report: AuditReport) -> list[str]:
-    """The findings: tampered ledgers, over budget, disagreements, under-claims."""
-    lines: list[str] = []
-    add = lines.append
-    add("## Findings")
-    add("")
-    tampered = report.tampered
-    add(f"### Tampered or unverifiable ledgers: {len(tampered)}")
-    add("")
-    if tampered:
-        add("| ledger | status | first bad seq | reason |")
-        add("| --- | --- | ---: | --- |")
-        for a in tampered:
-            seq = "—" if a.first_bad_seq is None else str(a.first_bad_seq)
-            add(f"| {a.device_id} | {a.integrity} | {seq} | {a.reason} |")
-        add("")
-    over = report.over_budget
-    add(f"### Over budget: {len(over)}")
-    add("")
-    if over:
-        add("| ledger | certified ε | budget | source |")
-        add("| --- | ---: | ---: | --- |")
-        for a in over[:50]:
-            add(
-                f"| {a.device_id} | {_fmt(a.certified_epsilon)} | {a.budget_epsilon:g} | "
-                f"{a.budget_source} |"
-            )
-        if len(over) > 50:
-            add(f"| … {len(over) - 50} more (report.json has all) | | | |")
-        add("")
-    dis = report.disagreements
-    add(f"### Accountants disagreeing beyond their stated errors: {len(dis)}")
-    add("")
-    for a in dis[:50]:
-        add(f"- {a.device_id}: " + "; ".join(a.disagreements))
-    if len(dis) > 50:
-        add(f"- … and {len(dis) - 50} more (report.json has all)")
-    if dis:
-        add("")
-    under = report.under_claimed
-    add(f"### Devices claiming less ε than recomputed: {len(under)}")
-    add("")
-    for a in under[:50]:
-        add(
-            f"- {a.device_id}: claimed {_fmt(a.claimed_epsilon)} ({a.claim_accountant}), "
-            f"tight lower bound {_fmt(a.lower_epsilon)}"
-        )
-    if under:
-        add("")
-    return lines
-
-
-def _md_claims_and_notes(report: AuditReport) -> list[str]:
-    """The claims, notes and accountant failures (the end of the findings)."""
-    lines: list[str] = []
-    add = lines.append
-    statuses: dict[str, int] = {}
-    for a in report.devices:
-        statuses[a.claim_status] = statuses.get(a.claim_status, 0) + 1
-    add("### Claims")
-    add("")
-    add(", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "no device ledgers")
-    add("")
-    notes = [(a.device_id, note) for a in report.ledgers for note in a.notes]
-    if notes:
-        add(f"### Notes: {len(notes)}")
-        add("")
-        for dev, note in notes[:20]:
-            add(f"- {dev}: {note}")
-        if len(notes) > 20:
-            add(f"- … and {len(notes) - 20} more (report.json has all)")
-        add("")
-    failures = [(a.device_id, f) for a in report.ledgers for f in a.failures.items()]
-    if failures:
-        add(f"### Accountant failures: {len(failures)}")
-        add("")
-        for dev, (name, msg) in failures[:20]:
-            add(f"- {dev}: {name}: {msg}")
-        add("")
-    return lines
-
-
-def _md_plots(report: AuditReport) -> list[str]:
-    """The plots section, when there are plots."""
-    lines: list[str] = []
-    add = lines.append
-    if report.files.get("plot_rounds") or report.files.get("plot_hist"):
-        add("## Plots")
-        add("")
-        if report.files.get("plot_rounds"):
-            add(f"![ε over rounds]({Path(report.files['plot_rounds']).name})")
-            if report.curve_accountant == "pld":
-                how = (
-                    "PLD; points that are not a device's final ε on a grid of "
-                    f"{report.curve_interval:g}"
-                )
-            else:
-                how = "RDP upper bound" + (
-                    ", because the histories were too many to draw with PLD"
-                    if "pld" in report.accountants
-                    else ""
-                )
-            add(f"*ε over rounds, max and median over devices ({how}).*")
-            add("")
-        if report.files.get("plot_hist"):
-            add(f"![ε distribution]({Path(report.files['plot_hist']).name})")
-            add("*Distribution of the certified example-level ε over devices.*")
-            add("")
-    return lines
-
-
-def _md_devices(report: AuditReport) -> list[str]:
-    """The table of devices and the closing line."""
-    lines: list[str] = []
-    add = lines.append
-    add("## Devices (largest certified ε first, at most 50)")
-    add("")
-    add(
-        "| device | ε certified | "
-        + " | ".join(report.accountants)
-        + " | claimed | claim | budget | integrity |"
-    )
-    add(
-        "| --- | ---: | "
-        + " | ".join("---:" for _ in report.accountants)
-        + " | ---: | --- | ---: | --- |"
-    )
-    ranked = sorted(
-        report.devices,
-        key=lambda a: -a.certified_epsilon if not math.isnan(a.certified_epsilon) else 0.0,
-    )
-    for a in ranked[:50]:
-        cells = " | ".join(_fmt(a.epsilon.get(n)) for n in report.accountants)
-        budget = "—" if a.budget_epsilon is None else f"{a.budget_epsilon:g}"
-        add(
-            f"| {a.device_id} | {_fmt(a.certified_epsilon)} | {cells} | "
-            f"{_fmt(a.claimed_epsilon)} | {a.claim_status} | {budget} | {a.integrity} |"
-        )
-    add("")
-    add(f"Reports: `report.json` (machine-readable, format `{REPORT_FORMAT}`), this file.")
-    add("")
-    return lines
-
-
-def _write_plots(report: AuditReport, out: Path) -> dict[str, str]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    files: dict[str, str] = {}
-    if report.curve_rounds:
-        fig = Figure(figsize=(6.4, 4.0), dpi=110)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.plot(report.curve_rounds, report.curve_max, label="max over devices", marker=".")
-        ax.plot(report.curve_rounds, report.curve_median, label="median over devices", marker=".")
-        if any(not math.isnan(v) for v in report.claimed_curve_max):
-            ax.plot(
-                report.curve_rounds,
-                report.claimed_curve_max,
-                linestyle="--",
-                label="max claimed by devices",
-            )
-        budgets = {a.budget_epsilon for a in report.devices if a.budget_epsilon is not None}
-        if len(budgets) == 1:
-            ax.axhline(budgets.pop(), color="red", linewidth=0.8, label="budget")
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        deltas = sorted({a.target_delta for a in report.devices})
-        delta_text = f"{deltas[0]:g}" if len(deltas) == 1 else "recorded δ"
-        ax.set_ylabel(f"example-level ε ({report.curve_accountant}, δ={delta_text})")
-        ax.set_title("Example-level ε over rounds")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out / "epsilon_over_rounds.png"
-        fig.savefig(path)
-        files["plot_rounds"] = str(path)
-    values = [
-        a.certified_epsilon
-        for a in report.devices
-        if not math.isnan(a.certified_epsilon) and not math.isinf(a.certified_epsilon)
-    ]
-    if values:
-        fig = Figure(figsize=(6.4, 4.0), dpi=110)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.hist(values, bins=min(40, max(5, len(set(values)))), color="tab:blue", alpha=0.8)
-        ax.set_xlabel("certified example-level ε")
-        ax.set_ylabel("devices")
-        ax.set_title(f"ε over {len(values)} devices")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / "epsilon_distribution.png"
-        fig.savefig(path)
-        files["plot_hist"] = str(path)
-    return files

@@ -24,6 +24,7 @@ from fedrec.common.privacy.accounting import (
     delta_for,
     epsilon,
     opacus_accountant_from_releases,
+    pld_estimate,
     releases_from_opacus_accountant,
     to_dp_event,
 )
@@ -112,6 +113,47 @@ def test_accountants_agree_within_stated_error(q, sigma, steps):
     assert values["rdp"] >= max(values[a] - errors[a] for a in errors) - 1e-9
     # And in practice PLD and PRV are within a few hundredths.
     assert abs(values["pld"] - values["prv"]) <= errors["prv"]
+
+
+def _dp_accounting_pld(q: float, sigma: float, steps: int, interval: float) -> float:
+    acc = PLDAccountant(value_discretization_interval=interval)
+    acc.compose(
+        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)), steps)
+    )
+    return acc.get_epsilon(DELTA)
+
+
+@pytest.mark.parametrize(
+    ("q", "sigma", "steps"), [(0.001, 1.0, 3000), (0.01, 1.0, 1000), (0.1, 1.1, 100)]
+)
+def test_pld_grid_is_within_one_percent_of_the_fine_grid_with_a_tight_stated_error(q, sigma, steps):
+    # The issue's case first: a fixed 1e-3 grid said 0.2671 where the 1e-4 grid says 0.2557,
+    # and its stated error, 1e-3 x 3,000 = 3.0, could hide anything.
+    fine = _dp_accounting_pld(q, sigma, steps, 1e-4)
+    est = pld_estimate([PrivacyEvent(sigma, q, steps)], target_delta=DELTA)
+    assert abs(est.epsilon - fine) <= 0.01 * fine, (est, fine)
+    assert est.error <= 0.005 * est.epsilon + 1e-12  # stated error: under half a percent
+    assert est.error <= est.bound
+    # ... and honest: the value is above the finer grid's, by less than the stated error
+    finer = _dp_accounting_pld(q, sigma, steps, est.interval / 4)
+    assert 0 <= est.epsilon - finer <= est.error + 1e-9
+    if (q, steps) == (0.001, 3000):
+        coarse = _dp_accounting_pld(q, sigma, steps, 1e-3)
+        assert coarse > 1.04 * fine  # what a fixed 1e-3 grid overstated
+
+
+def test_the_pld_prv_cross_check_can_fire():
+    """A PRV value 0.03 too low disagrees with PLD's stated error; with PLD's proven bound
+    (interval x steps, what the audit used to state) nothing could ever disagree."""
+    releases = [PrivacyEvent(1.0, 0.01, 1000)]
+    est = pld_estimate(releases, target_delta=DELTA)
+    prv = epsilon(releases, target_delta=DELTA, accountant="prv")
+    prv_error = accountant_error("prv", releases)
+    assert brackets_overlap(est.epsilon, est.error, prv, prv_error)
+    assert not brackets_overlap(est.epsilon, est.error, prv - 0.03, prv_error)
+    old = accountant_error("pld", releases, value_discretization_interval=1e-3)
+    assert old == pytest.approx(1.0)
+    assert brackets_overlap(est.epsilon, old, prv - 0.9, prv_error)
 
 
 def test_stated_errors_are_documented_for_every_accountant():

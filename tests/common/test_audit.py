@@ -151,12 +151,13 @@ def test_reports_are_written(report):
         assert Path(files[key]).is_file(), key
     assert Path(files["plot_rounds"]).read_bytes()[:4] == b"\x89PNG"
     data = json.loads(Path(files["report_json"]).read_text())
-    assert data["format"] == "fedrec-audit/1" and data["ok"] is True
+    assert data["format"] == "fedrec-audit/2" and data["ok"] is True
     assert len(data["devices"]) == 50
     assert data["summary"]["user_level"]["unit"] == "user"
     assert data["curves"]["rounds"] == list(range(ROUNDS))
+    assert data["curves"]["accountant"] == "prv"
     assert data["curves"]["max"][-1] == pytest.approx(
-        data["summary"]["example_level"]["pld"]["max"]
+        data["summary"]["example_level"]["prv"]["max"]
     )
     text = Path(files["report_md"]).read_text()
     for phrase in ("Unit of privacy", "add/remove", "δ:", "Sampling", "pld", "prv", "rdp"):
@@ -167,7 +168,7 @@ def test_reports_are_written(report):
 def test_curve_is_monotone_and_ends_at_the_final_epsilon(report):
     assert report.curve_rounds == list(range(ROUNDS))
     assert all(b >= a - 1e-9 for a, b in zip(report.curve_max, report.curve_max[1:], strict=False))
-    assert report.curve_max[-1] == pytest.approx(report.summary("pld")["max"])
+    assert report.curve_max[-1] == pytest.approx(report.summary("prv")["max"])
 
 
 def _flip(path: Path, line: int, offset: int = 30) -> None:
@@ -241,6 +242,35 @@ def test_accountant_disagreement_is_flagged(run_dir, monkeypatch):
     assert "cannot both hold" in report.devices[0].disagreements[0]
 
 
+def test_a_small_accountant_disagreement_on_a_long_history_is_flagged(tmp_path, monkeypatch):
+    """PLD's stated error is tight on a grid refined per history, so a PRV 0.03 too low shows
+    (with the old stated error, 1e-3 x 1,000 steps = 1.0, it could not)."""
+    run = tmp_path / "long"
+    key = DeviceKey.generate()
+    key.save_public(run / "ledgers" / "keys" / "dev0.pub.pem")
+    ledger = Ledger(run / "ledgers" / "dev0.jsonl", key)
+    append_record(
+        ledger,
+        round=0,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sampling_probability=0.01,
+        steps=1000,
+        target_delta=DELTA,
+    )
+    real = audit_module.epsilon
+
+    def low_prv(releases, **kwargs):
+        value = real(releases, **kwargs)
+        return value - 0.03 if kwargs.get("accountant") == "prv" else value
+
+    assert not audit_run(run, workers=1, write=False).devices[0].disagreements
+    monkeypatch.setattr(audit_module, "epsilon", low_prv)
+    (audit,) = audit_run(run, workers=1, write=False).devices
+    assert audit.error["pld"] < 0.01 and audit.bound["pld"] <= 0.25
+    assert audit.disagreements and "cannot both hold" in audit.disagreements[0]
+
+
 def test_under_claim_is_flagged(tmp_path):
     run = tmp_path / "liar"
     key = DeviceKey.generate()
@@ -293,7 +323,7 @@ def test_cli_exit_codes(run_dir, tmp_path, capsys):
     _flip(run / "ledgers" / "dev007.jsonl", line=0)
     assert main(["audit", str(run), "--no-plots"]) == 1
     printed = capsys.readouterr().out
-    assert "dev007" in printed and "first bad seq 0" in printed
+    assert "dev007: tampered at seq 0" in printed, printed
     assert main(["audit", str(tmp_path / "missing")]) == 2
 
 

@@ -7,6 +7,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedrec.client.client_app import arrays_to_numpy, numpy_to_arrays
+from fedrec.common.audit.receipts import HEAD_RECORD
 from fedrec.common.config import RunConfig
 from fedrec.common.model.mf import GLOBAL_KEYS
 from fedrec.server.coordinator import initial_global_state
@@ -63,7 +64,12 @@ def _train_msg(cfg, rnd):
 def test_outgoing_message_carries_only_the_item_delta(setup):
     cfg, app, context = setup
     reply = app(_train_msg(cfg, 1), context)
-    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    assert set(reply.content.keys()) == {"arrays", "metrics", HEAD_RECORD}
+    # the ledger head, for the server to countersign: the record's position and hash only
+    head = dict(reply.content[HEAD_RECORD])
+    assert set(head) == {"device_id", "seq", "hash"} and head["device_id"] == "device-000003"
+    record = json.loads(open(cfg.run_dir + "/ledgers/device-000003.jsonl").readline())
+    assert (head["seq"], head["hash"]) == (0, record["hash"])
     delta = arrays_to_numpy(reply.content["arrays"])
     assert set(delta) == set(GLOBAL_KEYS)
     assert set(reply.content["metrics"].keys()) <= {"num-examples", "epsilon"}

@@ -70,32 +70,52 @@ class Contributed:
 
 
 class ServerLedgers:
-    """The server's signed ledgers of a run: one key, a ledger per name and folder."""
+    """The server's signed ledgers and receipts of a run: one key, a ledger per name and folder.
 
-    def __init__(self, ledger_dir: Path | str | None):
+    The key is the operator's, from the run's keystore (outside the run directory:
+    :mod:`fedrec.common.audit.keystore`); only its public half is published.
+    """
+
+    def __init__(self, ledger_dir: Path | str | None, keystore: Path | str = ""):
         self.ledger_dir = None if ledger_dir is None else Path(ledger_dir)
+        self.keystore = keystore
         self._key: Any = None
         self._ledgers: dict[tuple[str, str], Any] = {}
+        self._receipts: Any = None
+
+    def key(self) -> Any:
+        """The operator's :class:`~fedrec.common.audit.ledger.DeviceKey`."""
+        if self._key is None:
+            from fedrec.common.audit.keystore import Keystore
+
+            assert self.ledger_dir is not None
+            self._key = Keystore.for_run(self.ledger_dir.parent, self.keystore).server_key()
+        return self._key
 
     def ledger(self, name: str, folder: str = "") -> Any:
         """The ledger ``ledger_dir/folder/name.jsonl`` signed by the server (None: nowhere)."""
         if self.ledger_dir is None:
             return None
-        from fedrec.common.audit.ledger import DeviceKey, Ledger
+        from fedrec.common.audit.ledger import Ledger
 
         key = (folder, name)
         if key not in self._ledgers:
             base = self.ledger_dir / folder if folder else self.ledger_dir
-            if self._key is None:
-                path = self.ledger_dir.parent / "server" / "ledger-key.pem"
-                self._key = DeviceKey.load_or_generate(
-                    path, public_path=path.with_suffix(".pub.pem")
-                )
             public = base / "keys" / f"{name}.pub.pem"
             if not public.exists():
-                self._key.save_public(public)
-            self._ledgers[key] = Ledger(base / f"{name}.jsonl", self._key, device_id=name)
+                self.key().save_public(public)
+            self._ledgers[key] = Ledger(base / f"{name}.jsonl", self.key(), device_id=name)
         return self._ledgers[key]
+
+    def receipts(self) -> Any:
+        """The run's receipts (``RUN/receipts.jsonl``; None: nowhere)."""
+        if self.ledger_dir is None:
+            return None
+        if self._receipts is None:
+            from fedrec.common.audit.receipts import RECEIPTS_FILE, ReceiptLog
+
+            self._receipts = ReceiptLog(self.ledger_dir.parent / RECEIPTS_FILE, self.key())
+        return self._receipts
 
 
 class PrivacyMechanism:
@@ -128,7 +148,7 @@ class PrivacyMechanism:
         self.cfg = cfg
         self.algorithm = algorithm
         self.noise = noise if noise is not None else cfg.noise_source()
-        self.ledgers = ServerLedgers(ledger_dir)
+        self.ledgers = ServerLedgers(ledger_dir, cfg.keystore)
         self.pool_size = 0
 
     # --- compatibility and calibration -----------------------------------------------------
