@@ -9,8 +9,11 @@
       item_embeddings.npz    final global parameters (item embeddings, biases)
       item_ids.json          external item id of each row (the item map)
       ledgers/               devices' signed privacy ledgers (see fedrec.common.audit.ledger)
+      manifest.json          a simulation's enrollment: key registry and policy, signed
+      receipts.jsonl         the server's countersignature of every release it received
       summary.json           final figures (quality, epsilon, wall time)
       plots/*.png            quality and epsilon over rounds
+    RUN.keystore/            a simulation's private keys (outside RUN: never published)
 """
 
 from __future__ import annotations

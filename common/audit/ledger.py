@@ -47,20 +47,25 @@ identical to what was signed. Extra keys are allowed in later minor versions onl
 What verification proves, and what it does not: a flipped byte, an edited value, a deleted or
 inserted record and a reordered record all break the chain or a signature, and
 :func:`verify_ledger` names the first bad ``seq``. Cutting records off the *end* leaves a valid
-shorter chain; pass ``expected_head`` (the last ``hash`` the server saw, or a count from the
-server's own records) to detect that.
+shorter chain; pass ``expected_head`` (the last ``hash`` the server saw) to detect that: the
+audit holds each ledger to the server's signed receipts (:mod:`fedrec.common.audit.receipts`).
 
 Run directory layout (what ``fedrec simulate`` writes and ``fedrec audit`` reads)
 ---------------------------------------------------------------------------------
 ::
 
+    RUN/manifest.json                      key registry and policy, signed at enrollment
+                                           (:mod:`fedrec.common.audit.manifest`)
+    RUN/receipts.jsonl                     the server's receipts
+                                           (:mod:`fedrec.common.audit.receipts`)
     RUN/ledgers/<device_id>.jsonl          one ledger per device (unit "example")
     RUN/ledgers/server.jsonl               the server's user-level DP releases, when on
-    RUN/ledgers/keys/<device_id>.pub.pem   each signer's Ed25519 public key (PEM, SPKI)
-    RUN/ledgers/keys/server.pub.pem
+    RUN/ledgers/keys/<device_id>.pub.pem   each signer's Ed25519 public key (PEM, SPKI): a copy
+    RUN/ledgers/keys/server.pub.pem        for readers; the audit uses the manifest's registry
 
 Private keys stay with their signer (:meth:`DeviceKey.save` writes the private PEM where it is
-told and the public PEM beside it); only public keys belong in ``ledgers/keys``. A
+told and the public PEM beside it); a simulation keeps them in a keystore outside the run
+directory (:mod:`fedrec.common.audit.keystore`), and only public keys belong in a run. A
 ``device_id`` is the file stem, so it must be a safe file name (letters, digits, ``._-``).
 """
 

@@ -242,22 +242,21 @@ def test_accountant_disagreement_is_flagged(run_dir, monkeypatch):
     assert "cannot both hold" in report.devices[0].disagreements[0]
 
 
-def test_a_small_accountant_disagreement_on_a_long_history_is_flagged(tmp_path, monkeypatch):
-    """PLD's stated error is tight on a grid refined per history, so a PRV 0.03 too low shows
-    (with the old stated error, 1e-3 x 1,000 steps = 1.0, it could not)."""
-    run = tmp_path / "long"
+def one_record_run(run: Path, **fields) -> Path:
+    """A ledgers folder with one device, ``dev0``, and one record (σ = 1)."""
     key = DeviceKey.generate()
     key.save_public(run / "ledgers" / "keys" / "dev0.pub.pem")
     ledger = Ledger(run / "ledgers" / "dev0.jsonl", key)
     append_record(
-        ledger,
-        round=0,
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        sampling_probability=0.01,
-        steps=1000,
-        target_delta=DELTA,
+        ledger, round=0, noise_multiplier=1.0, max_grad_norm=1.0, target_delta=DELTA, **fields
     )
+    return run
+
+
+def test_a_small_accountant_disagreement_on_a_long_history_is_flagged(tmp_path, monkeypatch):
+    """PLD's stated error is tight on a grid refined per history, so a PRV 0.03 too low shows
+    (with the old stated error, 1e-3 x 1,000 steps = 1.0, it could not)."""
+    run = one_record_run(tmp_path / "long", sampling_probability=0.01, steps=1000)
     real = audit_module.epsilon
 
     def low_prv(releases, **kwargs):
@@ -272,19 +271,11 @@ def test_a_small_accountant_disagreement_on_a_long_history_is_flagged(tmp_path, 
 
 
 def test_under_claim_is_flagged(tmp_path):
-    run = tmp_path / "liar"
-    key = DeviceKey.generate()
-    key.save_public(run / "ledgers" / "keys" / "dev0.pub.pem")
-    ledger = Ledger(run / "ledgers" / "dev0.jsonl", key)
     truth = epsilon([PrivacyEvent(1.0, 0.2, 5)], target_delta=DELTA, accountant="prv")
-    append_record(
-        ledger,
-        round=0,
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
+    run = one_record_run(
+        tmp_path / "liar",
         sampling_probability=0.2,
         steps=5,
-        target_delta=DELTA,
         claimed_epsilon=truth / 2,
         accountant="prv",
     )

@@ -97,3 +97,30 @@ def test_audit_of_a_simulation_recomputes_what_devices_claimed(run):
         )
         == 0
     )
+
+
+@pytest.mark.slow
+def test_audit_of_a_flower_run_is_pass_and_its_receipts_catch_truncation(run, tmp_path):
+    """On Flower's engine too: keys pinned, every release countersigned, a cut ledger caught."""
+    import shutil
+
+    from fedrec.common.audit.report import audit_run
+
+    cfg, result, rounds = run
+    operator = result.run_dir.with_name("run.keystore") / "server.pub.pem"
+    report = audit_run(result.run_dir, write=False, operator_key=operator)
+    assert report.ok, report.findings
+    assert report.context.manifest.operator_pinned and report.context.receipts.sealed
+    assert len(report.context.receipts.receipts) == sum(r["aggregated"] for r in rounds)
+    assert {a.key_source for a in report.devices} == {"registry"}
+    assert not list(result.run_dir.rglob("*.key.pem")) and not list(
+        result.run_dir.rglob("*.secret")
+    )
+    copy = tmp_path / "run"
+    shutil.copytree(result.run_dir, copy)
+    shutil.copytree(operator.parent, tmp_path / "run.keystore")
+    victim = max(report.devices, key=lambda a: a.n_records).device_id
+    ledger = copy / "ledgers" / f"{victim}.jsonl"
+    ledger.write_text("".join(x + "\n" for x in ledger.read_text().splitlines()[:-1]))
+    cut = audit_run(copy, write=False, operator_key=operator)
+    assert [(f.subject, f.check) for f in cut.findings] == [(victim, "truncated")]
