@@ -124,7 +124,12 @@ def _dp_accounting_pld(q: float, sigma: float, steps: int, interval: float) -> f
 
 
 @pytest.mark.parametrize(
-    ("q", "sigma", "steps"), [(0.001, 1.0, 3000), (0.01, 1.0, 1000), (0.1, 1.1, 100)]
+    ("q", "sigma", "steps"),
+    [
+        (0.001, 1.0, 3000),
+        pytest.param(0.01, 1.0, 1000, marks=pytest.mark.slow),
+        pytest.param(0.1, 1.1, 100, marks=pytest.mark.slow),
+    ],
 )
 def test_pld_grid_is_within_one_percent_of_the_fine_grid_with_a_tight_stated_error(q, sigma, steps):
     # The issue's case first: a fixed 1e-3 grid said 0.2671 where the 1e-4 grid says 0.2557,
@@ -134,12 +139,20 @@ def test_pld_grid_is_within_one_percent_of_the_fine_grid_with_a_tight_stated_err
     assert abs(est.epsilon - fine) <= 0.01 * fine, (est, fine)
     assert est.error <= 0.005 * est.epsilon + 1e-12  # stated error: under half a percent
     assert est.error <= est.bound
-    # ... and honest: the value is above the finer grid's, by less than the stated error
-    finer = _dp_accounting_pld(q, sigma, steps, est.interval / 4)
-    assert 0 <= est.epsilon - finer <= est.error + 1e-9
     if (q, steps) == (0.001, 3000):
         coarse = _dp_accounting_pld(q, sigma, steps, 1e-3)
         assert coarse > 1.04 * fine  # what a fixed 1e-3 grid overstated
+
+
+@pytest.mark.parametrize(
+    ("q", "sigma", "steps"),
+    [(0.1, 1.1, 100), pytest.param(0.01, 1.0, 1000, marks=pytest.mark.slow)],
+)
+def test_pld_stated_error_covers_a_finer_grid(q, sigma, steps):
+    """The value is above a 4x finer grid's by less than the stated error."""
+    est = pld_estimate([PrivacyEvent(sigma, q, steps)], target_delta=DELTA)
+    finer = _dp_accounting_pld(q, sigma, steps, est.interval / 4)
+    assert 0 <= est.epsilon - finer <= est.error + 1e-9
 
 
 def test_the_pld_prv_cross_check_can_fire():

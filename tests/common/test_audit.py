@@ -163,6 +163,12 @@ def test_reports_are_written(report):
     for phrase in ("Unit of privacy", "add/remove", "δ:", "Sampling", "pld", "prv", "rdp"):
         assert phrase in text
     assert "Tampered or unverifiable ledgers: 0" in text
+    # One self-contained page: the same report, the plots embedded, nothing fetched.
+    page = Path(files["report_html"]).read_text()
+    assert page.count('src="data:image/png;base64,') == 2
+    assert "src=" not in page.replace('src="data:image/png;base64,', "")
+    for phrase in ("Trust model", "What was verified", "What was taken on trust", "not pinned"):
+        assert phrase in page and phrase in text
 
 
 def test_curve_is_monotone_and_ends_at_the_final_epsilon(report):

@@ -317,3 +317,30 @@ def test_private_keys_are_not_in_the_run_directory(honest):
     assert "devices.secret" not in names
     keystore = honest.with_name("run.keystore")
     assert (keystore / "server.key.pem").is_file() and (keystore / "devices.secret").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy", ["distributed", "user"])
+def test_honest_runs_of_the_other_modes_pass(privacy, tmp_path):
+    cfg = RunConfig(
+        synthetic_users=20,
+        synthetic_items=30,
+        num_rounds=2,
+        fraction_train=1.0,
+        local_epochs=1.0,
+        sample_rate=0.5,
+        eval_every=2,
+        dim=4,
+        privacy=privacy,
+        delta=1e-3 if privacy == "user" else 1e-5,
+        run_dir=str(tmp_path / "run"),
+    )
+    _, path = simulate_loop(cfg, reference=False)
+    report = audit_run(path, write=False, workers=1)
+    assert report.ok, report.findings
+    assert report.mode == privacy and report.context.receipts.sealed
+    if privacy == "user":  # the server's ledger, verified with the operator key
+        assert report.server is not None and report.server.key_source == "registry"
+        assert not report.devices and not report.context.receipts.receipts
+    else:
+        assert len(report.context.receipts.receipts) == 40
