@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from fedrec.common.config import RunConfig
 
 
+_EPILOG = (
+    "Your own event log (CSV with a header, or Parquet), with a column mapping:\n  "
+    "fedrec simulate --dataset events --data-dir log.csv \\\n"
+    "      --columns user=account,item=sku,weight=qty,timestamp=when\n"
+    "(weight and timestamp are optional; times are unix seconds or ISO-8601)\n\n"
+    "Any run-config key can be set with --set KEY=VALUE; the keys, with what each allows:\n  "
+    "fedrec simulate --list-keys"
+)
+
+
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     """Add the subcommand."""
     from fedrec.common.algorithms.registry import algorithm_class
@@ -31,12 +41,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
             "per device, a few minutes on a laptop. Every run writes a run directory (config, "
             "metrics.jsonl, checkpoints, item embeddings, signed privacy ledgers, plots)."
         ),
-        epilog="Your own event log (CSV with a header, or Parquet), with a column mapping:\n  "
-        "fedrec simulate --dataset events --data-dir log.csv \\\n"
-        "      --columns user=account,item=sku,weight=qty,timestamp=when\n"
-        "(weight and timestamp are optional; times are unix seconds or ISO-8601)\n\n"
-        "Any run-config key can be set with --set KEY=VALUE; the keys, with what each allows:\n  "
-        "fedrec simulate --list-keys",
+        epilog=_EPILOG,
     )
     p.add_argument(
         "--dataset", choices=DATASETS, default=None, help="dataset loader (default: synthetic)"

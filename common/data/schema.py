@@ -10,6 +10,7 @@ what item 17 is.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,16 @@ class DataFormatError(ValueError):
     """A data file does not have the format its loader expects.
 
     The message names the file, the line (1-based, as an editor shows it) when one is to blame,
-    what was found and what was expected.
+    what was found and what was expected, on one line of bounded length.
     """
 
+    #: A message longer than this is cut (a value is never quoted in full).
+    MAX_MESSAGE = 600
+
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE - 3] + "..."
         where = ""
         if path is not None:
             where = f"{path}"
@@ -115,11 +122,17 @@ class IdMap:
         return cls(json.loads(Path(path).read_text()))
 
 
-def _natural_key(s: str) -> tuple[int, float | str]:
+def _natural_key(s: str) -> tuple[int, float, str]:
+    """Numbers first, by value (ties, such as ``1`` and ``01``, by text), then text.
+
+    ``nan``, ``inf`` and other non-finite spellings sort as text: a NaN key would leave the
+    order to chance.
+    """
     try:
-        return (0, float(s))
+        value = float(s)
     except ValueError:
-        return (1, s)
+        return (1, 0.0, s)
+    return (0, value, s) if math.isfinite(value) else (1, 0.0, s)
 
 
 @dataclass

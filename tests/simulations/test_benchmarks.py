@@ -6,7 +6,7 @@ def test_data_benchmark_times_each_job(capsys):
 
     calls = []
     assert median_seconds(lambda: calls.append(1), 3) >= 0 and len(calls) == 4  # warm-up + 3
-    main(["--repeats", "1"])
+    main(["--repeats", "1", "--csv-mb", "1"])
     out = capsys.readouterr().out
     assert "synthetic 1,000 x 500" in out and "synthetic 20,000 x 500" in out
     assert "load ml-100k" not in out  # only with --data-dir

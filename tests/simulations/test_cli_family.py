@@ -113,11 +113,12 @@ def test_commands_take_exactly_their_modules_options():
 
 
 def test_bench_data_runs_end_to_end_through_the_fedrec_command():
-    done = _fedrec("bench", "data", "--repeats", "1")
+    done = _fedrec("bench", "data", "--repeats", "1", "--csv-mb", "1")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "median of 1 runs after a warm-up" in out
     assert "synthetic 1,000 x 500" in out and "synthetic 20,000 x 500" in out
     assert "load ml-100k" not in out  # only with --data-dir
+    assert "1 MB CSV, a 0.1 MB field" in out and "1 MB CSV, peak memory" in out
     bad = _fedrec("bench", "data", "--repeats", "0")
     assert bad.returncode == 2 and "--repeats" in bad.stderr and "Traceback" not in bad.stderr
