@@ -34,10 +34,10 @@ _TRUST_MODELS = {
     "honest-but-curious (follows the protocol) and devices do not collude with it. Device "
     "ledgers record the noise each device provisioned for; the server's ledgers/secure-sum/ "
     "record the noise actually present in each sum.",
-    "user": "User-level DP (DP-FedAvg): the server samples devices (Poisson), clips each "
-    "device's whole update and adds the noise to the sum. The server is trusted with the "
-    "individual clipped updates (except for algorithms that send statistics inside a secure "
-    "sum); its ledger (server.jsonl) is the record of the releases.",
+    "user": "User-level DP (DP-FedAvg over the secure sum): the server samples devices "
+    "(Poisson); each device bounds its own whole contribution and sends it only inside "
+    "SecAgg+, so the server sees sums; the server adds the noise to the sum and is trusted to "
+    "(its ledger, server.jsonl, is the record of the releases).",
     "off": "No differential privacy: nothing is promised.",
 }
 
@@ -211,8 +211,8 @@ def _on_trust(report: AuditReport) -> list[str]:
         )
     if report.mode == "user":
         out.append(
-            "that the server clipped every device's update and added the noise its ledger "
-            "records (the server is trusted in this mode)"
+            "that the devices bounded their contributions and the server added the noise its "
+            "ledger records to the secure sum (the server is trusted to add it in this mode)"
         )
     manifest = report.context.manifest
     if manifest is not None and manifest.ok and not manifest.operator_pinned:
