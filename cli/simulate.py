@@ -78,7 +78,17 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         help="devices in all (adds synthetic train-only devices resampled from the "
         "real users; evaluation stays on real users)",
     )
-    p.add_argument("--run-dir", default=None, help="output folder (default runs/<timestamp>)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="output folder, new or empty (default runs/<timestamp>)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its checkpoint, with its own configuration and engine",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--set",
@@ -90,7 +100,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument(
         "--engine",
         choices=("flower", "loop"),
-        default="flower",
+        default=None,
         help="flower (the simulation engine, default) or loop (the same device "
         "and server code in a plain loop: a reference for benchmarks)",
     )
@@ -109,6 +119,31 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`RunConfig` the arguments describe."""
     from fedrec.common.config import RunConfig
 
+    cfg = RunConfig.from_flat(_given(args))  # the algorithm's own defaults for keys not given
+    cfg.check_feasible(n_devices=cfg.known_devices)  # the rest once the data is loaded
+    if cfg.dataset == "events":
+        from fedrec.simulations.federation import events_mapping
+
+        events_mapping(cfg)  # a missing column mapping names the file's columns
+    return cfg
+
+
+def resume_from_args(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The stopped run's configuration and engine (``--resume``; other options must agree)."""
+    from pathlib import Path
+
+    from fedrec.simulations.runner import resume_config
+
+    if args.run_dir is not None and Path(args.run_dir) != Path(args.resume):
+        raise ValueError(
+            f"--resume {args.resume} continues the run where it is; drop --run-dir {args.run_dir}"
+        )
+    given = {k: v for k, v in _given(args).items() if k != "run-dir"}
+    return resume_config(args.resume, given, args.engine)
+
+
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """The run-config keys the command line names (kebab-case), unparsed."""
     flat: dict[str, object] = {}
     for item in args.set:
         if "=" not in item:
@@ -129,13 +164,7 @@ def config_from_args(args: argparse.Namespace):
     }
     flat.update({k: v for k, v in named.items() if v is not None})
     flat.update(columns_to_config(getattr(args, "columns", None)))
-    cfg = RunConfig.from_flat(flat)  # the algorithm's own defaults for keys not given
-    cfg.check_feasible(n_devices=cfg.known_devices)  # the rest once the data is loaded
-    if cfg.dataset == "events":
-        from fedrec.simulations.federation import events_mapping
-
-        events_mapping(cfg)  # a missing column mapping names the file's columns
-    return cfg
+    return flat
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,17 +179,21 @@ def run(args: argparse.Namespace) -> int:
         for key, doc in RunConfig.describe().items():
             console.print(f"[bold]{key}[/]: {doc}")
         return 0
-    cfg = config_from_args(args)
-    console.print(
-        f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
-        + (
-            f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
-            f"{'user' if cfg.privacy == 'user' else 'example'}-level)"
-            if cfg.privacy != "off"
-            else ""
-        )
-        + f", {cfg.num_rounds} rounds, engine {args.engine}"
-    )
+    resume = args.resume is not None
+    if resume:
+        from fedrec.simulations.runner import run_state
+
+        if run_state(args.resume) == "finished":
+            console.print(f"{args.resume} is finished (summary.json written): nothing to resume")
+            return 0
+        cfg, engine = resume_from_args(args)
+    else:
+        if args.run_dir is not None:  # before anything is resolved or written
+            from fedrec.server.run_directory import refuse_existing
+
+            refuse_existing(args.run_dir)
+        cfg, engine = config_from_args(args), args.engine or "flower"
+    console.print(_headline(cfg, engine, args.resume))
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -170,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         console=console,
     ) as progress:
         task = progress.add_task("training", total=cfg.num_rounds, status="starting")
+        if resume:
+            progress.update(task, completed=_rounds_done(args.resume))
 
         def on_round(r: dict[str, object]) -> None:
             ev = r.get("eval") or {}
@@ -178,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
                 status += f"  NDCG@10 {ev.get('ndcg@10', float('nan')):.4f}"
             if r.get("train_epsilon_max") is not None:
                 status += f"  eps max {r['train_epsilon_max']:.2f}"
-            progress.update(task, advance=1, status=status)
+            progress.update(task, completed=int(r["round"]), status=status)  # type: ignore[call-overload]
 
-        if args.engine == "flower":
+        if engine == "flower":
             from fedrec.simulations.runner import simulate
 
             result = simulate(
@@ -189,17 +224,42 @@ def run(args: argparse.Namespace) -> int:
                 num_cpus=args.cpus,
                 verbose=args.verbose,
                 reference=not args.no_reference,
+                resume=resume,
             )
             summary, run_dir = result.summary, result.run_dir
         else:
             from fedrec.simulations.runner import simulate_loop
 
             summary, run_dir = simulate_loop(
-                cfg, on_round=on_round, reference=not args.no_reference
+                cfg, on_round=on_round, reference=not args.no_reference, resume=resume
             )
     _print_outcome(console, cfg, summary)
     console.print(f"run directory: [bold]{run_dir}[/]")
     return 0
+
+
+def _headline(cfg: RunConfig, engine: str, resumed: str | None) -> str:
+    """The first line: what runs (and, resuming, from where)."""
+    text = (
+        f"[bold]fedrec simulate[/]: {cfg.dataset}, privacy {cfg.privacy}"
+        + (
+            f" (epsilon {cfg.epsilon:g}, delta {cfg.delta:g}, "
+            f"{'user' if cfg.privacy == 'user' else 'example'}-level)"
+            if cfg.privacy != "off"
+            else ""
+        )
+        + f", {cfg.num_rounds} rounds, engine {engine}"
+    )
+    if resumed is not None:
+        text += f"; resuming {resumed} after round {_rounds_done(resumed)}"
+    return text
+
+
+def _rounds_done(run_dir: str) -> int:
+    """The last round a stopped run checkpointed (0: none)."""
+    from fedrec.server.run_directory import checkpointed_round
+
+    return checkpointed_round(run_dir)
 
 
 def _print_outcome(console: Console, cfg: RunConfig, summary: dict[str, object]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -27,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrec.client.storage import check_readable, open_error
+from fedrec.client.storage import check_readable, open_error, refuse_empty
 
 if TYPE_CHECKING:
     from fedrec.client.device import Device
 
-__all__ = ["DeviceStateStore", "StoredDevices"]
+__all__ = ["DeviceStateStore", "StoredDevices", "reconcile_with_ledger"]
+
+log = logging.getLogger("fedrec.client")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
@@ -44,6 +47,25 @@ CREATE TABLE IF NOT EXISTS device_state (
     rounds_trained INTEGER NOT NULL
 )
 """
+
+
+_INSERT = (
+    "INSERT OR REPLACE INTO device_state (device_id, token, user_embedding, generator, "
+    "accountant, rounds_trained) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row(device_id: str, token: str, state: dict[str, object]) -> tuple[object, ...]:
+    gen = state.get("generator")
+    acc = state["accountant"]
+    return (
+        str(device_id),
+        token,
+        _to_bytes(np.asarray(state["user_embedding"])),
+        None if gen is None else _to_bytes(np.asarray(gen)),
+        json.dumps(acc) if isinstance(acc, dict) else str(acc),
+        int(state["rounds_trained"]),  # type: ignore[call-overload]
+    )
 
 
 def _to_bytes(array: np.ndarray) -> bytes:
@@ -71,6 +93,7 @@ class DeviceStateStore:
         db = getattr(self._local, "db", None)
         if db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            refuse_empty(self.path)  # an empty file is a store cut to nothing, not a new one
             db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             try:
                 check_readable(db, self.path)
@@ -125,22 +148,22 @@ class DeviceStateStore:
     def save(self, device_id: str, state: dict[str, object]) -> str:
         """Store what :meth:`~fedrec.client.device.Device.state_dict` returned; its new token."""
         token = secrets.token_hex(8)
-        gen = state.get("generator")
-        self._db().execute(
-            "INSERT OR REPLACE INTO device_state (device_id, token, user_embedding, generator, "
-            "accountant, rounds_trained) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                str(device_id),
-                token,
-                _to_bytes(np.asarray(state["user_embedding"])),
-                None if gen is None else _to_bytes(np.asarray(gen)),
-                str(state["accountant"])
-                if not isinstance(state["accountant"], dict)
-                else json.dumps(state["accountant"]),
-                int(state["rounds_trained"]),
-            ),
-        )  # type: ignore[call-overload]
+        self._db().execute(_INSERT, _row(device_id, token, state))
         return token
+
+    def save_many(self, states: dict[str, dict[str, object]]) -> None:
+        """Store several devices' states in one transaction (all or none)."""
+        if not states:
+            return
+        db = self._db()
+        rows = [_row(d, secrets.token_hex(8), st) for d, st in states.items()]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def clear(self) -> None:
         """Forget every device's state (a new run in the same folder)."""
@@ -191,6 +214,7 @@ class StoredDevices:
         stored = store.load(device.device_id)
         if stored is not None:
             device.load_state_dict(stored[1])
+        reconcile_with_ledger(device)  # what the device spent is what its ledger says
         return _StoredSession(self, key, device, store)
 
     def _keep(self, key: tuple[int, int], token: str, device: Device) -> None:
@@ -240,3 +264,51 @@ class _StoredSession:
         if changed:
             token = self.store.save(self.device.device_id, self.device.state_dict())
             self.owner._keep(self.key, token, self.device)
+
+
+def reconcile_with_ledger(device: Device) -> None:
+    """Make the device's accountant hold at least what its signed ledger records.
+
+    The ledger is the source of truth: a release is written there before it leaves, and the
+    state store is saved after, so a device stopped in between (a killed run) has a ledger
+    one release ahead of its store; the accountant then takes the ledger's history. A store
+    ahead of its ledger keeps its own, larger, spend (never lowered; the audit will find the
+    ledger short). A device without a ledger writer (privacy off, user-level) is left alone.
+
+    Raises:
+        StoreError: the ledger and the store record different releases.
+        LedgerError: the ledger does not verify with the device's key.
+    """
+    from fedrec.client.ledger_writer import LedgerWriter
+    from fedrec.client.storage import StoreError, _extends
+    from fedrec.common.audit.ledger import LedgerError, releases_from_ledger, verify_ledger
+    from fedrec.common.privacy.events import merge_history
+
+    writer = device.on_release
+    if device.accountant is None or not isinstance(writer, LedgerWriter):
+        return
+    path = writer.ledger_dir / f"{device.device_id}.jsonl"
+    records: list[dict[str, Any]] = []
+    if path.exists() and path.stat().st_size > 0:
+        result = verify_ledger(path, writer.key.public_key)
+        if not result.ok:
+            raise LedgerError(f"{path}: the device's ledger is broken: {result.reason}")
+        records = result.records
+    ledger = merge_history(e.history_entry for e in releases_from_ledger(records))
+    stored = merge_history(device.accountant.history)
+    if ledger == stored:
+        return
+    if _extends(stored, ledger):
+        device.accountant.history = [tuple(e) for e in ledger]
+    elif _extends(ledger, stored):
+        log.warning(
+            "%s: its store records more releases than its ledger %s; keeping the larger spend",
+            device.device_id,
+            path,
+        )
+    else:
+        raise StoreError(
+            f"{device.device_id}: its stored accountant and its ledger {path} record different "
+            "releases; the ledger is the record: move the device store aside to rebuild it "
+            "from the ledger"
+        )

@@ -158,6 +158,21 @@ def open_error(path: Path, exc: BaseException) -> CorruptStoreError:
     )
 
 
+def refuse_empty(path: Path) -> None:
+    """Raise :class:`CorruptStoreError` if ``path`` exists and holds 0 bytes.
+
+    SQLite opens an empty file as an empty database: a store truncated to nothing would
+    come back as a fresh device with nothing spent. A store SQLite created always holds its
+    header once opened, so an empty file is a damaged one.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        raise open_error(path, sqlite3.DatabaseError("the file is empty (0 bytes)"))
+
+
 def check_readable(db: sqlite3.Connection, path: Path) -> None:
     """Raise :class:`CorruptStoreError` unless SQLite reads the whole file without error.
 
@@ -273,12 +288,13 @@ class DeviceStore:
 
     Raises:
         StoreError: the file was written by a newer schema, or is not a fedrec store.
-        CorruptStoreError: SQLite cannot read the file (truncated, zeroed, damaged).
+        CorruptStoreError: SQLite cannot read the file (truncated, empty, zeroed, damaged).
     """
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_empty(self.path)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False

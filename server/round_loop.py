@@ -22,6 +22,7 @@ import numpy as np
 from fedrec.common.algorithms.base import Task
 from fedrec.common.privacy.mechanisms import RoundPlan
 from fedrec.server.coordinator import Coordinator, Reply, RoundReport
+from fedrec.server.resume import Checkpointer
 from fedrec.server.run_directory import RunDirectory
 
 __all__ = ["Request", "SumResult", "Transport", "run_rounds", "run_round", "evaluate_round"]
@@ -172,32 +173,49 @@ def run_rounds(
     measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
     config: Mapping[str, Any] | None = None,
     before_round: Callable[[int], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    after_round: Callable[[int], None] | None = None,
 ) -> list[dict[str, object]]:
-    """Run ``num_rounds`` rounds; record and checkpoint each one; returns the records.
+    """Run the rounds up to ``num_rounds``; record and checkpoint each; returns every record.
 
     Args:
         coordinator: the server's round logic.
         transport: how messages travel (Flower's Grid, or in-process calls).
-        num_rounds: rounds to run.
+        num_rounds: the run's last round.
         run_dir: where round records and checkpoints go (``None``: nowhere).
         on_round: called with each round's record (progress displays).
         measure: a simulation's own quality measurement (releases nothing).
         config: entries every training request's config carries (e.g. a catalog
             fingerprint).
         before_round: called before each round (e.g. waiting for a quorum of devices).
+        checkpointer: saves the server after each round and, resuming, restores it before
+            the first (default with ``run_dir``: a fresh run's :class:`Checkpointer`).
+        after_round: called after each round's evaluation, before its checkpoint (the
+            in-process simulation saves its devices' states there).
+
+    A resumed run starts after the checkpoint's round; the records returned (and written to
+    ``metrics.jsonl``) are the earlier rounds' and this run's.
     """
-    records = []
-    for rnd in range(1, num_rounds + 1):
+    if checkpointer is None and run_dir is not None:
+        checkpointer = Checkpointer(run_dir)
+    records: list[dict[str, object]] = []
+    if checkpointer is not None:
+        checkpointer.start(coordinator)
+        records = list(checkpointer.records)
+    first = checkpointer.first_round if checkpointer is not None else 1
+    for rnd in range(first, num_rounds + 1):
         t0 = time.perf_counter()
         if before_round is not None:
             before_round(rnd)
         record: dict[str, object] = run_round(coordinator, transport, rnd, config=config).to_dict()
         record.update(evaluate_round(coordinator, transport, rnd, measure=measure))
         record["seconds"] = time.perf_counter() - t0
-        if run_dir is not None:
-            run_dir.append_metrics(record)
-            run_dir.checkpoint(rnd, coordinator.state, coordinator.algorithm.server_state())
+        if after_round is not None:
+            after_round(rnd)
+        records.append(record)
+        if checkpointer is not None:  # the checkpoint first: it can rebuild metrics.jsonl
+            checkpointer.save(coordinator, rnd, records)
+            checkpointer.run_dir.append_metrics(record)
         if on_round is not None:
             on_round(record)
-        records.append(record)
     return records

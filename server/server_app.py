@@ -17,6 +17,7 @@ from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator, make_coordinator
 from fedrec.server.countersign import CountersigningGrid
 from fedrec.server.flower_transport import to_arrays
+from fedrec.server.resume import Checkpointer, NodeMap, receipts_sealed
 from fedrec.server.run_directory import RunDirectory, new_run_dir
 from fedrec.server.strategy import ItemEmbeddingStrategy
 
@@ -43,6 +44,8 @@ def make_server_app(
     expected_nodes: NodeCountProvider | None = None,
     item_features: FeatureProvider | None = None,
     measure: MeasureProvider | None = None,
+    resume: bool = False,
+    nodes: NodeMap | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` running fedrec's rounds.
 
@@ -56,6 +59,10 @@ def make_server_app(
             ``algorithm = "features"``; public metadata, never interaction data).
         measure: a simulation's own measurement of quality at evaluation rounds
             (:func:`fedrec.simulations.measure.measure_quality`); ``None`` in a deployment.
+        resume: continue the run in ``run-dir`` from its checkpoint
+            (:class:`~fedrec.server.resume.Checkpointer`).
+        nodes: the node id -> device index map of this start (a simulation's SuperNodes),
+            so that what the server keeps per device survives new node ids on resume.
     """
     app = ServerApp()
 
@@ -63,6 +70,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
+        checkpointer = Checkpointer(run_dir, nodes=nodes, resume=resume)
         n_items, item_ids = catalog(cfg)
         features = (
             item_features(cfg)  # make_coordinator says so if features lack one
@@ -80,13 +88,14 @@ def make_server_app(
             on_round=on_round,
             min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1,
             measure=measure(cfg) if measure is not None else None,
+            checkpointer=checkpointer,
         )
         strategy.summary()
         receipts = coordinator.mechanism.ledgers.receipts() if cfg.privacy != "off" else None
         if receipts is not None:  # the server countersigns every release it receives
             grid = CountersigningGrid(grid, receipts)  # type: ignore[assignment]
         strategy.start(grid, to_arrays(state), num_rounds=cfg.num_rounds)
-        if receipts is not None:
+        if receipts is not None and not receipts_sealed(run_dir.path):
             receipts.seal(cfg.num_rounds)
         run_dir.save_final(coordinator.state, item_ids)
         if on_finish is not None:

@@ -30,6 +30,7 @@ from fedrec.server.flower_transport import (
     to_arrays,
     to_numpy,
 )
+from fedrec.server.resume import Checkpointer
 from fedrec.server.round_loop import Request, run_rounds
 from fedrec.server.run_directory import RunDirectory
 
@@ -53,6 +54,8 @@ class ItemEmbeddingStrategy(Strategy):
             round; it releases nothing. ``None`` in a deployment.
         quorum_every_round: wait for ``min_nodes`` before *every* round (deployments: a
             device whose SuperNode restarted is back in the next round).
+        checkpointer: saves the server after each round, and restores it to resume a run
+            (:class:`~fedrec.server.resume.Checkpointer`; default: a fresh run's).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ItemEmbeddingStrategy(Strategy):
         wait_timeout: float = 120.0,
         measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
         quorum_every_round: bool = False,
+        checkpointer: Checkpointer | None = None,
     ):
         self.cfg = cfg
         self.coordinator = coordinator
@@ -75,6 +79,7 @@ class ItemEmbeddingStrategy(Strategy):
         self.wait_timeout = wait_timeout
         self.measure = measure
         self.quorum_every_round = quorum_every_round
+        self.checkpointer = checkpointer
         self.last_report: RoundReport | None = None
         self._sampled: dict[int, list[int]] = {}
 
@@ -205,6 +210,7 @@ class ItemEmbeddingStrategy(Strategy):
             measure=self.measure,
             config=dict(train_config or {}),
             before_round=before,
+            checkpointer=self.checkpointer,
         ):
             rnd = int(r["round"])  # type: ignore[call-overload]
             result.train_metrics_clientapp[rnd] = MetricRecord(

@@ -96,15 +96,20 @@ def simulated_devices(config: RunConfig | None = None) -> StoredDevices:
     return StoredDevices(simulated_device_factory(config), simulated_states(config))
 
 
-def simulator_measure(cfg: RunConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
+def simulator_measure(
+    cfg: RunConfig, *, fresh: bool = True
+) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
     """The simulator's measurement of an item table on the run's real users.
 
     Called once, when the ServerApp starts the run, before any device has a message: device
     states an earlier run left in the same folder are removed, so that a new run's devices
-    start fresh.
+    start fresh; a resumed run (``fresh=False``) keeps them.
     """
     store = state_store(cfg)
-    store.clear()
+    if fresh:
+        store.clear()
+    else:
+        store.device_ids()  # opened (and checked) before any device needs it
     return functools.partial(measure_quality, cfg, store=store)
 
 
@@ -150,8 +155,14 @@ def make_apps(
     *,
     on_round: Callable[[dict[str, object]], None] | None = None,
     on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
+    resume: bool = False,
+    nodes: Callable[[], dict[int, int]] | None = None,
 ) -> tuple[ServerApp, ClientApp]:
-    """Server and client apps bound to a resolved configuration."""
+    """Server and client apps bound to a resolved configuration.
+
+    ``resume`` continues the run in ``config.run_dir`` (device states kept); ``nodes`` gives
+    the SuperNodes' node id -> device index map (see :mod:`fedrec.server.resume`).
+    """
     return (
         make_server_app(
             catalog,
@@ -160,7 +171,9 @@ def make_apps(
             on_finish=on_finish,
             item_features=federated_features,
             expected_nodes=device_count,
-            measure=simulator_measure,
+            measure=functools.partial(simulator_measure, fresh=not resume),
+            resume=resume,
+            nodes=nodes,
         ),
         make_client_app(simulated_devices(config), mods=[simulated_dropout_mod(config)]),
     )

@@ -19,8 +19,15 @@ import numpy as np
 from fedrec.client.device import Device
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import make_coordinator
+from fedrec.server.resume import Checkpointer, receipts_sealed
 from fedrec.server.round_loop import run_rounds
-from fedrec.simulations.federation import federated_dataset, federated_features, make_device
+from fedrec.server.run_directory import RunDirectory
+from fedrec.simulations.federation import (
+    device_id,
+    federated_dataset,
+    federated_features,
+    make_device,
+)
 from fedrec.simulations.in_process import InProcessTransport
 
 __all__ = ["PlainResult", "run_plain", "central_evaluation"]
@@ -82,17 +89,30 @@ def run_plain(
     on_round: Callable[[dict[str, object]], None] | None = None,
     ledger_dir=None,
     dropout: float = 0.0,
+    run_dir: RunDirectory | None = None,
+    resume: bool = False,
 ) -> PlainResult:
     """Run ``cfg`` with devices called in-process; returns reports per round.
 
     ``dropout`` (secure sums) drops each device's contribution from the sum with that
-    probability, as if it had gone offline mid-round.
+    probability, as if it had gone offline mid-round. With ``run_dir`` the run is written
+    there (ledgers, receipts, metrics, a checkpoint and the devices' states after every
+    round) and ``resume`` continues it from its checkpoint (:mod:`fedrec.server.resume`).
     """
     t0 = time.perf_counter()
     fed = federated_dataset(cfg)
+    if run_dir is not None:
+        ledger_dir = run_dir.ledger_dir
     features = federated_features(cfg) if cfg.algorithm_class().needs_item_features else None
     coord = make_coordinator(cfg, fed.n_items, ledger_dir=ledger_dir, item_features=features)
-    devices = _Devices(fed, cfg, ledger_dir)
+    store = None
+    if run_dir is not None:
+        from fedrec.client.state_store import DeviceStateStore
+
+        store = DeviceStateStore(run_dir.path / "devices" / "states.sqlite")
+        if not resume:
+            store.clear()
+    devices = _Devices(fed, cfg, ledger_dir, store=store)
     transport: Any = InProcessTransport(
         fed.n_users,
         devices.get,
@@ -110,9 +130,15 @@ def run_plain(
 
     result = PlainResult()
     result.rounds = run_rounds(
-        coord, transport, num_rounds=cfg.num_rounds, on_round=on_round, measure=measure
+        coord,
+        transport,
+        num_rounds=cfg.num_rounds,
+        on_round=on_round,
+        measure=measure,
+        checkpointer=None if run_dir is None else Checkpointer(run_dir, resume=resume),
+        after_round=None if store is None else devices.flush,
     )
-    if receipts is not None:
+    if receipts is not None and (run_dir is None or not receipts_sealed(run_dir.path)):
         receipts.seal(cfg.num_rounds)
     result.train_seconds = sum(float(r["seconds"]) for r in result.rounds)  # type: ignore[arg-type]
     evaluated = {u: devices.get(u) for u in range(fed.n_real_users)}  # real users only
@@ -127,24 +153,37 @@ class _Devices:
 
     Large populations keep only each device's own state (user embedding, accountant, RNG)
     and rebuild the device per use, as a ClientApp does: a Device holds a copy of the item
-    table, and 20,000 of them would not fit in memory.
+    table, and 20,000 of them would not fit in memory. With a ``store`` (a run directory's
+    ``devices/states.sqlite``) the states of the devices a round used are saved after it
+    (:meth:`flush`), and a device not yet used by this process starts from its stored state,
+    its accountant from its ledger (:func:`~fedrec.client.state_store.reconcile_with_ledger`).
     """
 
-    def __init__(self, fed, cfg: RunConfig, ledger_dir) -> None:  # noqa: ANN001
-        self.fed, self.cfg, self.ledger_dir = fed, cfg, ledger_dir
+    def __init__(self, fed, cfg: RunConfig, ledger_dir, store=None) -> None:  # noqa: ANN001
+        self.fed, self.cfg, self.ledger_dir, self.store = fed, cfg, ledger_dir, store
         self.keep = fed.n_users <= _KEEP_DEVICES
         self.devices: dict[int, Device] = {}
         self.states: dict[int, dict[str, object]] = {}
         self.heads: dict[int, dict[str, object]] = {}
+        self.touched: set[int] = set()
 
     def get(self, u: int) -> Device:
         if u in self.devices:
+            self.touched.add(u)
             return self.devices[u]
         dev = make_device(self.fed, u, self.cfg, ledger_dir=self.ledger_dir)
+        if u in self.states:
+            dev.load_state_dict(self.states[u])
+        elif self.store is not None:
+            from fedrec.client.state_store import reconcile_with_ledger
+
+            stored = self.store.load(dev.device_id)
+            if stored is not None:
+                dev.load_state_dict(stored[1])
+            reconcile_with_ledger(dev)
         if self.keep:
             self.devices[u] = dev
-        elif u in self.states:
-            dev.load_state_dict(self.states[u])
+            self.touched.add(u)
         return dev
 
     def done(self, u: int, dev: Device) -> None:
@@ -152,6 +191,19 @@ class _Devices:
             self.heads[u] = dev.ledger_head
         if not self.keep:
             self.states[u] = dev.state_dict()
+            self.touched.add(u)
+
+    def flush(self, server_round: int) -> None:
+        """Save the states of the devices used since the last call (one transaction)."""
+        assert self.store is not None
+        states = {}
+        for u in sorted(self.touched):
+            if self.keep:
+                states[self.devices[u].device_id] = self.devices[u].state_dict()
+            elif u in self.states:
+                states[device_id(u)] = self.states[u]
+        self.store.save_many(states)
+        self.touched.clear()
 
     def take_heads(self) -> dict[int, dict[str, object]]:
         """The ledger heads devices sent since the last call."""

@@ -12,19 +12,29 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedrec.common.config import RunConfig
 from fedrec.common.privacy.randomness import SEEDED_WARNING
-from fedrec.server.run_directory import RunDirectory, new_run_dir
+from fedrec.server.run_directory import RunDirectory, holds_run, new_run_dir, refuse_existing
 from fedrec.simulations.federation import federated_dataset, resolve_noise_multiplier
 from fedrec.simulations.measure import MEASUREMENT_NOTE
 
-__all__ = ["SimulationResult", "simulate", "simulate_loop", "privacy_summary", "enroll"]
+__all__ = [
+    "SimulationResult",
+    "simulate",
+    "simulate_loop",
+    "privacy_summary",
+    "enroll",
+    "resume_config",
+    "run_state",
+]
 
 log = logging.getLogger("fedrec.simulate")
 
@@ -241,37 +251,47 @@ def simulate(
     num_cpus: int | None = None,
     verbose: bool = False,
     reference: bool = True,
+    resume: bool = False,
 ) -> SimulationResult:
     """Run ``cfg`` on Flower's simulation engine; returns the result (also on disk).
 
     Args:
-        cfg: the run configuration (``run_dir`` empty: a fresh ``runs/<timestamp>``).
+        cfg: the run configuration (``run_dir`` empty: a fresh ``runs/<timestamp>``; a
+            directory that already holds a run is refused unless ``resume``).
         on_round: called with each round's record (for progress displays).
         num_cpus: CPUs Flower's Ray backend may use (default: all).
         verbose: show Flower's DEBUG log and the engine's known-harmless warnings (by
             default :func:`~fedrec.simulations.quiet.quiet_engine` silences them).
         reference: also train the non-private reference of a private run
             (:func:`non_private_reference`, in-process) for the summary, table and plot.
+        resume: continue the stopped run in ``cfg.run_dir`` (``cfg`` from
+            :func:`resume_config`): the server from its checkpoint, every device from its
+            stored state and its ledger (:mod:`fedrec.server.resume`).
     """
     from flwr.simulation import run_simulation
 
-    from fedrec.simulations.apps import make_apps
+    from fedrec.simulations.apps import make_apps, state_store
     from fedrec.simulations.quiet import quiet_engine
 
     t0 = time.perf_counter()
-    cfg = cfg.replace(run_dir=str(cfg.run_dir or new_run_dir()))
-    run_dir = RunDirectory(cfg.run_dir)
+    cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
-    _write_config(run_dir, cfg, fed, sigma, "flower")
+    _write_config(run_dir, cfg, fed, sigma, "flower", resume=resume)
+    state_store(cfg).device_ids()  # created (or checked) before any device opens it
     result = SimulationResult(run_dir=run_dir.path, config=cfg)
+    if resume:
+        result.rounds = _earlier_records(run_dir)
 
     def record(r: dict[str, object]) -> None:
         result.rounds.append(r)
         if on_round is not None:
             on_round(r)
 
-    server_app, client_app = make_apps(cfg, on_round=record)
+    nodes: dict[int, int] = {}
+    server_app, client_app = make_apps(
+        cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes)
+    )
     cpus = num_cpus or os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -284,7 +304,7 @@ def simulate(
         },
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    with quiet_engine(verbose):
+    with quiet_engine(verbose), _recording_nodes(nodes):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -292,24 +312,146 @@ def simulate(
             backend_config=backend_config,
             verbose_logging=verbose,
         )
-    if not result.rounds:
+    if len(result.rounds) < cfg.num_rounds:
         raise RuntimeError(
-            "the simulation ended without completing a round; see the log above for the "
-            "error Flower reported"
+            f"the simulation ended after {len(result.rounds)} of {cfg.num_rounds} rounds; see "
+            f"the log above for the error Flower reported (continue it with `fedrec simulate "
+            f"--resume {run_dir.path}`)"
         )
     result.summary = _finish(
-        run_dir, cfg, fed, result.rounds, sigma, wall=time.perf_counter() - t0, reference=reference
+        run_dir,
+        cfg,
+        fed,
+        result.rounds,
+        sigma,
+        wall=time.perf_counter() - t0,
+        reference=reference,
     )
     return result
 
 
-def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float, engine: str) -> None:
+@contextmanager
+def _recording_nodes(into: dict[int, int]) -> Iterator[None]:
+    """Record the node id -> partition map Flower's simulation engine registers.
+
+    The engine gives its SuperNodes random node ids each time it starts; the server keys
+    what it keeps per device by partition (device index) through this map, so that a
+    resumed run finds its devices again (:mod:`fedrec.server.resume`).
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api._register_nodes
+
+    def register(*args: Any, **kwargs: Any) -> Any:
+        mapping = original(*args, **kwargs)
+        into.update({int(k): int(v) for k, v in mapping.items()})
+        return mapping
+
+    vce_api._register_nodes = register
+    try:
+        yield
+    finally:
+        vce_api._register_nodes = original
+
+
+def _open_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunDirectory]:
+    """The run's configuration and directory: a new one, or (resuming) the stopped run's.
+
+    Raises:
+        RunExistsError: a new run into a directory that already holds one.
+        ValueError: resuming a run that is finished.
+    """
+    if resume:
+        path = Path(cfg.run_dir)
+        if (path / "summary.json").is_file():
+            raise ValueError(
+                f"{path} is finished (summary.json written): nothing to resume; start a new run "
+                "with a new --run-dir"
+            )
+        return cfg, RunDirectory(path)
+    cfg = cfg.replace(run_dir=str(cfg.run_dir or new_run_dir()))
+    refuse_existing(cfg.run_dir)
+    return cfg, RunDirectory(cfg.run_dir)
+
+
+def _earlier_records(run_dir: RunDirectory) -> list[dict[str, object]]:
+    """The round records of a stopped run's checkpoint (none if it finished no round)."""
+    if not run_dir.checkpoint_path.is_file():
+        return []
+    return list(run_dir.read_checkpoint()[3].get("records", []))  # type: ignore[arg-type]
+
+
+def run_state(run_dir: str | Path) -> str:
+    """``"finished"``, ``"stopped"`` (a run that can be resumed) or ``"empty"``."""
+    path = Path(run_dir)
+    if (path / "summary.json").is_file():
+        return "finished"
+    return "stopped" if holds_run(path) else "empty"
+
+
+def resume_config(
+    run_dir: str | Path, given: Mapping[str, object] | None = None, engine: str | None = None
+) -> tuple[RunConfig, str]:
+    """The configuration and engine of the stopped run in ``run_dir`` (for ``--resume``).
+
+    ``given`` (kebab-case keys) and ``engine`` are what the command line also named: a
+    resume takes the run's own configuration, so any that differs from it is refused.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no run configuration.
+        ValueError: ``given`` or ``engine`` differ from the run's.
+    """
+    path = Path(run_dir)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{path} holds no config.json: not a run directory, or a run stopped before it "
+            "started (nothing to resume: start a new run with a new --run-dir)"
+        )
+    saved = json.loads(config_file.read_text())
+    flat = {**saved["run_config"], "run-dir": str(path)}
+    cfg = RunConfig.from_flat(flat)
+    theirs = cfg.to_flat()
+    if given:
+        ours = RunConfig.from_flat({**flat, **given}).to_flat()
+        changed = [k for k in ours if ours[k] != theirs[k] and k != "run-dir"]
+        if changed:
+            k = changed[0]
+            raise ValueError(
+                f"--resume continues the run with its own configuration ({config_file}): "
+                f"{k} is {theirs[k]!r} there, {ours[k]!r} given; drop the option, or start a "
+                "new run with a new --run-dir"
+            )
+    stored = str(saved.get("engine") or _manifest_engine(path) or "flower")
+    if engine is not None and engine != stored:
+        raise ValueError(
+            f"--resume continues the run on its own engine: {path} ran on {stored!r}, "
+            f"--engine {engine} given; drop --engine"
+        )
+    return cfg, stored
+
+
+def _manifest_engine(path: Path) -> str | None:
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("run", {}).get("engine")
+
+
+def _write_config(
+    run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float, engine: str, *, resume: bool = False
+) -> None:
     """The run directory's ``config.json`` (resolved configuration, noise, sizes, versions).
 
-    A private run also enrolls its devices: :func:`enroll` writes the signed manifest.
+    A private run also enrolls its devices: :func:`enroll` writes the signed manifest. A
+    resumed run keeps both (it enrolls only if the run stopped before its manifest).
     """
     from fedrec.common.audit.ledger import library_versions
 
+    if resume:
+        if cfg.privacy != "off" and not (run_dir.path / "manifest.json").is_file():
+            enroll(run_dir.path, cfg, fed.n_users, engine=engine)
+        return
     run_dir.write_json(
         "config.json",
         {
@@ -318,6 +460,7 @@ def _write_config(run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float, engi
             "devices": fed.n_users,
             "items": fed.n_items,
             "interactions": len(fed.data),
+            "engine": engine,
             "versions": library_versions(),
         },
     )
@@ -370,25 +513,20 @@ def simulate_loop(
     *,
     on_round: Callable[[dict[str, object]], None] | None = None,
     reference: bool = True,
+    resume: bool = False,
 ) -> tuple[dict[str, object], Path]:
     """The same run with the plain loop of :mod:`fedrec.simulations.loop` (in-process).
 
-    ``reference`` as in :func:`simulate`.
+    ``reference`` and ``resume`` as in :func:`simulate`.
     """
     from fedrec.simulations.loop import run_plain
 
-    cfg = cfg.replace(run_dir=str(cfg.run_dir or new_run_dir()))
-    run_dir = RunDirectory(cfg.run_dir)
+    t0 = time.perf_counter()
+    cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)
     sigma = resolve_noise_multiplier(cfg)
-    _write_config(run_dir, cfg, fed, sigma, "loop")
-
-    def record(r: dict[str, object]) -> None:
-        run_dir.append_metrics(r)
-        if on_round is not None:
-            on_round(r)
-
-    res = run_plain(cfg, on_round=record, ledger_dir=run_dir.ledger_dir)
+    _write_config(run_dir, cfg, fed, sigma, "loop", resume=resume)
+    res = run_plain(cfg, on_round=on_round, run_dir=run_dir, resume=resume)
     run_dir.save_final(res.state, fed.data.item_map.to_list())
     summary = _finish(
         run_dir,
@@ -396,7 +534,7 @@ def simulate_loop(
         fed,
         res.rounds,
         sigma,
-        wall=res.seconds,
+        wall=time.perf_counter() - t0 if resume else res.seconds,
         reference=reference,
         central_evaluation=res.final,
         engine="loop",

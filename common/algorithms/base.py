@@ -276,6 +276,14 @@ class Algorithm(ABC):
         """The algorithm's own server state for checkpoints (default: none)."""
         return {}
 
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`server_state` returned (a resumed run; default: nothing)."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no server state, but the checkpoint holds "
+                f"{sorted(state)}"
+            )
+
     # --- device side -----------------------------------------------------------------------
     @abstractmethod
     def contribute(

@@ -37,6 +37,7 @@ of the Gaussian "precision" ``1/σ²`` to the popularity round).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -389,6 +390,13 @@ class Spectral(Algorithm):
             for k, v in (("popularity", self.popularity), ("selected", self.selected))
             if v is not None
         }
+
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the popularity release and the selection (a resumed run)."""
+        if "popularity" in state:
+            self.popularity = np.asarray(state["popularity"], dtype=np.float64)
+        if "selected" in state:
+            self.selected = np.asarray(state["selected"])
 
     # --- device side -----------------------------------------------------------------------
     def contribute(

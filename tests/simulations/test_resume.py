@@ -1,0 +1,309 @@
+"""A run killed at any point continues with ``fedrec simulate --resume RUN`` on both engines.
+
+Kills are real: the run is a child process that gets SIGKILL, either from its own round hook
+right after a round's checkpoint (a kill at a round boundary, where an exact continuation is
+possible) or from this test at a random moment (usually in the middle of a round). The
+resumed run must audit PASS with no device over its budget. A kill at a round boundary of a
+seeded in-process run must continue to exactly the uninterrupted run's model and ledgers.
+The Flower engine cannot promise that: it gives its SuperNodes new random node ids each time
+it starts and the server samples devices in node-id order, so even two uninterrupted seeded
+runs sample different devices (and sum replies in the order they arrive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrec.cli import main
+from fedrec.common.config import RunConfig
+
+SMALL = {
+    "synthetic-users": 30,
+    "synthetic-items": 40,
+    "dim": 8,
+    "num-rounds": 4,
+    "fraction-train": 0.5,
+    "accountant": "rdp",
+    "reproducible": True,
+}
+
+_CRASH = """
+import json, os, signal, sys
+from fedrec.common.config import RunConfig
+from fedrec.simulations.runner import simulate, simulate_loop
+engine, flat, k = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+cfg = RunConfig.from_flat(flat)
+def hook(record):
+    if record["round"] == k:  # right after round k's checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)
+if engine == "loop":
+    simulate_loop(cfg, on_round=hook, reference=False)
+else:
+    simulate(cfg, on_round=hook, num_cpus=2, reference=False)
+"""
+
+
+def _flat(run_dir: Path, **keys: object) -> dict[str, object]:
+    return {**SMALL, **{k.replace("_", "-"): v for k, v in keys.items()}, "run-dir": str(run_dir)}
+
+
+def _wait_killed(proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Wait for the child, then kill what is left of its process group (Ray's helpers)."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return rc
+
+
+def _crash_after(engine: str, flat: dict[str, object], k: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASH, engine, json.dumps(flat), str(k)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    rc = _wait_killed(proc)
+    assert rc == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else rc
+
+
+def _kill_at_random(argv: list[str], run_dir: Path, rounds: int, seed: int) -> tuple[int, int]:
+    """Start ``fedrec ARGV``; SIGKILL it at a random moment after a random round; its rc."""
+    rng = np.random.default_rng(seed)
+    after = int(rng.integers(1, rounds))  # full rounds to wait for
+    pause = float(rng.uniform(0.0, 2.0))  # then into the next round
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedrec.cli", *argv],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if done >= after:
+            time.sleep(pause)
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return _wait_killed(proc), after
+
+
+def _stripped(path: Path) -> list[dict[str, object]]:
+    """A ledger's records without what differs between two honest runs (times, signatures)."""
+    drop = {"time", "hash", "prev_hash", "signature", "versions"}
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _check_resumed(run_dir: Path, cfg: RunConfig) -> None:
+    """Every round ran once in the records; the audit is PASS; no device over its budget."""
+    from fedrec.common.audit.report import audit_run
+
+    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(1, cfg.num_rounds + 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == cfg.num_rounds
+    operator = run_dir.with_name(run_dir.name + ".keystore") / "server.pub.pem"
+    report = audit_run(run_dir, write=False, operator_key=operator)
+    assert report.ok, report.findings
+    assert not report.over_budget and not report.tampered
+    assert report.context.receipts.sealed
+    for ledger in (run_dir / "ledgers").glob("device-*.jsonl"):
+        for record in _stripped(ledger):
+            assert record["claimed_epsilon"] <= cfg.epsilon + 1e-6, (ledger.name, record)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two runs have the same final model and the same ledger records."""
+    ma, mb = np.load(a / "item_embeddings.npz"), np.load(b / "item_embeddings.npz")
+    for key in ma.files:
+        np.testing.assert_array_equal(ma[key], mb[key], err_msg=key)
+    la = sorted(p.relative_to(a) for p in (a / "ledgers").rglob("*.jsonl"))
+    assert la == sorted(p.relative_to(b) for p in (b / "ledgers").rglob("*.jsonl"))
+    for rel in la:
+        assert _stripped(a / rel) == _stripped(b / rel), rel
+
+
+# --- refusals ------------------------------------------------------------------------------
+def test_a_new_run_into_a_directory_holding_a_run_refuses(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    rc = main(["simulate", "--engine", "loop", "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "already holds a run" in err[0] and f"--resume {run_dir}" in err[0]
+    assert "new --run-dir" in err[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.jsonl"]  # nothing written
+
+
+def test_resuming_a_finished_run_says_it_is_finished(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    assert main(["simulate", "--resume", str(run_dir)]) == 0
+    assert "is finished" in capsys.readouterr().out
+
+
+def test_a_resume_with_another_configuration_refuses(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    flat = RunConfig.from_flat(_flat(run_dir)).to_flat()
+    (run_dir / "config.json").write_text(json.dumps({"run_config": flat, "engine": "loop"}))
+    for extra, needle in (
+        (["--epsilon", "3"], "epsilon is 8.0 there, 3.0 given"),
+        (["--set", "dim=16"], "dim is 8 there, 16 given"),
+        (["--engine", "flower"], "ran on 'loop', --engine flower given"),
+        (["--run-dir", str(tmp_path / "elsewhere")], "drop --run-dir"),
+    ):
+        assert main(["simulate", "--resume", str(run_dir), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (extra, err)
+    assert main(["simulate", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_an_empty_device_store_is_an_error_not_a_fresh_device(tmp_path):
+    from fedrec.client.sdk import FedRecClient
+    from fedrec.client.state_store import DeviceStateStore
+    from fedrec.client.storage import CorruptStoreError, DeviceStore
+
+    for opener in (
+        DeviceStore,
+        lambda p: FedRecClient.open(p, catalog=["a", "b"]),
+        lambda p: DeviceStateStore(p).device_ids(),
+    ):
+        path = tmp_path / "empty.db"
+        path.write_bytes(b"")
+        with pytest.raises(CorruptStoreError, match="empty \\(0 bytes\\)"):
+            opener(path)
+        assert path.read_bytes() == b""  # left as it was
+        path.unlink()
+        opener(path)  # a missing file is a new store
+
+
+def test_a_device_takes_its_spend_from_its_ledger(tmp_path):
+    """A store behind the ledger takes the ledger's; ahead keeps its own; different: error."""
+    from fedrec.client.state_store import reconcile_with_ledger
+    from fedrec.client.storage import StoreError
+    from fedrec.simulations.federation import federated_dataset, make_device
+
+    cfg = RunConfig.from_flat({**_flat(tmp_path / "run"), "eval-noise-multiplier": 3.0})
+    fed = federated_dataset(cfg)
+    ledgers = tmp_path / "run" / "ledgers"
+
+    def device():
+        return make_device(fed, 0, cfg, ledger_dir=ledgers)
+
+    first = device()
+    table = first.model.global_state()
+    assert isinstance(first.evaluation_release(table, (10,), 1, noise_multiplier=3.0), dict)
+    spent = first.epsilon_spent()
+    assert spent > 0
+    fresh = device()  # its store lost the release (killed before it was saved)
+    assert fresh.epsilon_spent() == 0
+    reconcile_with_ledger(fresh)
+    assert fresh.epsilon_spent() == spent
+    ahead = device()
+    ahead.accountant.history = [(3.0, 1.0, 2)]  # two releases: more than the ledger's one
+    reconcile_with_ledger(ahead)
+    assert ahead.epsilon_spent() > spent
+    other = device()
+    other.accountant.history = [(5.0, 1.0, 1)]
+    with pytest.raises(StoreError, match="record different releases"):
+        reconcile_with_ledger(other)
+
+
+# --- the in-process engine -----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("privacy", "seed", "k"),
+    [("local", 0, 2), ("local", 1, 1), ("local", 2, 3), ("distributed", 3, 2), ("user", 4, 2)],
+)
+def test_a_loop_run_killed_after_a_round_resumes_to_the_uninterrupted_run(
+    tmp_path, privacy, seed, k
+):
+    from fedrec.simulations.runner import simulate_loop
+
+    keys = {"privacy": privacy, "seed": seed}
+    if privacy == "user":
+        keys.update({"synthetic-users": 200, "fraction-train": 0.2, "epsilon": 4.0})
+    whole = RunConfig.from_flat(_flat(tmp_path / "whole", **keys))
+    simulate_loop(whole, reference=False)
+    cut = tmp_path / "cut"
+    _crash_after("loop", _flat(cut, **keys), k)
+    assert not (cut / "checkpoints" / "nodes.json").exists()  # in-process: nodes are devices
+    assert len((cut / "metrics.jsonl").read_text().splitlines()) == k
+    assert main(["simulate", "--resume", str(cut), "--no-reference"]) == 0
+    _check_resumed(cut, whole)
+    _same_run(tmp_path / "whole", cut)
+    assert (
+        json.loads((cut / "summary.json").read_text())["quality"]
+        == json.loads((tmp_path / "whole" / "summary.json").read_text())["quality"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_loop_run_killed_at_a_random_moment_resumes_within_budget(tmp_path, seed):
+    run_dir = tmp_path / "run"
+    flat = _flat(run_dir, seed=seed, num_rounds=6)
+    argv = ["simulate", "--engine", "loop", "--no-reference"]
+    argv += [x for k, v in flat.items() for x in ("--set", f"{k}={v}")]
+    rc, _ = _kill_at_random(argv, run_dir, 6, seed)
+    assert rc == -signal.SIGKILL, "the run finished before it was killed"
+    assert main(["simulate", "--resume", str(run_dir), "--no-reference"]) == 0
+    _check_resumed(run_dir, RunConfig.from_flat(flat))
+    assert main(["simulate", "--resume", str(run_dir)]) == 0  # finished now
+
+
+# --- Flower's simulation engine ------------------------------------------------------------
+@pytest.mark.slow
+def test_a_flower_run_killed_after_a_round_resumes_within_budget(tmp_path):
+    from fedrec.simulations.runner import simulate
+
+    run_dir = tmp_path / "run"
+    flat = _flat(run_dir, seed=5, privacy="distributed")
+    _crash_after("flower", flat, 2)
+    nodes = json.loads((run_dir / "checkpoints" / "nodes.json").read_text())
+    assert sorted(nodes.values()) == list(range(30))
+    cfg = RunConfig.from_flat(flat)
+    result = simulate(cfg, num_cpus=2, reference=False, resume=True)
+    assert [r["round"] for r in result.rounds] == [1, 2, 3, 4]
+    assert len(json.loads((run_dir / "checkpoints" / "nodes.json").read_text())) == 60
+    _check_resumed(run_dir, cfg)
+    # the noise present in the secure sums is counted per device across both starts
+    summary = json.loads((run_dir / "summary.json").read_text())["privacy"]
+    assert summary["epsilon_max"] <= cfg.epsilon + 1e-6
+    sums = [_stripped(p) for p in (run_dir / "ledgers" / "secure-sum").glob("node-*.jsonl")]
+    assert sum(len(s) for s in sums) == sum(int(r["aggregated"]) for r in result.rounds)
+
+
+@pytest.mark.slow
+def test_a_flower_run_killed_at_a_random_moment_resumes_within_budget(tmp_path):
+    run_dir = tmp_path / "run"
+    flat = _flat(run_dir, seed=21, num_rounds=5)
+    argv = ["simulate", "--no-reference", "--cpus", "2"]
+    argv += [x for k, v in flat.items() for x in ("--set", f"{k}={v}")]
+    rc, _ = _kill_at_random(argv, run_dir, 5, 21)
+    assert rc == -signal.SIGKILL, "the run finished before it was killed"
+    assert main(["simulate", "--resume", str(run_dir), "--no-reference", "--cpus", "2"]) == 0
+    _check_resumed(run_dir, RunConfig.from_flat(flat))
