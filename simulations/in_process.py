@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +24,22 @@ from fedrec.server.coordinator import Reply
 from fedrec.server.round_loop import Request, SumResult
 from fedrec.server.validation import validate_delta
 
-__all__ = ["InProcessTransport"]
+__all__ = ["InProcessTransport", "PartialSum"]
+
+
+@dataclass
+class PartialSum:
+    """A secure sum over some of a round's devices, before the round's abort rule.
+
+    ``total`` is float64 (partial sums then add up as one sum would, to rounding);
+    ``out_of_range`` counts shares beyond the range, any of which aborts the whole round's sum.
+    """
+
+    total: dict[str, np.ndarray] | None = None
+    included: list[int] = field(default_factory=list)
+    declined: int = 0
+    drop_reasons: list[str] = field(default_factory=list)
+    out_of_range: int = 0
 
 
 class InProcessTransport:
@@ -36,6 +52,8 @@ class InProcessTransport:
         dropout: in a secure sum, each contribution is dropped with this probability, as if
             its device went offline mid-round.
         rng: the coin of those dropouts.
+        drops: instead of ``dropout``, whether device ``u`` drops out of round ``r``'s sum
+            (``drops(u, r)``; a cohort worker's coin, independent of the order of devices).
     """
 
     def __init__(
@@ -46,12 +64,14 @@ class InProcessTransport:
         *,
         dropout: float = 0.0,
         rng: np.random.Generator | None = None,
+        drops: Callable[[int, int], bool] | None = None,
     ):
         self.n_devices = n_devices
         self.device = device
         self.done = done or (lambda u, d: None)
         self.dropout = dropout
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.drops = drops
 
     def nodes(self) -> list[int]:
         """Every device."""
@@ -87,44 +107,65 @@ class InProcessTransport:
         contributions would otherwise hold gigabytes).
         """
         session = SecureSession(clipping_range=plan.clipping_range, group_size=len(nodes))
-        total: dict[str, np.ndarray] | None = None
-        included: list[int] = []
-        reasons: list[str] = []
-        declined = out_of_range = 0
+        part = self.partial_sum(request, nodes, session)
+        if part.out_of_range:
+            return SumResult(
+                None,
+                [],
+                part.declined,
+                [
+                    *part.drop_reasons,
+                    f"secure sum aborted: {part.out_of_range} noised share(s) beyond the range",
+                ],
+            )
+        total = part.total
+        return SumResult(
+            None if total is None else {k: v.astype(np.float32) for k, v in total.items()},
+            part.included,
+            part.declined,
+            part.drop_reasons,
+        )
+
+    def partial_sum(
+        self, request: Request, nodes: Sequence[int], session: SecureSession
+    ) -> PartialSum:
+        """The float64 sum of some of a secure round's contributions (a cohort worker's shard).
+
+        ``session`` is what each device is told of the whole round's sum (its range and
+        size). A contribution of the wrong shape is dropped, one beyond the range is
+        counted in ``out_of_range`` (the whole round's sum then aborts), and a simulated
+        dropout takes a contribution out after its device trained.
+        """
+        part = PartialSum()
         reference = {k: np.zeros(s, np.float32) for k, s in request.reply_shapes.items()}
         for u in nodes:
             reply = self._answer(u, request, session)
             if reply.refusal is not None:
-                declined += 1
+                part.declined += 1
                 continue
             why = validate_delta(reply.arrays, reference, max_norm=math.inf) if reference else None
             if why is not None:  # SecAgg+ drops a vector of the wrong shape the same way
-                reasons.append(f"node {u}: {why}")
+                part.drop_reasons.append(f"node {u}: {why}")
                 continue
             assert reply.arrays is not None
-            if exceeds_range(reply.arrays, plan.clipping_range):
-                out_of_range += 1
+            if exceeds_range(reply.arrays, session.clipping_range):
+                part.out_of_range += 1
                 continue
-            if self.dropout > 0 and self.rng.random() < self.dropout:
+            if self._drops(u, request.server_round):
                 continue
-            if total is None:
-                total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in reply.arrays.items()}
-            for k in total:
-                total[k] += reply.arrays[k]
-            included.append(u)
-        if out_of_range:
-            return SumResult(
-                None,
-                [],
-                declined,
-                [*reasons, f"secure sum aborted: {out_of_range} noised share(s) beyond the range"],
-            )
-        return SumResult(
-            None if total is None else {k: v.astype(np.float32) for k, v in total.items()},
-            included,
-            declined,
-            reasons,
-        )
+            if part.total is None:
+                part.total = {
+                    k: np.zeros(v.shape, dtype=np.float64) for k, v in reply.arrays.items()
+                }
+            for k in part.total:
+                part.total[k] += reply.arrays[k]
+            part.included.append(u)
+        return part
+
+    def _drops(self, u: int, server_round: int) -> bool:
+        if self.drops is not None:
+            return bool(self.drops(u, server_round))
+        return self.dropout > 0 and self.rng.random() < self.dropout
 
     def evaluate(self, request: Request, nodes: Sequence[int]) -> list[object]:
         """Each device's evaluation release (refusals left out; the coordinator checks them)."""

@@ -1,0 +1,313 @@
+"""Cohort workers: a simulation's SuperNode hosts a shard of the virtual devices.
+
+Mapping one simulated device to one SuperNode costs the simulation engine a node, a message
+and a stored reply per device per round, and Flower's SecAgg+ per device in a secure round.
+In simulation, fedrec instead runs ``W`` SuperNodes (``fedrec simulate --workers W``), each
+a *cohort worker* hosting a fixed shard of the devices (:func:`assign_shards`: largest
+device first onto the least-loaded worker). Each round the server sends each worker one
+message with the ids of its devices sampled this round
+(:class:`~fedrec.server.flower_transport.CohortTransport`); the worker trains them in turn
+with the devices' own code (:class:`~fedrec.simulations.in_process.InProcessTransport`, the
+engine of ``--engine loop``) and replies:
+
+* per device, where the privacy mode lets the server see individual updates (``off``,
+  ``local``);
+* with its shard's partial sum where the mode promises sums (``distributed``, ``user``, and
+  raw statistics): the simulated secure sum, with its rules (a device checks the round's
+  range and size and declines otherwise; a share beyond the range aborts the whole sum; a
+  simulated dropout, a coin of the run's seed, the device and the round, leaves the sum
+  after its device trained and wrote its ledger).
+
+Accounting stays per device: each device keeps its accountant and signed ledger, refuses
+past its budget, and the worker forwards each device's ledger head, which the server
+countersigns. A device's state lives in the run's store
+(:class:`~fedrec.client.state_store.DeviceStateStore`, one transaction per worker and
+round); a worker process keeps the devices it built and reuses one while the store's token
+says no other process moved it on. Deployments keep one device per SuperNode and Flower's
+real SecAgg+ (``--workers 0`` simulates that too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.client.client_app import parse_evaluate, parse_train
+from fedrec.client.device import Device
+from fedrec.common.config import RunConfig
+from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
+from fedrec.common.privacy.secagg import SecureSession
+from fedrec.server.coordinator import Reply
+from fedrec.server.flower_transport import (
+    COHORT_RECORD,
+    HEADS_RECORD,
+    cohort_key,
+    pack_heads,
+    pack_replies,
+    pack_sum,
+)
+from fedrec.server.round_loop import Request
+from fedrec.simulations.federation import federated_dataset, make_device
+from fedrec.simulations.in_process import InProcessTransport
+
+__all__ = ["assign_shards", "default_workers", "Shard", "make_worker_app", "worker_reply"]
+
+#: Devices a worker process keeps built (each holds a copy of the item table).
+_KEEP_DEVICES = 1024
+
+
+def default_workers() -> int:
+    """The default number of cohort workers: the machine's CPU count."""
+    return max(1, os.cpu_count() or 1)
+
+
+def assign_shards(sizes: Sequence[int], workers: int) -> list[list[int]]:
+    """Devices onto ``workers`` shards: the largest first, each onto the least-loaded shard.
+
+    ``sizes[u]`` is device ``u``'s number of training examples (a device costs at least 1);
+    ties go to the lower device index and the lower shard. Each shard is sorted. Every
+    worker computes the same assignment from the same data.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    heap = [(0, w) for w in range(workers)]
+    shards: list[list[int]] = [[] for _ in range(workers)]
+    for u in sorted(range(len(sizes)), key=lambda u: (-int(sizes[u]), u)):
+        load, w = heapq.heappop(heap)
+        shards[w].append(u)
+        heapq.heappush(heap, (load + max(1, int(sizes[u])), w))
+    return [sorted(s) for s in shards]
+
+
+def _dropout_coin(cfg: RunConfig, u: int, server_round: int) -> bool:
+    """The simulation's dropout coin (the one :func:`~.apps.simulated_dropout_mod` tosses)."""
+    p = cfg.simulated_dropout
+    if p <= 0:
+        return False
+    coin = hashlib.sha256(f"{cfg.seed}/{u}/{server_round}".encode()).digest()
+    return int.from_bytes(coin[:8], "little") / 2**64 < p
+
+
+class Shard:
+    """The devices one cohort worker hosts, in one process.
+
+    Args:
+        cfg: the run configuration.
+        partition: this worker's index.
+        workers: how many workers the run has.
+    """
+
+    def __init__(self, cfg: RunConfig, partition: int, workers: int):
+        from fedrec.simulations.apps import state_store
+
+        if not 0 <= partition < workers:
+            raise ValueError(f"worker {partition} does not exist: the run has {workers}")
+        self.cfg = cfg
+        self.fed = federated_dataset(cfg)
+        sizes = [len(t) for t in self.fed.train_items]
+        self.devices = assign_shards(sizes, workers)[partition]
+        self.hosted = frozenset(self.devices)
+        self.store = state_store(cfg)
+        self.ledger_dir = Path(cfg.run_dir) / "ledgers"
+        self._built: OrderedDict[int, tuple[str | None, Device]] = OrderedDict()
+        self._changed: dict[int, Device] = {}
+        self._heads: dict[int, dict[str, Any]] = {}
+
+    def device(self, u: int) -> Device:
+        """Device ``u``, reused if this process holds its latest state, else rebuilt."""
+        hit = self._built.get(u)
+        if hit is not None and hit[0] is not None and self.store.token(hit[1].device_id) == hit[0]:
+            self._built.move_to_end(u)
+            return hit[1]
+        from fedrec.client.state_store import reconcile_with_ledger
+
+        dev = make_device(self.fed, u, self.cfg, ledger_dir=self.ledger_dir)
+        stored = self.store.load(dev.device_id)
+        if stored is not None:
+            dev.load_state_dict(stored[1])
+        reconcile_with_ledger(dev)  # what the device spent is what its ledger says
+        self._keep(u, None if stored is None else stored[0], dev)
+        return dev
+
+    def done(self, u: int, dev: Device) -> None:
+        """Device ``u`` handled a request (its state changed; its ledger head goes along)."""
+        self._changed[u] = dev
+        if dev.ledger_head is not None:
+            self._heads[u] = dict(dev.ledger_head)
+
+    def flush(self) -> dict[int, dict[str, Any]]:
+        """Save the changed devices' states (one transaction); the ledger heads to forward."""
+        changed, self._changed = self._changed, {}
+        heads, self._heads = self._heads, {}
+        self.store.save_many({dev.device_id: dev.state_dict() for dev in changed.values()})
+        for u, dev in changed.items():
+            self._keep(u, self.store.token(dev.device_id), dev)
+        return heads
+
+    def _keep(self, u: int, token: str | None, dev: Device) -> None:
+        self._built[u] = (token, dev)
+        self._built.move_to_end(u)
+        while len(self._built) > _KEEP_DEVICES:
+            self._built.popitem(last=False)
+
+    def transport(self) -> InProcessTransport:
+        """The shard's devices called in this process, with the simulation's dropout coin."""
+        cfg = self.cfg
+        return InProcessTransport(
+            self.fed.n_users,
+            self.device,
+            self.done,
+            drops=lambda u, rnd: _dropout_coin(cfg, u, rnd),
+        )
+
+
+_SHARDS: dict[tuple[str, int, int], Shard] = {}
+
+
+def _shard(cfg: RunConfig, context: Context) -> Shard:
+    partition = int(context.node_config["partition-id"])
+    workers = int(context.node_config["num-partitions"])
+    key = (str(Path(cfg.run_dir).absolute()), partition, workers)
+    if key not in _SHARDS:
+        _SHARDS.clear()  # one run per process at a time
+        _SHARDS[key] = Shard(cfg, partition, workers)
+    return _SHARDS[key]
+
+
+def _cohort(msg: Message, shard: Shard) -> tuple[list[int], dict[str, Any]]:
+    """The devices a request names (refused: one not hosted here) and its cohort record."""
+    try:
+        record = dict(msg.content[COHORT_RECORD])  # type: ignore[arg-type]
+        devices = [int(u) for u in record["devices"]]  # type: ignore[union-attr]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyViolation(RefusalCode.BAD_REQUEST, f"malformed cohort: {exc!r}") from None
+    foreign = sorted(set(devices) - shard.hosted)
+    if foreign or len(set(devices)) != len(devices):
+        raise PolicyViolation(
+            RefusalCode.BAD_REQUEST, f"devices not hosted here, or named twice: {foreign[:5]}"
+        )
+    return devices, record
+
+
+def worker_reply(shard: Shard, msg: Message) -> RecordDict:
+    """A cohort worker's answer to a train request: individual replies, or a partial sum.
+
+    Raises:
+        PolicyViolation: the request is malformed or names devices not hosted here.
+    """
+    devices, record = _cohort(msg, shard)
+    parsed = parse_train(msg)
+    shapes = {
+        k.removeprefix("shape:"): tuple(int(d) for d in v)  # type: ignore[union-attr]
+        for k, v in record.items()
+        if k.startswith("shape:")
+    }
+    config = {} if parsed.noise_share is None else {"noise-share": parsed.noise_share}
+    request = Request(parsed.server_round, parsed.task, parsed.table, config, shapes)
+    transport = shard.transport()
+    if record.get("secure"):
+        session = SecureSession(
+            clipping_range=float(record["clipping-range"]),  # type: ignore[arg-type]
+            group_size=int(record["group-size"]),  # type: ignore[call-overload]
+        )
+        part = transport.partial_sum(request, devices, session)
+        content = pack_sum(
+            part.total,
+            part.included,
+            declined=part.declined,
+            out_of_range=part.out_of_range,
+            reasons=part.drop_reasons,
+        )
+    else:
+        content = pack_replies(transport.train(request, devices))
+    heads = shard.flush()
+    if heads:
+        content[HEADS_RECORD] = pack_heads(heads)
+    return content
+
+
+def _evaluation_reply(shard: Shard, msg: Message) -> RecordDict:
+    devices, _ = _cohort(msg, shard)
+    parsed = parse_evaluate(msg)
+    if parsed.noise_share is not None:  # an evaluation never leaves inside a secure sum here
+        raise PolicyViolation(RefusalCode.NOT_SECURE, "a noise share outside a secure sum")
+    config: dict[str, Any] = {"ks": ",".join(map(str, parsed.ks))}
+    if parsed.noise_multiplier is not None:
+        config["eval-noise-multiplier"] = parsed.noise_multiplier
+    request = Request(parsed.server_round, _evaluate_task(), parsed.table, config)
+    transport = shard.transport()
+    metrics: dict[str, float] = {}
+    for u in devices:  # one by one, to know whose release each one is
+        for sums in transport.evaluate(request, [u]):
+            metrics.update({cohort_key(u, k): float(v) for k, v in sums.items()})  # type: ignore[attr-defined]
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    heads = shard.flush()
+    if heads:
+        content[HEADS_RECORD] = pack_heads(heads)
+    return content
+
+
+def _evaluate_task():  # noqa: ANN202
+    from fedrec.common.algorithms.base import Task
+
+    return Task("evaluate")
+
+
+def _refused(msg: Message, shard: Shard, code: RefusalCode | str) -> RecordDict:
+    """Every hosted device the request names declines with ``code`` (a sum, if secure)."""
+    try:
+        record = msg.content[COHORT_RECORD]
+        devices = [int(u) for u in record["devices"]]  # type: ignore[union-attr,index]
+        secure = bool(record.get("secure"))  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a request too malformed to name its devices
+        devices, secure = [], False
+    devices = [u for u in devices if u in shard.hosted]
+    if secure:
+        return pack_sum(None, [], declined=len(devices), out_of_range=0, reasons=[])
+    return pack_replies([Reply(node=u, refusal=str(RefusalCode(code))) for u in devices])
+
+
+def make_worker_app(config: RunConfig | None = None) -> ClientApp:
+    """The ``ClientApp`` of a simulation's cohort workers (one per SuperNode).
+
+    ``config``: the run configuration (``None``: from the run config, as ``flwr run`` gives).
+    """
+    from fedrec.simulations.apps import _config
+
+    app = ClientApp()
+
+    @app.query()
+    def roster(msg: Message, context: Context) -> Message:
+        shard = _shard(_config(config, context), context)
+        record = ConfigRecord({"devices": list(shard.devices)})
+        return Message(RecordDict({COHORT_RECORD: record}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        shard = _shard(_config(config, context), context)
+        try:
+            content = worker_reply(shard, msg)
+        except PolicyViolation as violation:
+            shard.flush()
+            content = _refused(msg, shard, violation.code)
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        shard = _shard(_config(config, context), context)
+        try:
+            content = _evaluation_reply(shard, msg)
+        except PolicyViolation:
+            shard.flush()
+            content = RecordDict({"metrics": MetricRecord({})})
+        return Message(content, reply_to=msg)
+
+    return app
