@@ -106,6 +106,15 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     )
     p.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="flower engine: SuperNodes that each host a shard of the devices and answer "
+        "for them in one message a round, with a partial sum where the mode promises sums "
+        "(default: the CPU count); 0: one SuperNode per device with Flower's SecAgg+, as "
+        "deployed (slow)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show Flower's DEBUG log and the engine's known-harmless warnings",
@@ -179,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         for key, doc in RunConfig.describe().items():
             console.print(f"[bold]{key}[/]: {doc}")
         return 0
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(
+            f"--workers must be 0 (one SuperNode per device) or more, got {args.workers}"
+        )
     resume = args.resume is not None
     if resume:
         from fedrec.simulations.runner import run_state
@@ -225,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
                 verbose=args.verbose,
                 reference=not args.no_reference,
                 resume=resume,
+                workers=args.workers,
             )
             summary, run_dir = result.summary, result.run_dir
         else:

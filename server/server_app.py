@@ -19,7 +19,7 @@ from fedrec.server.countersign import CountersigningGrid
 from fedrec.server.flower_transport import to_arrays
 from fedrec.server.resume import Checkpointer, NodeMap, receipts_sealed
 from fedrec.server.run_directory import RunDirectory, new_run_dir
-from fedrec.server.strategy import ItemEmbeddingStrategy
+from fedrec.server.strategy import ItemEmbeddingStrategy, TransportFactory
 
 __all__ = ["make_server_app", "CatalogProvider"]
 
@@ -46,6 +46,7 @@ def make_server_app(
     measure: MeasureProvider | None = None,
     resume: bool = False,
     nodes: NodeMap | None = None,
+    transport: TransportFactory | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` running fedrec's rounds.
 
@@ -63,6 +64,8 @@ def make_server_app(
             (:class:`~fedrec.server.resume.Checkpointer`).
         nodes: the node id -> device index map of this start (a simulation's SuperNodes),
             so that what the server keeps per device survives new node ids on resume.
+        transport: builds the round loop's transport (default: one device per node; see
+            :class:`~fedrec.server.strategy.ItemEmbeddingStrategy`).
     """
     app = ServerApp()
 
@@ -89,6 +92,7 @@ def make_server_app(
             min_nodes=expected_nodes(cfg) if expected_nodes is not None else 1,
             measure=measure(cfg) if measure is not None else None,
             checkpointer=checkpointer,
+            transport=transport,
         )
         strategy.summary()
         receipts = coordinator.mechanism.ledgers.receipts() if cfg.privacy != "off" else None

@@ -31,12 +31,15 @@ from fedrec.server.flower_transport import (
     to_numpy,
 )
 from fedrec.server.resume import Checkpointer
-from fedrec.server.round_loop import Request, run_rounds
+from fedrec.server.round_loop import Request, Transport, run_rounds
 from fedrec.server.run_directory import RunDirectory
 
-__all__ = ["ItemEmbeddingStrategy", "reply_from_message"]
+__all__ = ["ItemEmbeddingStrategy", "TransportFactory", "reply_from_message"]
 
 log = logging.getLogger("fedrec.server")
+
+#: Builds the round loop's transport from the grid, the coordinator and the round timeout.
+TransportFactory = Callable[[Grid, Coordinator, float], Transport]
 
 
 class ItemEmbeddingStrategy(Strategy):
@@ -56,6 +59,10 @@ class ItemEmbeddingStrategy(Strategy):
             device whose SuperNode restarted is back in the next round).
         checkpointer: saves the server after each round, and restores it to resume a run
             (:class:`~fedrec.server.resume.Checkpointer`; default: a fresh run's).
+        transport: builds the round loop's transport from the grid, the coordinator and the
+            timeout (default: :class:`~fedrec.server.flower_transport.FlowerTransport`, one
+            device per node; a simulation's cohort workers pass
+            :class:`~fedrec.server.flower_transport.CohortTransport`).
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class ItemEmbeddingStrategy(Strategy):
         measure: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
         quorum_every_round: bool = False,
         checkpointer: Checkpointer | None = None,
+        transport: TransportFactory | None = None,
     ):
         self.cfg = cfg
         self.coordinator = coordinator
@@ -80,6 +88,7 @@ class ItemEmbeddingStrategy(Strategy):
         self.measure = measure
         self.quorum_every_round = quorum_every_round
         self.checkpointer = checkpointer
+        self.transport = transport
         self.last_report: RoundReport | None = None
         self._sampled: dict[int, list[int]] = {}
 
@@ -189,7 +198,11 @@ class ItemEmbeddingStrategy(Strategy):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
         """Run ``num_rounds`` rounds of fedrec's round loop over the Grid."""
-        transport = FlowerTransport(grid, timeout=timeout)
+        transport: Transport = (
+            FlowerTransport(grid, timeout=timeout)
+            if self.transport is None
+            else self.transport(grid, self.coordinator, timeout)
+        )
         self.wait_for_nodes(grid)
 
         def before(rnd: int) -> None:

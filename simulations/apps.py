@@ -1,4 +1,4 @@
-"""The simulation's Flower apps: one SuperNode per user of a dataset.
+"""The simulation's Flower apps: cohort workers, or one SuperNode per user of a dataset.
 
 ``pyproject.toml`` registers :data:`server_app` and :data:`client_app` for ``flwr run .``
 (configuration from ``[tool.flwr.app.config]``); ``fedrec simulate`` builds the same apps
@@ -6,7 +6,9 @@ with :func:`make_apps` around a resolved :class:`RunConfig` and runs them on Flo
 simulation engine (:mod:`fedrec.simulations.runner`).
 
 A SuperNode's ``partition-id`` (from Flower's simulation engine) is the dense user index of
-the device it simulates.
+the device it simulates; with cohort workers (``make_apps(..., workers=W)``,
+:mod:`fedrec.simulations.workers`) it is the worker's index, and the worker hosts a shard of
+the devices.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 
 from fedrec.client.client_app import make_client_app
 from fedrec.client.device import Device
 from fedrec.client.state_store import DeviceStateStore, StoredDevices
 from fedrec.common.config import RunConfig
 from fedrec.server.coordinator import Coordinator
+from fedrec.server.flower_transport import CohortTransport
 from fedrec.server.run_directory import RunDirectory
 from fedrec.server.server_app import make_server_app
 from fedrec.simulations.federation import federated_dataset, federated_features, make_device
@@ -157,12 +160,33 @@ def make_apps(
     on_finish: Callable[[Coordinator, RunDirectory], None] | None = None,
     resume: bool = False,
     nodes: Callable[[], dict[int, int]] | None = None,
+    workers: int = 0,
 ) -> tuple[ServerApp, ClientApp]:
     """Server and client apps bound to a resolved configuration.
 
     ``resume`` continues the run in ``config.run_dir`` (device states kept); ``nodes`` gives
     the SuperNodes' node id -> device index map (see :mod:`fedrec.server.resume`).
+    ``workers`` > 0: the SuperNodes are that many cohort workers, each hosting a shard of
+    the devices (:mod:`fedrec.simulations.workers`; run the engine with ``workers``
+    SuperNodes); 0: one device per SuperNode, secure sums over Flower's SecAgg+.
     """
+    if workers > 0:
+        from fedrec.simulations.workers import make_worker_app
+
+        return (
+            make_server_app(
+                catalog,
+                config=config,
+                on_round=on_round,
+                on_finish=on_finish,
+                item_features=federated_features,
+                expected_nodes=lambda cfg: min(workers, device_count(cfg)),
+                measure=functools.partial(simulator_measure, fresh=not resume),
+                resume=resume,
+                transport=cohort_transport,
+            ),
+            make_worker_app(config),
+        )
     return (
         make_server_app(
             catalog,
@@ -177,6 +201,14 @@ def make_apps(
         ),
         make_client_app(simulated_devices(config), mods=[simulated_dropout_mod(config)]),
     )
+
+
+def cohort_transport(grid: Grid, coordinator: Coordinator, timeout: float) -> CohortTransport:
+    """The round loop's transport to cohort workers; the server countersigns what it gets."""
+    receipts = (
+        coordinator.mechanism.ledgers.receipts() if coordinator.cfg.privacy != "off" else None
+    )
+    return CohortTransport(grid, timeout=timeout, receipts=receipts)
 
 
 #: For ``flwr run .``: configuration from the run config.

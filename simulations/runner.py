@@ -252,6 +252,7 @@ def simulate(
     verbose: bool = False,
     reference: bool = True,
     resume: bool = False,
+    workers: int | None = None,
 ) -> SimulationResult:
     """Run ``cfg`` on Flower's simulation engine; returns the result (also on disk).
 
@@ -267,11 +268,15 @@ def simulate(
         resume: continue the stopped run in ``cfg.run_dir`` (``cfg`` from
             :func:`resume_config`): the server from its checkpoint, every device from its
             stored state and its ledger (:mod:`fedrec.server.resume`).
+        workers: SuperNodes that each host a shard of the devices (cohort workers,
+            :mod:`fedrec.simulations.workers`; default: the CPU count); 0: one SuperNode per
+            device, secure sums over Flower's SecAgg+ (as deployed).
     """
     from flwr.simulation import run_simulation
 
     from fedrec.simulations.apps import make_apps, state_store
     from fedrec.simulations.quiet import quiet_engine
+    from fedrec.simulations.workers import default_workers
 
     t0 = time.perf_counter()
     cfg, run_dir = _open_run(cfg, resume)
@@ -289,8 +294,11 @@ def simulate(
             on_round(r)
 
     nodes: dict[int, int] = {}
+    workers = min(default_workers() if workers is None else workers, fed.n_users)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one SuperNode per device) or more, got {workers}")
     server_app, client_app = make_apps(
-        cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes)
+        cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
     cpus = num_cpus or os.cpu_count() or 1
     backend_config = {
@@ -308,7 +316,7 @@ def simulate(
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=fed.n_users,
+            num_supernodes=workers or fed.n_users,
             backend_config=backend_config,
             verbose_logging=verbose,
         )
@@ -326,6 +334,7 @@ def simulate(
         sigma,
         wall=time.perf_counter() - t0,
         reference=reference,
+        workers=workers,
     )
     return result
 

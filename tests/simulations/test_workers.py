@@ -1,0 +1,196 @@
+"""Cohort workers: a SuperNode hosting a shard of the devices answers as its devices would."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from fedrec.client.client_app import parse_train
+from fedrec.common.config import RunConfig
+from fedrec.common.privacy.secagg import SecureSession
+from fedrec.server.coordinator import make_coordinator
+from fedrec.server.flower_transport import (
+    COHORT_RECORD,
+    HEADS_RECORD,
+    cohort_message,
+    request_content,
+    split_cohort_keys,
+    to_numpy,
+    unpack_replies,
+)
+from fedrec.server.round_loop import Request
+from fedrec.simulations.apps import make_apps, simulated_devices
+from fedrec.simulations.federation import federated_dataset
+from fedrec.simulations.workers import Shard, assign_shards, worker_reply
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def test_shards_go_largest_first_onto_the_least_loaded_worker():
+    # 0 (5) -> w0; 2 (4) -> w1; 4 (3) -> w1 (4 < 5); 3 (2) -> w0 (5 < 7); 1 (1) -> w0 (tie 7/7)
+    assert assign_shards([5, 1, 4, 2, 3], 2) == [[0, 1, 3], [2, 4]]
+    sizes = np.random.default_rng(0).integers(0, 400, size=943)
+    shards = assign_shards(sizes, 4)
+    assert sorted(u for s in shards for u in s) == list(range(943))
+    loads = [sum(max(1, int(sizes[u])) for u in s) for s in shards]
+    assert max(loads) - min(loads) <= max(sizes)  # balanced within one device
+    assert assign_shards(sizes, 4) == shards  # every worker computes the same assignment
+    assert assign_shards([3, 2], 4) == [[0], [1], [], []]
+    with pytest.raises(ValueError, match="at least 1"):
+        assign_shards([1], 0)
+
+
+def _cfg(tmp_path, name, privacy):
+    return RunConfig(
+        synthetic_users=24,
+        synthetic_items=30,
+        dim=8,
+        num_rounds=2,
+        fraction_train=0.5,
+        accountant="rdp",
+        epsilon=8.0,
+        privacy=privacy,
+        reproducible=True,
+        seed=5,
+        user_noise_multiplier=1.0,  # given, not calibrated (quick)
+        run_dir=str(tmp_path / name),
+    )
+
+
+def _context(cfg, u):
+    n = federated_dataset(cfg).n_users
+    return Context(
+        run_id=1,
+        node_id=100 + u,
+        node_config={"partition-id": u, "num-partitions": n},
+        state=RecordDict(),
+        run_config=cfg.to_flat(),
+    )
+
+
+def _request(cfg, devices):
+    coord = make_coordinator(cfg, federated_dataset(cfg).n_items)
+    task = coord.task(1)
+    shapes = coord.algorithm.contribution(task).shapes
+    if not coord.secure:
+        return Request(1, task, coord.state, {}, shapes), {}
+    plan = coord.plan_round(len(devices), 1)
+    config = {"noise-share": plan.noise_share} if coord.mechanism.device_noise else {}
+    session = {"secure": True, "clipping-range": plan.clipping_range, "group-size": len(devices)}
+    return Request(1, task, coord.state, config, shapes), session
+
+
+def _ledger_heads(cfg, devices):
+    heads = {}
+    for u in devices:
+        path = f"{cfg.run_dir}/ledgers/device-{u:06d}.jsonl"
+        last = json.loads(open(path).read().splitlines()[-1])
+        heads[u] = {"device_id": f"device-{u:06d}", "seq": last["seq"], "hash": last["hash"]}
+    return heads
+
+
+@pytest.mark.parametrize("privacy", ["distributed", "user"])
+def test_a_workers_partial_sum_equals_the_sum_of_its_devices_replies(tmp_path, privacy):
+    worker_cfg = _cfg(tmp_path, "worker", privacy)
+    shard = Shard(worker_cfg, 1, 3)
+    devices = shard.devices[:5]
+    request, session = _request(worker_cfg, devices)
+    msg = cohort_message(request, devices, "train", session, node=7)
+    content = worker_reply(shard, msg)
+    info = dict(content[COHORT_RECORD])
+    assert info["included"] == devices and info["declined"] == info["out-of-range"] == 0
+    total = to_numpy(content["sum"])
+
+    # the same devices, each on its own through the device provider of a one-device SuperNode,
+    # answering what it would put into SecAgg+
+    device_cfg = _cfg(tmp_path, "devices", privacy)
+    provider = simulated_devices(device_cfg)
+    device_msg = Message(request_content(request), dst_node_id=1, message_type="train")
+    secure = SecureSession(clipping_range=session["clipping-range"], group_size=len(devices))
+    expected = {k: np.zeros(s, np.float64) for k, s in request.reply_shapes.items()}
+    for u in devices:
+        device = provider(_context(device_cfg, u))
+        outcome, _ = device.contribute(parse_train(device_msg), secure)
+        device.close(True)
+        for k in expected:
+            expected[k] += outcome.arrays[k]
+    assert set(total) == set(expected)
+    for k in expected:
+        assert total[k].dtype == np.float64
+        np.testing.assert_array_equal(total[k], expected[k])
+    if privacy == "distributed":  # each device's ledger head, as its own ledger ends
+        assert split_cohort_keys(dict(content[HEADS_RECORD])) == _ledger_heads(worker_cfg, devices)
+    else:  # user-level devices keep no ledger (the server's is the record)
+        assert HEADS_RECORD not in content
+
+
+def test_a_workers_individual_replies_are_its_devices_clientapp_replies(tmp_path):
+    worker_cfg = _cfg(tmp_path, "worker", "local")
+    shard = Shard(worker_cfg, 0, 2)
+    devices = shard.devices[:4]
+    request, _ = _request(worker_cfg, devices)
+    msg = cohort_message(request, devices, "train", {}, node=3)
+    reply = Message(worker_reply(shard, msg), reply_to=msg)
+    replies = unpack_replies(reply, devices)
+    assert [r.node for r in replies] == devices
+
+    device_cfg = _cfg(tmp_path, "devices", "local")
+    _, app = make_apps(device_cfg)  # one device per SuperNode: the deployment's ClientApp
+    for u, got in zip(devices, replies, strict=True):
+        msg = Message(request_content(request), dst_node_id=100 + u, message_type="train")
+        real = app(msg, _context(device_cfg, u))
+        arrays = to_numpy(real.content["arrays"])
+        assert set(got.arrays) == set(arrays)
+        for k in arrays:
+            np.testing.assert_array_equal(got.arrays[k], arrays[k])
+        metrics = dict(real.content["metrics"])
+        assert got.num_examples == metrics.pop("num-examples")
+        assert got.metrics == pytest.approx(metrics)
+    heads = split_cohort_keys(dict(reply.content[HEADS_RECORD]))
+    assert heads == _ledger_heads(worker_cfg, devices)
+
+
+def test_a_worker_refuses_devices_it_does_not_host(tmp_path):
+    cfg = _cfg(tmp_path, "worker", "local")
+    shard, other = Shard(cfg, 0, 2), Shard(cfg, 1, 2)
+    request, _ = _request(cfg, other.devices[:2])
+    _, app = make_apps(cfg, workers=2)
+    context = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=cfg.to_flat(),
+    )
+    msg = cohort_message(request, [shard.devices[0], other.devices[0]], "train", {}, node=9)
+    replies = unpack_replies(app(msg, context), [shard.devices[0], other.devices[0]])
+    assert [r.refusal for r in replies] == ["bad-request", None]
+    assert replies[1].error is not None  # not hosted here: nothing trained for it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy", ["distributed", "user"])
+def test_a_worker_run_on_flower_is_the_loops_run_and_its_audit_passes(tmp_path, privacy):
+    from fedrec.common.audit.report import audit_run
+    from fedrec.simulations.runner import simulate, simulate_loop
+
+    flower = simulate(_cfg(tmp_path, "flower", privacy), num_cpus=2, workers=2, reference=False)
+    simulate_loop(_cfg(tmp_path, "loop", privacy), reference=False)
+    a = np.load(tmp_path / "flower" / "item_embeddings.npz")
+    b = np.load(tmp_path / "loop" / "item_embeddings.npz")
+    assert set(a.files) == set(b.files)
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+    assert [r["aggregated"] for r in flower.rounds] == [12, 12]
+    assert flower.summary["workers"] == 2
+    report = audit_run(tmp_path / "flower", write=False, workers=1)
+    assert report.ok, report
+    receipts = (tmp_path / "flower" / "receipts.jsonl").read_text().splitlines()
+    if privacy == "distributed":  # one receipt per contribution in a sum, and the seal
+        assert len(receipts) == 24 + 1
