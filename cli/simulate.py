@@ -97,6 +97,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         metavar="KEY=VALUE",
         help="any run-config key (kebab-case), repeatable",
     )
+    _add_engine_args(p)
+    p.add_argument("--no-reference", action="store_true", help="skip the non-private reference run")
+    p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
+    p.set_defaults(func=run)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The options that choose and size the engine."""
     p.add_argument(
         "--engine",
         choices=("flower", "loop"),
@@ -119,9 +127,6 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         action="store_true",
         help="also show Flower's DEBUG log and the engine's known-harmless warnings",
     )
-    p.add_argument("--no-reference", action="store_true", help="skip the non-private reference run")
-    p.add_argument("--list-keys", action="store_true", help="list run-config keys and exit")
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):

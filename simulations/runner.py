@@ -300,18 +300,7 @@ def simulate(
     server_app, client_app = make_apps(
         cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
-    cpus = num_cpus or os.cpu_count() or 1
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": cpus,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "logging_level": "error",
-            "log_to_driver": False,
-        },
-    }
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    backend_config = _backend_config(num_cpus)
     with quiet_engine(verbose), _recording_nodes(nodes):
         run_simulation(
             server_app=server_app,
@@ -326,17 +315,26 @@ def simulate(
             f"the log above for the error Flower reported (continue it with `fedrec simulate "
             f"--resume {run_dir.path}`)"
         )
+    wall = time.perf_counter() - t0
     result.summary = _finish(
-        run_dir,
-        cfg,
-        fed,
-        result.rounds,
-        sigma,
-        wall=time.perf_counter() - t0,
-        reference=reference,
-        workers=workers,
+        run_dir, cfg, fed, result.rounds, sigma, wall=wall, reference=reference, workers=workers
     )
     return result
+
+
+def _backend_config(num_cpus: int | None) -> dict[str, object]:
+    """Flower's Ray backend: one CPU per ClientApp, ``num_cpus`` (default: all) in all."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": num_cpus or os.cpu_count() or 1,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": False,
+        },
+    }
 
 
 @contextmanager
