@@ -28,6 +28,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tools", "benchmarks: engine, local (training), data, sdk"),
     "canary": ("tools", "canary audit: an empirical epsilon lower bound of a device's training"),
     "limits": ("tools", "noisy-popularity bound: what local DP can at best learn"),
+    "attack": ("attack", "poisoning table: fake devices against each privacy mode's defences"),
 }
 
 _EPILOG = """\

@@ -226,6 +226,23 @@ class RunConfig:
     server_beta2: float = _doc("FedAdam beta2", default=0.99)
     server_tau: float = _doc("FedAdam adaptivity tau", default=1e-3)
     max_update_norm: float = _doc("replies whose delta norm exceeds this are dropped", default=1e4)
+    robust_aggregation: str = _doc(
+        "defence against poisoned updates where the server sees each one (privacy off, "
+        "local): none (the mean), trimmed-mean (coordinate-wise, robust-trim dropped at each "
+        "end) or median (coordinate-wise); see docs/poisoning.md",
+        default="none",
+    )
+    robust_trim: float = _doc(
+        "trimmed-mean: fraction of a round's updates dropped at each end of every coordinate",
+        default=0.1,
+    )
+    row_clip: float = _doc(
+        "defence: L2 bound on each item's row (embedding and bias) of an update; 0 = none. "
+        "privacy off, local: the server clips every reply; user: each device clips its own "
+        "and the SecAgg+ range shrinks to it (fedrec.common.robust.row_norm_bound derives a "
+        "bound from public quantities)",
+        default=0.0,
+    )
     # output
     run_dir: str = _doc("directory of this run's outputs ('' = runs/<timestamp>)", default="")
     keystore: str = _doc(
@@ -236,9 +253,10 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        from fedrec.common.config_checks import check_fields
+        from fedrec.common.config_checks import check_defences, check_fields
 
         check_fields(self)  # every key: type, finite, range (LIMITS)
+        check_defences(self)
         _ = self.k_values  # validate
         if self.dataset != "events":
             for key in ("events_user_col", "events_item_col", "events_weight_col"):

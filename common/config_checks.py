@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedrec.common.config import RunConfig
 
-__all__ = ["Limits", "LIMITS", "MAX_DELTA", "check_fields", "check_feasible", "config_error"]
+__all__ = [
+    "Limits",
+    "LIMITS",
+    "MAX_DELTA",
+    "check_fields",
+    "check_defences",
+    "check_feasible",
+    "config_error",
+]
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,9 @@ LIMITS: dict[str, Limits] = {
     "server_beta2": _HALF_OPEN,
     "server_tau": _r(0, 1000, open_lo=True),
     "max_update_norm": _r(0, 1e9, open_lo=True),
+    "robust_aggregation": _one_of("none", "trimmed-mean", "median"),
+    "robust_trim": _r(0, 0.5, open_hi=True),
+    "row_clip": _r(0, _BIG),
     "run_dir": Limits(),
     "keystore": Limits(),
 }
@@ -194,6 +205,33 @@ def check_fields(cfg: RunConfig) -> None:
         limits = LIMITS.get(f.name, Limits())
         value = getattr(cfg, f.name)
         setattr(cfg, f.name, _checked(f.name, kind, limits, value))
+
+
+def check_defences(cfg: RunConfig) -> None:
+    """The poisoning defences fit the privacy mode (:mod:`fedrec.common.robust`).
+
+    Robust aggregation needs every update in the clear (privacy off or local); a per-row clip
+    is applied by the server (off, local) or by each device (user), but not to a distributed
+    noise share, whose sum must stay the sum of Gaussian DP-SGD steps.
+
+    Raises:
+        ValueError: naming the key, its value and the modes it fits.
+    """
+    secure = cfg.privacy in ("distributed", "user")
+    if cfg.robust_aggregation != "none" and secure:
+        raise config_error(
+            "robust_aggregation",
+            cfg.robust_aggregation,
+            "'none' with privacy distributed or user",
+            why="the server sees only the secure sum of a round's updates, not each one",
+        )
+    if cfg.row_clip > 0 and cfg.privacy == "distributed":
+        raise config_error(
+            "row_clip",
+            cfg.row_clip,
+            "0 with privacy distributed",
+            why="clipping a noise share would void the accounting of the secure sum's noise",
+        )
 
 
 def _checked(name: str, kind: type, limits: Limits, value: object) -> object:

@@ -242,7 +242,7 @@ class Coordinator:
                 reasons.append(f"node {_node_text(r)}: {why}")
         for reason in reasons:
             log.warning("round %d: dropped reply: %s", server_round, reason)
-        aggregate = self.mechanism.aggregate(
+        aggregate = self._defended_aggregate(
             server_round, [Contributed(int(r.node), r.arrays, r.num_examples) for r in good], spec
         )
         if aggregate is None:
@@ -260,6 +260,33 @@ class Coordinator:
             update_norm=norm,
             train_metrics=train_metrics,
         )
+
+    def _defended_aggregate(
+        self, server_round: int, contributed: list[Contributed], spec: ContributionSpec
+    ) -> Aggregate | None:
+        """The mechanism's aggregate with the run's poisoning defences (``fedrec.common.robust``).
+
+        ``row-clip`` clips every row of every update; ``robust-aggregation`` replaces the
+        (weighted) mean by a coordinate-wise trimmed mean or median, every device weighing
+        the same.
+        """
+        from fedrec.common.robust import clip_rows, robust_mean
+
+        cfg = self.cfg
+        if cfg.row_clip > 0:
+            contributed = [
+                Contributed(c.node, clip_rows(c.arrays, cfg.row_clip), c.num_examples)
+                for c in contributed
+            ]
+        if cfg.robust_aggregation == "none" or not contributed:
+            return self.mechanism.aggregate(server_round, contributed, spec)
+        n = len(contributed)
+        mean = robust_mean(
+            [c.arrays for c in contributed], cfg.robust_aggregation, trim=cfg.robust_trim
+        )
+        if spec.aggregate == "mean":
+            return Aggregate(count=n, mean=mean)
+        return Aggregate(count=n, total={k: np.asarray(v, np.float64) * n for k, v in mean.items()})
 
     @staticmethod
     def _reply_metrics(good: Sequence[Reply]) -> dict[str, float]:

@@ -53,6 +53,12 @@ def initial_item_table(cfg: RunConfig, n_items: int) -> State:
     return model.global_state()
 
 
+def _user_bound(cfg: RunConfig, signal: float) -> float:
+    """User-level DP: a coordinate of a clipped delta (and, with ``row-clip``, of its rows)."""
+    bound = min(signal, cfg.user_clip)
+    return min(bound, cfg.row_clip) if cfg.row_clip > 0 else bound
+
+
 class SGD(Algorithm):
     """Rounds of local (DP-)SGD; the server steps with the mean item-table delta."""
 
@@ -120,7 +126,7 @@ class SGD(Algorithm):
             shapes=shapes,
             aggregate="mean",
             max_norm=float(cfg.user_clip) if user else float(cfg.max_update_norm),
-            coordinate_bound=min(signal, cfg.user_clip) if user else signal,
+            coordinate_bound=_user_bound(cfg, signal) if user else signal,
             sensitivity=cfg.user_clip if cfg.privacy == "user" else cfg.max_grad_norm,
             noise_multiplier=sigma,
             noise_per_coordinate=noise,
@@ -191,6 +197,10 @@ class SGD(Algorithm):
             from fedrec.common.privacy.mechanisms.user import clip_delta
 
             delta = clip_delta(delta, self.cfg.user_clip)[0]
+            if self.cfg.row_clip > 0:  # a defence against poisoning: bounded rows too
+                from fedrec.common.robust import clip_rows
+
+                delta = clip_rows(delta, self.cfg.row_clip)
         if device.dp is not None:
             device.release(  # recorded before the update leaves
                 server_round,
