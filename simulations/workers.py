@@ -175,9 +175,11 @@ _SHARDS: dict[tuple[str, int, int], Shard] = {}
 def _shard(cfg: RunConfig, context: Context) -> Shard:
     partition = int(context.node_config["partition-id"])
     workers = int(context.node_config["num-partitions"])
-    key = (str(Path(cfg.run_dir).absolute()), partition, workers)
+    run = str(Path(cfg.run_dir).absolute())
+    key = (run, partition, workers)
     if key not in _SHARDS:
-        _SHARDS.clear()  # one run per process at a time
+        for other in [k for k in _SHARDS if k[0] != run]:  # one run per process at a time
+            del _SHARDS[other]
         _SHARDS[key] = Shard(cfg, partition, workers)
     return _SHARDS[key]
 
