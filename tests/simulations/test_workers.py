@@ -58,6 +58,7 @@ def _cfg(tmp_path, name, privacy):
         privacy=privacy,
         reproducible=True,
         seed=5,
+        algorithm="sgd",
         user_noise_multiplier=1.0,  # given, not calibrated (quick)
         run_dir=str(tmp_path / name),
     )
@@ -187,10 +188,49 @@ def test_a_worker_run_on_flower_is_the_loops_run_and_its_audit_passes(tmp_path, 
     assert set(a.files) == set(b.files)
     for k in a.files:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
-    assert [r["aggregated"] for r in flower.rounds] == [12, 12]
+
+    def rounds(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        keys = ("sampled", "aggregated", "refused", "dropped", "train_epsilon_max")
+        return [[json.loads(x).get(k) for k in keys] for x in lines]
+
+    assert rounds("flower") == rounds("loop")
+    assert sum(r[1] for r in rounds("flower")) > 0
     assert flower.summary["workers"] == 2
     report = audit_run(tmp_path / "flower", write=False, workers=1)
     assert report.ok, report
     receipts = (tmp_path / "flower" / "receipts.jsonl").read_text().splitlines()
     if privacy == "distributed":  # one receipt per contribution in a sum, and the seal
-        assert len(receipts) == 24 + 1
+        assert len(receipts) == sum(r[1] for r in rounds("flower")) + 1
+
+
+def test_a_workers_evaluation_releases_are_its_devices_clientapp_releases(tmp_path):
+    from fedrec.common.algorithms.base import Task
+
+    worker_cfg = _cfg(tmp_path, "worker", "local")
+    _, worker_app = make_apps(worker_cfg, workers=2)
+    devices = Shard(worker_cfg, 1, 2).devices[:3]
+    state = make_coordinator(worker_cfg, federated_dataset(worker_cfg).n_items).state
+    config = {"ks": "10,20", "eval-noise-multiplier": 1.0}
+    request = Request(1, Task("evaluate"), state, config)
+    msg = cohort_message(request, devices, "evaluate", {}, node=9)
+    context = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=worker_cfg.to_flat(),
+    )
+    reply = worker_app(msg, context)
+    releases = split_cohort_keys(dict(reply.content["metrics"]))
+    assert sorted(releases) == devices
+
+    device_cfg = _cfg(tmp_path, "devices", "local")
+    _, app = make_apps(device_cfg)
+    for u in devices:
+        one = Message(request_content(request), dst_node_id=100 + u, message_type="evaluate")
+        real = dict(app(one, _context(device_cfg, u)).content["metrics"])
+        assert releases[u] == pytest.approx(real, rel=1e-12, abs=1e-12)
+    assert split_cohort_keys(dict(reply.content[HEADS_RECORD])) == _ledger_heads(
+        worker_cfg, devices
+    )
