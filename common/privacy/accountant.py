@@ -13,17 +13,29 @@ and participations have the same history, so each is computed once per process.
 guard uses (:class:`HistoryAccountant` puts fedrec's accountants behind ``dp_accounting``'s
 interface), so a device that makes exactly the planned releases ends at its budget, not past
 it. The audit keeps its own, independent accountants (:mod:`fedrec.common.privacy.accounting`).
+
+ε is incremental for ``"pld"`` and ``"rdp"``: a round's ε comes from the previous round's
+composition (:class:`Composition`: the composed PLD, or the RDP vector) with the one new release
+composed onto it, never from the whole history again; :func:`epsilon_of` finds the longest
+history it has composed that the asked one extends. The values equal a from-scratch
+composition within floating point (RDP) or within ``1e-7`` relative (PLD: each composition
+truncates ``1e-15`` of tail mass, in a different order than one self-composition does).
+``"prv"`` is computed from scratch (memoised): Opacus sizes the PRV's mesh by the total number
+of steps, so a PRV extended on a fixed mesh would not be the number Opacus gives.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dp_accounting as dpa
+import numpy as np
 
 from fedrec.common.privacy.events import PrivacyEvent, merge_history
 
@@ -36,6 +48,8 @@ __all__ = [
     "calibrate",
     "HistoryAccountant",
     "History",
+    "Composition",
+    "INCREMENTAL",
 ]
 
 #: Accountants a device may keep (Opacus).
@@ -61,14 +75,8 @@ def _merged(history: Iterable[Sequence[float]]) -> History:
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon_cached(kind: str, history: History, delta: float) -> float:
-    if kind == "pld":
-        from fedrec.common.privacy.accounting import epsilon
-
-        return float(
-            epsilon(
-                [PrivacyEvent(s, q, n) for s, q, n in history], target_delta=delta, accountant="pld"
-            )
-        )
+    if kind in INCREMENTAL:
+        return composition_of(kind, history).epsilon(delta)
     acc = make_accountant(kind)
     acc.history = list(history)
     with warnings.catch_warnings(), _numpy_quiet():
@@ -258,3 +266,222 @@ def calibrate(
         float(target_delta),
         str(accountant),
     )
+
+
+# --------------------------------------------------------------------------- incremental
+
+#: Accountants whose ε :func:`epsilon_of` extends from the previous composition.
+INCREMENTAL = ("pld", "rdp")
+
+#: PLD grid spacing of the signer's PLD (``dp_accounting``'s default, as the audit's first grid).
+PLD_INTERVAL = 1e-4
+
+#: Composed states kept per kind (a PLD over 1,000 rounds is a few MB; an RDP vector is tiny).
+_KEEP = {"pld": 4, "rdp": 65536}
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_step(sigma: float, q: float) -> Any:
+    """One sampled Gaussian step's PLD (pessimistic connect-the-dots), as ``PLDAccountant``."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, value_discretization_interval=PLD_INTERVAL, sampling_prob=q
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_gaussian(sigma: float) -> Any:
+    """The PLD of one unsampled Gaussian (``steps`` of them: ``σ/√steps``)."""
+    return _pld_step(sigma, 1.0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_step(sigma: float, q: float) -> np.ndarray:
+    """One (sampled) Gaussian step's RDP at Opacus' default orders."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    out = np.asarray(
+        opacus_rdp.compute_rdp(
+            q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+        ),
+        dtype=np.float64,
+    )
+    out.setflags(write=False)
+    return out
+
+
+def _pmf_epsilon(pmf: Any, delta: float) -> float:
+    """``pmf.get_epsilon_for_delta(delta)`` of ``dp_accounting`` 0.6, vectorised.
+
+    The same sums in the same order as its loop (cumulative sums from the largest loss down;
+    losses stepped down from the top as its ``itertools.count`` does), so the value is equal up
+    to the last bits of ``exp``/``log``; a hundred times faster on a PLD of 10^5-10^6 points.
+    Non-dense PMFs go to ``dp_accounting`` itself.
+    """
+    from dp_accounting.pld.pld_pmf import DensePLDPmf
+
+    if not isinstance(pmf, DensePLDPmf):
+        return float(pmf.get_epsilon_for_delta(delta))
+    inf_mass = float(pmf._infinity_mass)
+    if inf_mass > delta:
+        return math.inf
+    probs = np.asarray(pmf._probs, dtype=np.float64)[::-1]
+    step = pmf._discretization
+    top = (pmf._lower_loss + len(probs) - 1) * step
+    losses = np.cumsum(np.concatenate(([top], np.full(len(probs) - 1, -step))))
+    upper = np.cumsum(np.concatenate(([inf_mass], probs)))  # mass before item k, and at the end
+    lower = np.cumsum(np.concatenate(([0.0], np.exp(-losses) * probs)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log((upper[:-1] - delta) / lower[:-1])
+    stop = (upper[:-1] > delta) & (lower[:-1] > 0) & (ratio >= losses)
+    zero = (upper[1:] >= delta) & (lower[1:] == 0)  # checked after adding item k
+    k_stop = int(np.argmax(stop)) if stop.any() else len(probs)
+    k_zero = int(np.argmax(zero)) if zero.any() else len(probs)
+    if k_zero < k_stop:
+        return max(0.0, float(losses[k_zero]))
+    mass_upper, mass_lower = float(upper[k_stop]), float(lower[k_stop])
+    if mass_upper <= mass_lower + delta:
+        return 0.0
+    return math.log((mass_upper - delta) / mass_lower)
+
+
+def _pld_epsilon(pld: Any, delta: float) -> float:
+    """ε of a PLD at ``delta`` (both neighbouring directions, as ``get_epsilon_for_delta``)."""
+    eps = _pmf_epsilon(pld._pmf_remove, delta)
+    if pld._symmetric:
+        return eps
+    return max(eps, _pmf_epsilon(pld._pmf_add, delta))
+
+
+class Composition:
+    """The composition of a history, extended one release at a time (``"pld"``, ``"rdp"``).
+
+    ``"pld"``: ``dp_accounting``'s PLD (pessimistic connect-the-dots, grid 1e-4, as its
+    ``PLDAccountant``) of the sampled releases, composed in the order they happened; the
+    unsampled Gaussians kept as total steps per noise multiplier and composed only when ε is
+    asked (``n`` Gaussians with ``σ`` are one with ``σ/√n``, as a from-scratch composition does).
+    ``"rdp"``: the RDP vector over Opacus' orders (one step's vector times the steps, summed),
+    converted as Opacus' ``RDPAccountant`` does. Extending costs one composition with the new
+    release, whatever the length of the history. Immutable: :meth:`extended` returns a new one.
+    """
+
+    __slots__ = ("kind", "history", "_pld", "_unsampled", "_rdp", "_eps")
+
+    def __init__(self, kind: str):
+        if kind not in INCREMENTAL:
+            raise ValueError(f"incremental accountant must be one of {INCREMENTAL}, got {kind!r}")
+        self.kind = kind
+        self.history: History = ()
+        self._pld: Any = None
+        self._unsampled: tuple[tuple[float, int], ...] = ()
+        self._rdp: np.ndarray | None = None
+        self._eps: dict[float, float] = {}
+
+    def extended(self, sigma: float, q: float, steps: int) -> Composition:
+        """A new composition: this one and ``steps`` releases of noise ``sigma`` at rate ``q``."""
+        sigma, q, steps = float(sigma), float(q), int(steps)
+        if sigma <= 0 or not 0 < q <= 1 or steps < 1:
+            raise ValueError(f"cannot compose ({sigma}, {q}, {steps}): need σ > 0, q in (0, 1]")
+        out = Composition(self.kind)
+        last = self.history[-1] if self.history else None
+        if last is not None and last[0] == sigma and last[1] == q:
+            out.history = (*self.history[:-1], (sigma, q, last[2] + steps))
+        else:
+            out.history = (*self.history, (sigma, q, steps))
+        out._pld, out._unsampled, out._rdp = self._pld, self._unsampled, self._rdp
+        if self.kind == "rdp":
+            more = steps * _rdp_step(sigma, q)
+            out._rdp = more if self._rdp is None else self._rdp + more
+        elif q >= 1.0:
+            totals = dict(self._unsampled)
+            totals[sigma] = totals.get(sigma, 0) + steps
+            out._unsampled = tuple(sorted(totals.items()))
+        else:
+            step = _pld_step(sigma, q)
+            more = step if steps == 1 else step.self_compose(steps)
+            out._pld = more if self._pld is None else self._pld.compose(more)
+        return out
+
+    def epsilon(self, delta: float) -> float:
+        """ε at ``delta`` (0 for nothing composed)."""
+        delta = float(delta)
+        if delta not in self._eps:
+            self._eps[delta] = self._epsilon(delta)
+        return self._eps[delta]
+
+    def _epsilon(self, delta: float) -> float:
+        if not self.history:
+            return 0.0
+        if self.kind == "rdp":
+            from opacus.accountants import RDPAccountant
+            from opacus.accountants.analysis import rdp as opacus_rdp
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+                eps, _ = opacus_rdp.get_privacy_spent(
+                    orders=RDPAccountant.DEFAULT_ALPHAS, rdp=self._rdp, delta=delta
+                )
+            return float(eps)
+        pld = self._pld
+        for sigma, steps in self._unsampled:
+            part = _pld_gaussian(sigma / math.sqrt(steps))
+            pld = part if pld is None else pld.compose(part)
+        return _pld_epsilon(pld, delta)
+
+
+_STATES: dict[str, OrderedDict[History, Composition]] = {k: OrderedDict() for k in INCREMENTAL}
+# (kind, history less its last entry, σ, q of the last entry) -> the last such history composed
+_STEMS: dict[tuple[str, History, float, float], History] = {}
+_LOCK = threading.RLock()  # a Flower server and its in-thread clients may ask at once
+
+
+def composition_of(kind: str, history: History) -> Composition:
+    """The :class:`Composition` of a merged history, extended from the longest one composed.
+
+    A history that extends one already composed (the same entries, the last one with more
+    steps, then new entries) is composed from it: one round's ε costs one composition, however
+    many rounds came before. The states of the last few histories of each kind are kept.
+    """
+    with _LOCK:
+        return _composition_of(kind, history)
+
+
+def _composition_of(kind: str, history: History) -> Composition:
+    states = _STATES[kind]
+    pending: list[tuple[float, float, int]] = []
+    current, start = history, None
+    while start is None:
+        if current in states:
+            start = states[current]
+            break
+        if not current:
+            start = Composition(kind)
+            break
+        sigma, q, steps = current[-1]
+        prefix = current[:-1]
+        stem = _STEMS.get((kind, prefix, sigma, q))
+        if stem is not None and stem in states and stem[-1][2] < steps:
+            pending.append((sigma, q, steps - stem[-1][2]))
+            start = states[stem]
+            break
+        pending.append((sigma, q, steps))
+        current = prefix
+    for sigma, q, steps in reversed(pending):
+        start = start.extended(sigma, q, steps)
+    _remember(kind, history, start)
+    return start
+
+
+def _remember(kind: str, history: History, state: Composition) -> None:
+    states = _STATES[kind]
+    states[history] = state
+    states.move_to_end(history)
+    if history:
+        _STEMS[(kind, history[:-1], history[-1][0], history[-1][1])] = history
+    while len(states) > _KEEP[kind]:
+        old, _ = states.popitem(last=False)
+        key = (kind, old[:-1], old[-1][0], old[-1][1]) if old else None
+        if key is not None and _STEMS.get(key) == old:
+            del _STEMS[key]

@@ -285,3 +285,127 @@ def test_dp_event_structure():
             dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(2.0), 2),
         ]
     )
+
+
+# --------------------------------------------------------------------------- incremental
+# The signer's accountant (fedrec.common.privacy.accountant) extends each round's ε from the
+# previous composition; the audit's (this module's `epsilon`) composes from scratch.
+
+
+def _stream(kind, releases, *, check_every=1):
+    """ε after each prefix of ``releases`` (signer, incremental) beside the audit's value."""
+    from fedrec.common.privacy.accountant import epsilon_of
+
+    history, out = [], []
+    for i, release in enumerate(releases, 1):
+        history.append(release.history_entry)
+        got = epsilon_of(kind, history, DELTA)
+        if i % check_every == 0 or i == len(releases):
+            out.append((got, epsilon(releases[:i], target_delta=DELTA, accountant=kind)))
+    return out
+
+
+def _changing(n, seed, sigmas=(0.9, 1.1, 1.4), rates=(0.05, 0.2, None)):
+    import random
+
+    rng = random.Random(seed)
+    return [
+        PrivacyEvent(rng.choice(sigmas), rng.choice(rates), rng.choice([1, 3])) for _ in range(n)
+    ]
+
+
+#: |incremental - from scratch| / from scratch: PLD truncates 1e-15 of tail mass per composition
+#: in another order than one self-composition; RDP sums the same vectors.
+INCREMENTAL_TOLERANCE = {"pld": 1e-7, "rdp": 1e-12}
+
+
+def test_incremental_rdp_equals_from_scratch():
+    constant = [PrivacyEvent(1.0137, 0.2, 1)] * 8  # σ no other test uses: a cold stream
+    for got, scratch in _stream("rdp", constant) + _stream("rdp", _changing(8, seed=1)):
+        assert got == pytest.approx(scratch, rel=INCREMENTAL_TOLERANCE["rdp"])
+
+
+def test_incremental_pld_equals_one_self_composition():
+    # against the audit's composition in the slow test below (its one-step PLDs take seconds)
+    from fedrec.common.privacy.accountant import Composition, epsilon_of
+
+    for n in range(1, 9):
+        got = epsilon_of("pld", [(1.0137, 0.2, 1)] * n, DELTA)  # a cold stream, then extended
+        scratch = Composition("pld").extended(1.0137, 0.2, n).epsilon(DELTA)  # self_compose(n)
+        assert got == pytest.approx(scratch, rel=INCREMENTAL_TOLERANCE["pld"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pld", "rdp", "prv"])
+def test_incremental_epsilon_equals_from_scratch_over_50_rounds(kind):
+    # PRV is from scratch on both sides (Opacus sizes its mesh by the total steps), so it is
+    # checked every 10 rounds against Opacus' own accountant, within nothing
+    every = 10 if kind == "prv" else 1
+    constant = [PrivacyEvent(1.0211, 0.08, 1)] * 50
+    changing = _changing(50, seed=2)
+    for releases in (constant, changing):
+        got = _stream(kind, releases, check_every=every)
+        if kind == "prv":
+            for (value, _), i in zip(got, range(every, 51, every), strict=True):
+                acc = opacus_accountant_from_releases(releases[:i], "prv")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    assert value == acc.get_epsilon(DELTA)
+        else:
+            for value, scratch in got:
+                assert value == pytest.approx(scratch, rel=INCREMENTAL_TOLERANCE[kind])
+
+
+@pytest.mark.parametrize("kind", ["pld", "rdp"])
+def test_each_round_composes_only_its_own_release(kind, monkeypatch):
+    from fedrec.common.privacy import accountant
+
+    composed = []
+    extended = accountant.Composition.extended
+
+    def counting(self, sigma, q, steps):
+        composed.append(steps)
+        return extended(self, sigma, q, steps)
+
+    monkeypatch.setattr(accountant.Composition, "extended", counting)
+    fresh = {kind: type(states)() for kind, states in accountant._STATES.items()}
+    monkeypatch.setattr(accountant, "_STATES", fresh)
+    monkeypatch.setattr(accountant, "_STEMS", {})
+    accountant._epsilon_cached.cache_clear()
+    history = []
+    for n in range(1, 9):
+        # σ changes at round 5 (RDP; a second one-step PLD would take a second)
+        history.append((1.0137 + (n > 4 and kind == "rdp") * 0.5, 0.2, 2))
+        accountant.epsilon_of(kind, history, DELTA)
+        assert sum(composed) == 2 * n  # never the whole history again
+
+
+def test_pmf_epsilon_is_dp_accountings():
+    from fedrec.common.privacy.accountant import _pld_epsilon, _pld_step
+
+    one = _pld_step(1.0137, 0.2)  # dp_accounting's PLD of one sampled Gaussian step
+    for pld in (one, one.self_compose(40)):
+        for delta in (1e-12, 1e-5, 1e-2, 0.5, 0.999):
+            assert _pld_epsilon(pld, delta) == pytest.approx(
+                pld.get_epsilon_for_delta(delta), rel=1e-12, abs=1e-15
+            )
+
+
+def test_a_device_refuses_before_its_budget_with_incremental_accounting():
+    import numpy as np
+
+    from fedrec.client.device import Device, Refusal
+    from fedrec.common.privacy.dpsgd import DPConfig, LocalConfig
+
+    local = LocalConfig(epochs=1, sample_rate=0.5, lr=0.1)
+    spent = []  # the from-scratch ε (the audit's RDP, Opacus' series) after each round
+    for k in range(1, 8):
+        releases = [PrivacyEvent(1.0737, local.sample_rate, local.steps)] * k
+        spent.append(epsilon(releases, target_delta=DELTA, accountant="rdp"))
+    budget = spent[4]  # exactly what five rounds spend
+    dp = DPConfig(noise_multiplier=1.0737, budget_epsilon=budget, accountant="rdp")
+    dev = Device("d", np.arange(10), n_items=30, dim=4, local=local, dp=dp, seed=0)
+    replies = [dev.train(dev.model.global_state(), r) for r in range(1, 8)]
+    assert [isinstance(r, Refusal) for r in replies] == [False] * 5 + [True] * 2
+    assert dev.epsilon_spent() == pytest.approx(budget, rel=1e-12)
+    assert replies[5].epsilon_needed == pytest.approx(spent[5], rel=1e-12)
