@@ -12,6 +12,7 @@ the full noise.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,6 +148,10 @@ class SGD(Algorithm):
     def server_state(self) -> dict[str, Any]:
         """The server optimizer's state."""
         return self.optimizer.state_dict()
+
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the server optimizer's state (a resumed run)."""
+        self.optimizer.load_state_dict(state)
 
     def contribute(
         self,
