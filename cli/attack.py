@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quick else (lambda s: None)
     rows = run_table(base, modes=modes, attacks=attacks, shares=shares, jobs=args.jobs, log=log)
     header = [
-        f"Attack table: {cfg.dataset}, sgd (Opacus DP-SGD MF), dim {cfg.dim}, "
+        f"Attack table: {cfg.dataset}, algorithm {cfg.algorithm}, dim {cfg.dim}, "
         f"{cfg.num_rounds} rounds, cohort {cfg.fraction_train:g} of the devices per round, "
         f"local-epochs {cfg.local_epochs:g}, epsilon {cfg.epsilon:g} (example-level; user-level "
         f"delta 1e-4), seed {cfg.seed}, noise and sampling seeded; target = item "

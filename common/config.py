@@ -239,8 +239,10 @@ class RunConfig:
     row_clip: float = _doc(
         "defence: L2 bound on each item's row (embedding and bias) of an update; 0 = none. "
         "privacy off, local: the server clips every reply; user: each device clips its own "
-        "and the SecAgg+ range shrinks to it (fedrec.common.robust.row_norm_bound derives a "
-        "bound from public quantities)",
+        "and the SecAgg+ range shrinks to it; distributed: each device clamps its DP-SGD "
+        "steps' sums so that no coordinate of its update's signal exceeds it, and the range "
+        "shrinks with it (fedrec.common.robust.row_norm_bound derives a bound from public "
+        "quantities)",
         default=0.0,
     )
     # output

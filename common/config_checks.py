@@ -210,9 +210,9 @@ def check_fields(cfg: RunConfig) -> None:
 def check_defences(cfg: RunConfig) -> None:
     """The poisoning defences fit the privacy mode (:mod:`fedrec.common.robust`).
 
-    Robust aggregation needs every update in the clear (privacy off or local); a per-row clip
-    is applied by the server (off, local) or by each device (user), but not to a distributed
-    noise share, whose sum must stay the sum of Gaussian DP-SGD steps.
+    Robust aggregation needs every update in the clear (privacy off or local). (``row-clip``
+    fits every mode: the server clips each reply in off and local, each device its update in
+    user, and in distributed each device clamps its DP-SGD steps' sums before the noise.)
 
     Raises:
         ValueError: naming the key, its value and the modes it fits.
@@ -224,13 +224,6 @@ def check_defences(cfg: RunConfig) -> None:
             cfg.robust_aggregation,
             "'none' with privacy distributed or user",
             why="the server sees only the secure sum of a round's updates, not each one",
-        )
-    if cfg.row_clip > 0 and cfg.privacy == "distributed":
-        raise config_error(
-            "row_clip",
-            cfg.row_clip,
-            "0 with privacy distributed",
-            why="clipping a noise share would void the accounting of the secure sum's noise",
         )
 
 

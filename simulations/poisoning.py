@@ -372,17 +372,17 @@ def run_attack(cfg: RunConfig, attack: Attack) -> dict[str, float]:
 DEFENCES: dict[str, tuple[str, ...]] = {
     "off": ("none", "row-clip", "trimmed-mean+row-clip", "median"),
     "local": ("none", "row-clip", "trimmed-mean+row-clip", "median"),
-    "distributed": ("none",),
+    "distributed": ("none", "row-clip", "tight-row-clip"),
     "user": ("none", "row-clip", "tight-row-clip"),
 }
 
 #: Why a mode offers only what :data:`DEFENCES` lists.
 LIMITATIONS: dict[str, str] = {
     "distributed": (
-        "the server sees only the SecAgg+ sum of noise shares: no robust aggregation; a "
-        "per-row clip on the device would void the accounting of the sum's noise; a fake is "
-        "bounded only by the secure sum's range (the DP-SGD signal bound lr*steps*C per "
-        "coordinate), which a fake within the honest norm never reaches"
+        "the server sees only the SecAgg+ sum of noise shares: no robust aggregation; honest "
+        "devices clamp their DP-SGD steps (row-clip), a fake only as far as the secure sum's "
+        "range (row-clip plus the noise share's tail, per coordinate), and only if the "
+        "protocol proves inputs lie in the range (Flower's SecAgg+ does not)"
     ),
     "user": (
         "the server sees only the SecAgg+ sum: no robust aggregation; honest devices clip "
@@ -394,6 +394,7 @@ LIMITATIONS: dict[str, str] = {
 
 #: The attack table's default settings on ML-100K (fit ~15 minutes on 2 cores, 2 jobs).
 TABLE_SETTINGS: dict[str, object] = {
+    "algorithm": "sgd",
     "num-rounds": 20,
     "fraction-train": 0.1,
     "local-epochs": 2.0,
@@ -403,6 +404,7 @@ TABLE_SETTINGS: dict[str, object] = {
 
 #: ``--quick``: a small synthetic federation (seconds).
 QUICK_SETTINGS: dict[str, object] = {
+    "algorithm": "sgd",
     "dataset": "synthetic",
     "synthetic-users": 200,
     "synthetic-items": 80,

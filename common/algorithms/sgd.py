@@ -60,6 +60,11 @@ def _user_bound(cfg: RunConfig, signal: float) -> float:
     return min(bound, cfg.row_clip) if cfg.row_clip > 0 else bound
 
 
+def _share_bound(cfg: RunConfig) -> float | None:
+    """Distributed DP with ``row-clip``: the bound on a coordinate of an update's signal."""
+    return float(cfg.row_clip) if cfg.privacy == "distributed" and cfg.row_clip > 0 else None
+
+
 class SGD(Algorithm):
     """Rounds of local (DP-)SGD; the server steps with the mean item-table delta."""
 
@@ -118,6 +123,8 @@ class SGD(Algorithm):
         )
         if cfg.privacy not in ("local", "distributed"):  # the server adds it, if anyone
             noise = 0.0
+        if _share_bound(cfg) is not None:  # each step's sum clamped tighter (row-clip)
+            signal = min(signal, cfg.row_clip)
         shapes = {
             "item_embedding.weight": (self.n_items, cfg.dim),
             "item_bias.weight": (self.n_items, 1),
@@ -194,6 +201,7 @@ class SGD(Algorithm):
             generator=device.generator,
             noise_share=noise_share if device.dp is not None else None,
             noise_source=device.noise,
+            update_bound=_share_bound(self.cfg),
         )
         device.rounds_trained += 1
         after = device.model.global_state()

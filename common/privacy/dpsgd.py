@@ -271,6 +271,7 @@ def _build_optimizer(
     *,
     noise_share: float | None,
     noise_source: NoiseSource | None,
+    update_bound: float | None = None,
 ) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[torch.Tensor]]:
     """The local optimizer (wrapped in :class:`_DPOptimizer` with ``dp``).
 
@@ -298,6 +299,9 @@ def _build_optimizer(
     if noise_share is not None:
         optimizer.noise_scale = {id(p): float(noise_share) for p in global_params}
         optimizer.sum_bound = dp.max_grad_norm * norm_size
+        if update_bound is not None:  # no coordinate of the update's signal beyond it
+            bound = update_bound * norm_size / (local.lr * local.steps)
+            optimizer.sum_bound = min(optimizer.sum_bound, bound)
     return optimizer, params, global_params
 
 
@@ -373,6 +377,7 @@ def train_local(
     generator: torch.Generator | None = None,
     noise_share: float | None = None,
     noise_source: NoiseSource | None = None,
+    update_bound: float | None = None,
 ) -> LocalResult:
     """Train ``model`` (one user, ``n_users == 1``) on the user's positive items, in place.
 
@@ -404,6 +409,11 @@ def train_local(
             coordinate-wise to ``±max_grad_norm · batch_size_norm`` (non-expansive, so the
             sensitivity is unchanged), which bounds every coordinate of the update by public
             quantities (:func:`secure_sum_range`).
+        update_bound: with ``noise_share``, clamp each step's sum tighter, to
+            ``update_bound · batch_size_norm / (lr · steps)``, so that no coordinate of the
+            item update's noise-free part exceeds ``update_bound`` (still a projection: the
+            sensitivity is unchanged). A defence against poisoning: the secure sum's range
+            shrinks with it (run-config key ``row-clip`` under distributed DP).
 
     Returns:
         Steps taken, sampling rate, examples seen, mean loss.
@@ -420,7 +430,13 @@ def train_local(
     gen = generator if generator is not None else NoiseSource.secure().torch_generator()
     _check_noise_share(noise_share, dp, local)
     optimizer, params, global_params = _build_optimizer(
-        model, local, dp, gen, noise_share=noise_share, noise_source=noise_source
+        model,
+        local,
+        dp,
+        gen,
+        noise_share=noise_share,
+        noise_source=noise_source,
+        update_bound=update_bound,
     )
     # distributed DP: the item tables' noisy gradients add up, applied after the last step
     summed = None if noise_share is None else [torch.zeros_like(p) for p in global_params]
