@@ -26,7 +26,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "supernode": ("deploy", "start flower-supernode for one device and its SQLite store"),
     "sweep": ("tools", "privacy-utility sweep: NDCG@10 against epsilon per privacy mode"),
     "bench": ("tools", "benchmarks: engine, local (training), data, sdk"),
-    "canary": ("tools", "canary audit: an empirical epsilon lower bound of a device's training"),
+    "canary": (
+        "tools",
+        "canary audit: empirical epsilon lower bounds of federated runs against their claims",
+    ),
     "limits": ("tools", "noisy-popularity bound: what local DP can at best learn"),
     "attack": ("attack", "poisoning table: fake devices against each privacy mode's defences"),
 }
