@@ -23,6 +23,14 @@ and the bound is the largest ε with p-value ``< β``, found by bisection (the p
 with ε). With β = 0.05 and δ = 1e-5: m = 1000, r = 100, v = 100 gives 3.465; m = 1000, r = 500,
 v = 400 gives 1.198. With δ = 0 the δ term vanishes and this is their pure ε-DP bound.
 
+**What a test can detect.** Even with every guess right (``v = r``) the bound is at most
+:func:`detectable_epsilon` ``(m, r)``: about ``ln(r / ln(1/β))`` (400 perfect guesses among
+1000 canaries: 4.86), and, because of the ``2 m δ`` term, never more than about ``ln(β/δ)``
+whatever ``m`` (8.13 at δ = 1e-5, β = 0.05; about 5.8 at δ = 1e-4). A claim above the detectable
+maximum cannot be refuted, however broken the run: :func:`size_canaries` picks the smallest
+number of guesses (and canaries) whose detectable maximum exceeds the claim, or says that none
+does.
+
 Validity needs what the paper needs: the scores may depend on the trained model only, not on
 the inclusion bits, and the canaries' inclusion must be the only randomness the guesses are
 correlated with. :func:`run_canary_audit` enforces the bookkeeping; the scoring is the
@@ -40,6 +48,11 @@ from scipy import stats
 
 __all__ = [
     "CanaryAuditResult",
+    "CanarySizing",
+    "detectable_epsilon",
+    "size_canaries",
+    "CanarySizingError",
+    "gaussian_epsilon_estimate",
     "one_run_p_value",
     "one_run_epsilon_lower_bound",
     "run_canary_audit",
@@ -114,6 +127,172 @@ def one_run_epsilon_lower_bound(
     return lo
 
 
+def detectable_epsilon(m: int, r: int, *, beta: float = 0.05, delta: float = 1e-5) -> float:
+    """Return the largest ε the test can certify: the bound when all ``r`` guesses are right.
+
+    No run audited with ``m`` canaries and ``r`` guesses can give a larger lower bound, so a
+    claim at or above it cannot be refuted, however broken the run.
+    """
+    return one_run_epsilon_lower_bound(m, r, r, beta=beta, delta=delta, tol=1e-6)
+
+
+class CanarySizingError(ValueError):
+    """No number of canaries up to the cap makes the claim detectable.
+
+    Attributes:
+        best_detectable: the largest detectable ε found (at the cap or where it saturates).
+    """
+
+    def __init__(self, message: str, best_detectable: float):
+        super().__init__(message)
+        self.best_detectable = best_detectable
+
+
+@dataclass(frozen=True)
+class CanarySizing:
+    """Canaries and guesses chosen so that a claim is detectable (:func:`size_canaries`).
+
+    Attributes:
+        m: canaries to draw.
+        k_plus: "included" guesses (the highest scores).
+        k_minus: "excluded" guesses (the lowest scores).
+        detectable: :func:`detectable_epsilon` of ``m`` and ``r = k_plus + k_minus``.
+        claimed_epsilon: the claim it was sized for.
+        delta: δ of the claim.
+        beta: 1 - confidence.
+    """
+
+    m: int
+    k_plus: int
+    k_minus: int
+    detectable: float
+    claimed_epsilon: float
+    delta: float
+    beta: float
+
+    @property
+    def r(self) -> int:
+        """Guesses made."""
+        return self.k_plus + self.k_minus
+
+
+def _canaries_for(r: int) -> int:
+    # Enough canaries that each side holds r/2 of them: 6 standard deviations of Binomial(m, ½).
+    return r + int(math.ceil(6 * math.sqrt(r))) + 2
+
+
+def size_canaries(
+    claimed_epsilon: float,
+    *,
+    delta: float,
+    beta: float = 0.05,
+    margin: float = 0.0,
+    max_canaries: int = 200_000,
+) -> CanarySizing:
+    """The fewest canaries and guesses whose detectable maximum exceeds ``claimed_epsilon``.
+
+    ``r`` guesses (half "included", half "excluded") over ``m = r + 6√r + 2`` canaries, so
+    that both sides hold ``r/2`` canaries with overwhelming probability; ``r`` is the smallest
+    even number for which all-correct guesses reject ε = ``claimed_epsilon + margin``.
+
+    Raises:
+        CanarySizingError: no ``m <= max_canaries`` does (near ``ln(β/δ)`` no number does).
+    """
+    if not math.isfinite(claimed_epsilon) or claimed_epsilon < 0:
+        raise ValueError(f"claimed_epsilon must be finite and >= 0, got {claimed_epsilon!r}.")
+    target = claimed_epsilon + margin
+
+    def detects(r: int) -> bool:
+        return one_run_p_value(_canaries_for(r), r, r, epsilon=target, delta=delta) < beta
+
+    low, r = 0, 2
+    while not detects(r):
+        low, r = r, 2 * math.ceil(r * 0.625)  # x1.25, even
+        if _canaries_for(r) > max_canaries:
+            grid = [g for g in (2_000, 20_000, 50_000, low) if _canaries_for(g) <= max_canaries]
+            best = max(
+                detectable_epsilon(_canaries_for(g), g, beta=beta, delta=delta) for g in grid
+            )
+            raise CanarySizingError(
+                f"a claim of epsilon {claimed_epsilon:.3g} at delta {delta:g} cannot be "
+                f"refuted by a one-run audit with at most {max_canaries} canaries: all-correct "
+                f"guesses certify at most {best:.3f} (at most about ln(beta/delta) = "
+                f"{math.log(beta / delta):.2f} for any number); audit a smaller claim or a "
+                "smaller delta on the run's privacy curve",
+                best,
+            )
+    while r - low > 2:  # smallest even r that detects
+        mid = 2 * ((low + r) // 4)
+        if mid <= low:
+            break
+        if detects(mid):
+            r = mid
+        else:
+            low = mid
+    m = _canaries_for(r)
+    return CanarySizing(
+        m=m,
+        k_plus=r // 2,
+        k_minus=r // 2,
+        detectable=detectable_epsilon(m, r, beta=beta, delta=delta),
+        claimed_epsilon=float(claimed_epsilon),
+        delta=delta,
+        beta=beta,
+    )
+
+
+def gaussian_epsilon_estimate(
+    inserted: np.ndarray, held_out: np.ndarray, *, delta: float = 1e-5
+) -> float:
+    """ε of a Gaussian fitted to canary statistics (in the manner of Andrew et al., ICLR 2024).
+
+    "One-shot empirical privacy estimation for federated learning" fits a Gaussian to the
+    statistics (cosines with the final model change) of the inserted canaries, compares it
+    with the null distribution of canaries that were never inserted, and reports the ε of
+    distinguishing the two. Here both are fitted, with a common (pooled) variance: the noise
+    is the same Gaussian for both, and two separately fitted variances would turn sampling
+    error into a spurious quadratic privacy loss. The ε at ``delta`` is that of the Gaussian
+    mechanism with ``μ = (mean(inserted) - mean(held_out)) / σ`` (Balle and Wang 2018):
+    ``δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)``.
+
+    An *estimate* of the run's ε (sampling error included, no confidence level), not a
+    bound: a tight claim's estimate may sit a little above it. ``inf`` when the inserted and
+    held-out statistics do not overlap at all (σ = 0).
+    """
+    a = np.asarray(inserted, dtype=np.float64)
+    b = np.asarray(held_out, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("need at least 2 inserted and 2 held-out canary statistics.")
+    gap = abs(float(a.mean()) - float(b.mean()))
+    pooled = math.sqrt(
+        ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    )
+    if pooled <= 1e-12 * max(gap, 1e-300):
+        return 0.0 if gap == 0 else math.inf
+    mu = gap / pooled
+
+    def gaussian_delta(eps: float) -> float:
+        return float(
+            stats.norm.cdf(-eps / mu + mu / 2)
+            - math.exp(eps + stats.norm.logcdf(-eps / mu - mu / 2))
+        )
+
+    if mu == 0 or gaussian_delta(0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(hi) > delta:
+        lo, hi = hi, 2 * hi
+        if hi > 1e4:
+            return math.inf
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        if gaussian_delta(mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 @dataclass(frozen=True)
 class CanaryAuditResult:
     """Outcome of :func:`run_canary_audit`.
@@ -139,6 +318,11 @@ class CanaryAuditResult:
     included: np.ndarray
     scores: np.ndarray
     guesses: np.ndarray
+
+    @property
+    def detectable_epsilon(self) -> float:
+        """The largest bound these ``m`` canaries and ``r`` guesses could give (all correct)."""
+        return detectable_epsilon(self.m, self.r, beta=self.beta, delta=self.delta)
 
     def __iter__(self):  # (r, v, ε lower bound), for ``r, v, eps = run_canary_audit(...)``
         """Unpack as ``(r, v, epsilon_lower_bound)``."""
