@@ -1,4 +1,4 @@
-"""``fedrec sweep``, ``fedrec bench engine|local|data|sdk``, ``fedrec canary``, ``fedrec limits``.
+"""``fedrec sweep``, ``fedrec bench TOOL``, ``fedrec canary``, ``fedrec limits``.
 
 The research and benchmark tools of :mod:`fedrec.simulations`. Each tool's options are defined
 once, by ``add_arguments(parser)`` in its module, which its own ``main()`` (``python -m
@@ -36,7 +36,19 @@ BENCHMARKS: dict[str, tuple[str, dict[str, str], str, str]] = {
         "run_local",
         "local training per device-epoch: non-private, DP-SGD, Opacus' per-sample hooks",
     ),
+    "accounting": (
+        "benchmark",
+        {"part": "accounting"},
+        "run_accounting",
+        "one round's epsilon at rounds 10 and 1,000: incremental against from scratch",
+    ),
     "data": ("bench_data", {}, "run", "synthetic data generation and ML-100K loading times"),
+    "scale": (
+        "bench_scale",
+        {},
+        "run",
+        "s/round and peak memory at 10^3-10^5 devices, in-process and on Flower",
+    ),
     "sdk": (
         "bench_sdk",
         {},
@@ -73,7 +85,7 @@ def _register_bench(sub: argparse._SubParsersAction, name: str, help_text: str) 
             module,
             kwargs,
             func,
-            command=f"fedrec {name} {'local|engine' if shared else tool}",
+            command=f"fedrec {name} {'local|engine|accounting' if shared else tool}",
             lead=f"fedrec {name} {tool}: {tool_help}.\n\n" if shared else "",
         )
 

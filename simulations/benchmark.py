@@ -8,7 +8,11 @@
    model and data; medians of several repetitions, ratios measured in the same run;
 2. wall time per round of Flower's simulation engine against the same device and server
    code in a plain loop in one process (median over rounds after the first; the engine's
-   start-up is reported separately).
+   start-up is reported separately);
+3. (``fedrec bench accounting``) the time of one round's ε at rounds 10 and 1,000: the
+   server's user-level PLD and a device's RDP, extended from the previous round's composition
+   as runs do, beside a composition of the whole history from scratch (what the audit does,
+   and what every round cost before); a device's PRV, which is always from scratch.
 """
 
 from __future__ import annotations
@@ -152,6 +156,65 @@ def bench_rounds(users: int, rounds: int) -> dict[str, float]:
     }
 
 
+#: (name, accountant, noise multiplier, sampling rate, steps per round) of the accounting bench
+ACCOUNTING_CASES = (
+    ("user-level (server)", "pld", 1.0, 0.1, 1),
+    ("device DP-SGD", "rdp", 1.5, 0.1, 10),
+    ("device DP-SGD", "prv", 1.5, 0.1, 10),
+)
+
+
+def bench_accounting(
+    rounds: tuple[int, ...], reps: int, delta: float = 1e-5
+) -> list[dict[str, object]]:
+    """Seconds of one round's ε at each round count, incremental and from scratch (medians).
+
+    Incremental: the composition after ``n - 1`` rounds (built beforehand, not timed) extended
+    by round ``n`` and asked for ε, as :func:`~fedrec.common.privacy.accountant.epsilon_of`
+    does in a run. From scratch, what every round cost before: PLD by the audit's
+    :func:`~fedrec.common.privacy.accounting.epsilon` of all ``n`` rounds with its caches
+    emptied, RDP and PRV by a device's Opacus accountant (PRV is always from scratch).
+    """
+    return [
+        _accounting_row(name, kind, (sigma, q, steps), n, reps, delta)
+        for name, kind, sigma, q, steps in ACCOUNTING_CASES
+        for n in rounds
+    ]
+
+
+def _accounting_row(
+    name: str, kind: str, release: tuple[float, float, int], n: int, reps: int, delta: float
+) -> dict[str, object]:
+    from fedrec.common.privacy import accountant, accounting
+    from fedrec.common.privacy.events import PrivacyEvent
+
+    sigma, q, steps = release
+    row: dict[str, object] = {"case": name, "accountant": kind, "round": n}
+    if kind in accountant.INCREMENTAL:
+        prev = accountant.composition_of(kind, ((sigma, q, steps * (n - 1)),) if n > 1 else ())
+        row["epsilon"] = prev.extended(sigma, q, steps).epsilon(delta)
+        row["incremental s"] = median_seconds(
+            lambda: prev.extended(sigma, q, steps).epsilon(delta), reps, warmup=False
+        )
+
+    def scratch() -> float:
+        if kind != "pld":  # a device's Opacus accountant, as devices accounted before
+            acc = accountant.make_accountant(kind)
+            acc.history = [(sigma, q, steps * n)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return float(acc.get_epsilon(delta=delta))
+        accounting._pld_composed.cache_clear()
+        accounting._epsilon_cached.cache_clear()
+        return accounting.epsilon(
+            [PrivacyEvent(sigma, q, steps * n)], target_delta=delta, accountant=kind
+        )
+
+    row.setdefault("epsilon", scratch())
+    row["from scratch s"] = median_seconds(scratch, reps, warmup=False)
+    return row
+
+
 def _round_times(rounds: list[dict[str, object]]) -> list[float]:
     return [float(r["seconds"]) for r in rounds]
 
@@ -162,9 +225,16 @@ def add_arguments(ap: argparse.ArgumentParser, part: str = "all") -> None:
     ``part`` is "all" (the module: both parts), "local" (the local-training figures) or
     "engine" (the simulation rounds, which take only ``--quick``).
     """
-    if part not in ("all", "local", "engine"):
-        raise ValueError(f"part must be all, local or engine, got {part!r}")
+    if part not in ("all", "local", "engine", "accounting"):
+        raise ValueError(f"part must be all, local, engine or accounting, got {part!r}")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and rounds")
+    if part == "accounting":
+        ap.add_argument(
+            "--rounds",
+            default="10,1000",
+            help="comma-separated round numbers at which one round's ε is timed (default 10,1000)",
+        )
+        return
     if part == "engine":
         return
     ap.add_argument("--items", type=int, default=1682, help="catalog size (ML-100K: 1682)")
@@ -205,6 +275,31 @@ def run_engine(args: argparse.Namespace) -> int:
         print(f"  {k:36s} {v:8.3f}")
     ratio = rounds["flower s/round"] / rounds["plain loop s/round"]
     print(f"  flower/plain per round: {ratio:.2f}x")
+    return 0
+
+
+def run_accounting(args: argparse.Namespace) -> int:
+    """Print one round's accounting time at the given rounds (3. in the module's description)."""
+    try:
+        rounds = tuple(int(r) for r in str(args.rounds).split(","))
+    except ValueError:
+        rounds = ()
+    if not rounds or min(rounds) < 1:
+        raise SystemExit(f"--rounds must be round numbers >= 1 like 10,1000, got {args.rounds!r}")
+    reps = 3 if args.quick else 7
+    print(f"one round's epsilon (delta 1e-5; median of {reps}):")
+    print(
+        f"  {'case':20s} {'acct':4s} {'round':>6s} {'epsilon':>8s} {'incremental':>12s} "
+        f"{'from scratch':>13s}"
+    )
+    for row in bench_accounting(rounds, reps):
+        inc = row.get("incremental s")
+        inc_text = f"{float(inc) * 1e3:9.2f} ms" if inc is not None else "   (always)"
+        print(
+            f"  {row['case']:20s} {row['accountant']:4s} {row['round']:6d} "
+            f"{float(row['epsilon']):8.3f} {inc_text:>12s} "
+            f"{float(row['from scratch s']) * 1e3:10.2f} ms"
+        )
     return 0
 
 

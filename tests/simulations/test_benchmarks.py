@@ -1,5 +1,7 @@
 """The benchmark scripts run and report every figure they promise (their speed is not tested)."""
 
+import pytest
+
 
 def test_data_benchmark_times_each_job(capsys):
     from fedrec.simulations.bench_data import main, median_seconds
@@ -18,3 +20,49 @@ def test_local_training_benchmark_reports_each_variant():
     out = bench_local(200, 8, 20, 1)
     assert set(out) >= {"non-private", "dp-sgd (fedrec)", "opacus per-sample hooks"}
     assert all(v > 0 for v in out.values())
+
+
+def test_accounting_benchmark_times_one_round_incrementally_and_from_scratch():
+    from fedrec.simulations.benchmark import ACCOUNTING_CASES, bench_accounting
+
+    rows = bench_accounting((3,), 1)
+    assert [(r["accountant"], r["round"]) for r in rows] == [(c[1], 3) for c in ACCOUNTING_CASES]
+    for row in rows:
+        assert row["from scratch s"] > 0 and row["epsilon"] > 0
+        assert ("incremental s" in row) == (row["accountant"] != "prv")  # PRV: from scratch
+
+
+def test_scale_benchmark_configuration_and_skips():
+    from fedrec.simulations.bench_scale import _too_slow, scale_config
+
+    assert scale_config(1000, 3)["fraction-train"] == 0.1  # 10 %
+    assert scale_config(1_000_000, 3)["fraction-train"] == 0.01  # capped at 10,000 a round
+    assert scale_config(100_000, 3, "ml")["dataset"] == "ml-100k"
+    done = {("flower", 1000): {"s/round": 2.0, "cohort": 100.0}}
+    assert _too_slow("loop", 100_000, done, 60.0) == ""  # only Flower points are skipped
+    assert _too_slow("flower", 10_000, done, 60.0) == ""  # est. 20 s/round: within the budget
+    assert _too_slow("flower", 100_000, done, 60.0) == (
+        "too slow: est. 200 s/round from 2.0 s at 1,000 devices"
+    )
+
+
+def test_tree_memory_counts_this_process():
+    import os
+    import resource
+
+    from fedrec.simulations.bench_scale import tree_rss_mb
+
+    here = tree_rss_mb(os.getpid())
+    assert 0 < here <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 * 1.01 + 50
+
+
+@pytest.mark.slow
+def test_scale_benchmark_measures_a_point_in_a_fresh_process(capsys):
+    from fedrec.simulations.bench_scale import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--devices", "200", "--rounds", "1", "--repeats", "1", "--engines", "loop"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.strip().startswith("loop"))
+    assert row[1] == "200" and float(row[3]) > 0 and float(row[4]) > 100  # s/round, MB

@@ -1,0 +1,331 @@
+"""Benchmark of population scale: seconds per round and peak memory at 10^3 - 10^5 devices.
+
+``python -m fedrec.simulations.bench_scale [--devices 1000,10000,100000] [--rounds 3]
+[--engines loop,flower] [--repeats 3] [--data-dir ../shared/datasets/ml-100k]`` runs, for
+each engine and population, a user-level DP run (DP-FedAvg over the simulated secure sum; the
+server adds the noise, clip 0.5, noise multiplier 1.0; MF with d = 32 and one local SGD step;
+each device sampled with probability 10 %, at most 10,000 expected a round) in a fresh Python
+process, and prints:
+
+* s/round: the median over the measured rounds of each run (the first round, which builds
+  devices and starts engines, and the last, which also evaluates on Flower, are run but not
+  measured), then the median over ``--repeats`` runs. The in-process transport runs the
+  training rounds alone (no evaluation, nothing written); Flower's engine runs
+  ``fedrec simulate``'s whole path (run directory, ledgers, checkpoints);
+* peak RSS: the process's ``ru_maxrss``; for Flower's engine, whose devices run in Ray worker
+  processes, also the largest sum of the resident memory of the process and its descendants
+  (sampled every 0.2 s);
+* flower/loop: the ratio of the medians, where both ran.
+
+Devices beyond the real users are synthetic (``--population``: resampled from the real users'
+training data; with ``--data-dir`` the real users are ML-100K's, otherwise 1,000 synthetic
+users of 1,682 items). A Flower run is skipped, with the estimate that decided it, when the
+largest population it ran took more than ``--flower-budget`` seconds a round scaled linearly in
+the cohort. Run one benchmark at a time: they measure wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["scale_config", "add_arguments", "run", "main", "tree_rss_mb"]
+
+#: The cohort: each device sampled with this probability ...
+FRACTION = 0.1
+#: ... unless that makes more than this many devices a round (expected).
+MAX_COHORT = 10_000
+#: Real users of the synthetic dataset without ``--data-dir`` (the rest of a population is
+#: resampled from them).
+SYNTHETIC_USERS = 1000
+
+
+def scale_config(devices: int, rounds: int, data_dir: str = "") -> dict[str, object]:
+    """The run configuration (kebab-case keys) of one benchmark point."""
+    cfg: dict[str, object] = {
+        "algorithm": "sgd",
+        "privacy": "user",
+        "num-rounds": rounds,
+        "fraction-train": min(FRACTION, MAX_COHORT / devices),
+        "user-clip": 0.5,
+        "user-noise-multiplier": 1.0,
+        "dim": 32,
+        "local-epochs": 1.0,
+        "sample-rate": 1.0,
+        "eval-every": 10**6,
+        "fraction-evaluate": 0.0,
+        "population": devices,
+    }
+    if data_dir:
+        cfg.update({"dataset": "ml-100k", "data-dir": data_dir})
+    else:
+        users = min(SYNTHETIC_USERS, devices)
+        cfg.update({"dataset": "synthetic", "synthetic-users": users, "synthetic-items": 1682})
+    return cfg
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory (MB) of process ``root`` and all its descendants, from ``/proc``."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += rss.get(pid, 0)
+        stack.extend(child for child, parent in parents.items() if parent == pid)
+    return total / 2**20
+
+
+class _TreePeak:
+    """The largest :func:`tree_rss_mb` of this process, sampled in a thread."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.peak, self.every = 0.0, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> _TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, object]:
+    """Run one benchmark point in this process; what the parent prints (JSON-able)."""
+    import torch
+
+    from fedrec.common.config import RunConfig
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_flat(scale_config(devices, rounds, data_dir))
+    records: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp, _TreePeak() as tree:
+        cfg = cfg.replace(run_dir=str(Path(tmp) / "run"))
+        t0 = time.perf_counter()
+        if engine == "loop":
+            records = _loop_rounds(cfg)
+        else:
+            from fedrec.simulations.runner import simulate
+
+            simulate(cfg, on_round=records.append, reference=False)
+        wall = time.perf_counter() - t0
+    seconds = [float(r["seconds"]) for r in records]  # type: ignore[arg-type]
+    sampled = [int(r.get("sampled", 0) or 0) for r in records]  # type: ignore[call-overload]
+    return {
+        "seconds": seconds,
+        "sampled": sampled,
+        "wall": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "tree_peak_mb": tree.peak,
+    }
+
+
+def _loop_rounds(cfg: object) -> list[dict[str, object]]:
+    """The training rounds of the in-process transport (no evaluation, nothing written)."""
+    import numpy as np
+
+    from fedrec.server.coordinator import make_coordinator
+    from fedrec.server.round_loop import run_round
+    from fedrec.simulations.federation import federated_dataset
+    from fedrec.simulations.in_process import InProcessTransport
+    from fedrec.simulations.loop import _Devices
+
+    fed = federated_dataset(cfg)  # type: ignore[arg-type]
+    coord = make_coordinator(cfg, fed.n_items, ledger_dir=None)
+    devices = _Devices(fed, cfg, None)
+    transport = InProcessTransport(
+        fed.n_users, devices.get, devices.done, rng=np.random.default_rng([cfg.seed, 7])
+    )
+    records = []
+    for rnd in range(1, cfg.num_rounds + 1):  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        record = run_round(coord, transport, rnd).to_dict()
+        record["seconds"] = time.perf_counter() - t0
+        records.append(record)
+    return records
+
+
+def measure(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, object]:
+    """One benchmark point in a fresh Python process (its own peak memory)."""
+    spec = json.dumps([engine, devices, rounds, data_dir])
+    out = subprocess.run(
+        [sys.executable, "-m", "fedrec.simulations.bench_scale", "--child", spec],
+        capture_output=True,
+        text=True,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{engine} at {devices} devices failed: {' | '.join(tail)}")
+    return json.loads(lines[-1])
+
+
+def _per_round(result: dict[str, object]) -> float:
+    """Median seconds of the measured rounds (not the first, nor the last, which evaluates)."""
+    seconds = list(result["seconds"])  # type: ignore[call-overload]
+    middle = seconds[1:-1] or seconds[1:] or seconds
+    return statistics.median(middle)
+
+
+def _positive_list(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated whole numbers >= 1 like 1000,10000, got {text!r}"
+        )
+    return values
+
+
+def _engines(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names or any(n not in ("loop", "flower") for n in names):
+        raise argparse.ArgumentTypeError(
+            f"engines are loop (in-process) and flower, comma-separated, got {text!r}"
+        )
+    return names
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``python -m fedrec.simulations.bench_scale`` and ``fedrec bench scale``."""
+    ap.add_argument(
+        "--devices",
+        type=_positive_list,
+        default=[1000, 10_000, 100_000],
+        help="comma-separated populations (default 1000,10000,100000)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measured rounds per run (default 3; one more before and one after run unmeasured)",
+    )
+    ap.add_argument(
+        "--engines",
+        type=_engines,
+        default=["loop", "flower"],
+        help="loop (the in-process transport) and/or flower (default both)",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="runs per point (median; default 3)")
+    ap.add_argument(
+        "--data-dir",
+        default="",
+        help="ML-100K's folder: its users are the real ones (default: 1,000 synthetic users)",
+    )
+    ap.add_argument(
+        "--flower-budget",
+        type=float,
+        default=120.0,
+        help="skip a Flower point estimated slower than this many s/round (default 120)",
+    )
+
+
+def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, float]:
+    runs = [measure(engine, devices, args.rounds + 2, args.data_dir) for _ in range(args.repeats)]
+    return {
+        "s/round": statistics.median(_per_round(r) for r in runs),
+        "peak": statistics.median(float(r["peak_rss_mb"]) for r in runs),  # type: ignore[arg-type]
+        "tree": statistics.median(float(r["tree_peak_mb"]) for r in runs),  # type: ignore[arg-type]
+        "cohort": statistics.median(
+            statistics.mean(r["sampled"][1:-1] or r["sampled"])  # type: ignore[index]
+            for r in runs
+        ),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every point and print the table."""
+    if args.rounds < 1 or args.repeats < 1:
+        raise SystemExit("--rounds and --repeats must be at least 1")
+    data = f"ML-100K users ({args.data_dir})" if args.data_dir else "1,000 synthetic users"
+    print(
+        f"user-level DP, secure sum, cohort {FRACTION:.0%} (at most {MAX_COHORT:,}); {data}; "
+        f"median s/round of {args.rounds} rounds, median of {args.repeats} fresh processes"
+    )
+    print(f"  {'engine':7s} {'devices':>8s} {'cohort':>7s} {'s/round':>9s} {'peak RSS':>10s}")
+    done: dict[tuple[str, int], dict[str, float]] = {}
+    for devices in args.devices:
+        for engine in args.engines:
+            skip = _too_slow(engine, devices, done, args.flower_budget)
+            if skip:
+                print(f"  {engine:7s} {devices:8,d}  skipped ({skip})")
+                continue
+            point = done[(engine, devices)] = _point(engine, devices, args)
+            memory = f"{point['peak']:7.0f} MB"
+            if engine == "flower":
+                memory += f" (all processes {point['tree']:.0f} MB)"
+            print(
+                f"  {engine:7s} {devices:8,d} {point['cohort']:7.0f} "
+                f"{point['s/round']:9.3f} {memory}"
+            )
+        if ("loop", devices) in done and ("flower", devices) in done:
+            ratio = done[("flower", devices)]["s/round"] / done[("loop", devices)]["s/round"]
+            print(f"  flower/loop at {devices:,} devices: {ratio:.2f}x")
+    return 0
+
+
+def _too_slow(
+    engine: str, devices: int, done: dict[tuple[str, int], dict[str, float]], budget: float
+) -> str:
+    """Why a Flower point is skipped (empty: run it): the largest measured one, scaled."""
+    if engine != "flower":
+        return ""
+    measured = [(d, p) for (e, d), p in done.items() if e == "flower" and d < devices]
+    if not measured:
+        return ""
+    d, p = max(measured)
+    estimate = p["s/round"] * min(FRACTION * devices, MAX_COHORT) / max(1.0, p["cohort"])
+    if estimate <= budget:
+        return ""
+    return f"too slow: est. {estimate:.0f} s/round from {p['s/round']:.1f} s at {d:,} devices"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the scale figures (or, with ``--child``, measure one point as JSON)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--child"]:
+        engine, devices, rounds, data_dir = json.loads(argv[1])
+        print(json.dumps(child(engine, int(devices), int(rounds), str(data_dir))))
+        return
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(ap)
+    raise SystemExit(run(ap.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
