@@ -312,10 +312,15 @@ class Device:
 
     # --- ranking and evaluation ------------------------------------------------------------
     def _scores(self, global_state: Mapping[str, np.ndarray] | None) -> np.ndarray:
-        if global_state is not None:
-            self.model.load_global_state(global_state)
-            self.algorithm.fold_in(self, dict(global_state))
-        return self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
+        if global_state is None:
+            return self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
+        # a fold-in ranks only: the user embedding training continues from is left as it was
+        trained = self.model.local_state()
+        self.model.load_global_state(global_state)
+        self.algorithm.fold_in(self, dict(global_state))
+        scores = self.model.full_scores(np.zeros(1, dtype=np.int64))[0]
+        self.model.load_local_state(trained)
+        return scores
 
     def evaluate(
         self, global_state: Mapping[str, np.ndarray], ks: tuple[int, ...]

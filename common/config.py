@@ -130,6 +130,8 @@ class RunConfig:
     init_std: float = _doc("initialisation scale of embeddings", default=0.1)
     # algorithm
     algorithm: str = _doc(
+        "warm-sgd (a spectral warm start, then rounds of Opacus DP-SGD that fine-tune it; "
+        "the main job's) or "
         "sgd (rounds of local (DP-)SGD on the MF model) or spectral (two rounds: a DP item "
         "popularity count, then a DP co-occurrence matrix of the top items, eigendecomposed into "
         "the item embeddings; needs num-rounds 2) or features (one round: a DP item popularity "
@@ -178,6 +180,17 @@ class RunConfig:
         "divide each step's summed gradient by this constant, the same on every device (a "
         "divisor that depended on the device's data size would reveal it)",
         default=40.0,
+    )
+    fold_in: str = _doc(
+        "how a device sets its user embedding to rank items: trained (the embedding local "
+        "training left) or solve (a logistic fit of the device's own items against the final "
+        "item table, on the device: nothing leaves it, no privacy cost)",
+        default="solve",
+    )
+    warm_start_share: float = _doc(
+        "algorithm warm-sgd: fraction of the privacy budget (of 1/sigma^2) spent on the "
+        "spectral warm start; the rest goes to the DP-SGD rounds",
+        default=0.8,
     )
     # privacy
     privacy: str = _doc(

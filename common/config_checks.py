@@ -148,6 +148,8 @@ LIMITS: dict[str, Limits] = {
     "l2": _r(0, _BIG),
     "user_lr_scale": _r(0, _BIG),
     "batch_size_norm": _r(0, 1e12, open_lo=True),
+    "fold_in": _one_of("trained", "solve"),
+    "warm_start_share": _r(0, 1, open_lo=True, open_hi=True),
     "privacy": _one_of("off", "local", "distributed", "user"),
     "epsilon": _r(0, 1e12, open_lo=True),
     "delta": _r(0, 1, open_lo=True, open_hi=True),

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "spectral": "fedrec.common.algorithms.spectral:Spectral",
     "features": "fedrec.common.algorithms.features:Features",
     "popularity": "fedrec.common.algorithms.popularity:Popularity",
+    "warm-sgd": "fedrec.common.algorithms.warm:WarmSGD",
 }
 
 

@@ -160,6 +160,10 @@ class SGD(Algorithm):
         """Restore the server optimizer's state (a resumed run)."""
         self.optimizer.load_state_dict(state)
 
+    def device_dp(self, device: DeviceView) -> Any:
+        """The DP-SGD settings a device trains with (its own; ``None`` without device DP)."""
+        return device.dp
+
     def contribute(
         self,
         device: DeviceView,
@@ -186,8 +190,12 @@ class SGD(Algorithm):
             return Contribution(
                 {k: np.zeros(v, dtype=np.float32) for k, v in device.table_shapes().items()}
             )
-        if device.dp is not None:
-            refusal = device.over_budget(device.epsilon_if_trained())
+        dp = self.device_dp(device)
+        if dp is not None:
+            from fedrec.common.privacy.events import PrivacyEvent
+
+            event = PrivacyEvent(dp.noise_multiplier, device.local.sample_rate, device.local.steps)
+            refusal = device.over_budget(device.epsilon_after([event]))
             if refusal is not None:
                 return refusal
         device.model.load_global_state(state)
@@ -196,7 +204,7 @@ class SGD(Algorithm):
             device.model,
             device.train_items,
             local=device.local,
-            dp=device.dp,
+            dp=dp,
             accountant=device.accountant,
             generator=device.generator,
             noise_share=noise_share if device.dp is not None else None,
@@ -214,11 +222,11 @@ class SGD(Algorithm):
                 from fedrec.common.robust import clip_rows
 
                 delta = clip_rows(delta, self.cfg.row_clip)
-        if device.dp is not None:
+        if dp is not None:
             device.release(  # recorded before the update leaves
                 server_round,
-                noise_multiplier=device.dp.noise_multiplier,
-                max_grad_norm=device.dp.max_grad_norm,
+                noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
                 sample_rate=result.sample_rate,
                 steps=result.steps,
                 purpose="dp-sgd" if noise_share is None else "distributed-dp-sgd",
@@ -229,3 +237,21 @@ class SGD(Algorithm):
         return Contribution(
             delta, num_examples=len(device.train_items), metrics={"loss": result.mean_loss}
         )
+
+    def fold_in(self, device: DeviceView, state: State) -> None:
+        """``fold-in solve``: fit the user embedding to the device's items (on the device).
+
+        ``trained`` keeps the embedding local training left. The solve uses every one of the
+        device's interactions, which is why it only ranks: it is never part of a release.
+        """
+        if self.cfg.fold_in != "solve":
+            return None
+        from fedrec.common.model.fold_in import solve_user_embedding
+
+        u = solve_user_embedding(
+            state["item_embedding.weight"],
+            state["item_bias.weight"],
+            device.train_items,
+            n_negatives=self.cfg.n_negatives,
+        )
+        device.model.load_local_state({"user_embedding.weight": u})

@@ -11,7 +11,7 @@ def test_simulate_command_writes_a_run_directory(tmp_path, capsys):
             "--engine",
             "loop",
             "--rounds",
-            "2",
+            "3",
             "--set",
             "synthetic-users=30",
             "--set",
@@ -24,7 +24,8 @@ def test_simulate_command_writes_a_run_directory(tmp_path, capsys):
     )
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 2 and summary["privacy"]["epsilon_max"] <= 8.0
+    assert summary["rounds"] == 3 and summary["privacy"]["epsilon_max"] <= 8.0
+    assert summary["privacy"]["algorithm"] == "warm-sgd"
     assert "most_popular" in summary
     out = capsys.readouterr().out
     assert "epsilon spent" in out and "most-popular" in out
@@ -120,6 +121,7 @@ def test_a_private_run_is_reported_beside_its_non_private_reference(tmp_path, ca
 
     monkeypatch.setattr(matplotlib.axes.Axes, "axhline", axhline)
     keys = {"synthetic-users": 30, "synthetic-items": 40, "num-rounds": 2, "seed": 3}
+    keys.update({"algorithm": "sgd", "privacy": "local"})
     flags = [x for k, v in keys.items() for x in ("--set", f"{k}={v}")]
     run_dir = tmp_path / "run"
     assert main(["simulate", "--engine", "loop", *flags, "--run-dir", str(run_dir)]) == 0

@@ -32,7 +32,7 @@ CASES = [
     (["--set", "noise-multiplier=-1"], "'noise-multiplier' = -1.0"),
     (["--set", "noise-multiplier=inf"], "'noise-multiplier' = inf"),
     (["--set", "noise-multiplier=0.1"], "'noise-multiplier' = 0.1"),
-    (["--set", "noise-multiplier=0.5"], "one round alone spends epsilon"),
+    (["--privacy", "local", "--set", "noise-multiplier=0.5"], "one round alone spends epsilon"),
     (["--privacy", "user", "--set", "user-noise-multiplier=nan"], "'user-noise-multiplier'"),
     (["--privacy", "user", "--set", "user-noise-multiplier=-2"], "'user-noise-multiplier'"),
     (["--privacy", "user", "--set", "user-noise-multiplier=0.2"], "'user-noise-multiplier'"),

@@ -1,0 +1,223 @@
+"""``warm-sgd``: a DP spectral release warm-starts the item table, then Opacus DP-SGD rounds.
+
+Rounds 1 and 2 are the two releases of :mod:`~fedrec.common.algorithms.spectral` (a DP item
+popularity count, then the DP co-occurrence of the most popular items). Their noisy sums are
+turned into a table the SGD model can start from (:func:`warm_table`): the top eigenvectors,
+scaled so that an item row has unit norm on average, as the item embeddings, and the log-odds
+of each item's DP popularity among the devices as its bias. Rounds 3 onwards are rounds of
+local (DP-)SGD (:class:`~fedrec.common.algorithms.sgd.SGD`) from that table.
+
+**Budget split.** ``warm-start-share`` of the Gaussian "precision" ``1/σ²`` goes to the two
+spectral releases (split between them by ``spectral-popularity-share``), the rest to the
+DP-SGD rounds; one calibration scales all three so that the whole run spends ε at δ
+(:func:`fedrec.common.privacy.mechanisms.noise_multipliers`). Each release is accounted and
+ledgered by the device (example-level) or the server (user-level) as it happens.
+
+**User embeddings.** Under user-level DP the whole device is the unit, so a device solves its
+user embedding against the current table before each DP-SGD round (Federated Reconstruction,
+Singhal et al. 2021; :func:`~fedrec.common.model.fold_in.solve_user_embedding`) and only its
+clipped item delta leaves, inside the secure sum. Under example-level DP a solved embedding
+would depend on every interaction at once, so the embedding is trained by DP-SGD from its
+data-independent initialisation, like the item table. Ranking always uses the solved
+embedding (``fold-in solve``): a recommendation never leaves the device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedrec.common.algorithms.base import (
+    Aggregate,
+    Contribution,
+    ContributionSpec,
+    DeviceView,
+    PlannedRelease,
+    State,
+    Task,
+)
+from fedrec.common.algorithms.sgd import SGD
+from fedrec.common.algorithms.spectral import PHASES, Spectral
+from fedrec.common.privacy.policy import Refusal
+
+if TYPE_CHECKING:
+    from fedrec.common.config import RunConfig
+
+__all__ = ["WarmSGD", "warm_table", "WARM_ROUNDS"]
+
+#: rounds spent on the spectral warm start (popularity, then co-occurrence)
+WARM_ROUNDS = len(PHASES)
+
+
+def warm_table(
+    spectral_table: State, popularity: np.ndarray, selected: np.ndarray, n_devices: float
+) -> State:
+    """An SGD starting table from the spectral releases (post-processing only).
+
+    Args:
+        spectral_table: :func:`~fedrec.common.algorithms.spectral.factorize`'s table.
+        popularity: the DP popularity count (a noisy sum over the devices).
+        selected: the items whose embeddings are eigenvectors.
+        n_devices: the number of devices the count is over (public).
+
+    Returns:
+        The table: eigenvectors scaled to unit mean-square row norm, biases the log-odds of
+        each item's share of devices (clamped to ``[0.5, n_devices - 0.5]`` devices).
+    """
+    emb = np.asarray(spectral_table["item_embedding.weight"], dtype=np.float64)
+    dim = emb.shape[1]
+    scale = math.sqrt(max(len(selected), 1) / dim)  # eigenvector rows: Σ‖row‖² = dim
+    n = max(float(n_devices), 2.0)
+    share = np.clip(np.asarray(popularity, dtype=np.float64), 0.5, n - 0.5) / n
+    bias = np.log(share) - np.log1p(-share)
+    return {
+        "item_embedding.weight": (emb * scale).astype(np.float32),
+        "item_bias.weight": bias.astype(np.float32)[:, None],
+    }
+
+
+class WarmSGD(SGD):
+    """Two spectral releases warm-start the table; DP-SGD rounds fine-tune it (module doc)."""
+
+    name = "warm-sgd"
+    summary = (
+        "a DP spectral release (popularity, co-occurrence) warm-starts the item table, "
+        "then rounds of Opacus DP-SGD on the devices fine-tune it"
+    )
+    #: two warm rounds and three short DP-SGD rounds over every device (measured on the
+    #: synthetic default and ML-100K: docs/recipes.md); a fine-tuning server step of 1
+    defaults = {"num-rounds": 5, "fraction-train": 1.0, "local-epochs": 2.0, "server-lr": 1.0}
+    raw_statistics = True  # the warm-start statistics are raw without device noise
+
+    def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
+        super().__init__(cfg, n_items, item_features=item_features)
+        self.spectral = Spectral(cfg, n_items)
+        self.n_devices = 0.0
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """At least one DP-SGD round after the warm start; SGD's and spectral's own checks."""
+        SGD.check(cfg)
+        if cfg.num_rounds <= WARM_ROUNDS:
+            raise ValueError(
+                f"algorithm warm-sgd spends rounds 1-{WARM_ROUNDS} on the warm start: "
+                f"set num-rounds above {WARM_ROUNDS}, not {cfg.num_rounds}"
+            )
+        if not cfg.item_bias:
+            raise ValueError("algorithm warm-sgd needs item-bias true (popularity biases)")
+        if cfg.spectral_top_items < cfg.dim:
+            raise ValueError("spectral-top-items must be at least dim")
+
+    @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> tuple[PlannedRelease, ...]:
+        """Spectral's two releases, then SGD's, weighted by ``warm-start-share``.
+
+        Example-level: each device may release in both warm rounds and in every DP-SGD round
+        it is drawn for (at most ``planned_participations``), which is what is planned.
+        """
+        share = cfg.warm_start_share
+        warm = tuple(
+            PlannedRelease(r.noise_weight / math.sqrt(share), r.sampling_probability, 1, 1)
+            for r in Spectral.planned_releases(cfg)
+        )
+        sgd_rounds = cfg.num_rounds - WARM_ROUNDS
+        if cfg.privacy == "user":
+            q, steps, count = cfg.fraction_train, 1, sgd_rounds
+        else:
+            local = cfg.local_config()
+            q, steps = local.sample_rate, local.steps
+            count = min(sgd_rounds, cfg.planned_participations)
+        # the DP-SGD steps together get (1 - share) of the precision: each σ scales by √steps
+        weight = math.sqrt(steps * count / (1.0 - share))
+        return (*warm, PlannedRelease(weight, q, steps, count))
+
+    def sgd_noise(self) -> float:
+        """σ of the DP-SGD rounds (the last planned release)."""
+        return float(self.cfg.noise_multipliers()[-1]) if self.cfg.privacy != "off" else 0.0
+
+    # --- server side -----------------------------------------------------------------------
+    def task(self, server_round: int) -> Task:
+        """Rounds 1-2: the spectral phases; then train."""
+        if server_round <= WARM_ROUNDS:
+            return self.spectral.task(server_round)
+        return Task("train")
+
+    def contribution(self, task: Task) -> ContributionSpec:
+        """Spectral's spec in the warm rounds, SGD's (at the DP-SGD σ) after."""
+        if task.name in PHASES:
+            return self.spectral.contribution(task)
+        spec = super().contribution(task)
+        sigma = self.sgd_noise()
+        per_coordinate = spec.noise_per_coordinate
+        if spec.noise_multiplier > 0:
+            per_coordinate *= sigma / spec.noise_multiplier
+        from dataclasses import replace
+
+        return replace(spec, noise_multiplier=sigma, noise_per_coordinate=per_coordinate)
+
+    def reply_norm_bound(self, task: Task, noise_share: float) -> float:
+        """Spectral's bound in the warm rounds, ``max-update-norm`` after."""
+        if task.name in PHASES:
+            return self.spectral.reply_norm_bound(task, noise_share)
+        return super().reply_norm_bound(task, noise_share)
+
+    def update(self, server_round: int, state: State, aggregate: Aggregate) -> State:
+        """Warm rounds: the spectral releases, then :func:`warm_table`; after: SGD's step."""
+        if server_round > WARM_ROUNDS:
+            return super().update(server_round, state, aggregate)
+        if server_round == 1:
+            self.n_devices = float(aggregate.count)
+        table = self.spectral.update(server_round, state, aggregate)
+        if server_round < WARM_ROUNDS:
+            return table
+        assert self.spectral.popularity is not None and self.spectral.selected is not None
+        return warm_table(
+            table, self.spectral.popularity, self.spectral.selected, max(self.n_devices, 2.0)
+        )
+
+    def server_state(self) -> dict[str, Any]:
+        """The spectral releases' state and the server optimizer's."""
+        return {
+            **self.spectral.server_state(),
+            "devices": self.n_devices,
+            **super().server_state(),
+        }
+
+    # --- device side -----------------------------------------------------------------------
+    def device_dp(self, device: DeviceView) -> Any:
+        """The device's DP settings at the DP-SGD rounds' σ (its own budget and δ)."""
+        if device.dp is None:
+            return None
+        from dataclasses import replace
+
+        return replace(device.dp, noise_multiplier=self.sgd_noise())
+
+    def contribute(
+        self,
+        device: DeviceView,
+        task: Task,
+        state: State,
+        *,
+        server_round: int,
+        noise_share: float | None,
+    ) -> Contribution | Refusal:
+        """Warm rounds: spectral's contribution; after: DP-SGD at the DP-SGD σ."""
+        if task.name in PHASES:
+            return self.spectral.contribute(
+                device, task, state, server_round=server_round, noise_share=noise_share
+            )
+        if self.cfg.privacy == "user":  # the device is the unit: reconstruct, then train
+            from fedrec.common.model.fold_in import solve_user_embedding
+
+            u = solve_user_embedding(
+                state["item_embedding.weight"],
+                state["item_bias.weight"],
+                device.train_items,
+                n_negatives=self.cfg.n_negatives,
+            )
+            device.model.load_local_state({"user_embedding.weight": u})
+        return super().contribute(
+            device, task, state, server_round=server_round, noise_share=noise_share
+        )
