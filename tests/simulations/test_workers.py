@@ -22,7 +22,7 @@ from fedrec.server.flower_transport import (
 from fedrec.server.round_loop import Request
 from fedrec.simulations.apps import make_apps, simulated_devices
 from fedrec.simulations.federation import federated_dataset
-from fedrec.simulations.workers import Shard, assign_shards, worker_reply
+from fedrec.simulations.workers import Shard, _dropout_coin, assign_shards, worker_reply
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_shards_go_largest_first_onto_the_least_loaded_worker():
         assign_shards([1], 0)
 
 
-def _cfg(tmp_path, name, privacy):
+def _cfg(tmp_path, name, privacy, **extra):
     return RunConfig(
         synthetic_users=24,
         synthetic_items=30,
@@ -61,6 +61,7 @@ def _cfg(tmp_path, name, privacy):
         algorithm="sgd",
         user_noise_multiplier=1.0,  # given, not calibrated (quick)
         run_dir=str(tmp_path / name),
+        **extra,
     )
 
 
@@ -96,16 +97,22 @@ def _ledger_heads(cfg, devices):
     return heads
 
 
-@pytest.mark.parametrize("privacy", ["distributed", "user"])
-def test_a_workers_partial_sum_equals_the_sum_of_its_devices_replies(tmp_path, privacy):
-    worker_cfg = _cfg(tmp_path, "worker", privacy)
+@pytest.mark.parametrize(
+    ("privacy", "dropout"), [("distributed", 0.0), ("user", 0.0), ("distributed", 0.5)]
+)
+def test_a_workers_partial_sum_equals_the_sum_of_its_devices_replies(tmp_path, privacy, dropout):
+    worker_cfg = _cfg(tmp_path, "worker", privacy, simulated_dropout=dropout)
     shard = Shard(worker_cfg, 1, 3)
-    devices = shard.devices[:5]
+    devices = shard.devices[:6]
     request, session = _request(worker_cfg, devices)
     msg = cohort_message(request, devices, "train", session, node=7)
     content = worker_reply(shard, msg)
     info = dict(content[COHORT_RECORD])
-    assert info["included"] == devices and info["declined"] == info["out-of-range"] == 0
+    # a simulated dropout leaves the sum after its device trained (the seeded coin of the
+    # one-device engine's dropout mod: seed, device, round)
+    kept = [u for u in devices if not _dropout_coin(worker_cfg, u, 1)]
+    assert 0 < len(kept) < len(devices) if dropout else kept == devices
+    assert info["included"] == kept and info["declined"] == info["out-of-range"] == 0
     total = to_numpy(content["sum"])
 
     # the same devices, each on its own through the device provider of a one-device SuperNode,
@@ -120,13 +127,14 @@ def test_a_workers_partial_sum_equals_the_sum_of_its_devices_replies(tmp_path, p
         outcome, _ = device.contribute(parse_train(device_msg), secure)
         device.close(True)
         for k in expected:
-            expected[k] += outcome.arrays[k]
+            expected[k] += outcome.arrays[k] if u in kept else 0.0
     assert set(total) == set(expected)
     for k in expected:
         assert total[k].dtype == np.float64
         np.testing.assert_array_equal(total[k], expected[k])
     if privacy == "distributed":  # each device's ledger head, as its own ledger ends
-        assert split_cohort_keys(dict(content[HEADS_RECORD])) == _ledger_heads(worker_cfg, devices)
+        heads = split_cohort_keys(dict(content[HEADS_RECORD]))
+        assert heads == _ledger_heads(worker_cfg, devices)  # the server signs the included
     else:  # user-level devices keep no ledger (the server's is the record)
         assert HEADS_RECORD not in content
 
