@@ -25,6 +25,7 @@ embedding (``fold-in solve``): a recommendation never leaves the device.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -184,6 +185,16 @@ class WarmSGD(SGD):
             "devices": self.n_devices,
             **super().server_state(),
         }
+
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the spectral releases, the device count and the optimizer (a resumed run)."""
+        spectral = ("popularity", "selected")
+        self.spectral.load_server_state({k: state[k] for k in spectral if k in state})
+        if "devices" in state:
+            self.n_devices = float(state["devices"])
+        super().load_server_state(
+            {k: v for k, v in state.items() if k not in (*spectral, "devices")}
+        )
 
     # --- device side -----------------------------------------------------------------------
     def device_dp(self, device: DeviceView) -> Any:

@@ -27,6 +27,7 @@ from fedrec.cli import main
 from fedrec.common.config import RunConfig
 
 SMALL = {
+    "algorithm": "sgd",
     "synthetic-users": 30,
     "synthetic-items": 40,
     "dim": 8,
@@ -45,6 +46,16 @@ cfg = RunConfig.from_flat(flat)
 def hook(record):
     if record["round"] == k:  # right after round k's checkpoint
         os.kill(os.getpid(), signal.SIGKILL)
+if len(sys.argv) > 4:  # or in round k, right after the n-th device wrote its release
+    from fedrec.client.ledger_writer import LedgerWriter
+    n, written, append = int(sys.argv[4]), [], LedgerWriter.__call__
+    def call(self, event, **context):
+        record = append(self, event, **context)
+        written.extend([1] if context["round"] == k else [])
+        if len(written) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return record
+    LedgerWriter.__call__ = call
 if engine == "loop":
     simulate_loop(cfg, on_round=hook, reference=False)
 else:
@@ -69,9 +80,11 @@ def _wait_killed(proc: subprocess.Popen, timeout: float = 300) -> int:
     return rc
 
 
-def _crash_after(engine: str, flat: dict[str, object], k: int) -> None:
+def _crash_after(engine: str, flat: dict[str, object], k: int, releases: int = 0) -> None:
+    """Run ``flat`` in a child killed after round ``k`` (or after ``releases`` of round k)."""
+    extra = [str(releases)] if releases else []
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CRASH, engine, json.dumps(flat), str(k)],
+        [sys.executable, "-c", _CRASH, engine, json.dumps(flat), str(k), *extra],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -233,19 +246,36 @@ def test_a_device_takes_its_spend_from_its_ledger(tmp_path):
 
 
 # --- the in-process engine -----------------------------------------------------------------
+_EXACT = [
+    ({"privacy": "local", "seed": 0}, 2),
+    ({"privacy": "local", "seed": 1}, 1),
+    ({"privacy": "local", "seed": 2}, 3),
+    ({"privacy": "local", "seed": 3, "server-optimizer": "fedadam", "server-lr": 0.05}, 2),
+    ({"privacy": "distributed", "seed": 4}, 2),
+    ({"privacy": "distributed", "seed": 5, "algorithm": "spectral", "num-rounds": 2}, 1),
+    ({"privacy": "distributed", "seed": 8, "algorithm": "warm-sgd"}, 2),  # the main job's
+    (
+        {
+            "privacy": "user",
+            "seed": 6,
+            "synthetic-users": 200,
+            "fraction-train": 0.2,
+            "epsilon": 4.0,
+        },
+        2,
+    ),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("privacy", "seed", "k"),
-    [("local", 0, 2), ("local", 1, 1), ("local", 2, 3), ("distributed", 3, 2), ("user", 4, 2)],
+    ("keys", "k"),
+    _EXACT,
+    ids=lambda x: "-".join(map(str, x.values())) if isinstance(x, dict) else str(x),
 )
-def test_a_loop_run_killed_after_a_round_resumes_to_the_uninterrupted_run(
-    tmp_path, privacy, seed, k
-):
+def test_a_loop_run_killed_after_a_round_resumes_to_the_uninterrupted_run(tmp_path, keys, k):
     from fedrec.simulations.runner import simulate_loop
 
-    keys = {"privacy": privacy, "seed": seed}
-    if privacy == "user":
-        keys.update({"synthetic-users": 200, "fraction-train": 0.2, "epsilon": 4.0})
     whole = RunConfig.from_flat(_flat(tmp_path / "whole", **keys))
     simulate_loop(whole, reference=False)
     cut = tmp_path / "cut"
@@ -259,6 +289,34 @@ def test_a_loop_run_killed_after_a_round_resumes_to_the_uninterrupted_run(
         json.loads((cut / "summary.json").read_text())["quality"]
         == json.loads((tmp_path / "whole" / "summary.json").read_text())["quality"]
     )
+
+
+@pytest.mark.slow
+def test_a_release_in_flight_when_the_run_was_killed_stays_spent(tmp_path):
+    """Killed in round 2 after 3 devices wrote their release: the round runs again, and the
+    three releases the server never used stay in their ledgers and count."""
+    from fedrec.simulations.runner import simulate_loop
+
+    keys = {"seed": 7, "num-rounds": 3}
+    whole = RunConfig.from_flat(_flat(tmp_path / "whole", **keys))
+    simulate_loop(whole, reference=False)
+    cut = tmp_path / "cut"
+    _crash_after("loop", _flat(cut, **keys), 2, releases=3)
+    assert len((cut / "metrics.jsonl").read_text().splitlines()) == 1
+    assert main(["simulate", "--resume", str(cut), "--no-reference"]) == 0
+    _check_resumed(cut, whole)
+    whole_dir = tmp_path / "whole" / "ledgers"
+    twice = []
+    for ledger in sorted((cut / "ledgers").glob("device-*.jsonl")):
+        ours = _stripped(ledger)
+        if [r["round"] for r in ours].count(2) < 2:
+            continue
+        twice.append(ledger.name)
+        theirs = {r["round"]: r["claimed_epsilon"] for r in _stripped(whole_dir / ledger.name)}
+        again = [r["claimed_epsilon"] for r in ours if r["round"] == 2][1]
+        assert again > theirs[2], ledger.name  # the in-flight release counted
+        assert ours[-1]["claimed_epsilon"] >= max(theirs.values()), ledger.name
+    assert len(twice) == 3, twice
 
 
 @pytest.mark.slow
