@@ -367,6 +367,20 @@ def _descend_summed(
             p.sub_(lr * acc)
 
 
+def _check_inputs(
+    model: MatrixFactorization,
+    dp: DPConfig | None,
+    accountant: IAccountant | None,
+    noise_share: float | None,
+    local: LocalConfig,
+) -> None:
+    if model.n_users != 1:
+        raise ValueError("train_local trains a single user's model (n_users == 1)")
+    if dp is not None and accountant is None:
+        raise ValueError("DP training needs the device's accountant to record its steps")
+    _check_noise_share(noise_share, dp, local)
+
+
 def train_local(
     model: MatrixFactorization,
     positives: np.ndarray,
@@ -409,35 +423,21 @@ def train_local(
             coordinate-wise to ``±max_grad_norm · batch_size_norm`` (non-expansive, so the
             sensitivity is unchanged), which bounds every coordinate of the update by public
             quantities (:func:`secure_sum_range`).
-        update_bound: with ``noise_share``, clamp each step's sum tighter, to
-            ``update_bound · batch_size_norm / (lr · steps)``, so that no coordinate of the
-            item update's noise-free part exceeds ``update_bound`` (still a projection: the
-            sensitivity is unchanged). A defence against poisoning: the secure sum's range
-            shrinks with it (run-config key ``row-clip`` under distributed DP).
+        update_bound: with ``noise_share``, each step's sum is clamped so that no coordinate
+            of the item update's noise-free part exceeds it (a projection): ``row-clip``.
 
     Returns:
         Steps taken, sampling rate, examples seen, mean loss.
     """
-    if model.n_users != 1:
-        raise ValueError("train_local trains a single user's model (n_users == 1)")
-    if dp is not None and accountant is None:
-        raise ValueError("DP training needs the device's accountant to record its steps")
+    _check_inputs(model, dp, accountant, noise_share, local)
     pos = torch.as_tensor(np.asarray(positives, dtype=np.int64))
     n = len(pos)
     if n < 1 and dp is None:
         raise ValueError("a device needs at least one training interaction")
     q, steps = local.sample_rate, local.steps
     gen = generator if generator is not None else NoiseSource.secure().torch_generator()
-    _check_noise_share(noise_share, dp, local)
-    optimizer, params, global_params = _build_optimizer(
-        model,
-        local,
-        dp,
-        gen,
-        noise_share=noise_share,
-        noise_source=noise_source,
-        update_bound=update_bound,
-    )
+    opts = {"noise_share": noise_share, "noise_source": noise_source, "update_bound": update_bound}
+    optimizer, params, global_params = _build_optimizer(model, local, dp, gen, **opts)
     # distributed DP: the item tables' noisy gradients add up, applied after the last step
     summed = None if noise_share is None else [torch.zeros_like(p) for p in global_params]
     total_loss, seen = 0.0, 0
