@@ -18,7 +18,7 @@ from fedrec.server.coordinator import Coordinator, make_coordinator
 from fedrec.server.countersign import CountersigningGrid
 from fedrec.server.flower_transport import to_arrays
 from fedrec.server.resume import Checkpointer, NodeMap, receipts_sealed
-from fedrec.server.run_directory import RunDirectory, new_run_dir
+from fedrec.server.run_directory import RunDirectory, RunExistsError, holds_run, new_run_dir
 from fedrec.server.strategy import ItemEmbeddingStrategy, TransportFactory
 
 __all__ = ["make_server_app", "CatalogProvider"]
@@ -72,6 +72,11 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else RunConfig.from_flat(context.run_config)
+        if config is None and cfg.run_dir and holds_run(cfg.run_dir):  # `flwr run`
+            raise RunExistsError(
+                f"run directory {cfg.run_dir} already holds a run: give this one a new folder "
+                f"(flwr run . --run-config \"run-dir='runs/NAME'\") or move the old one away"
+            )
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         checkpointer = Checkpointer(run_dir, nodes=nodes, resume=resume)
         n_items, item_ids = catalog(cfg)

@@ -276,13 +276,13 @@ def simulate(
 
     from fedrec.simulations.apps import make_apps, state_store
     from fedrec.simulations.quiet import quiet_engine
-    from fedrec.simulations.workers import default_workers
 
     t0 = time.perf_counter()
     cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
-    _write_config(run_dir, cfg, fed, sigma, "flower", resume=resume)
+    workers = _workers(run_dir, workers, fed.n_users, resume)
+    _write_config(run_dir, cfg, fed, sigma, "flower", resume=resume, workers=workers)
     state_store(cfg).device_ids()  # created (or checked) before any device opens it
     result = SimulationResult(run_dir=run_dir.path, config=cfg)
     if resume:
@@ -294,9 +294,6 @@ def simulate(
             on_round(r)
 
     nodes: dict[int, int] = {}
-    workers = min(default_workers() if workers is None else workers, fed.n_users)
-    if workers < 0:
-        raise ValueError(f"workers must be 0 (one SuperNode per device) or more, got {workers}")
     server_app, client_app = make_apps(
         cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
@@ -320,6 +317,29 @@ def simulate(
         run_dir, cfg, fed, result.rounds, sigma, wall=wall, reference=reference, workers=workers
     )
     return result
+
+
+def _workers(run_dir: RunDirectory, workers: int | None, n_devices: int, resume: bool) -> int:
+    """The run's cohort workers (0: one SuperNode per device); a resume keeps the run's mode.
+
+    Per-device state is keyed by device index with workers and by node id without them (the
+    secure-sum ledgers' names), so a resume may change the number of workers, not the mode.
+    """
+    from fedrec.simulations.workers import default_workers
+
+    stored = None
+    if resume and (run_dir.path / "config.json").is_file():
+        stored = json.loads((run_dir.path / "config.json").read_text()).get("workers")
+    if workers is None:
+        workers = default_workers() if stored is None else int(stored)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one SuperNode per device) or more, got {workers}")
+    if stored is not None and (int(stored) == 0) != (workers == 0):
+        raise ValueError(
+            f"--resume continues the run in its own mode: {run_dir.path} ran with --workers "
+            f"{stored}, --workers {workers} given; drop --workers"
+        )
+    return min(workers, n_devices)
 
 
 def _backend_config(num_cpus: int | None) -> dict[str, object]:
@@ -446,7 +466,14 @@ def _manifest_engine(path: Path) -> str | None:
 
 
 def _write_config(
-    run_dir: RunDirectory, cfg: RunConfig, fed, sigma: float, engine: str, *, resume: bool = False
+    run_dir: RunDirectory,
+    cfg: RunConfig,
+    fed,
+    sigma: float,
+    engine: str,
+    *,
+    resume: bool = False,
+    workers: int | None = None,
 ) -> None:
     """The run directory's ``config.json`` (resolved configuration, noise, sizes, versions).
 
@@ -468,6 +495,7 @@ def _write_config(
             "items": fed.n_items,
             "interactions": len(fed.data),
             "engine": engine,
+            **({} if workers is None else {"workers": workers}),
             "versions": library_versions(),
         },
     )

@@ -41,14 +41,14 @@ _CRASH = """
 import json, os, signal, sys
 from fedrec.common.config import RunConfig
 from fedrec.simulations.runner import simulate, simulate_loop
-engine, flat, k = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+engine, flat, k, n, kw = sys.argv[1], *map(json.loads, sys.argv[2:])
 cfg = RunConfig.from_flat(flat)
 def hook(record):
     if record["round"] == k:  # right after round k's checkpoint
         os.kill(os.getpid(), signal.SIGKILL)
-if len(sys.argv) > 4:  # or in round k, right after the n-th device wrote its release
+if n:  # or in round k, right after the n-th device wrote its release
     from fedrec.client.ledger_writer import LedgerWriter
-    n, written, append = int(sys.argv[4]), [], LedgerWriter.__call__
+    written, append = [], LedgerWriter.__call__
     def call(self, event, **context):
         record = append(self, event, **context)
         written.extend([1] if context["round"] == k else [])
@@ -59,7 +59,7 @@ if len(sys.argv) > 4:  # or in round k, right after the n-th device wrote its re
 if engine == "loop":
     simulate_loop(cfg, on_round=hook, reference=False)
 else:
-    simulate(cfg, on_round=hook, num_cpus=2, reference=False)
+    simulate(cfg, on_round=hook, num_cpus=2, reference=False, **kw)
 """
 
 
@@ -80,11 +80,16 @@ def _wait_killed(proc: subprocess.Popen, timeout: float = 300) -> int:
     return rc
 
 
-def _crash_after(engine: str, flat: dict[str, object], k: int, releases: int = 0) -> None:
-    """Run ``flat`` in a child killed after round ``k`` (or after ``releases`` of round k)."""
-    extra = [str(releases)] if releases else []
+def _crash_after(
+    engine: str, flat: dict[str, object], k: int, releases: int = 0, **kwargs: object
+) -> None:
+    """Run ``flat`` in a child killed after round ``k`` (or after ``releases`` of round k).
+
+    ``kwargs`` go to :func:`~fedrec.simulations.runner.simulate` (Flower's engine).
+    """
+    args = [engine, json.dumps(flat), str(k), str(releases), json.dumps(kwargs)]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CRASH, engine, json.dumps(flat), str(k), *extra],
+        [sys.executable, "-c", _CRASH, *args],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -166,6 +171,22 @@ def test_a_new_run_into_a_directory_holding_a_run_refuses(tmp_path, capsys):
     assert "already holds a run" in err[0] and f"--resume {run_dir}" in err[0]
     assert "new --run-dir" in err[0]
     assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.jsonl"]  # nothing written
+
+
+def test_flwr_run_into_a_directory_holding_a_run_refuses(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from fedrec.server.run_directory import RunExistsError
+    from fedrec.server.server_app import make_server_app
+
+    run_dir = tmp_path / "flwr-run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    app = make_server_app(lambda cfg: (40, None))
+    context = Context(1, 0, {}, RecordDict(), {"run-dir": str(run_dir)})
+    with pytest.raises(RunExistsError, match="already holds a run: give this one a new folder"):
+        app(None, context)
+    assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
 
 
 def test_resuming_a_finished_run_says_it_is_finished(tmp_path, capsys):
@@ -335,31 +356,52 @@ def test_a_loop_run_killed_at_a_random_moment_resumes_within_budget(tmp_path, se
 
 # --- Flower's simulation engine ------------------------------------------------------------
 @pytest.mark.slow
-def test_a_flower_run_killed_after_a_round_resumes_within_budget(tmp_path):
+def test_a_flower_run_killed_after_a_round_resumes_to_the_uninterrupted_run(tmp_path):
+    """Cohort workers (the default): devices keep their indices, the run continues exactly."""
+    from fedrec.simulations.runner import simulate
+
+    whole = RunConfig.from_flat(_flat(tmp_path / "whole", seed=5))
+    simulate(whole, num_cpus=2, reference=False, workers=2)
+    cut = tmp_path / "cut"
+    _crash_after("flower", _flat(cut, seed=5), 2, workers=2)
+    argv = ["simulate", "--resume", str(cut), "--no-reference", "--cpus", "2"]
+    assert main(argv) == 0
+    _check_resumed(cut, whole)
+    _same_run(tmp_path / "whole", cut)
+
+
+@pytest.mark.slow
+def test_a_flower_run_with_a_supernode_per_device_resumes_within_budget(tmp_path):
+    """One SuperNode per device: new random node ids at every start, mapped back to devices."""
     from fedrec.simulations.runner import simulate
 
     run_dir = tmp_path / "run"
     flat = _flat(run_dir, seed=5, privacy="distributed")
-    _crash_after("flower", flat, 2)
+    _crash_after("flower", flat, 2, workers=0)
     nodes = json.loads((run_dir / "checkpoints" / "nodes.json").read_text())
     assert sorted(nodes.values()) == list(range(30))
     cfg = RunConfig.from_flat(flat)
+    with pytest.raises(ValueError, match="ran with --workers 0"):
+        simulate(cfg, num_cpus=2, reference=False, resume=True, workers=2)
     result = simulate(cfg, num_cpus=2, reference=False, resume=True)
     assert [r["round"] for r in result.rounds] == [1, 2, 3, 4]
     assert len(json.loads((run_dir / "checkpoints" / "nodes.json").read_text())) == 60
     _check_resumed(run_dir, cfg)
     # the noise present in the secure sums is counted per device across both starts
-    summary = json.loads((run_dir / "summary.json").read_text())["privacy"]
-    assert summary["epsilon_max"] <= cfg.epsilon + 1e-6
-    sums = [_stripped(p) for p in (run_dir / "ledgers" / "secure-sum").glob("node-*.jsonl")]
-    assert sum(len(s) for s in sums) == sum(int(r["aggregated"]) for r in result.rounds)
+    by_device: dict[int, list[float]] = {}
+    for path in (run_dir / "ledgers" / "secure-sum").glob("node-*.jsonl"):
+        device = json.loads((run_dir / "checkpoints" / "nodes.json").read_text())[path.stem[5:]]
+        by_device.setdefault(device, []).extend(r["claimed_epsilon"] for r in _stripped(path))
+    assert sum(map(len, by_device.values())) == sum(int(r["aggregated"]) for r in result.rounds)
+    for claims in by_device.values():
+        assert claims == sorted(claims) and claims[-1] <= cfg.epsilon + 1e-6
 
 
 @pytest.mark.slow
 def test_a_flower_run_killed_at_a_random_moment_resumes_within_budget(tmp_path):
     run_dir = tmp_path / "run"
-    flat = _flat(run_dir, seed=21, num_rounds=5)
-    argv = ["simulate", "--no-reference", "--cpus", "2"]
+    flat = _flat(run_dir, seed=21, num_rounds=5, privacy="distributed")
+    argv = ["simulate", "--no-reference", "--cpus", "2", "--workers", "2"]
     argv += [x for k, v in flat.items() for x in ("--set", f"{k}={v}")]
     rc, _ = _kill_at_random(argv, run_dir, 5, 21)
     assert rc == -signal.SIGKILL, "the run finished before it was killed"
