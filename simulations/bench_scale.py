@@ -7,11 +7,12 @@ server adds the noise, clip 0.5, noise multiplier 1.0; MF with d = 32 and one lo
 each device sampled with probability 10 %, at most 10,000 expected a round) in a fresh Python
 process, and prints:
 
-* s/round: the median over the measured rounds of each run (the first round, which builds
-  devices and starts engines, and the last, which also evaluates on Flower, are run but not
-  measured), then the median over ``--repeats`` runs. The in-process transport runs the
-  training rounds alone (no evaluation, nothing written); Flower's engine runs
-  ``fedrec simulate``'s whole path (run directory, ledgers, checkpoints);
+* s/round: the median over the ``--rounds`` measured rounds of each run (before them one
+  round, which builds devices and starts engines, and on Flower one after them, which also
+  evaluates, are run but not measured), then the median over ``--repeats`` runs. The
+  in-process transport runs the training rounds alone (no evaluation, nothing written);
+  Flower's engine runs ``fedrec simulate``'s whole path (run directory, ledgers,
+  checkpoints);
 * peak RSS: the process's ``ru_maxrss``; for Flower's engine, whose devices run in Ray worker
   processes, also the largest sum of the resident memory of the process and its descendants
   (sampled every 0.2 s);
@@ -141,9 +142,12 @@ def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, ob
         wall = time.perf_counter() - t0
     seconds = [float(r["seconds"]) for r in records]  # type: ignore[arg-type]
     sampled = [int(r.get("sampled", 0) or 0) for r in records]  # type: ignore[call-overload]
+    measured = slice(1, None if engine == "loop" else -1)  # Flower's last round evaluates
     return {
         "seconds": seconds,
         "sampled": sampled,
+        "measured": seconds[measured] or seconds,
+        "cohort": statistics.mean(sampled[measured] or sampled),
         "wall": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tree_peak_mb": tree.peak,
@@ -190,13 +194,6 @@ def measure(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, 
     return json.loads(lines[-1])
 
 
-def _per_round(result: dict[str, object]) -> float:
-    """Median seconds of the measured rounds (not the first, nor the last, which evaluates)."""
-    seconds = list(result["seconds"])  # type: ignore[call-overload]
-    middle = seconds[1:-1] or seconds[1:] or seconds
-    return statistics.median(middle)
-
-
 def _positive_list(text: str) -> list[int]:
     try:
         values = [int(float(v)) for v in text.split(",") if v.strip()]
@@ -230,7 +227,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=3,
-        help="measured rounds per run (default 3; one more before and one after run unmeasured)",
+        help="measured rounds per run (default 3; one before them, and on Flower one after "
+        "them, run unmeasured)",
     )
     ap.add_argument(
         "--engines",
@@ -253,15 +251,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, float]:
-    runs = [measure(engine, devices, args.rounds + 2, args.data_dir) for _ in range(args.repeats)]
+    """Medians over ``--repeats`` fresh processes of one engine at one population."""
+    rounds = args.rounds + (1 if engine == "loop" else 2)  # the unmeasured rounds
+    runs = [measure(engine, devices, rounds, args.data_dir) for _ in range(args.repeats)]
+
+    def median(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
+
     return {
-        "s/round": statistics.median(_per_round(r) for r in runs),
-        "peak": statistics.median(float(r["peak_rss_mb"]) for r in runs),  # type: ignore[arg-type]
-        "tree": statistics.median(float(r["tree_peak_mb"]) for r in runs),  # type: ignore[arg-type]
-        "cohort": statistics.median(
-            statistics.mean(r["sampled"][1:-1] or r["sampled"])  # type: ignore[index]
-            for r in runs
-        ),
+        "s/round": statistics.median(statistics.median(r["measured"]) for r in runs),  # type: ignore[arg-type]
+        "peak": median("peak_rss_mb"),
+        "tree": median("tree_peak_mb"),
+        "cohort": median("cohort"),
     }
 
 
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure every point and print the table."""
     if args.rounds < 1 or args.repeats < 1:
         raise SystemExit("--rounds and --repeats must be at least 1")
-    data = f"ML-100K users ({args.data_dir})" if args.data_dir else "1,000 synthetic users"
+    data = f"ML-100K users ({args.data_dir})" if args.data_dir else "up to 1,000 synthetic users"
     print(
         f"user-level DP, secure sum, cohort {FRACTION:.0%} (at most {MAX_COHORT:,}); {data}; "
         f"median s/round of {args.rounds} rounds, median of {args.repeats} fresh processes"
