@@ -311,6 +311,15 @@ class Device:
         return self.contribute(Task("train"), global_state, server_round, noise_share=noise_share)
 
     # --- ranking and evaluation ------------------------------------------------------------
+    def scores(self, global_state: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Scores of every item for this device's user, as it ranks them (on the device).
+
+        With ``global_state`` the algorithm folds the user in against that table first
+        (:meth:`~fedrec.common.algorithms.base.Algorithm.fold_in`); the user embedding that
+        training continues from is left as it was.
+        """
+        return self._scores(global_state)
+
     def _scores(self, global_state: Mapping[str, np.ndarray] | None) -> np.ndarray:
         if global_state is None:
             return self.model.full_scores(np.zeros(1, dtype=np.int64))[0]

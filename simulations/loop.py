@@ -49,19 +49,19 @@ class PlainResult:
 def central_evaluation(
     devices: dict[int, Device], state: dict[str, np.ndarray], ks: tuple[int, ...]
 ) -> dict[str, float]:
-    """Evaluate with the server's metrics code on all devices' embeddings (simulation only).
+    """Evaluate with the server's metrics code on all devices' rankings (simulation only).
 
-    Gathers every device's user embedding into one model and calls
+    Gathers every device's scores, as the device ranks (its algorithm's fold-in included,
+    :meth:`~fedrec.client.device.Device.scores`), and calls
     :func:`fedrec.common.evaluation.metrics.evaluate`, an independent path to the federated
-    evaluation.
+    evaluation's metric code.
     """
     from fedrec.common.data.schema import IdMap, Interactions
     from fedrec.common.evaluation.metrics import evaluate
 
     users = sorted(devices)
     n_items = next(iter(devices.values())).model.n_items
-    emb = np.concatenate([devices[u].model.local_state()["user_embedding.weight"] for u in users])
-    scores = emb @ state["item_embedding.weight"].T + state["item_bias.weight"].T
+    scores = np.stack([devices[u].scores(state) for u in users])
 
     def _inter(kind: str) -> Interactions:
         rows = [
