@@ -42,6 +42,7 @@ from flwr.clientapp import ClientApp
 
 from fedrec.client.client_app import parse_evaluate, parse_train
 from fedrec.client.device import Device
+from fedrec.common.algorithms.base import Task
 from fedrec.common.config import RunConfig
 from fedrec.common.privacy.policy import PolicyViolation, RefusalCode
 from fedrec.common.privacy.secagg import SecureSession
@@ -244,7 +245,7 @@ def _evaluation_reply(shard: Shard, msg: Message) -> RecordDict:
     config: dict[str, Any] = {"ks": ",".join(map(str, parsed.ks))}
     if parsed.noise_multiplier is not None:
         config["eval-noise-multiplier"] = parsed.noise_multiplier
-    request = Request(parsed.server_round, _evaluate_task(), parsed.table, config)
+    request = Request(parsed.server_round, Task("evaluate"), parsed.table, config)
     transport = shard.transport()
     metrics: dict[str, float] = {}
     for u in devices:  # one by one, to know whose release each one is
@@ -255,12 +256,6 @@ def _evaluation_reply(shard: Shard, msg: Message) -> RecordDict:
     if heads:
         content[HEADS_RECORD] = pack_heads(heads)
     return content
-
-
-def _evaluate_task():  # noqa: ANN202
-    from fedrec.common.algorithms.base import Task
-
-    return Task("evaluate")
 
 
 def _refused(msg: Message, shard: Shard, code: RefusalCode | str) -> RecordDict:
