@@ -340,8 +340,8 @@ def _train_batch(
     losses = example_losses(g, loss=local.loss, l2=local.l2)
     batch_loss = float(losses.detach().sum())
     tensors = g.tensors()
-    if dp is None:
-        (losses.sum() / local.batch_size_norm).backward()
+    if dp is None:  # no privacy: a step is a mean over at least batch_size_norm examples
+        (losses.sum() / max(local.batch_size_norm, len(idx))).backward()
     else:
         grads = torch.autograd.grad(losses.sum(), tensors)
         norms = per_example_sq_norms(g, list(grads)).sqrt()
@@ -401,7 +401,8 @@ def train_local(
             then pure noise: a device must not reveal that it has no data by refusing).
         local: the local training recipe.
         dp: DP-SGD settings, or ``None`` for non-private training (same sampling, no clipping
-            or noise).
+            or noise; a step's loss is the batch's mean once it holds more than
+            ``batch_size_norm`` examples, so a step does not grow with the device's data).
         accountant: the device's Opacus accountant; required with ``dp``; every step is
             recorded in it.
         generator: source of randomness for sampling (and, unless ``noise_source`` is a
