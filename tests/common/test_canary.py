@@ -11,10 +11,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.common.audit.canary import (
+    CanarySizingError,
+    detectable_epsilon,
+    gaussian_epsilon_estimate,
     one_run_epsilon_lower_bound,
     one_run_p_value,
     run_canary_audit,
+    size_canaries,
 )
+from fedrec.common.privacy.accountant import epsilon_of
 from fedrec.common.privacy.accounting import PrivacyEvent, epsilon
 
 # --------------------------------------------------------------------------- the bound
@@ -93,6 +98,68 @@ def test_harness_validates_scores():
         run_canary_audit(lambda inc: np.zeros(3), m=10, seed=0, k_guesses=2)
     with pytest.raises(ValueError, match="k_guesses"):
         run_canary_audit(lambda inc: np.zeros(10), m=10, seed=0, k_guesses=6)
+
+
+# --------------------------------------------------------------------------- what is detectable
+
+
+def test_400_perfect_guesses_cannot_detect_a_claim_above_about_4_9():
+    # the audit: 400 guesses; no run, however broken, could refute 7.08 or 10.7
+    top = detectable_epsilon(1000, 400, delta=1e-5)
+    assert 4.8 < top < 4.95
+    assert one_run_epsilon_lower_bound(1000, 400, 400, delta=1e-5) == pytest.approx(top, abs=1e-5)
+    assert one_run_epsilon_lower_bound(1000, 400, 399, delta=1e-5) < top
+
+
+@pytest.mark.parametrize("claim", [1.0, 3.0, 6.0, 8.0])
+def test_sizing_makes_the_claim_detectable_with_the_fewest_guesses(claim):
+    sizing = size_canaries(claim, delta=1e-5)
+    assert sizing.k_plus == sizing.k_minus and sizing.r % 2 == 0
+    assert sizing.m >= sizing.r + 6 * np.sqrt(sizing.r)  # both sides hold r/2 canaries
+    assert sizing.detectable >= claim
+    assert detectable_epsilon(sizing.m, sizing.r, delta=1e-5) == pytest.approx(sizing.detectable)
+    fewer = sizing.r - 2
+    m_fewer = fewer + int(np.ceil(6 * np.sqrt(fewer))) + 2
+    assert detectable_epsilon(m_fewer, fewer, delta=1e-5) < claim + 1e-4
+
+
+def test_sizing_with_a_margin_and_why_a_claim_near_8_leaves_no_room_for_errors():
+    sizing = size_canaries(6.0, delta=1e-5, margin=0.5)
+    assert sizing.detectable >= 6.5
+    # at δ = 1e-5 the bound saturates near 8.1: one wrong guess costs more than the room left
+    near = size_canaries(8.0, delta=1e-5)
+    assert one_run_epsilon_lower_bound(near.m, near.r, near.r - 1, delta=1e-5) < 8.0
+
+
+def test_sizing_refuses_a_claim_no_one_run_audit_can_refute():
+    # the 2mδ term caps the bound near ln(β/δ) = 6.2 at δ = 1e-4, whatever m
+    with pytest.raises(CanarySizingError, match="cannot be refuted") as exc:
+        size_canaries(8.0, delta=1e-4, max_canaries=30_000)
+    assert 5.0 < exc.value.best_detectable < 6.3
+    with pytest.raises(ValueError, match="finite"):
+        size_canaries(float("inf"), delta=1e-5)
+
+
+def test_result_states_its_detectable_maximum():
+    result = run_canary_audit(lambda inc: inc.astype(float), m=200, seed=0, k_guesses=60)
+    assert result.v == result.r == 120
+    assert result.detectable_epsilon == pytest.approx(result.epsilon_lower_bound, abs=1e-5)
+
+
+def test_gaussian_estimate_recovers_a_gaussian_mechanism():
+    rng = np.random.default_rng(0)
+    for sigma in (1.0, 2.0):
+        truth = epsilon_of("pld", [(sigma, 1.0, 1)], 1e-5)
+        inserted = rng.normal(1.0, sigma, 50_000)  # sensitivity 1, noise sigma
+        held_out = rng.normal(0.0, sigma, 50_000)
+        assert gaussian_epsilon_estimate(inserted, held_out, delta=1e-5) == pytest.approx(
+            truth, rel=0.05
+        )
+    same = rng.normal(size=50_000)
+    assert gaussian_epsilon_estimate(same[:25_000], same[25_000:], delta=1e-5) < 0.5
+    assert gaussian_epsilon_estimate(np.ones(10), np.zeros(10)) == float("inf")
+    with pytest.raises(ValueError, match="at least 2"):
+        gaussian_epsilon_estimate(np.ones(1), np.zeros(10))
 
 
 # --------------------------------------------------------------------------- DP-SGD, once
