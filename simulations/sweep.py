@@ -1,221 +1,73 @@
-"""The privacy-utility sweep: NDCG@10 against ε, per privacy mode, beside the baselines.
+"""The privacy-utility sweep: NDCG@10 against ε, per algorithm and privacy mode.
 
-``python -m fedrec.simulations.sweep --dataset ml-100k --data-dir PATH --epsilons 1,3,8``
+``fedrec sweep --dataset ml-100k --data-dir PATH --algorithms warm-sgd,sgd,spectral,features,
+popularity --modes off,local,distributed,user --epsilons 1,3,8``
 
-runs, on the same split: most-popular, non-private federated MF, and for each mode
-(``--modes local,distributed,user``) and each ε a federated run with the noise calibrated to
-that ε (δ per mode from the recipe: 1e-5 example-level, 1e-4 user-level). Every federated
-run uses the plain loop of :mod:`fedrec.simulations.loop` (the same device and server code
-as the Flower simulation, with the secure sum computed in the clear, without the engine's
-overhead; ``--engine flower`` runs them on Flower instead). It writes ``sweep.json``,
-``sweep.md`` and ``sweep.png`` (NDCG@10 against ε per mode, with most-popular and
-non-private as horizontal lines).
+runs, on the same split: most-popular, then every algorithm of ``--algorithms`` (default: every
+registered algorithm the data supports; ``features`` needs public item metadata) in every mode
+of ``--modes``, at each ε for a private mode and once per seed for ``off`` (the algorithm's
+non-private reference). No run is tuned to the dataset: each takes its algorithm's own
+:attr:`~fedrec.common.algorithms.base.Algorithm.defaults` (functions of public quantities
+only), then :class:`~fedrec.common.config.RunConfig`'s defaults, then ``--set KEY=VALUE`` (which
+changes every run). δ is the run config's (1e-5 per interaction) for example-level modes and
+:func:`user_delta` of the number of devices for user-level DP. A mode an algorithm cannot run
+in (the privacy modes' table, or data without the metadata it needs) is skipped and the reason
+kept in ``sweep.md``.
 
-Recipes (``--recipe``) are named sets of run-config overrides in :data:`RECIPES`, one per
-sweep label; a label is a privacy mode, optionally with a suffix naming a variant
-(``distributed-sgd`` runs ``--privacy distributed`` with DP-SGD rounds, where the ML-100K
-recipe of ``distributed`` is the spectral algorithm, the better of the two there; the ML-100K
-``local`` recipe is the features algorithm, ``local-sgd`` DP-SGD). A label of mode ``off``
-(``off-features``: exact popularity with the public features) is a non-private reference, run
-once per seed and drawn as a line. Pass ``--set KEY=VALUE`` to change any key for every run.
-``--algorithm NAME`` sweeps a registered algorithm with its own defaults in every mode, no
-recipe (a mode the algorithm cannot run in is skipped, with the table's reason in
-``sweep.md``). The command line seeds noise and sampling (``reproducible = true``, said in
-``sweep.md``) so that figures repeat seed for seed; ``--set reproducible=false`` draws them
-from OS entropy.
+Every federated run uses the plain loop of :mod:`fedrec.simulations.loop` (the same device and
+server code as the Flower simulation, with the secure sum computed in the clear, without the
+engine's overhead; ``--engine flower`` runs them on Flower instead). It writes ``sweep.json``,
+``sweep.md`` (medians over seeds and each seed's figure) and ``sweep.png`` (one panel per
+private mode: NDCG@10 against ε per algorithm, each algorithm's non-private run and
+most-popular as horizontal lines). The command line seeds noise and sampling
+(``reproducible = true``, said in ``sweep.md``) so that figures repeat seed for seed;
+``--set reproducible=false`` draws them from OS entropy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
-from fedrec.common.config import RunConfig
+from fedrec.common.config import PRIVACY_MODES, RunConfig
 
-__all__ = ["RECIPES", "run_sweep", "add_arguments", "run", "main"]
+__all__ = [
+    "UNITS",
+    "USER_DELTA_CAP",
+    "user_delta",
+    "default_algorithms",
+    "run_sweep",
+    "write_outputs",
+    "add_arguments",
+    "run",
+    "main",
+]
 
-#: Named run-config overrides per privacy mode (measured on ML-100K; see the issue notes).
-RECIPES: dict[str, dict[str, dict[str, object]]] = {
-    "ml-100k": {
-        "off": {
-            "num-rounds": 100,
-            "fraction-train": 0.2,
-            "dim": 64,
-            "loss": "bce",
-            "n-negatives": 8,
-            "l2": 0.01,
-            "server-optimizer": "fedadam",
-            "server-lr": 0.03,
-            "eval-every": 20,
-        },
-        "off-features": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 32,
-            "eval-every": 1,
-        },
-        "local": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 32,
-            "eval-every": 1,
-            "delta": 1e-5,
-        },
-        "local-sgd": {
-            "num-rounds": 6,
-            "fraction-train": 0.5,
-            "dim": 8,
-            "loss": "bce",
-            "n-negatives": 4,
-            "sample-rate": 1.0,
-            "local-epochs": 10,
-            "local-lr": 0.5,
-            "max-grad-norm": 1.0,
-            "server-lr": 24.0,
-            "batch-size-norm": 85.0,
-            "eval-every": 6,
-            "delta": 1e-5,
-        },
-        "distributed": {
-            "algorithm": "spectral",
-            "num-rounds": 2,
-            "fraction-train": 1.0,
-            "dim": 8,
-            "spectral-top-items": 300,
-            "spectral-max-items": 100,
-            "spectral-popularity-share": 0.2,
-            "dropout-tolerance": 0.1,
-            "eval-every": 2,
-            "delta": 1e-5,
-        },
-        "distributed-features": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 32,
-            "eval-every": 1,
-            "dropout-tolerance": 0.1,
-            "delta": 1e-5,
-        },
-        "distributed-sgd": {
-            "num-rounds": 50,
-            "fraction-train": 0.1,
-            "dim": 2,
-            "loss": "bce",
-            "n-negatives": 8,
-            "sample-rate": 1.0,
-            "local-epochs": 1,
-            "local-lr": 0.5,
-            "batch-size-norm": 10.0,
-            "server-optimizer": "fedadam",
-            "server-lr": 0.1,
-            "dropout-tolerance": 0.1,
-            "eval-every": 50,
-            "delta": 1e-5,
-        },
-        "user": {
-            "algorithm": "spectral",
-            "num-rounds": 2,
-            "fraction-train": 1.0,
-            "dim": 8,
-            "spectral-top-items": 300,
-            "spectral-popularity-share": 0.2,
-            "eval-every": 2,
-            "delta": 1e-4,
-        },
-        "user-features": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 32,
-            "eval-every": 1,
-            "delta": 1e-4,
-        },
-        "user-sgd": {
-            "num-rounds": 20,
-            "fraction-train": 0.5,
-            "dim": 32,
-            "loss": "bce",
-            "n-negatives": 8,
-            "l2": 0.01,
-            "local-epochs": 10,
-            "sample-rate": 1.0,
-            "local-lr": 0.5,
-            "batch-size-norm": 40.0,
-            "server-optimizer": "fedadam",
-            "server-lr": 0.05,
-            "user-clip": 0.5,
-            "eval-every": 20,
-            "delta": 1e-4,
-        },
-    },
-    "quick": {
-        "off": {"num-rounds": 10, "fraction-train": 0.25, "eval-every": 10},
-        "local": {"num-rounds": 10, "fraction-train": 0.25, "eval-every": 10},
-        "distributed": {
-            "num-rounds": 10,
-            "fraction-train": 0.25,
-            "local-epochs": 1,
-            "server-optimizer": "fedadam",
-            "server-lr": 0.05,
-            "eval-every": 10,
-        },
-        "user": {
-            "num-rounds": 10,
-            "fraction-train": 0.5,
-            "server-optimizer": "fedadam",
-            "server-lr": 0.05,
-            "eval-every": 10,
-            "delta": 1e-4,
-        },
-        "distributed-spectral": {
-            "algorithm": "spectral",
-            "num-rounds": 2,
-            "fraction-train": 1.0,
-            "eval-every": 2,
-            "spectral-top-items": 50,
-        },
-        "user-spectral": {
-            "algorithm": "spectral",
-            "num-rounds": 2,
-            "fraction-train": 1.0,
-            "eval-every": 2,
-            "spectral-top-items": 50,
-            "delta": 1e-4,
-        },
-        "local-features": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 16,
-            "eval-every": 1,
-        },
-        "off-features": {
-            "algorithm": "features",
-            "num-rounds": 1,
-            "fraction-train": 1.0,
-            "dim": 16,
-            "eval-every": 1,
-        },
-    },
-}
-
-#: The unit of privacy and δ convention of each mode (for the table and the plot).
+#: The unit of privacy of each private mode (for the table and the plot).
 UNITS = {"local": "example", "distributed": "example", "user": "user"}
 
-
-def privacy_of(label: str) -> str:
-    """The privacy mode of a sweep label: ``distributed-sgd`` runs ``--privacy distributed``."""
-    return label.split("-", 1)[0]
+#: The largest user-level δ the sweep uses, whatever the population.
+USER_DELTA_CAP = 1e-5
 
 
-def unit_of(label: str) -> str:
-    """The unit of privacy of a sweep label's mode."""
-    return UNITS.get(privacy_of(label), "-")
+def user_delta(n_devices: int) -> float:
+    """User-level δ for a population of ``n_devices``: ``min(1e-5, 1 / (10 · n_devices))``.
+
+    A function of a public quantity, the same for every dataset: δ is the chance that a user's
+    guarantee fails outright, so it stays at least ten times below 1/population (943 ML-100K
+    users: 1e-5; 20,000 devices: 5e-6).
+    """
+    if n_devices < 1:
+        raise ValueError(f"user_delta needs at least one device, got {n_devices}")
+    return min(USER_DELTA_CAP, 1.0 / (10.0 * n_devices))
+
+
+def unit_of(mode: str) -> str:
+    """The unit of privacy of a mode (``-`` for ``off``)."""
+    return UNITS.get(mode, "-")
 
 
 def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
@@ -233,84 +85,124 @@ def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
     return {"quality": quality, "seconds": time.perf_counter() - t0, "config": cfg.to_flat()}
 
 
-def algorithm_recipe(name: str, modes: list[str]) -> dict[str, dict[str, object]]:
-    """A recipe that runs algorithm ``name`` with its own defaults in every mode of ``modes``.
+def _has_features(cfg: RunConfig) -> bool:
+    """Whether the run's dataset has public item metadata (genres or release years)."""
+    from fedrec.simulations.federation import federated_features
 
-    Nothing is tuned: each run takes the algorithm's
-    :attr:`~fedrec.common.algorithms.base.Algorithm.defaults`, then the run-config defaults,
-    then ``--set``. The non-private reference is the same algorithm with privacy off.
-    """
+    try:
+        return federated_features(cfg).shape[1] > 0
+    except ValueError:
+        return False
+
+
+def default_algorithms(base: dict[str, object]) -> list[str]:
+    """Every registered algorithm the data supports (``features`` needs item metadata)."""
+    from fedrec.common.algorithms.registry import REGISTRY, algorithm_class
+
+    cfg = RunConfig.from_flat(base)
+    feats = None
+    out = []
+    for name in REGISTRY:
+        if algorithm_class(name).needs_item_features:
+            feats = _has_features(cfg) if feats is None else feats
+            if not feats:
+                continue
+        out.append(name)
+    return out
+
+
+def _refusals(base: dict[str, object], algorithms: list[str], modes: list[str]) -> dict[str, str]:
+    """``"algorithm/mode"`` → why it is not run (the modes' table, or missing metadata)."""
     from fedrec.common.algorithms.registry import algorithm_class
+    from fedrec.common.privacy.mechanisms import refusal
 
-    algorithm_class(name)  # a clear error for an unknown name
-    return {"off": {"algorithm": name}, **{m: {"algorithm": name} for m in modes}}
+    refused: dict[str, str] = {}
+    feats = None
+    for name in algorithms:
+        cls = algorithm_class(name)  # a clear error for an unknown name
+        if cls.needs_item_features:
+            feats = _has_features(RunConfig.from_flat(base)) if feats is None else feats
+            if not feats:
+                for mode in modes:
+                    refused[f"{name}/{mode}"] = "the dataset has no public item metadata"
+                continue
+        probe = RunConfig.from_flat({**base, "algorithm": name, "privacy": "off"})
+        for mode in modes:
+            probe.privacy = mode  # the table's verdict, before any run
+            reason = refusal(cls, probe)
+            if reason is not None:
+                refused[f"{name}/{mode}"] = reason
+    return refused
 
 
-def _jobs(modes: list[str], epsilons: list[float]) -> list[tuple[str, float | None]]:
-    """One seed's runs: the non-private model, then each label (at each ε unless it is off)."""
-    jobs: list[tuple[str, float | None]] = [("off", None)]
-    for mode in modes:
-        if privacy_of(mode) == "off":  # a non-private reference: no ε to sweep
-            jobs.append((mode, None))
-        else:
-            jobs.extend((mode, eps) for eps in epsilons)
+def _jobs(
+    algorithms: list[str], modes: list[str], epsilons: list[float], refused: dict[str, str]
+) -> list[tuple[str, str, float | None]]:
+    """One seed's runs: per algorithm, ``off`` once and each private mode at each ε."""
+    jobs: list[tuple[str, str, float | None]] = []
+    for name in algorithms:
+        for mode in modes:
+            if f"{name}/{mode}" in refused:
+                continue
+            if mode == "off":
+                jobs.append((name, mode, None))
+            else:
+                jobs.extend((name, mode, eps) for eps in epsilons)
     return jobs
 
 
 def run_sweep(
     base: dict[str, object],
     *,
-    recipe: str | None,
-    epsilons: list[float],
-    modes: list[str],
+    algorithms: list[str] | None = None,
+    modes: list[str] = PRIVACY_MODES,
+    epsilons: list[float] = (1.0, 3.0, 8.0),
     engine: str = "loop",
     seeds: list[int] = (0,),
-    algorithm: str | None = None,
     log=print,
 ) -> dict[str, object]:
-    """Run the sweep; returns ``{"most_popular": …, "runs": [...], "refused": {...}}``.
+    """Run the sweep; returns ``{"most_popular": …, "runs": [...], "refused": {...}, …}``.
 
-    With ``algorithm``, every mode runs that algorithm with its defaults (no recipe); a mode
-    the algorithm cannot run in is skipped, and the reason from the privacy modes' table is
-    logged and kept under ``"refused"``.
+    Each run takes its algorithm's defaults, the run-config defaults, then ``base``; user-level
+    runs get δ = :func:`user_delta` of the population unless ``base`` sets ``delta``. A
+    combination that cannot run is logged and kept under ``"refused"`` (``"algorithm/mode"``).
+
+    Raises:
+        ValueError: an unknown mode or algorithm, or no ε for a private mode.
     """
-    from fedrec.common.algorithms.registry import algorithm_class
-    from fedrec.common.privacy.mechanisms import refusal
     from fedrec.simulations.baselines import most_popular
     from fedrec.simulations.federation import federated_dataset
 
-    refused: dict[str, str] = {}
-    if algorithm is not None:
-        recipes = algorithm_recipe(algorithm, modes)
-        probe = RunConfig.from_flat({**base, "algorithm": algorithm, "privacy": "off"})
-        for mode in modes:
-            probe.privacy = privacy_of(mode)  # the table's verdict, before any run
-            reason = refusal(algorithm_class(algorithm), probe)
-            if reason is not None:
-                refused[mode] = reason
-                log(f"{mode}: skipped ({reason})")
-        modes = [m for m in modes if m not in refused]
-        recipe = f"algorithm {algorithm}"
-    else:
-        recipes = RECIPES[recipe]
-    unknown = [m for m in modes if m not in recipes or m == "off"]
-    if unknown:
-        raise ValueError(
-            f"no recipe {unknown} in {recipe!r}; choose from "
-            f"{sorted(k for k in recipes if k != 'off')}"
-        )
-    cfg0 = RunConfig.from_flat(base)
-    pop = most_popular(federated_dataset(cfg0).split)
-    log(f"most-popular NDCG@10 {pop['ndcg@10']:.4f}")
+    modes = list(modes)
+    bad = [m for m in modes if m not in PRIVACY_MODES]
+    if bad:
+        raise ValueError(f"--modes: unknown mode(s) {bad}; choose from {', '.join(PRIVACY_MODES)}")
+    if any(m != "off" for m in modes) and not epsilons:
+        raise ValueError("--epsilons: give at least one epsilon for the private modes")
+    algorithms = list(algorithms) if algorithms else default_algorithms(base)
+    refused = _refusals(base, algorithms, modes)
+    for key, reason in refused.items():
+        log(f"{key}: skipped ({reason})")
+    fed = federated_dataset(RunConfig.from_flat(base))
+    pop = most_popular(fed.split)
+    udelta = user_delta(fed.n_users)
+    log(f"most-popular NDCG@10 {pop['ndcg@10']:.4f} ({fed.n_users} devices)")
     runs = []
     for seed in seeds:
-        for mode, eps in _jobs(modes, epsilons):
-            overrides = {"privacy": privacy_of(mode), "seed": seed}
+        for name, mode, eps in _jobs(algorithms, modes, epsilons, refused):
+            overrides: dict[str, object] = {"algorithm": name, "privacy": mode, "seed": seed}
             if eps is not None:
                 overrides["epsilon"] = eps
-            r = _run(RunConfig.from_flat({**base, **recipes[mode], **overrides}), engine)
-            runs.append({"mode": mode, "epsilon": eps, "seed": seed, **r})
-            label = mode if eps is None else f"{mode} eps {eps:g}"
+            if mode == "user" and "delta" not in base:
+                overrides["delta"] = udelta
+            label = f"{name} {mode}" + ("" if eps is None else f" eps {eps:g}")
+            try:
+                r = _run(RunConfig.from_flat({**base, **overrides}), engine)
+            except ValueError as exc:  # a setting this run cannot work with: said, not fatal
+                refused[f"{label} seed {seed}"] = str(exc)
+                log(f"{label} seed {seed}: not run ({exc})")
+                continue
+            runs.append({"algorithm": name, "mode": mode, "epsilon": eps, "seed": seed, **r})
             log(
                 f"{label} seed {seed}: NDCG@10 "
                 f"{r['quality'].get('ndcg@10', float('nan')):.4f} ({r['seconds']:.0f} s)"
@@ -318,113 +210,111 @@ def run_sweep(
     return {
         "most_popular": pop,
         "runs": runs,
-        "recipe": recipe,
+        "algorithms": algorithms,
+        "modes": modes,
+        "epsilons": list(epsilons),
+        "n_devices": fed.n_users,
+        "user_delta": udelta,
         "engine": engine,
         "base": base,
         "refused": refused,
     }
 
 
-def _groups(runs: list[dict]) -> dict[tuple[str, float | None], list[float]]:
-    """NDCG@10 per (sweep label, ε), one value per seed."""
-    groups: dict[tuple[str, float | None], list[float]] = {}
+def _groups(runs: list[dict]) -> dict[tuple[str, str, float | None], list[float]]:
+    """NDCG@10 per (algorithm, mode, ε), one value per seed, in run order."""
+    groups: dict[tuple[str, str, float | None], list[float]] = {}
     for r in runs:
-        groups.setdefault((r["mode"], r["epsilon"]), []).append(r["quality"].get("ndcg@10"))
+        key = (r["algorithm"], r["mode"], r["epsilon"])
+        groups.setdefault(key, []).append(r["quality"].get("ndcg@10"))
     return groups
 
 
-def _table(result: dict[str, object]) -> str:
-    """``sweep.md``: medians over seeds beside most-popular, and the notes the runs need."""
-    import statistics
-
+def _notes(result: dict[str, object]) -> list[str]:
     runs = result["runs"]
-    pop = result["most_popular"]["ndcg@10"]
-    deltas = {(r["mode"], r["epsilon"]): r["config"].get("delta") for r in runs}
-    lines = [
-        "| mode | unit | epsilon | delta | NDCG@10 (median over seeds) | seeds | "
-        "beats most-popular |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| most-popular | - | - | - | {pop:.4f} | - | - |",
-    ]
-    for (mode, eps), vals in _groups(runs).items():
-        med = statistics.median(vals)
-        delta = "-" if eps is None else f"{deltas.get((mode, eps)):g}"
-        unit = unit_of(mode) if eps is not None else "-"
-        lines.append(
-            f"| {mode} | {unit} | {'-' if eps is None else f'{eps:g}'}"
-            f" | {delta} | {med:.4f} | {len(vals)} | {'yes' if med > pop else 'no'} |"
-        )
     notes = []
     if any(str(r["config"].get("reproducible")).lower() == "true" for r in runs):
         notes.append(
             "Seeded runs (reproducible = true): the figures repeat exactly, and the "
             "runs are not private against anyone who knows the seed."
         )
-    for mode, reason in (result.get("refused") or {}).items():
-        notes.append(f"{mode}: not run ({reason}).")
-    user_deltas = sorted(
-        {
-            float(r["config"]["delta"])
-            for r in runs
-            if r["epsilon"] is not None and privacy_of(r["mode"]) == "user"
-        }
-    )
+    for key, reason in (result.get("refused") or {}).items():
+        notes.append(f"{key}: not run ({reason}).")
+    user_deltas = sorted({float(r["config"]["delta"]) for r in runs if r["mode"] == "user"})
     if user_deltas:
+        n = result.get("n_devices")
         notes.append(
-            f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user: each "
-            "user's guarantee may fail with that probability; δ means little unless "
-            "it is well below 1/(number of users)."
+            f"User-level δ = {', '.join(f'{d:g}' for d in user_deltas)} per user "
+            f"(min(1e-5, 1/(10·N)) for N = {n} devices unless --set delta): each user's "
+            "guarantee may fail with that probability."
         )
+    return notes
+
+
+def _table(result: dict[str, object]) -> str:
+    """``sweep.md``: medians and per-seed figures beside most-popular, then the notes."""
+    runs = result["runs"]
+    pop = result["most_popular"]["ndcg@10"]
+    deltas = {(r["algorithm"], r["mode"], r["epsilon"]): r["config"].get("delta") for r in runs}
+    lines = [
+        "| algorithm | mode | unit | epsilon | delta | NDCG@10 (median) | per seed | "
+        "beats most-popular |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| most-popular | - | - | - | - | {pop:.4f} | - | - |",
+    ]
+    for (name, mode, eps), vals in _groups(runs).items():
+        med = statistics.median(vals)
+        delta = "-" if eps is None else f"{deltas[(name, mode, eps)]:g}"
+        seeds = ", ".join(f"{v:.4f}" for v in vals)
+        lines.append(
+            f"| {name} | {mode} | {unit_of(mode)} | {'-' if eps is None else f'{eps:g}'}"
+            f" | {delta} | {med:.4f} | {seeds} | {'yes' if med > pop else 'no'} |"
+        )
+    notes = _notes(result)
     return "\n".join(lines + [part for note in notes for part in ("", note)]) + "\n"
 
 
 def _plot(result: dict[str, object], path: Path) -> None:
-    """``sweep.png``: NDCG@10 against ε per label; most-popular and non-private as lines."""
-    import statistics
-
+    """``sweep.png``: a panel per private mode, a line per algorithm; references as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = _groups(result["runs"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axhline(
-        result["most_popular"]["ndcg@10"], color="gray", linestyle="--", label="most-popular"
+    private = [m for m in result["modes"] if m != "off"] or ["off"]
+    algorithms = list(dict.fromkeys(a for a, _, _ in groups))
+    colors = {a: f"C{i % 10}" for i, a in enumerate(algorithms)}
+    fig, axes = plt.subplots(
+        1, len(private), figsize=(4.2 * len(private), 4), sharey=True, squeeze=False
     )
-    off = groups.get(("off", None))
-    if off:
-        ax.axhline(
-            statistics.median(off), color="black", linestyle=":", label="non-private federated"
-        )
-    for mode in sorted(m for m, e in groups if e is None and m != "off"):
-        ax.axhline(
-            statistics.median(groups[(mode, None)]),
-            color="tab:brown",
-            linestyle="-.",
-            label=f"{mode} (non-private)",
-        )
-    for mode in sorted({m for m, e in groups if e is not None}):
-        pts = sorted(
-            (e, statistics.median(v)) for (m, e), v in groups.items() if m == mode and e is not None
-        )
-        ax.plot(
-            [p[0] for p in pts],
-            [p[1] for p in pts],
-            marker="o",
-            label=f"{mode} DP ({unit_of(mode)}-level)",
-        )
-    ax.set_xscale("log")
-    epsilons = sorted({e for _, e in groups if e is not None})
-    if epsilons:  # ticks at the swept ε, written plainly
-        ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
-        ax.minorticks_off()
-    ax.set_xlabel("epsilon (example-level: local, distributed; user-level: user)")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title("Privacy-utility")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    for ax, mode in zip(axes[0], private, strict=True):
+        ax.axhline(result["most_popular"]["ndcg@10"], color="gray", linestyle="--", lw=1.5)
+        for name in algorithms:
+            off = groups.get((name, "off", None))
+            if off:
+                ax.axhline(statistics.median(off), color=colors[name], linestyle=":", lw=1)
+            pts = sorted(
+                (e, statistics.median(v))
+                for (a, m, e), v in groups.items()
+                if a == name and m == mode and e is not None
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[name])
+        epsilons = sorted({e for (_, m, e) in groups if m == mode and e is not None})
+        if epsilons:  # ticks at the swept ε, written plainly
+            ax.set_xscale("log")
+            ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
+            ax.minorticks_off()
+        ax.set_title(f"{mode} ({unit_of(mode)}-level DP)" if mode != "off" else "non-private")
+        ax.set_xlabel("epsilon")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("NDCG@10")
+    handles = [plt.Line2D([], [], color="gray", linestyle="--", label="most-popular")]
+    handles += [plt.Line2D([], [], color=colors[a], marker="o", label=a) for a in algorithms]
+    handles.append(plt.Line2D([], [], color="black", linestyle=":", label="non-private (dotted)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -443,24 +333,31 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--data-dir", default="")
     ap.add_argument(
-        "--recipe",
-        default=None,
-        choices=sorted(RECIPES),
-        help="default: ml-100k for MovieLens data, quick otherwise",
-    )
-    ap.add_argument(
+        "--algorithms",
         "--algorithm",
-        default=None,
-        metavar="NAME",
-        help="run this registered algorithm with its own defaults in every mode "
-        "(no recipe; modes it cannot run in are skipped with the reason)",
+        dest="algorithms",
+        default="",
+        metavar="NAME[,NAME...]",
+        help="registered algorithms, each with its own defaults in every mode "
+        "(default: every one the data supports)",
     )
     ap.add_argument("--epsilons", default="1,3,8")
-    ap.add_argument("--modes", default="local,distributed,user")
+    ap.add_argument(
+        "--modes",
+        default=",".join(PRIVACY_MODES),
+        help="privacy modes; off runs each algorithm's non-private reference once per seed",
+    )
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--engine", choices=("loop", "flower"), default="loop")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="runs/sweep")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise ValueError(f"{what} expects comma-separated numbers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -478,22 +375,14 @@ def run(args: argparse.Namespace) -> int:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        base[k] = v
-    if args.algorithm and args.recipe:
-        raise ValueError("give --algorithm or --recipe, not both")
-    recipe = (
-        None
-        if args.algorithm
-        else (args.recipe or ("ml-100k" if args.dataset.startswith("ml-") else "quick"))
-    )
+        base[k.strip()] = v.strip()
     result = run_sweep(
         base,
-        recipe=recipe,
-        epsilons=[float(e) for e in args.epsilons.split(",")],
-        modes=args.modes.split(","),
+        algorithms=[a.strip() for a in args.algorithms.split(",") if a.strip()] or None,
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+        epsilons=_floats(args.epsilons, "--epsilons"),
         engine=args.engine,
-        seeds=[int(s) for s in args.seeds.split(",")],
-        algorithm=args.algorithm,
+        seeds=[int(s) for s in _floats(args.seeds, "--seeds")],
     )
     for p in write_outputs(result, Path(args.out)):
         print("written", p)
