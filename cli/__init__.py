@@ -24,7 +24,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "deploy-app": ("deploy", "write the Flower App of a real deployment, for `flwr run`"),
     "superlink": ("deploy", "start flower-superlink with TLS and SuperNode authentication"),
     "supernode": ("deploy", "start flower-supernode for one device and its SQLite store"),
-    "sweep": ("tools", "privacy-utility sweep: NDCG@10 against epsilon per privacy mode"),
+    "sweep": ("tools", "privacy-utility sweep: NDCG@10 against epsilon per algorithm and mode"),
+    "shapes": ("tools", "development shapes: the defaults against the baselines on each"),
     "bench": ("tools", "benchmarks: engine, local (training), data, sdk"),
     "canary": (
         "tools",

@@ -1,4 +1,4 @@
-"""``fedrec sweep``, ``fedrec bench TOOL``, ``fedrec canary``, ``fedrec limits``.
+"""``fedrec sweep``, ``fedrec shapes``, ``fedrec bench TOOL``, ``fedrec canary``, ``fedrec limits``.
 
 The research and benchmark tools of :mod:`fedrec.simulations`. Each tool's options are defined
 once, by ``add_arguments(parser)`` in its module, which its own ``main()`` (``python -m
@@ -18,6 +18,7 @@ __all__ = ["BENCHMARKS", "TOOLS", "register"]
 #: ``add_arguments``, name of its run function)
 TOOLS: dict[str, tuple[str, dict[str, str], str]] = {
     "sweep": ("sweep", {}, "run"),
+    "shapes": ("shapes", {}, "run"),
     "canary": ("canary_audit", {}, "run"),
     "limits": ("limits", {}, "run"),
 }

@@ -38,6 +38,7 @@ __all__ = [
     "UNITS",
     "USER_DELTA_CAP",
     "user_delta",
+    "run_once",
     "default_algorithms",
     "run_sweep",
     "write_outputs",
@@ -70,7 +71,8 @@ def unit_of(mode: str) -> str:
     return UNITS.get(mode, "-")
 
 
-def _run(cfg: RunConfig, engine: str) -> dict[str, object]:
+def run_once(cfg: RunConfig, engine: str = "loop") -> dict[str, object]:
+    """One federated run: its final evaluation, seconds and flat config."""
     t0 = time.perf_counter()
     if engine == "flower":
         from fedrec.simulations.runner import simulate
@@ -197,7 +199,7 @@ def run_sweep(
                 overrides["delta"] = udelta
             label = f"{name} {mode}" + ("" if eps is None else f" eps {eps:g}")
             try:
-                r = _run(RunConfig.from_flat({**base, **overrides}), engine)
+                r = run_once(RunConfig.from_flat({**base, **overrides}), engine)
             except ValueError as exc:  # a setting this run cannot work with: said, not fatal
                 refused[f"{label} seed {seed}"] = str(exc)
                 log(f"{label} seed {seed}: not run ({exc})")

@@ -1,0 +1,88 @@
+"""Development shapes: each is the shape it claims, and the defaults beat most-popular on it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrec.common.config import RunConfig
+from fedrec.simulations.federation import federated_dataset
+from fedrec.simulations.shapes import (
+    HEAVY_DEVICE,
+    SHAPES,
+    build,
+    measure_shape,
+    shape_table,
+    verdicts,
+)
+
+ML100K = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-100k"
+HAVE_ML100K = (ML100K / "u.data").exists()
+
+
+def _per_device(base):
+    fed = federated_dataset(RunConfig.from_flat(base))
+    return fed, np.bincount(fed.data.user, minlength=fed.n_real_users)
+
+
+@pytest.mark.skipif(not HAVE_ML100K, reason="needs ../shared/datasets/ml-100k")
+def test_ml100k_subsets_hold_only_heavy_or_only_light_users(tmp_path):
+    _, heavy = _per_device(build(SHAPES["ml-100k-heavy"], tmp_path, str(ML100K)))
+    _, light = _per_device(build(SHAPES["ml-100k-light"], tmp_path, str(ML100K)))
+    assert heavy.min() >= 200 and len(heavy) > 100
+    assert light.max() <= 40 and len(light) > 200
+    with pytest.raises(ValueError, match="needs --data-dir"):
+        build(SHAPES["ml-100k-light"], tmp_path, "")
+
+
+def test_synthetic_shapes_have_their_sizes(tmp_path):
+    fed, per_device = _per_device(build(SHAPES["heavy-tail"], tmp_path, small=True))
+    assert per_device.max() >= HEAVY_DEVICE and np.median(per_device) < 100
+    items = build(SHAPES["items-10k"], tmp_path, small=True)
+    assert items["synthetic-items"] >= 10_000
+    assert build(SHAPES["population-10k"], tmp_path)["synthetic-users"] >= 10_000
+    assert build(SHAPES["items-10k"], tmp_path)["synthetic-items"] >= 10_000
+
+
+def test_table_says_which_checks_pass():
+    m = {
+        "sizes": {
+            "devices": 10,
+            "items": 20,
+            "interactions": 30,
+            "heaviest_device": 5,
+            "devices_2000_plus": 0,
+        },
+        "algorithm": "warm-sgd",
+        "epsilon": 8.0,
+        "most_popular": 0.10,
+        "centralized_mf": 0.20,
+        "runs": {
+            "off": {"ndcg@10": 0.17, "delta": None},
+            "distributed": {"ndcg@10": 0.12, "delta": 1e-5},
+            "user": {"ndcg@10": 0.09, "delta": 1e-6},
+        },
+        "seconds": 3.0,
+    }
+    assert verdicts(m) == {
+        "distributed beats most-popular": True,
+        "user beats most-popular": False,
+        "non-private >= 0.9 x centralized MF": False,
+    }
+    table = shape_table("heavy-tail", m)
+    assert "| warm-sgd | off (non-private federated) | 0.1700 | NO: 0.85 x centralized MF" in table
+    assert "| 0.1200 | beats most-popular (+20%) |" in table
+    assert "δ 1e-06) | 0.0900 | does NOT beat most-popular (-10%) |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_the_defaults_beat_most_popular_on_each_small_shape(name, tmp_path):
+    shape = SHAPES[name]
+    if shape.needs_ml100k and not HAVE_ML100K:
+        pytest.skip("needs ../shared/datasets/ml-100k")
+    base = build(shape, tmp_path, str(ML100K), small=True)
+    m = measure_shape(base, centralized=False, log=lambda _m: None)
+    pop = m["most_popular"]
+    for mode in ("distributed", "user"):  # every private mode at epsilon 8, warm-sgd defaults
+        assert m["runs"][mode]["ndcg@10"] > pop, (name, mode, m["runs"][mode], pop)
