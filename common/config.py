@@ -57,8 +57,12 @@ class RunConfig:
     The defaults are the recipe that worked best for local (example-level) DP in our
     measurements: a small embedding (noise is per coordinate), full-batch local steps over
     several local epochs, few participations per device (each one costs budget), BCE with
-    four negatives, a fixed step normalisation and a large server step. Non-private runs do
-    better with other settings (see :data:`fedrec.simulations.sweep.RECIPES`).
+    four negatives, a fixed step normalisation and a large server step. An algorithm
+    overrides what it needs with its own
+    :attr:`~fedrec.common.algorithms.base.Algorithm.defaults` (functions of public
+    quantities, the same for every dataset); nothing is keyed by a dataset's name. The sweep
+    (:mod:`fedrec.simulations.sweep`) and the development shapes
+    (:mod:`fedrec.simulations.shapes`) run the algorithms with exactly these defaults.
 
     Use :meth:`from_flat` to parse Flower's ``run_config``; unknown keys are an error (a typo
     must not silently fall back to a default).
