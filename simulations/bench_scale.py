@@ -5,7 +5,7 @@
 each engine and population, a user-level DP run (DP-FedAvg over the simulated secure sum; the
 server adds the noise, clip 0.5, noise multiplier 1.0; MF with d = 32 and one local SGD step;
 each device sampled with probability 10 %, at most 10,000 expected a round) in a fresh Python
-process, and prints:
+process (δ = min(1e-5, 0.1/devices), well below 1/population), and prints:
 
 * s/round: the median over the ``--rounds`` measured rounds of each run (before them one
   round, which builds devices and starts engines, and on Flower one after them, which also
@@ -65,6 +65,7 @@ def scale_config(devices: int, rounds: int, data_dir: str = "") -> dict[str, obj
         "eval-every": 10**6,
         "fraction-evaluate": 0.0,
         "population": devices,
+        "delta": min(1e-5, 0.1 / devices),  # well below 1/population
     }
     if data_dir:
         cfg.update({"dataset": "ml-100k", "data-dir": data_dir})
