@@ -50,7 +50,12 @@ def test_sweep_runs_each_algorithm_in_every_mode_with_its_defaults(tmp_path, mon
     assert [p.name for p in paths] == ["sweep.json", "sweep.md", "sweep.png"]
     table = (tmp_path / "sweep.md").read_text()
     pop = result["most_popular"]["ndcg@10"]
-    assert f"| most-popular | - | - | - | - | {pop:.4f} |" in table
+    pops = result["most_popular_per_seed"]  # each seed's synthetic data: its own baseline
+    assert list(pops) == ["0", "1"] and pops["0"] != pops["1"]
+    assert pop == pytest.approx((pops["0"] + pops["1"]) / 2)
+    assert (
+        f"| most-popular | - | - | - | - | {pop:.4f} | {pops['0']:.4f}, {pops['1']:.4f} |" in table
+    )
     off = [r["quality"]["ndcg@10"] for r in result["runs"] if r["mode"] == "off"]
     median = (off[0] + off[1]) / 2  # each seed's non-private run, and their median
     assert f"| popularity | off | - | - | - | {median:.4f} | {off[0]:.4f}, {off[1]:.4f} |" in table
