@@ -388,13 +388,16 @@ def test_a_flower_run_with_a_supernode_per_device_resumes_within_budget(tmp_path
     assert len(json.loads((run_dir / "checkpoints" / "nodes.json").read_text())) == 60
     _check_resumed(run_dir, cfg)
     # the noise present in the secure sums is counted per device across both starts
-    by_device: dict[int, list[float]] = {}
+    nodes = json.loads((run_dir / "checkpoints" / "nodes.json").read_text())
+    by_device: dict[int, list[tuple[int, float]]] = {}
     for path in (run_dir / "ledgers" / "secure-sum").glob("node-*.jsonl"):
-        device = json.loads((run_dir / "checkpoints" / "nodes.json").read_text())[path.stem[5:]]
-        by_device.setdefault(device, []).extend(r["claimed_epsilon"] for r in _stripped(path))
+        records = [(r["round"], r["claimed_epsilon"]) for r in _stripped(path)]
+        by_device.setdefault(nodes[path.stem[len("node-") :]], []).extend(records)
     assert sum(map(len, by_device.values())) == sum(int(r["aggregated"]) for r in result.rounds)
-    for claims in by_device.values():
+    for history in by_device.values():
+        claims = [eps for _, eps in sorted(history)]
         assert claims == sorted(claims) and claims[-1] <= cfg.epsilon + 1e-6
+        assert len(set(claims)) == len(claims)  # each release adds to the one before
 
 
 @pytest.mark.slow
