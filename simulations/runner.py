@@ -2,8 +2,9 @@
 
 :func:`simulate` resolves the configuration (noise multiplier calibrated to the budget),
 creates the run directory, runs the Flower ``ServerApp`` and ``ClientApp`` of
-:mod:`fedrec.simulations.apps` with ``flwr.simulation.run_simulation`` (one SuperNode per
-user), then writes the summary and plots.
+:mod:`fedrec.simulations.apps` with ``flwr.simulation.run_simulation`` (cohort workers, each
+SuperNode hosting a shard of the devices; or one SuperNode per device), then writes the
+summary and plots.
 """
 
 from __future__ import annotations
