@@ -169,9 +169,10 @@ def measure_shape(
     centralized: bool = True,
     search: bool = True,
     engine: str = "loop",
+    modes: tuple[str, ...] = ("off", "distributed", "user"),
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
-    """Most-popular, centralized MF and ``algorithm`` off / distributed / user at ``epsilon``.
+    """Most-popular, centralized MF and ``algorithm`` in ``modes`` (private ones at ``epsilon``).
 
     Every federated run takes ``algorithm``'s defaults; the user-level run's δ is
     :func:`~fedrec.simulations.sweep.user_delta` of the population.
@@ -188,7 +189,7 @@ def measure_shape(
     if centralized:
         out["centralized_mf"] = centralized_mf(fed.split, search=search)["metrics"]["ndcg@10"]
     runs = {}
-    for mode in ("off", "distributed", "user"):
+    for mode in modes:
         keys: dict[str, object] = {**base, "algorithm": algorithm, "privacy": mode}
         if mode != "off":
             keys["epsilon"] = epsilon
@@ -250,7 +251,7 @@ def shape_table(name: str, m: dict[str, object]) -> str:
         gain = (r["ndcg@10"] / pop - 1) * 100 if pop > 0 else float("nan")
         lines.append(
             f"| {alg} | {mode}, ε {eps:g} ({unit}-level, δ {r['delta']:g}) | {r['ndcg@10']:.4f} "
-            f"| {'beats' if r['ndcg@10'] > pop else 'does NOT beat'} most-popular ({gain:+.0f}%) |"
+            f"| {'beats' if r['ndcg@10'] > pop else 'does NOT beat'} most-popular ({gain:+.1f}%) |"
         )
     return "\n".join(lines) + "\n"
 

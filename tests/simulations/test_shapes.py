@@ -71,18 +71,40 @@ def test_table_says_which_checks_pass():
     }
     table = shape_table("heavy-tail", m)
     assert "| warm-sgd | off (non-private federated) | 0.1700 | NO: 0.85 x centralized MF" in table
-    assert "| 0.1200 | beats most-popular (+20%) |" in table
-    assert "δ 1e-06) | 0.0900 | does NOT beat most-popular (-10%) |" in table
+    assert "| 0.1200 | beats most-popular (+20.0%) |" in table
+    assert "δ 1e-06) | 0.0900 | does NOT beat most-popular (-10.0%) |" in table
+
+
+#: (shape, mode) where the defaults do NOT beat most-popular on the small shape (warm-sgd,
+#: eps 8, seeded; NDCG@10 measured by this test, reported in issue 14 and docs/recipes.md).
+#: strict: the test fails as soon as the defaults win there, so that the entry is removed.
+SHORTFALLS = {
+    ("ml-100k-heavy", "user"): "0.1887 vs most-popular 0.2548 with 149 devices (DP "
+    "popularity 0.2485 and spectral 0.2382 in user mode are below it too)",
+    ("items-10k", "distributed"): "0.0992 vs most-popular 0.1017 (400 devices, 10,000 items)",
+    ("heavy-tail", "user"): "0.1581 vs most-popular 0.1733 (300 devices)",
+}
+
+CASES = [
+    pytest.param(
+        name,
+        mode,
+        marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=SHORTFALLS[key])]
+        if (key := (name, mode)) in SHORTFALLS
+        else [],
+    )
+    for name in SHAPES
+    for mode in ("distributed", "user")
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_the_defaults_beat_most_popular_on_each_small_shape(name, tmp_path):
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_the_defaults_beat_most_popular_on_each_small_shape(name, mode, tmp_path):
     shape = SHAPES[name]
     if shape.needs_ml100k and not HAVE_ML100K:
         pytest.skip("needs ../shared/datasets/ml-100k")
     base = build(shape, tmp_path, str(ML100K), small=True)
-    m = measure_shape(base, centralized=False, log=lambda _m: None)
-    pop = m["most_popular"]
-    for mode in ("distributed", "user"):  # every private mode at epsilon 8, warm-sgd defaults
-        assert m["runs"][mode]["ndcg@10"] > pop, (name, mode, m["runs"][mode], pop)
+    m = measure_shape(base, centralized=False, modes=(mode,), log=lambda _m: None)
+    private, pop = m["runs"][mode]["ndcg@10"], m["most_popular"]
+    assert private > pop, f"{name} {mode}: warm-sgd eps 8 {private:.4f} <= most-popular {pop:.4f}"
