@@ -31,7 +31,7 @@ def test_flower_distributed_spectral_with_dropouts(tmp_path):
         dropout_policy="account",
         run_dir=str(tmp_path / "run"),
     )
-    res = simulate(cfg)
+    res = simulate(cfg, workers=0)  # one SuperNode per device: Flower's real SecAgg+
     rounds = [
         json.loads(line) for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
     ]
@@ -105,7 +105,7 @@ def test_flower_user_level_spectral_goes_through_secagg(tmp_path):
         delta=1e-4,
         run_dir=str(tmp_path / "run"),
     )
-    res = simulate(cfg)
+    res = simulate(cfg, workers=0)  # one SuperNode per device: Flower's real SecAgg+
     rounds = [
         json.loads(line) for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
     ]
