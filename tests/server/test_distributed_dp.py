@@ -226,9 +226,9 @@ def test_loop_run_with_more_dropouts_than_provisioned(tmp_path, policy):
         eval_every=2,
         dropout_policy=policy,
     )
-    res = run_plain(cfg, ledger_dir=tmp_path, dropout=0.5)
+    res = run_plain(cfg, ledger_dir=tmp_path / "ledgers", dropout=0.5)  # receipts beside it
     assert "ndcg@10" in res.rounds[-1]["eval"]
-    summary = privacy_summary(tmp_path, cfg, cfg.device_noise())
+    summary = privacy_summary(tmp_path / "ledgers", cfg, cfg.device_noise())
     if policy == "account":
         # the noise present was smaller than planned, and the reported ε (from the server's
         # secure-sum ledgers) is above the devices' claims
