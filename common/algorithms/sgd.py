@@ -244,8 +244,11 @@ class SGD(Algorithm):
         ``trained`` keeps the embedding local training left. The solve uses every one of the
         device's interactions, which is why it only ranks: it is never part of a release.
         """
-        if self.cfg.fold_in != "solve":
-            return None
+        if self.cfg.fold_in == "solve":
+            self.reconstruct(device, state)
+
+    def reconstruct(self, device: DeviceView, state: State) -> None:
+        """Set the device's user embedding to the one fitted to its items against ``state``."""
         from fedrec.common.model.fold_in import solve_user_embedding
 
         u = solve_user_embedding(

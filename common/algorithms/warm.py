@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -135,8 +136,8 @@ class WarmSGD(SGD):
         return (*warm, PlannedRelease(weight, q, steps, count))
 
     def sgd_noise(self) -> float:
-        """σ of the DP-SGD rounds (the last planned release)."""
-        return float(self.cfg.noise_multipliers()[-1]) if self.cfg.privacy != "off" else 0.0
+        """σ of the DP-SGD rounds (the last planned release; calibrated once, by Spectral)."""
+        return float(self.spectral.noise[-1])
 
     # --- server side -----------------------------------------------------------------------
     def task(self, server_round: int) -> Task:
@@ -154,8 +155,6 @@ class WarmSGD(SGD):
         per_coordinate = spec.noise_per_coordinate
         if spec.noise_multiplier > 0:
             per_coordinate *= sigma / spec.noise_multiplier
-        from dataclasses import replace
-
         return replace(spec, noise_multiplier=sigma, noise_per_coordinate=per_coordinate)
 
     def reply_norm_bound(self, task: Task, noise_share: float) -> float:
@@ -201,8 +200,6 @@ class WarmSGD(SGD):
         """The device's DP settings at the DP-SGD rounds' σ (its own budget and δ)."""
         if device.dp is None:
             return None
-        from dataclasses import replace
-
         return replace(device.dp, noise_multiplier=self.sgd_noise())
 
     def contribute(
@@ -220,15 +217,7 @@ class WarmSGD(SGD):
                 device, task, state, server_round=server_round, noise_share=noise_share
             )
         if self.cfg.privacy == "user":  # the device is the unit: reconstruct, then train
-            from fedrec.common.model.fold_in import solve_user_embedding
-
-            u = solve_user_embedding(
-                state["item_embedding.weight"],
-                state["item_bias.weight"],
-                device.train_items,
-                n_negatives=self.cfg.n_negatives,
-            )
-            device.model.load_local_state({"user_embedding.weight": u})
+            self.reconstruct(device, state)
         return super().contribute(
             device, task, state, server_round=server_round, noise_share=noise_share
         )
