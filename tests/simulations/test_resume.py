@@ -99,10 +99,15 @@ def _crash_after(
 
 
 def _kill_at_random(argv: list[str], run_dir: Path, rounds: int, seed: int) -> tuple[int, int]:
-    """Start ``fedrec ARGV``; SIGKILL it at a random moment after a random round; its rc."""
+    """Start ``fedrec ARGV``; SIGKILL it at a random moment after a random round; its rc.
+
+    The pause into the next round is a random fraction of the last round's duration as
+    measured here, and the kill comes at the latest once all but the last round are written,
+    so a fast machine cannot finish the run before the kill.
+    """
     rng = np.random.default_rng(seed)
-    after = int(rng.integers(1, rounds))  # full rounds to wait for
-    pause = float(rng.uniform(0.0, 2.0))  # then into the next round
+    after = int(rng.integers(1, rounds - 1))  # full rounds to wait for
+    fraction = float(rng.uniform(0.0, 1.0))  # of a round, into the next one
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedrec.cli", *argv],
         start_new_session=True,
@@ -111,12 +116,17 @@ def _kill_at_random(argv: list[str], run_dir: Path, rounds: int, seed: int) -> t
     )
     deadline = time.monotonic() + 300
     metrics = run_dir / "metrics.jsonl"
+    seen, changed, kill_at = 0, time.monotonic(), None
     while time.monotonic() < deadline and proc.poll() is None:
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        if done >= after:
-            time.sleep(pause)
+        now = time.monotonic()
+        if done != seen:
+            if done >= after and kill_at is None:
+                kill_at = now + fraction * (now - changed)
+            seen, changed = done, now
+        if done >= rounds - 1 or (kill_at is not None and now >= kill_at):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     return _wait_killed(proc), after
