@@ -212,20 +212,34 @@ def check_fields(cfg: RunConfig) -> None:
 def check_defences(cfg: RunConfig) -> None:
     """The poisoning defences fit the privacy mode (:mod:`fedrec.common.robust`).
 
-    Robust aggregation needs every update in the clear (privacy off or local). (``row-clip``
+    Robust aggregation needs every update in the clear (privacy off or local, and not an
+    algorithm whose raw statistics go through a secure sum when privacy is off). (``row-clip``
     fits every mode: the server clips each reply in off and local, each device its update in
     user, and in distributed each device clamps its DP-SGD steps' sums before the noise.)
 
     Raises:
         ValueError: naming the key, its value and the modes it fits.
     """
-    secure = cfg.privacy in ("distributed", "user")
-    if cfg.robust_aggregation != "none" and secure:
+    if cfg.robust_aggregation == "none":
+        return
+    if cfg.privacy in ("distributed", "user"):
         raise config_error(
             "robust_aggregation",
             cfg.robust_aggregation,
             "'none' with privacy distributed or user",
             why="the server sees only the secure sum of a round's updates, not each one",
+        )
+    from fedrec.common.algorithms.registry import algorithm_class
+
+    if cfg.privacy == "off" and algorithm_class(cfg.algorithm).raw_statistics:
+        raise config_error(
+            "robust_aggregation",
+            cfg.robust_aggregation,
+            f"'none' with algorithm {cfg.algorithm} and privacy off",
+            why=(
+                f"{cfg.algorithm}'s raw statistics leave devices only inside a secure sum, "
+                "so the server never holds an individual contribution to trim"
+            ),
         )
 
 

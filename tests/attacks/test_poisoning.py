@@ -212,6 +212,17 @@ def test_distributed_row_clip_clamps_the_steps_and_shrinks_the_range():
             "only the secure sum",
         ),
         ({"robust-aggregation": "trimmed-mean", "privacy": "user"}, "only the secure sum"),
+        *(
+            (
+                {"robust-aggregation": "median", "privacy": "off", "algorithm": name, **extra},
+                f"'none' with algorithm {name} and privacy off .*inside a secure sum",
+            )
+            for name, extra in [
+                ("popularity", {"num-rounds": 1}),
+                ("spectral", {"num-rounds": 2}),
+                ("warm-sgd", {"num-rounds": 5}),
+            ]
+        ),
     ],
 )
 def test_bad_defence_keys_are_one_clear_line(keys, message):
@@ -228,6 +239,16 @@ def test_defence_keys_are_listed_with_their_values(capsys):
     assert "robust-aggregation" in out and "'trimmed-mean'" in out and "'median'" in out
     assert "row-clip" in out and "robust-trim" in out
     RunConfig.from_flat({"robust-aggregation": "median", "privacy": "local", "row-clip": 0.3})
+    RunConfig.from_flat({"robust-aggregation": "median", "privacy": "off", "algorithm": "sgd"})
+    # with device noise, popularity's releases are individual replies: the defence applies
+    RunConfig.from_flat(
+        {
+            "robust-aggregation": "median",
+            "privacy": "local",
+            "algorithm": "popularity",
+            "num-rounds": 1,
+        }
+    )
 
 
 # --- attack pieces --------------------------------------------------------------------------
