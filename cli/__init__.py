@@ -26,6 +26,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "supernode": ("deploy", "start flower-supernode for one device and its SQLite store"),
     "sweep": ("tools", "privacy-utility sweep: NDCG@10 against epsilon per algorithm and mode"),
     "shapes": ("tools", "development shapes: the defaults against the baselines on each"),
+    "tune": (
+        "tools",
+        "hyper-parameter search on a validation split: public, or privately accounted",
+    ),
     "bench": ("tools", "benchmarks: engine, local (training), data, sdk"),
     "canary": (
         "tools",

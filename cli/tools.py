@@ -1,4 +1,4 @@
-"""``fedrec sweep``, ``fedrec shapes``, ``fedrec bench TOOL``, ``fedrec canary``, ``fedrec limits``.
+"""``fedrec sweep``, ``shapes``, ``bench TOOL``, ``canary``, ``limits`` and ``tune``.
 
 The research and benchmark tools of :mod:`fedrec.simulations`. Each tool's options are defined
 once, by ``add_arguments(parser)`` in its module, which its own ``main()`` (``python -m
@@ -21,6 +21,7 @@ TOOLS: dict[str, tuple[str, dict[str, str], str]] = {
     "shapes": ("shapes", {}, "run"),
     "canary": ("canary_audit", {}, "run"),
     "limits": ("limits", {}, "run"),
+    "tune": ("tune", {}, "run"),
 }
 
 #: ``fedrec bench NAME`` -> (module, ``add_arguments`` keyword arguments, run function, help)
