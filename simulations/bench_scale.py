@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["scale_config", "add_arguments", "run", "main", "tree_rss_mb"]
+__all__ = ["scale_config", "add_arguments", "run", "main", "tree_memory_mb", "tree_rss_mb"]
 
 #: The cohort: each device sampled with this probability ...
 FRACTION = 0.1
@@ -75,42 +75,87 @@ def scale_config(devices: int, rounds: int, data_dir: str = "") -> dict[str, obj
     return cfg
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory (MB) of process ``root`` and all its descendants, from ``/proc``."""
+def _tree(root: int) -> list[int]:
+    """Process ``root`` and all its descendants, from ``/proc``."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-    total, stack, seen = 0, [root], set()
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += rss.get(pid, 0)
-        stack.extend(child for child, parent in parents.items() if parent == pid)
-    return total / 2**20
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """``Rss`` and ``Pss`` (kB) of one process from ``/proc/PID/smaps_rollup`` (empty: gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """Resident memory (MB) of process ``root`` and its descendants: (RSS summed, PSS summed).
+
+    The RSS sum counts a page shared by ``k`` processes ``k`` times (libraries, Ray's object
+    store); the PSS sum (proportional set size, ``/proc/PID/smaps_rollup``) counts it once,
+    split between them: what the process tree holds of the machine's memory.
+    """
+    rss = pss = 0
+    for pid in _tree(root):
+        roll = _rollup(pid)
+        rss, pss = rss + roll.get("Rss", 0), pss + roll.get("Pss", 0)
+    return rss / 1024, pss / 1024
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory (MB) of process ``root`` and all its descendants, summed."""
+    return tree_memory_mb(root)[0]
 
 
 class _TreePeak:
-    """The largest :func:`tree_rss_mb` of this process, sampled in a thread."""
+    """The largest :func:`tree_memory_mb` of this process (RSS and PSS), sampled in a thread.
+
+    ``by_process`` keeps, at the PSS peak, each process's PSS and command line (where the
+    memory is).
+    """
 
     def __init__(self, every: float = 0.2) -> None:
-        self.peak, self.every = 0.0, every
+        self.peak = self.pss = 0.0
+        self.every = every
+        self.by_process: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            procs = []
+            for pid in _tree(os.getpid()):
+                roll = _rollup(pid)
+                if roll:
+                    procs.append((pid, roll.get("Rss", 0) / 1024, roll.get("Pss", 0) / 1024))
+            self.peak = max(self.peak, sum(p[1] for p in procs))
+            pss = sum(p[2] for p in procs)
+            if pss > self.pss:
+                self.pss = pss
+                self.by_process = sorted(((p[2], _name(p[0])) for p in procs), reverse=True)
             self._stop.wait(self.every)
 
     def __enter__(self) -> _TreePeak:
@@ -120,6 +165,17 @@ class _TreePeak:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _name(pid: int) -> str:
+    """A process's command line, shortened (``?`` once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(a.decode(errors="replace") for a in args if a)
+    return text[:80]
 
 
 def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, object]:
@@ -152,6 +208,8 @@ def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, ob
         "wall": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tree_peak_mb": tree.peak,
+        "tree_pss_mb": tree.pss,
+        "pss_by_process": [[round(mb, 1), name] for mb, name in tree.by_process[:12]],
     }
 
 
@@ -244,6 +302,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="ML-100K's folder: its users are the real ones (default: 1,000 synthetic users)",
     )
     ap.add_argument(
+        "--by-process",
+        action="store_true",
+        help="also print each process's PSS at the peak (where the memory is)",
+    )
+    ap.add_argument(
         "--flower-budget",
         type=float,
         default=120.0,
@@ -263,7 +326,9 @@ def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, flo
         "s/round": statistics.median(statistics.median(r["measured"]) for r in runs),  # type: ignore[arg-type]
         "peak": median("peak_rss_mb"),
         "tree": median("tree_peak_mb"),
+        "pss": median("tree_pss_mb"),
         "cohort": median("cohort"),
+        "by_process": max(runs, key=lambda r: float(r["tree_pss_mb"]))["pss_by_process"],  # type: ignore[arg-type]
     }
 
 
@@ -276,7 +341,10 @@ def run(args: argparse.Namespace) -> int:
         f"user-level DP, secure sum, cohort {FRACTION:.0%} (at most {MAX_COHORT:,}); {data}; "
         f"median s/round of {args.rounds} rounds, median of {args.repeats} fresh processes"
     )
-    print(f"  {'engine':7s} {'devices':>8s} {'cohort':>7s} {'s/round':>9s} {'peak RSS':>10s}")
+    print(
+        f"  {'engine':7s} {'devices':>8s} {'cohort':>7s} {'s/round':>9s} {'peak RSS':>10s} "
+        f"{'peak PSS':>10s}  (all processes: PSS summed, RSS summed)"
+    )
     done: dict[tuple[str, int], dict[str, float]] = {}
     for devices in args.devices:
         for engine in args.engines:
@@ -285,13 +353,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {engine:7s} {devices:8,d}  skipped ({skip})")
                 continue
             point = done[(engine, devices)] = _point(engine, devices, args)
-            memory = f"{point['peak']:7.0f} MB"
+            memory = f"{point['peak']:7.0f} MB {point['pss']:7.0f} MB"
             if engine == "flower":
-                memory += f" (all processes {point['tree']:.0f} MB)"
+                memory += f"  (RSS summed {point['tree']:.0f} MB)"
             print(
                 f"  {engine:7s} {devices:8,d} {point['cohort']:7.0f} "
                 f"{point['s/round']:9.3f} {memory}"
             )
+            if args.by_process:
+                for mb, name in point["by_process"]:  # type: ignore[union-attr]
+                    print(f"      {mb:8.1f} MB PSS  {name}")
         if ("loop", devices) in done and ("flower", devices) in done:
             ratio = done[("flower", devices)]["s/round"] / done[("loop", devices)]["s/round"]
             print(f"  flower/loop at {devices:,} devices: {ratio:.2f}x")

@@ -242,3 +242,31 @@ def test_a_workers_evaluation_releases_are_its_devices_clientapp_releases(tmp_pa
     assert split_cohort_keys(dict(reply.content[HEADS_RECORD])) == _ledger_heads(
         worker_cfg, devices
     )
+
+
+def _two_rounds(tmp_path, name, monkeypatch, keep):
+    from fedrec.simulations import workers
+
+    monkeypatch.setattr(workers, "_KEEP_DEVICES", keep)
+    cfg = _cfg(tmp_path, name, "distributed").replace(fraction_train=1.0)  # budget: 2 rounds
+    shard = Shard(cfg, 0, 2)
+    devices = shard.devices[:5]
+    request, session = _request(cfg, devices)
+    sums = []
+    for rnd in (1, 2):
+        req = Request(rnd, request.task, request.state, request.config, request.reply_shapes)
+        content = worker_reply(shard, cohort_message(req, devices, "train", session, node=7))
+        assert dict(content[COHORT_RECORD])["included"] == devices
+        sums.append(to_numpy(content["sum"]))
+        assert not shard._changed  # flushed: nothing of the round is held
+    return shard, sums
+
+
+def test_a_large_shard_keeps_no_device_built_and_answers_as_a_small_one(tmp_path, monkeypatch):
+    kept, kept_sums = _two_rounds(tmp_path, "kept", monkeypatch, keep=1024)
+    rebuilt, rebuilt_sums = _two_rounds(tmp_path, "rebuilt", monkeypatch, keep=2)
+    assert len(kept._built) == 5 and not rebuilt._built  # 12 hosted > 2: rebuilt per use
+    for a, b in zip(kept_sums, rebuilt_sums, strict=True):  # states carried by the store
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert any(not np.array_equal(kept_sums[0][k], kept_sums[1][k]) for k in kept_sums[0])
