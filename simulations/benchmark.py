@@ -9,15 +9,17 @@
 2. wall time per round of Flower's simulation engine against the same device and server
    code in a plain loop in one process (median over rounds after the first; the engine's
    start-up is reported separately);
-3. (``fedrec bench accounting``) the time of one round's ε at rounds 10 and 1,000: the
-   server's user-level PLD and a device's RDP, extended from the previous round's composition
-   as runs do, beside a composition of the whole history from scratch (what the audit does,
-   and what every round cost before); a device's PRV, which is always from scratch.
+3. (``fedrec bench accounting``) the time of one round's ε at rounds 10 and 1,000 (and any
+   asked) and their ratio: the server's user-level PLD (on a grid that coarsens as the
+   composition widens) and a device's RDP, extended from the previous round's composition as
+   runs do, and a device's PRV, which is always from scratch; beside a composition of the
+   whole history from scratch (what the audit does, and what every round cost before).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 import warnings
@@ -167,19 +169,44 @@ ACCOUNTING_CASES = (
 def bench_accounting(
     rounds: tuple[int, ...], reps: int, delta: float = 1e-5
 ) -> list[dict[str, object]]:
-    """Seconds of one round's ε at each round count, incremental and from scratch (medians).
+    """Seconds of one round's ε at each round number, as a run spends them (medians).
 
-    Incremental: the composition after ``n - 1`` rounds (built beforehand, not timed) extended
-    by round ``n`` and asked for ε, as :func:`~fedrec.common.privacy.accountant.epsilon_of`
-    does in a run. From scratch, what every round cost before: PLD by the audit's
-    :func:`~fedrec.common.privacy.accounting.epsilon` of all ``n`` rounds with its caches
-    emptied, RDP and PRV by a device's Opacus accountant (PRV is always from scratch).
+    ``"round s"``: what round ``n`` costs in a run. PLD and RDP: the composition after
+    ``n - 1`` rounds (built beforehand, not timed) extended by round ``n`` and asked for ε, as
+    :func:`~fedrec.common.privacy.accountant.epsilon_of` does; PRV: a device's Opacus accountant
+    from scratch (Opacus sizes its mesh by the total steps). ``"from scratch s"``: the whole
+    history composed again, what every round cost before (PLD: the audit's
+    :func:`~fedrec.common.privacy.accounting.epsilon` on its 1e-4 grid, caches emptied).
+    PLD rows also give the grid (spacing and points of the composed PLD) and
+    ``"mean round s"``: the mean round of one run over rounds 2 to ``n`` (the rounds that coarsen
+    the grid included; round 1 also builds the one-step PLDs a process keeps).
     """
-    return [
+    means = _pld_run_means(ACCOUNTING_CASES[0][2:], max(rounds), delta)
+    rows = [
         _accounting_row(name, kind, (sigma, q, steps), n, reps, delta)
         for name, kind, sigma, q, steps in ACCOUNTING_CASES
         for n in rounds
     ]
+    for row in rows:
+        if row["accountant"] == "pld":
+            row["mean round s"] = means[int(row["round"]) - 1]
+    return rows
+
+
+def _pld_run_means(release: tuple[float, float, int], rounds: int, delta: float) -> list[float]:
+    """Mean seconds of a round over rounds 2..n of one run, for every n up to ``rounds``."""
+    from fedrec.common.privacy.accountant import Composition
+
+    sigma, q, steps = release
+    state, total, means = Composition("pld"), 0.0, []
+    for n in range(1, rounds + 1):
+        start = time.perf_counter()
+        state = state.extended(sigma, q, steps)
+        state.epsilon(delta)
+        if n > 1:
+            total += time.perf_counter() - start
+        means.append(total / (n - 1) if n > 1 else math.nan)
+    return means
 
 
 def _accounting_row(
@@ -190,15 +217,9 @@ def _accounting_row(
 
     sigma, q, steps = release
     row: dict[str, object] = {"case": name, "accountant": kind, "round": n}
-    if kind in accountant.INCREMENTAL:
-        prev = accountant.composition_of(kind, ((sigma, q, steps * (n - 1)),) if n > 1 else ())
-        row["epsilon"] = prev.extended(sigma, q, steps).epsilon(delta)
-        row["incremental s"] = median_seconds(
-            lambda: prev.extended(sigma, q, steps).epsilon(delta), reps, warmup=False
-        )
 
     def scratch() -> float:
-        if kind != "pld":  # a device's Opacus accountant, as devices accounted before
+        if kind != "pld":  # a device's Opacus accountant, as devices account (PRV) or did (RDP)
             acc = accountant.make_accountant(kind)
             acc.history = [(sigma, q, steps * n)]
             with warnings.catch_warnings():
@@ -210,8 +231,18 @@ def _accounting_row(
             [PrivacyEvent(sigma, q, steps * n)], target_delta=delta, accountant=kind
         )
 
-    row.setdefault("epsilon", scratch())
+    if kind in accountant.INCREMENTAL:
+        prev = accountant.composition_of(kind, ((sigma, q, steps * (n - 1)),) if n > 1 else ())
+        last = prev.extended(sigma, q, steps)
+        row["epsilon"] = last.epsilon(delta)
+        row["round s"] = median_seconds(
+            lambda: prev.extended(sigma, q, steps).epsilon(delta), reps, warmup=False
+        )
+        if kind == "pld":
+            row["grid"] = (last.interval, last.support)
     row["from scratch s"] = median_seconds(scratch, reps, warmup=False)
+    if kind not in accountant.INCREMENTAL:
+        row["epsilon"], row["round s"] = scratch(), row["from scratch s"]
     return row
 
 
@@ -287,20 +318,40 @@ def run_accounting(args: argparse.Namespace) -> int:
     if not rounds or min(rounds) < 1:
         raise SystemExit(f"--rounds must be round numbers >= 1 like 10,1000, got {args.rounds!r}")
     reps = 3 if args.quick else 7
+    print_accounting(bench_accounting(rounds, reps), reps)
+    return 0
+
+
+def print_accounting(rows: list[dict[str, object]], reps: int) -> None:
+    """Print :func:`bench_accounting`'s rows, then each case's last round over its first."""
+    rounds = [int(str(r["round"])) for r in rows]
     print(f"one round's epsilon (delta 1e-5; median of {reps}):")
     print(
-        f"  {'case':20s} {'acct':4s} {'round':>6s} {'epsilon':>8s} {'incremental':>12s} "
-        f"{'from scratch':>13s}"
+        f"  {'case':20s} {'acct':4s} {'round':>6s} {'epsilon':>8s} {'round':>11s} "
+        f"{'mean 2..n':>11s} {'from scratch':>13s}  grid"
     )
-    for row in bench_accounting(rounds, reps):
-        inc = row.get("incremental s")
-        inc_text = f"{float(inc) * 1e3:9.2f} ms" if inc is not None else "   (always)"
+    for row in rows:
+        mean = row.get("mean round s")
+        mean = None if mean is None or math.isnan(float(mean)) else mean
+        grid = row.get("grid")
         print(
             f"  {row['case']:20s} {row['accountant']:4s} {row['round']:6d} "
-            f"{float(row['epsilon']):8.3f} {inc_text:>12s} "
-            f"{float(row['from scratch s']) * 1e3:10.2f} ms"
+            f"{float(row['epsilon']):8.3f} {_ms(row['round s'])} "
+            f"{_ms(mean) if mean is not None else '':>11s} {_ms(row['from scratch s']):>13s}"
+            + (f"  {grid[0]:g} x {grid[1]:,}" if grid else "")
         )
-    return 0
+    first, last = min(rounds), max(rounds)
+    for name, kind, *_ in ACCOUNTING_CASES:
+        times = {r["round"]: float(r["round s"]) for r in rows if r["accountant"] == kind}
+        if first != last:
+            print(
+                f"  {name} ({kind}): round {last:,} / round {first:,} = "
+                f"{times[last] / times[first]:.2f}x"
+            )
+
+
+def _ms(seconds: object) -> str:
+    return f"{float(seconds) * 1e3:8.2f} ms"
 
 
 def run(args: argparse.Namespace) -> int:

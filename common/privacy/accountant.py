@@ -17,11 +17,15 @@ it. The audit keeps its own, independent accountants (:mod:`fedrec.common.privac
 ε is incremental for ``"pld"`` and ``"rdp"``: a round's ε comes from the previous round's
 composition (:class:`Composition`: the composed PLD, or the RDP vector) with the one new release
 composed onto it, never from the whole history again; :func:`epsilon_of` finds the longest
-history it has composed that the asked one extends. The values equal a from-scratch
-composition within floating point (RDP) or within ``1e-7`` relative (PLD: each composition
-truncates ``1e-15`` of tail mass, in a different order than one self-composition does).
-``"prv"`` is computed from scratch (memoised): Opacus sizes the PRV's mesh by the total number
-of steps, so a PRV extended on a fixed mesh would not be the number Opacus gives.
+history it has composed that the asked one extends. A round costs the same at any round: RDP
+is a vector sum; the PLD's grid coarsens (doubles) as the history's privacy loss widens, so the
+composed PLD keeps a bounded number of points (:func:`pld_level`), which keeps ε an upper bound
+at least the audit's value (:class:`Composition` says why). The values equal a from-scratch
+composition of the same history within floating point (RDP) or within ``1e-7`` relative (PLD:
+each composition truncates ``1e-15`` of tail mass, in a different order than one
+self-composition does). ``"prv"`` is computed from scratch (memoised): Opacus sizes the PRV's
+mesh by the total number of steps, so a PRV extended on a fixed mesh would not be the number
+Opacus gives.
 """
 
 from __future__ import annotations
@@ -273,27 +277,88 @@ def calibrate(
 #: Accountants whose ε :func:`epsilon_of` extends from the previous composition.
 INCREMENTAL = ("pld", "rdp")
 
-#: PLD grid spacing of the signer's PLD (``dp_accounting``'s default, as the audit's first grid).
-PLD_INTERVAL = 1e-4
+#: The signer's PLD grid at level 0: the audit's first refined grid
+#: (``accounting.PLD_START_INTERVAL / PLD_REFINE_FACTOR``). Level ``k`` uses ``2**k`` times it,
+#: so every grid the signer uses is a subset of the grids the audit's ``pld_estimate`` ends on
+#: (2.5e-4 or 4, 16 times finer); see :class:`Composition` for why that makes the claim at
+#: least the audit's value.
+PLD_INTERVAL = 2.5e-4
 
-#: Composed states kept per kind (a PLD over 1,000 rounds is a few MB; an RDP vector is tiny).
+#: Grid points the composed PLD is kept near (at most this many by the width estimate; the
+#: grid doubles when a history's estimated width would need more): bounds a round's cost.
+PLD_SUPPORT = 2**16
+
+#: Standard deviations of the composed privacy loss its truncated support spans (dp_accounting
+#: truncates 1e-15 of tail mass: about 8.4 on each side, measured 16.8 for long histories).
+_PLD_SPREAD_SDS = 17.0
+
+#: Composed states kept per kind (a PLD is at most a few MB; an RDP vector is tiny).
 _KEEP = {"pld": 4, "rdp": 65536}
 
 
-@functools.lru_cache(maxsize=256)
-def _pld_step(sigma: float, q: float) -> Any:
-    """One sampled Gaussian step's PLD (pessimistic connect-the-dots), as ``PLDAccountant``."""
+@functools.lru_cache(maxsize=1024)
+def _pld_step(sigma: float, q: float, level: int = 0) -> Any:
+    """One sampled Gaussian step's PLD (pessimistic connect-the-dots) on level ``level``'s grid."""
     from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
     return pld_lib.from_gaussian_mechanism(
-        standard_deviation=sigma, value_discretization_interval=PLD_INTERVAL, sampling_prob=q
+        standard_deviation=sigma,
+        value_discretization_interval=PLD_INTERVAL * 2**level,
+        sampling_prob=q,
     )
 
 
 @functools.lru_cache(maxsize=256)
-def _pld_gaussian(sigma: float) -> Any:
+def _pld_gaussian(sigma: float, level: int = 0) -> Any:
     """The PLD of one unsampled Gaussian (``steps`` of them: ``σ/√steps``)."""
-    return _pld_step(sigma, 1.0)
+    return _pld_step(sigma, 1.0, level)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pld_spread(sigma: float, q: float) -> tuple[float, float]:
+    """Width of one step's truncated PLD support and its privacy loss's variance (level 0).
+
+    The larger of the two neighbouring directions, each.
+    """
+    step = _pld_step(sigma, q, 0)
+    width, variance = 0.0, 0.0
+    for pmf in (step._pmf_remove, step._pmf_add):
+        probs = np.asarray(pmf._probs, dtype=np.float64)
+        losses = (pmf._lower_loss + np.arange(len(probs))) * pmf._discretization
+        mean = float(probs @ losses) / float(probs.sum())
+        width = max(width, len(probs) * pmf._discretization)
+        variance = max(variance, float(probs @ (losses - mean) ** 2) / float(probs.sum()))
+    return width, variance
+
+
+def pld_level(history: History) -> int:
+    """The grid level of a merged history's PLD: grid ``PLD_INTERVAL · 2**level``.
+
+    The smallest level at which the composed PLD's estimated width (the widest one-step PLD
+    plus :data:`_PLD_SPREAD_SDS` standard deviations of the composed privacy loss) fits in
+    :data:`PLD_SUPPORT` points. A function of the history alone (not of the order in which it
+    was composed), never decreasing as a history grows; the standard deviation grows with the
+    square root of the steps, so the level rises by one each time the steps quadruple.
+    """
+    widest, variances = 0.0, []
+    for sigma, q, steps in history:
+        width, variance = _pld_spread(sigma, q)
+        widest = max(widest, width)
+        variances.append(steps * variance)
+    points = (widest + _PLD_SPREAD_SDS * math.sqrt(math.fsum(variances))) / PLD_INTERVAL
+    return max(0, math.ceil(math.log2(points / PLD_SUPPORT))) if points > PLD_SUPPORT else 0
+
+
+def _pld_sampled(history: History, level: int) -> Any:
+    """The sampled releases of ``history`` composed in order on level ``level``'s grid."""
+    pld = None
+    for sigma, q, steps in history:
+        if q >= 1.0:
+            continue
+        step = _pld_step(sigma, q, level)
+        more = step if steps == 1 else step.self_compose(steps)
+        pld = more if pld is None else pld.compose(more)
+    return pld
 
 
 @functools.lru_cache(maxsize=4096)
@@ -332,8 +397,9 @@ def _pmf_epsilon(pmf: Any, delta: float) -> float:
     top = (pmf._lower_loss + len(probs) - 1) * step
     losses = np.cumsum(np.concatenate(([top], np.full(len(probs) - 1, -step))))
     upper = np.cumsum(np.concatenate(([inf_mass], probs)))  # mass before item k, and at the end
-    lower = np.cumsum(np.concatenate(([0.0], np.exp(-losses) * probs)))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        # exp overflows only at losses below -709, which the stop comes before for any δ < 1
+        lower = np.cumsum(np.concatenate(([0.0], np.exp(-losses) * probs)))
         ratio = np.log((upper[:-1] - delta) / lower[:-1])
     stop = (upper[:-1] > delta) & (lower[:-1] > 0) & (ratio >= losses)
     zero = (upper[1:] >= delta) & (lower[1:] == 0)  # checked after adding item k
@@ -358,22 +424,37 @@ def _pld_epsilon(pld: Any, delta: float) -> float:
 class Composition:
     """The composition of a history, extended one release at a time (``"pld"``, ``"rdp"``).
 
-    ``"pld"``: ``dp_accounting``'s PLD (pessimistic connect-the-dots, grid 1e-4, as its
-    ``PLDAccountant``) of the sampled releases, composed in the order they happened; the
-    unsampled Gaussians kept as total steps per noise multiplier and composed only when ε is
-    asked (``n`` Gaussians with ``σ`` are one with ``σ/√n``, as a from-scratch composition does).
+    ``"pld"``: ``dp_accounting``'s PLDs (pessimistic connect-the-dots, as its
+    ``PLDAccountant``) of the sampled releases, composed in the order they happened, on the grid
+    of the history's level (:func:`pld_level`: ``PLD_INTERVAL · 2**level``, so that the composed
+    PLD stays near :data:`PLD_SUPPORT` points); the unsampled Gaussians kept as total steps per
+    noise multiplier and composed only when ε is asked (``n`` Gaussians with ``σ`` are one with
+    ``σ/√n``). A release that leaves the level as it was costs one composition with the composed
+    PLD, of bounded size; one that raises it (when the history's steps have about quadrupled)
+    composes the history again on the coarser grid, one self-composition per merged entry, so
+    the value is a function of the history, whatever the path to it (within ``1e-7`` relative:
+    each composition truncates ``1e-15`` of tail mass): a resumed run, a calibration and a
+    running claim agree.
+
+    The coarser grid keeps the claim an upper bound: connect-the-dots interpolates the
+    mechanism's privacy profile between grid points, and a profile is convex, so
+    interpolating over a subset of the points gives a pointwise larger (dominating) profile;
+    dominating pairs compose to a dominating pair. Every grid here is a subset of the audit's
+    2.5e-4 grid (and of its finer ones), so the claim is at least the audit's value (up to
+    the truncated tail mass); how much above is measured in docs/benchmarks.md.
+
     ``"rdp"``: the RDP vector over Opacus' orders (one step's vector times the steps, summed),
-    converted as Opacus' ``RDPAccountant`` does. Extending costs one composition with the new
-    release, whatever the length of the history. Immutable: :meth:`extended` returns a new one.
+    converted as Opacus' ``RDPAccountant`` does. Immutable: :meth:`extended` returns a new one.
     """
 
-    __slots__ = ("kind", "history", "_pld", "_unsampled", "_rdp", "_eps")
+    __slots__ = ("kind", "history", "level", "_pld", "_unsampled", "_rdp", "_eps")
 
     def __init__(self, kind: str):
         if kind not in INCREMENTAL:
             raise ValueError(f"incremental accountant must be one of {INCREMENTAL}, got {kind!r}")
         self.kind = kind
         self.history: History = ()
+        self.level = 0  # the PLD's grid: PLD_INTERVAL * 2**level
         self._pld: Any = None
         self._unsampled: tuple[tuple[float, int], ...] = ()
         self._rdp: np.ndarray | None = None
@@ -394,15 +475,31 @@ class Composition:
         if self.kind == "rdp":
             more = steps * _rdp_step(sigma, q)
             out._rdp = more if self._rdp is None else self._rdp + more
-        elif q >= 1.0:
+            return out
+        out.level = pld_level(out.history)
+        if q >= 1.0:
             totals = dict(self._unsampled)
             totals[sigma] = totals.get(sigma, 0) + steps
             out._unsampled = tuple(sorted(totals.items()))
-        else:
-            step = _pld_step(sigma, q)
+        if out.level != self.level:  # a coarser grid: the history again, on it
+            out._pld = _pld_sampled(out.history, out.level)
+        elif q < 1.0:
+            step = _pld_step(sigma, q, out.level)
             more = step if steps == 1 else step.self_compose(steps)
             out._pld = more if self._pld is None else self._pld.compose(more)
         return out
+
+    @property
+    def interval(self) -> float:
+        """The PLD's grid spacing (``"pld"``)."""
+        return PLD_INTERVAL * 2**self.level
+
+    @property
+    def support(self) -> int:
+        """Grid points of the composed sampled PLD, the larger direction (0: none yet)."""
+        if self._pld is None:
+            return 0
+        return max(len(self._pld._pmf_remove._probs), len(self._pld._pmf_add._probs))
 
     def epsilon(self, delta: float) -> float:
         """ε at ``delta`` (0 for nothing composed)."""
@@ -426,7 +523,7 @@ class Composition:
             return float(eps)
         pld = self._pld
         for sigma, steps in self._unsampled:
-            part = _pld_gaussian(sigma / math.sqrt(steps))
+            part = _pld_gaussian(sigma / math.sqrt(steps), self.level)
             pld = part if pld is None else pld.compose(part)
         return _pld_epsilon(pld, delta)
 

@@ -15,6 +15,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedrec.common.privacy.accounting import (
     ACCOUNTANTS,
+    PLD_REFINE_FACTOR,
+    PLD_START_INTERVAL,
     PrivacyEvent,
     accountant_error,
     analytic_gaussian_delta,
@@ -292,16 +294,30 @@ def test_dp_event_structure():
 # previous composition; the audit's (this module's `epsilon`) composes from scratch.
 
 
-def _stream(kind, releases):
-    """ε after each prefix of ``releases`` (signer, incremental) beside the audit's value."""
+def _stream(kind, releases, scratch=None):
+    """ε after each prefix of ``releases`` (signer, incremental) beside a from-scratch value.
+
+    ``scratch(prefix)``: the audit's ``epsilon`` of the prefix unless given.
+    """
     from fedrec.common.privacy.accountant import epsilon_of
 
+    scratch = scratch or (lambda prefix: epsilon(prefix, target_delta=DELTA, accountant=kind))
     history, out = [], []
     for i, release in enumerate(releases, 1):
         history.append(release.history_entry)
-        got = epsilon_of(kind, history, DELTA)
-        out.append((got, epsilon(releases[:i], target_delta=DELTA, accountant=kind)))
+        out.append((epsilon_of(kind, history, DELTA), scratch(releases[:i])))
     return out
+
+
+def _signer_from_scratch(prefix):
+    """The signer's PLD ε of a history composed from nothing (what a resumed run computes)."""
+    from fedrec.common.privacy.accountant import Composition
+    from fedrec.common.privacy.events import merge_history
+
+    state = Composition("pld")
+    for sigma, q, steps in merge_history(r.history_entry for r in prefix):
+        state = state.extended(sigma, q, steps)
+    return state.epsilon(DELTA)
 
 
 def _changing(n, seed, sigmas=(0.9, 1.1, 1.4), rates=(0.05, 0.2, None)):
@@ -340,12 +356,15 @@ def test_incremental_epsilon_equals_from_scratch_over_50_rounds(kind):
     from fedrec.common.privacy.accountant import epsilon_of
 
     constant = [PrivacyEvent(1.0211, 0.08, 1)] * 50
-    # one release in five unsampled (a new Gaussian PLD for each total: a second each)
+    # one release in five unsampled (a new Gaussian PLD for each total)
     changing = _changing(50, seed=2, rates=(0.05, 0.2, 0.05, 0.2, None))
     for releases in (constant, changing):
         if kind != "prv":
-            for value, scratch in _stream(kind, releases):
-                assert value == pytest.approx(scratch, rel=INCREMENTAL_TOLERANCE[kind])
+            # PLD: the signer's own grid, composed from nothing (its grid is not the audit's
+            # 1e-4; the audit's value is checked in test_running_pld_claim_is_never_below_...)
+            scratch = _signer_from_scratch if kind == "pld" else None
+            for value, expected in _stream(kind, releases, scratch):
+                assert value == pytest.approx(expected, rel=INCREMENTAL_TOLERANCE[kind])
             continue
         # PRV is from scratch (Opacus sizes its mesh by the total steps): Opacus' own value
         for i in range(10, 51, 10):
@@ -389,6 +408,103 @@ def test_pmf_epsilon_is_dp_accountings():
             assert _pld_epsilon(pld, delta) == pytest.approx(
                 pld.get_epsilon_for_delta(delta), rel=1e-12, abs=1e-15
             )
+
+
+# The signer's PLD grid coarsens as the composition widens (accountant.pld_level), so that a
+# round costs the same at any round; the claim must stay at least the audit's value.
+
+
+def test_the_signers_pld_grids_are_subsets_of_the_audits():
+    from fedrec.common.privacy.accountant import PLD_INTERVAL
+
+    # every signer grid (PLD_INTERVAL * 2**k) is a subset of the audit's final grids (2.5e-4
+    # and finer by 4): the claim dominates the audit's value only then
+    assert PLD_INTERVAL * PLD_REFINE_FACTOR == pytest.approx(PLD_START_INTERVAL, rel=1e-12)
+
+
+def test_the_composed_pld_stays_bounded_as_rounds_grow():
+    from fedrec.common.privacy.accountant import (
+        PLD_INTERVAL,
+        PLD_SUPPORT,
+        Composition,
+        composition_of,
+    )
+
+    levels = []
+    for rounds in (10, 1000, 10_000):
+        # from nothing (a resumed run) and extended by one round (a running one)
+        cold = Composition("pld").extended(1.0, 0.1, rounds - 1)
+        warm = composition_of("pld", ((1.0, 0.1, rounds - 1),)).extended(1.0, 0.1, 1)
+        for state in (cold, warm):
+            assert 0 < state.support <= PLD_SUPPORT, (rounds, state.support)
+        # on the fixed 2.5e-4 grid the same PLD would need far more points at 1,000 rounds
+        levels.append(warm.level)
+        fixed_points = warm.support * warm.interval / PLD_INTERVAL
+        assert (fixed_points > 4 * PLD_SUPPORT) == (rounds >= 1000)
+    assert levels[0] == 0 < levels[1] < levels[2]
+    # a small sampling rate: a narrow loss, a fine grid for longer (within 1 % of the audit below)
+    small = Composition("pld").extended(1.0, 0.001, 3000)
+    assert small.level == 0 and small.support <= PLD_SUPPORT
+
+
+def test_a_running_pld_claim_equals_a_resumed_one_across_a_grid_change():
+    from fedrec.common.privacy.accountant import composition_of, pld_level
+
+    sigma, q = 1.0379, 0.1  # a σ no other test uses: a cold stream
+    first = next(n for n in range(1, 200) if pld_level(((sigma, q, n),)) > 0)
+    state = composition_of("pld", ((sigma, q, first - 3),))
+    for n in range(first - 2, first + 3):
+        state = state.extended(sigma, q, 1)  # what a running server does, round by round
+        resumed = _signer_from_scratch([PrivacyEvent(sigma, q, n)])
+        assert state.epsilon(DELTA) == pytest.approx(resumed, rel=INCREMENTAL_TOLERANCE["pld"])
+    assert state.level == 1
+
+
+def _check_against_the_audit(claim, history):
+    """The claim is at least the audit's PLD value (within the audit's tolerance), and close."""
+    from fedrec.common.audit.report import _tolerance
+
+    audit = pld_estimate([PrivacyEvent(s, q, n) for s, q, n in history], target_delta=DELTA)
+    assert claim >= audit.epsilon - _tolerance(audit.epsilon), (history, claim, audit)
+    assert claim <= audit.epsilon * 1.01, (history, claim, audit)
+    return claim / audit.epsilon - 1
+
+
+@pytest.mark.slow
+def test_running_pld_claim_is_never_below_the_audit_over_1000_rounds():
+    from fedrec.common.privacy.accountant import epsilon_of
+
+    history, gaps = [], []
+    for n in range(1, 1001):  # the server's user-level claim, one release a round
+        history.append((1.0, 0.1, 1))
+        claim = epsilon_of("pld", history, DELTA)
+        if n in (1, 10, 40, 100, 160, 400, 640, 1000):
+            gaps.append(_check_against_the_audit(claim, canonical_history_of(history)))
+    assert max(gaps) < 1e-4  # measured 2.5e-5 at round 1,000
+    # small sampling rate, 3,000 steps: the audit refines to 6.25e-5, the claim stays on 2.5e-4
+    small = epsilon_of("pld", [(1.0, 0.001, 3000)], DELTA)
+    _check_against_the_audit(small, ((1.0, 0.001, 3000),))
+
+
+@pytest.mark.slow
+def test_running_pld_claim_is_never_below_the_audit_with_changing_releases():
+    from fedrec.common.privacy.accountant import composition_of, epsilon_of
+    from fedrec.common.privacy.events import merge_history
+
+    releases = _changing(400, seed=5, sigmas=(0.8, 1.0, 1.3), rates=(0.05, 0.2, 0.1, None))
+    history, levels = [], set()
+    for n, release in enumerate(releases, 1):
+        history.append(release.history_entry)
+        claim = epsilon_of("pld", history, DELTA)
+        levels.add(composition_of("pld", merge_history(history)).level)  # the state just used
+        if n % 50 == 0:
+            _check_against_the_audit(claim, canonical_history_of(history))
+    assert len(levels) > 2  # the grid coarsened at least twice on the way
+
+
+def canonical_history_of(history):
+    """The audit's canonical form of an accountant history (q = 1 is unsampled)."""
+    return canonical_history(PrivacyEvent(s, q, n) for s, q, n in history)
 
 
 def test_a_device_refuses_before_its_budget_with_incremental_accounting():
