@@ -61,9 +61,11 @@ class MatrixFactorization(nn.Module):
             raise ValueError(f"the embedding dimension must be positive, got {dim}")
         self.n_users, self.n_items, self.dim = n_users, n_items, dim
         self.use_item_bias = item_bias
-        self.user_embedding = nn.Embedding(n_users, dim)
-        self.item_embedding = nn.Embedding(n_items, dim)
-        self.item_bias = nn.Embedding(n_items, 1)
+        # initialised below from ``generator``: skip nn.Embedding's own draw from torch's
+        # global generator (a wasted item table of normals for every device built)
+        self.user_embedding = nn.Embedding(n_users, dim, _weight=torch.empty(n_users, dim))
+        self.item_embedding = nn.Embedding(n_items, dim, _weight=torch.empty(n_items, dim))
+        self.item_bias = nn.Embedding(n_items, 1, _weight=torch.empty(n_items, 1))
         with torch.no_grad():
             self.user_embedding.weight.normal_(0.0, init_std, generator=generator)
             self.item_embedding.weight.normal_(0.0, init_std, generator=generator)
