@@ -125,6 +125,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "deployed (slow)",
     )
     p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="flower engine: run on the existing Ray cluster whose head is at HOST:PORT "
+        "(`ray start --head` prints it); each worker takes one of the cluster's CPUs "
+        "(docs/cluster.md)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show Flower's DEBUG log and the engine's known-harmless warnings",
@@ -214,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--workers must be 0 (one SuperNode per device) or more, got {args.workers}"
         )
+    if args.ray_address is not None and args.engine == "loop":
+        raise ValueError("--ray-address runs the flower engine on a cluster: drop --engine loop")
     resume = args.resume is not None
     if resume:
         from fedrec.simulations.runner import run_state
@@ -261,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 reference=not args.no_reference,
                 resume=resume,
                 workers=args.workers,
+                ray_address=args.ray_address,
             )
             summary, run_dir = result.summary, result.run_dir
         else:

@@ -254,6 +254,7 @@ def simulate(
     reference: bool = True,
     resume: bool = False,
     workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SimulationResult:
     """Run ``cfg`` on Flower's simulation engine; returns the result (also on disk).
 
@@ -272,6 +273,13 @@ def simulate(
         workers: SuperNodes that each host a shard of the devices (cohort workers,
             :mod:`fedrec.simulations.workers`; default: the CPU count); 0: one SuperNode per
             device, secure sums over Flower's SecAgg+ (as deployed).
+        ray_address: run on the existing Ray cluster whose head is at this ``host:port``
+            (docs/cluster.md) instead of a Ray instance started here; each worker takes one
+            CPU of the cluster, ``num_cpus`` must then be ``None``, and the run directory
+            (made absolute) must be on a filesystem every node sees.
+
+    Raises:
+        ValueError: ``ray_address`` names no reachable Ray cluster, or comes with ``num_cpus``.
     """
     from flwr.simulation import run_simulation
 
@@ -279,6 +287,9 @@ def simulate(
     from fedrec.simulations.quiet import quiet_engine
 
     t0 = time.perf_counter()
+    backend_config = _backend_config(num_cpus, ray_address)  # an unreachable cluster: now
+    if ray_address:
+        cfg = _absolute_paths(cfg)
     cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
@@ -298,7 +309,6 @@ def simulate(
     server_app, client_app = make_apps(
         cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
-    backend_config = _backend_config(num_cpus)
     with quiet_engine(verbose), _recording_nodes(nodes):
         run_simulation(
             server_app=server_app,
@@ -343,19 +353,81 @@ def _workers(run_dir: RunDirectory, workers: int | None, n_devices: int, resume:
     return min(workers, n_devices)
 
 
-def _backend_config(num_cpus: int | None) -> dict[str, object]:
-    """Flower's Ray backend: one CPU per ClientApp, ``num_cpus`` (default: all) in all."""
+def _backend_config(num_cpus: int | None, ray_address: str | None = None) -> dict[str, object]:
+    """Flower's Ray backend: one CPU per ClientApp, ``num_cpus`` (default: all) in all.
+
+    Without ``ray_address`` the engine starts its own Ray instance (``address="local"``: never
+    one that ``RAY_ADDRESS`` or an earlier ``ray start`` names); with it, the engine joins that
+    cluster, whose nodes set the CPUs (:func:`ray_cluster_address` checks it first).
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": num_cpus or os.cpu_count() or 1,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "logging_level": "error",
-            "log_to_driver": False,
-        },
-    }
+    quiet = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
+    if ray_address:
+        if num_cpus is not None:
+            raise ValueError(
+                "--cpus sizes the Ray instance fedrec starts on this machine; on a cluster "
+                "(--ray-address) each node sets its own (`ray start --num-cpus N`): drop --cpus"
+            )
+        init_args: dict[str, object] = {"address": ray_cluster_address(ray_address), **quiet}
+    else:
+        cpus = num_cpus or os.cpu_count() or 1
+        init_args = {"address": "local", "num_cpus": cpus, "num_gpus": 0, **quiet}
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its paths absolute: a worker on another node resolves them from elsewhere.
+
+    The workers read the data and the keystore and write the device store and ledgers (in
+    the run directory), so each path must name the same folder on every node.
+    """
+    paths = {"run_dir": cfg.run_dir or str(new_run_dir())}
+    paths.update({"data_dir": cfg.data_dir} if cfg.data_dir else {})
+    paths.update({"keystore": cfg.keystore} if cfg.keystore else {})
+    return cfg.replace(**{k: str(Path(v).absolute()) for k, v in paths.items()})
+
+
+def ray_cluster_address(address: str, *, timeout: float = 5.0) -> str:
+    """The ``host:port`` of the Ray cluster ``address`` names, checked to answer.
+
+    Checked here, because Ray itself retries an unreachable address for minutes. Ray's
+    ``auto`` is refused: it may join any Ray instance running on the machine (another
+    user's simulation, on a shared one).
+
+    Raises:
+        ValueError: one line: the address is malformed, or no cluster answers there.
+    """
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    hint = (
+        "start one with `ray start --head` and pass the address it prints "
+        "(host:6379; docs/cluster.md)"
+    )
+    if address in ("auto", "local", ""):
+        raise ValueError(f"--ray-address {address!r}: give the head's host:port; {hint}")
+    if address.startswith("ray://"):
+        raise ValueError(
+            f"--ray-address {address}: Ray Client (ray://) addresses are not supported; run "
+            "fedrec on a node of the cluster and pass the head's address (host:6379)"
+        )
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"--ray-address {address}: {reason}; {hint}") from None
+    if resolved is None:
+        raise ValueError(f"--ray-address {address}: names no cluster; {hint}")
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster answers at {resolved} "
+            f"({exc.strerror or exc}); {hint}"
+        ) from None
+    return resolved
 
 
 @contextmanager
