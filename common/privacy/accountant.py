@@ -54,6 +54,9 @@ __all__ = [
     "History",
     "Composition",
     "INCREMENTAL",
+    "PLD_INTERVAL",
+    "PLD_SUPPORT",
+    "pld_level",
 ]
 
 #: Accountants a device may keep (Opacus).
