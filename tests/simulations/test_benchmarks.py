@@ -36,12 +36,14 @@ def test_accounting_benchmark_times_one_round_at_each_round_and_from_scratch(cap
             assert row == {**row, "skipped": 30} and "round s" not in row
             continue
         assert row["round s"] > 0 and row["from scratch s"] > 0 and row["epsilon"] > 0
-        assert ("grid" in row) == ("mean round s" in row) == (row["accountant"] == "pld")
+        pld = row["accountant"] == "pld"
+        assert ("grid" in row) == ("mean round s" in row) == ("audit epsilon" in row) == pld
+        assert not pld or row["epsilon"] >= row["audit epsilon"] * (1 - 1e-6)
     print_accounting(rows, 1)
     out = capsys.readouterr().out
     for name, kind, *_ in ACCOUNTING_CASES[:2]:  # each later round over the first
         assert f"{name} ({kind}): round 3 / round 2 = " in out
-    assert "skipped: 30 steps" in out
+    assert "skipped: 30 steps" in out and "% vs audit" in out
 
 
 def test_scale_benchmark_configuration_and_skips():
