@@ -11,14 +11,14 @@ overhead (:mod:`fedrec.simulations.loop`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedrec.client.device import Device, Refusal
 from fedrec.common.privacy.mechanisms import RoundPlan
-from fedrec.common.privacy.policy import PolicyViolation
+from fedrec.common.privacy.policy import PolicyViolation, check_arrays
 from fedrec.common.privacy.secagg import SecureSession, exceeds_range
 from fedrec.server.coordinator import Reply
 from fedrec.server.round_loop import Request, SumResult
@@ -77,8 +77,10 @@ class InProcessTransport:
         """Every device."""
         return list(range(self.n_devices))
 
-    def _answer(self, u: int, request: Request, session: SecureSession | None) -> Reply:
-        dev = self.device(u)
+    def _answer(
+        self, u: int, request: Request, session: SecureSession | None, dev: Device | None = None
+    ) -> Reply:
+        dev = self.device(u) if dev is None else dev
         share = request.config.get("noise-share")
         try:
             dev.check_secure(session, noise_share=share, task=request.task)
@@ -98,7 +100,61 @@ class InProcessTransport:
 
     def train(self, request: Request, nodes: Sequence[int]) -> list[Reply]:
         """Each device's individual reply."""
-        return [self._answer(u, request, None) for u in nodes]
+        return list(self._replies(request, nodes, None))
+
+    def _replies(
+        self, request: Request, nodes: Sequence[int], session: SecureSession | None
+    ) -> Iterator[Reply]:
+        """Each device's reply, in ``nodes``' order; batched where the algorithm can.
+
+        Devices are taken in chunks (:func:`~fedrec.common.model.batched.chunk_size`). In a
+        chunk, the devices that pass the checks their ``ClientApp`` makes (the secure session,
+        the table's shapes and values) and whose algorithm computes them batched
+        (``batchable``: no device noise, e.g. user-level DP) train together
+        (``contribute_many``); every other device answers alone, as :meth:`_answer` does.
+        """
+        from fedrec.common.model.batched import chunk_size
+
+        emb = request.state.get("item_embedding.weight")  # the devices' copies of it
+        size = 1 if emb is None or np.ndim(emb) != 2 else chunk_size(*np.shape(emb))
+        for start in range(0, len(nodes), size):
+            chunk = {u: self.device(u) for u in nodes[start : start + size]}
+            batched = self._batched(request, chunk, session)
+            for u, dev in chunk.items():
+                yield batched[u] if u in batched else self._answer(u, request, session, dev)
+
+    def _batched(
+        self, request: Request, chunk: dict[int, Device], session: SecureSession | None
+    ) -> dict[int, Reply]:
+        """The replies of the devices in ``chunk`` that train batched (possibly none)."""
+        share = request.config.get("noise-share")
+        algorithm = next(iter(chunk.values())).algorithm
+        if not hasattr(algorithm, "batchable"):
+            return {}
+        devices: dict[int, Device] = {}
+        for u, dev in chunk.items():
+            if dev.algorithm is not algorithm or not algorithm.batchable(dev, request.task, share):
+                continue
+            try:
+                dev.check_secure(session, noise_share=share, task=request.task)
+                check_arrays(request.state, dev.table_shapes())
+            except PolicyViolation:
+                continue  # it answers alone, with its refusal
+            devices[u] = dev
+        if not devices:
+            return {}
+        for dev in devices.values():
+            dev.ledger_head = None  # as Device.contribute does
+        outs = algorithm.contribute_many(
+            list(devices.values()), request.task, request.state, server_round=request.server_round
+        )
+        replies = {}
+        for (u, dev), out in zip(devices.items(), outs, strict=True):
+            self.done(u, dev)
+            replies[u] = Reply(
+                node=u, arrays=out.arrays, num_examples=out.num_examples, metrics=dict(out.metrics)
+            )
+        return replies
 
     def secure_sum(self, request: Request, nodes: Sequence[int], plan: RoundPlan) -> SumResult:
         """The sum of the devices' contributions, computed in the clear, with SecAgg+'s rules.
@@ -138,8 +194,8 @@ class InProcessTransport:
         """
         part = PartialSum()
         reference = {k: np.zeros(s, np.float32) for k, s in request.reply_shapes.items()}
-        for u in nodes:
-            reply = self._answer(u, request, session)
+        for reply in self._replies(request, nodes, session):
+            u = reply.node
             if reply.refusal is not None:
                 part.declined += 1
                 continue

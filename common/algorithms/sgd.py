@@ -12,7 +12,7 @@ the full noise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -237,6 +237,96 @@ class SGD(Algorithm):
         return Contribution(
             delta, num_examples=len(device.train_items), metrics={"loss": result.mean_loss}
         )
+
+    def batchable(self, device: DeviceView, task: Task, noise_share: float | None) -> bool:
+        """Whether :meth:`contribute_many` may compute this device's contribution batched.
+
+        Where the device adds no noise of its own (privacy ``off``, user-level DP), trains with
+        the plain ``"sgd"`` optimizer and has data, and this class's own :meth:`contribute` is
+        the one that would run (a subclass that changes it, such as ``warm-sgd``, keeps the
+        per-device path).
+        """
+        own = type(self).contribute is SGD.contribute and type(self).device_dp is SGD.device_dp
+        return (
+            own
+            and task.name == "train"
+            and not task.arrays
+            and noise_share is None
+            and device.dp is None
+            and device.local.optimizer == "sgd"
+            and len(device.train_items) > 0
+        )
+
+    def contribute_many(
+        self, devices: Sequence[DeviceView], task: Task, state: State, *, server_round: int
+    ) -> list[Contribution]:
+        """What :meth:`contribute` returns for each device, computed batched (:meth:`batchable`).
+
+        The local SGD of devices with the same recipe runs as one tensor program
+        (:func:`~fedrec.common.model.batched.train_many`); each device's draws come from its
+        own generator in the per-device order, its user embedding is updated and its round
+        counted, and its delta is clipped as :meth:`contribute` clips it (user-level DP:
+        ``user-clip``, then ``row-clip``). The devices' copies of the item table are left as
+        they were (every use loads the server's table first).
+        """
+        if not all(self.batchable(d, task, None) for d in devices):
+            raise ValueError("contribute_many takes only devices batchable() accepts")
+        groups: dict[tuple[Any, bool], list[int]] = {}
+        for b, d in enumerate(devices):
+            groups.setdefault((d.local, bool(d.model.use_item_bias)), []).append(b)
+        out: dict[int, Contribution] = {}
+        for members in groups.values():
+            group = [devices[b] for b in members]
+            out.update(zip(members, self._train_group(group, state), strict=True))
+        return [out[b] for b in range(len(devices))]
+
+    def _train_group(self, devices: list[DeviceView], state: State) -> list[Contribution]:
+        """:meth:`contribute_many` for devices with one recipe."""
+        import torch
+
+        from fedrec.common.model.batched import train_many
+
+        users = np.concatenate([d.model.local_state()["user_embedding.weight"] for d in devices])
+        result = train_many(
+            state["item_embedding.weight"],
+            state["item_bias.weight"],
+            users,
+            [d.train_items for d in devices],
+            [d.generator for d in devices],
+            local=devices[0].local,
+            train_bias=bool(devices[0].model.use_item_bias),
+        )
+        emb, bias = result.item_embedding, result.item_bias
+        if self.cfg.privacy == "user":  # each device's whole contribution: norm <= user-clip
+            # clip_delta's norm and factor, the norms taken in float32 (to rounding; a float64
+            # copy of a chunk's tables took 40 times as long)
+            flat = [t.reshape(len(devices), -1) for t in (emb, bias)]
+            norms = torch.stack([torch.linalg.vector_norm(t, dim=1) for t in flat]).double()
+            norms = norms.square().sum(0).sqrt()
+            factor = (self.cfg.user_clip / norms.clamp(min=1e-300)).clamp(max=1.0)
+            for b, f in enumerate(factor.tolist()):
+                if f < 1.0:
+                    emb[b].mul_(f)
+                    bias[b].mul_(f)
+        out = []
+        for b, device in enumerate(devices):
+            device.model.load_local_state(
+                {"user_embedding.weight": result.users[b : b + 1].numpy()}
+            )
+            device.rounds_trained += 1
+            delta = {"item_embedding.weight": emb[b].numpy(), "item_bias.weight": bias[b].numpy()}
+            if self.cfg.privacy == "user" and self.cfg.row_clip > 0:
+                from fedrec.common.robust import clip_rows
+
+                delta = clip_rows(delta, self.cfg.row_clip)
+            if not device.report_metrics:
+                out.append(Contribution(delta))
+                continue
+            loss = float(result.loss_sums[b]) / max(1, int(result.seen[b]))
+            out.append(
+                Contribution(delta, num_examples=len(device.train_items), metrics={"loss": loss})
+            )
+        return out
 
     def fold_in(self, device: DeviceView, state: State) -> None:
         """``fold-in solve``: fit the user embedding to the device's items (on the device).

@@ -131,7 +131,10 @@ def test_a_workers_partial_sum_equals_the_sum_of_its_devices_replies(tmp_path, p
     assert set(total) == set(expected)
     for k in expected:
         assert total[k].dtype == np.float64
-        np.testing.assert_array_equal(total[k], expected[k])
+        if privacy == "user":  # the worker trains its devices batched: equal to float rounding
+            np.testing.assert_allclose(total[k], expected[k], rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_array_equal(total[k], expected[k])
     if privacy == "distributed":  # each device's ledger head, as its own ledger ends
         heads = split_cohort_keys(dict(content[HEADS_RECORD]))
         assert heads == _ledger_heads(worker_cfg, devices)  # the server signs the included
