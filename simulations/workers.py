@@ -63,8 +63,13 @@ __all__ = ["assign_shards", "default_workers", "Shard", "make_worker_app", "work
 
 #: A worker process keeps its devices built when its shard hosts at most this many (each
 #: holds a copy of the item table, about 0.3 MB at 1,682 items and d = 32); a larger shard
-#: rebuilds a device per use, where a kept one would rarely be sampled again anyway.
+#: rebuilds a device per use, where a kept one would rarely be sampled again anyway. It is
+#: also the most a process keeps over all the shards it serves: Flower's Ray backend hands
+#: any shard's message to any idle worker process, so one process comes to serve many.
 _KEEP_DEVICES = 1024
+
+#: The devices this process keeps built, over its shards, least recently used first.
+_KEPT: OrderedDict[tuple[int, int], Shard] = OrderedDict()
 
 
 def default_workers() -> int:
@@ -130,6 +135,7 @@ class Shard:
         hit = self._built.get(u)
         if hit is not None and hit[0] is not None and self.store.token(hit[1].device_id) == hit[0]:
             self._built.move_to_end(u)
+            _KEPT.move_to_end((id(self), u))
             return hit[1]
         from fedrec.client.state_store import reconcile_with_ledger
 
@@ -162,12 +168,22 @@ class Shard:
         return heads
 
     def _keep(self, u: int, token: str | None, dev: Device) -> None:
+        """Keep device ``u`` built; the process's least recently used beyond its budget go."""
         if not self._capacity:
             return
         self._built[u] = (token, dev)
         self._built.move_to_end(u)
-        while len(self._built) > self._capacity:
-            self._built.popitem(last=False)
+        _KEPT[(id(self), u)] = self
+        _KEPT.move_to_end((id(self), u))
+        while len(_KEPT) > _KEEP_DEVICES:
+            (_, v), shard = _KEPT.popitem(last=False)
+            shard._built.pop(v, None)
+
+    def forget(self) -> None:
+        """Drop the devices this shard keeps built (it leaves the process)."""
+        for u in self._built:
+            _KEPT.pop((id(self), u), None)
+        self._built.clear()
 
     def transport(self) -> InProcessTransport:
         """The shard's devices called in this process, with the simulation's dropout coin."""
@@ -190,7 +206,7 @@ def _shard(cfg: RunConfig, context: Context) -> Shard:
     key = (run, partition, workers)
     if key not in _SHARDS:
         for other in [k for k in _SHARDS if k[0] != run]:  # one run per process at a time
-            del _SHARDS[other]
+            _SHARDS.pop(other).forget()
         _SHARDS[key] = Shard(cfg, partition, workers)
     return _SHARDS[key]
 

@@ -273,3 +273,34 @@ def test_a_large_shard_keeps_no_device_built_and_answers_as_a_small_one(tmp_path
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     assert any(not np.array_equal(kept_sums[0][k], kept_sums[1][k]) for k in kept_sums[0])
+
+
+def _both_shards(tmp_path, name, monkeypatch, keep):
+    """One process serving both shards of a run, as Flower's Ray actor pool lets happen."""
+    from collections import OrderedDict
+
+    from fedrec.simulations import workers
+
+    monkeypatch.setattr(workers, "_KEEP_DEVICES", keep)
+    monkeypatch.setattr(workers, "_KEPT", OrderedDict(), raising=False)
+    cfg = _cfg(tmp_path, name, "distributed").replace(fraction_train=1.0)  # budget: 2 rounds
+    shards = [Shard(cfg, 0, 2), Shard(cfg, 1, 2)]
+    requests = [_request(cfg, shard.devices) for shard in shards]
+    sums = []
+    for rnd in (1, 2):
+        for shard, (request, session) in zip(shards, requests, strict=True):
+            req = Request(rnd, request.task, request.state, request.config, request.reply_shapes)
+            msg = cohort_message(req, shard.devices, "train", session, node=7)
+            sums.append(to_numpy(worker_reply(shard, msg)["sum"]))
+    return shards, sums
+
+
+def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_path, monkeypatch):
+    kept, kept_sums = _both_shards(tmp_path, "kept", monkeypatch, keep=1024)
+    bounded, bounded_sums = _both_shards(tmp_path, "bounded", monkeypatch, keep=12)
+    assert [len(s._built) for s in kept] == [12, 12]
+    # 12 hosted per shard: each keeps its devices, but the process 12 over both shards
+    assert [len(s._built) for s in bounded] == [0, 12]
+    for a, b in zip(kept_sums, bounded_sums, strict=True):  # an evicted device: from the store
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
