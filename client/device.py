@@ -115,8 +115,14 @@ class Device:
         else:
             self.noise = NoiseSource.secure()
             self.generator = self.noise.torch_generator()
-        self.model = MatrixFactorization(
-            1, n_items, dim, item_bias=item_bias, init_std=init_std, generator=self.generator
+        self.model = MatrixFactorization(  # its item table is the server's: not drawn
+            1,
+            n_items,
+            dim,
+            item_bias=item_bias,
+            init_std=init_std,
+            generator=self.generator,
+            init_items=False,
         )
         self.accountant = make_accountant(dp.accountant) if dp is not None else None
         self.rounds_trained = 0

@@ -31,7 +31,7 @@ from fedrec.simulations.federation import (
 )
 from fedrec.simulations.in_process import InProcessTransport
 
-__all__ = ["PlainResult", "run_plain", "central_evaluation", "one_torch_thread"]
+__all__ = ["PlainResult", "run_plain", "central_evaluation", "one_thread"]
 
 _KEEP_DEVICES = 5000
 
@@ -95,13 +95,13 @@ def run_plain(
 ) -> PlainResult:
     """Run ``cfg`` with devices called in-process; returns reports per round.
 
-    The run uses one torch thread (:func:`one_torch_thread`). ``dropout`` (secure sums)
+    The run uses one torch and BLAS thread (:func:`one_thread`). ``dropout`` (secure sums)
     drops each device's contribution from the sum with that probability, as if it had gone
     offline mid-round. With ``run_dir`` the run is written there (ledgers, receipts, metrics,
     a checkpoint and the devices' states after every round) and ``resume`` continues it
     from its checkpoint (:mod:`fedrec.server.resume`).
     """
-    with one_torch_thread():
+    with one_thread():
         return _run_plain(
             cfg,
             on_round=on_round,
@@ -113,20 +113,23 @@ def run_plain(
 
 
 @contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run the block with one torch thread, restoring the previous count after it.
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread and one BLAS thread, restoring them after it.
 
-    A device's tensors are small (one user, one item table), so torch's intra-op threads only
-    add synchronisation; on a machine whose cores are busy, a copy of one item table waited
-    milliseconds for a second thread (profiled: 0.7 ms a copy against 0.04 ms with one thread),
-    and rounds varied tenfold with the load. Flower's workers (Ray) run one thread each.
+    A device's tensors and matrices are small (one user, one item table), so intra-op threads
+    only add synchronisation; on a machine whose cores are busy they wait for each other: a
+    copy of one item table took 0.7 ms with torch's second thread against 0.04 ms with one,
+    and a device's fold-in solve (numpy's OpenBLAS) 106 ms against 0.73 ms, so rounds and the
+    final evaluation varied tenfold with the load. Flower's workers (Ray) run one thread each.
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 

@@ -48,3 +48,18 @@ def test_bias_frozen_when_disabled():
 def test_rejects_empty_tables(bad):
     with pytest.raises(ValueError):
         MatrixFactorization(**bad)
+
+
+def test_a_device_model_draws_only_its_user_embedding():
+    import torch
+
+    from fedrec.common.model.mf import MatrixFactorization
+
+    gen, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    model = MatrixFactorization(1, 50, 4, generator=gen, init_items=False)
+    assert not model.item_embedding.weight.detach().any()  # no table drawn: zeros
+    expected_user = torch.empty(1, 4).normal_(0.0, 0.1, generator=ref)
+    assert torch.equal(model.user_embedding.weight.detach(), expected_user)
+    assert torch.equal(gen.get_state(), ref.get_state())  # nothing else drawn from it
+    drawn = MatrixFactorization(1, 50, 4, generator=torch.Generator().manual_seed(3))
+    assert drawn.item_embedding.weight.detach().std() > 0.05  # the default still draws
