@@ -57,3 +57,22 @@ def cfg_state_initial(cfg):
     from fedrec.simulations.federation import federated_dataset
 
     return initial_item_table(cfg, federated_dataset(cfg).n_items)
+
+
+def test_the_loop_runs_on_one_thread_and_restores_the_count():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from fedrec.simulations.loop import one_thread
+
+    conftest = torch.get_num_threads()
+    torch.set_num_threads(2)
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        assert torch.get_num_threads() == 2
+        assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
+    finally:
+        torch.set_num_threads(conftest)
