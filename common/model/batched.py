@@ -6,10 +6,13 @@ the plain ``"sgd"`` optimizer: the same Poisson-sampled batches and negatives, d
 device's own generator in the same order (so a seeded device makes the same draws on either
 path), the same per-example losses, each step's loss over ``max(batch_size_norm, batch)``, and
 one SGD step per batch on the device's user embedding (``lr · user_lr_scale``) and on its copy
-of the item tables (``lr``). The devices' copies of the item tables are one ``(B, items, dim)``
-tensor, so a chunk's steps are a few tensor operations instead of ``B`` optimizer loops; only
-the draws stay a loop over devices. Results equal the per-device path's to float rounding (the
-order in which one row's gradients are summed may differ).
+of the item tables (``lr``). A device's copy is the server's table plus its delta, one
+``(B, items, dim)`` tensor for the chunk; a step gathers only the rows its batches touch and
+scatters ``-lr`` times their gradients into the deltas, so a chunk's steps are a few tensor
+operations instead of ``B`` optimizer loops over whole tables; only the draws stay a loop over
+devices. Results equal the per-device path's to float rounding (the per-device path rounds
+``(table - lr·grad) - table``, this one ``-lr·grad``, and elementwise kernels may round a value
+differently by its position in a larger tensor).
 
 It covers the modes in which a device adds no noise of its own (privacy ``off`` and user-level
 DP, where the server clips and noises); example-level DP-SGD keeps the per-device Opacus path.
@@ -50,8 +53,8 @@ class BatchedResult:
 def chunk_size(n_items: int, dim: int, budget_bytes: int = 64 << 20, most: int = 256) -> int:
     """How many devices one :func:`train_many` call should take: the tables within ``budget``.
 
-    A device's copy of the item tables is ``items · (dim + 1)`` floats, held twice (tables
-    and the step's gradient).
+    A device's delta of the item tables is ``items · (dim + 1)`` floats; as much again is
+    left for a step's temporaries.
     """
     per_device = 2 * 4 * n_items * (dim + 1)
     return int(max(1, min(most, budget_bytes // per_device)))
@@ -118,13 +121,15 @@ def train_many(
     emb0 = torch.as_tensor(np.asarray(item_embedding, dtype=np.float32))
     bias0 = torch.as_tensor(np.asarray(item_bias, dtype=np.float32)).reshape(-1)
     n_devices, (n_items, dim) = len(positives), emb0.shape
-    tables = emb0.unsqueeze(0).repeat(n_devices, 1, 1)  # each device's copy
-    biases = bias0.unsqueeze(0).repeat(n_devices, 1)
+    # each device's table is the server's plus its own delta; only the rows a batch touches
+    # are gathered, and a step scatters into the delta alone
+    deltas = torch.zeros(n_devices, n_items, dim)
+    bias_deltas = torch.zeros(n_devices, n_items)
     u = torch.as_tensor(np.asarray(users, dtype=np.float32)).reshape(n_devices, dim).clone()
     pos = [torch.as_tensor(np.asarray(p, dtype=np.int64)) for p in positives]
     n_neg = 1 if local.loss == "bpr" else local.n_negatives
     loss_sums, seen = np.zeros(n_devices), np.zeros(n_devices, dtype=np.int64)
-    for _ in range(local.steps):
+    for step in range(local.steps):
         owners, ids = _draw_step(
             pos, generators, sample_rate=local.sample_rate, n_items=n_items, n_neg=n_neg
         )
@@ -132,34 +137,30 @@ def train_many(
             continue
         count = torch.bincount(owners, minlength=n_devices)
         rows = owners.unsqueeze(1).expand_as(ids)
+        items, bias = emb0[ids], bias0[ids]
+        if step:  # the first step starts from the server's table: no delta yet
+            items, bias = items + deltas[rows, ids], bias + bias_deltas[rows, ids]
         g = GatheredBatch(
             user=u[owners].requires_grad_(True),
-            items=tables[rows, ids].requires_grad_(True),
-            bias=biases[rows, ids].requires_grad_(train_bias),
+            items=items.requires_grad_(True),
+            bias=bias.requires_grad_(train_bias),
             item_ids=ids,
             user_ids=owners,
         )
         losses = example_losses(g, loss=local.loss, l2=local.l2)
-        denom = count.clamp(min=1).to(losses.dtype).clamp(min=local.batch_size_norm)
+        denom = count.to(losses.dtype).clamp(min=local.batch_size_norm)
         grads = torch.autograd.grad((losses / denom[owners]).sum(), g.tensors())
-        with torch.no_grad():  # torch.optim.SGD's step, p.add_(grad, alpha=-lr), per device
-            user_grad = torch.zeros_like(u).index_add_(0, owners, grads[0])
-            table_grad = torch.zeros_like(tables).index_put_((rows, ids), grads[1], accumulate=True)
+        with torch.no_grad():  # an SGD step: minus lr times the gradient
+            u.index_add_(0, owners, grads[0], alpha=-local.lr * local.user_lr_scale)
+            deltas.index_put_((rows, ids), grads[1].mul(-local.lr), accumulate=True)
             if train_bias:
-                bias_grad = torch.zeros_like(biases).index_put_(
-                    (rows, ids), grads[2], accumulate=True
-                )
-            for b in count.nonzero().reshape(-1).tolist():
-                u[b].add_(user_grad[b], alpha=-local.lr * local.user_lr_scale)
-                tables[b].add_(table_grad[b], alpha=-local.lr)
-                if train_bias:
-                    biases[b].add_(bias_grad[b], alpha=-local.lr)
+                bias_deltas.index_put_((rows, ids), grads[2].mul(-local.lr), accumulate=True)
         sums = torch.zeros(n_devices, dtype=torch.float64)
         loss_sums += sums.index_add_(0, owners, losses.detach().double()).numpy()
         seen += count.numpy()
     return BatchedResult(
-        item_embedding=tables.sub_(emb0),
-        item_bias=biases.sub_(bias0).unsqueeze(-1),
+        item_embedding=deltas,
+        item_bias=bias_deltas.unsqueeze(-1),
         users=u,
         loss_sums=loss_sums,
         seen=seen,
