@@ -274,12 +274,9 @@ def simulate(
             :mod:`fedrec.simulations.workers`; default: the CPU count); 0: one SuperNode per
             device, secure sums over Flower's SecAgg+ (as deployed).
         ray_address: run on the existing Ray cluster whose head is at this ``host:port``
-            (docs/cluster.md) instead of a Ray instance started here; each worker takes one
-            CPU of the cluster, ``num_cpus`` must then be ``None``, and the run directory
-            (made absolute) must be on a filesystem every node sees.
-
-    Raises:
-        ValueError: ``ray_address`` names no reachable Ray cluster, or comes with ``num_cpus``.
+            (docs/cluster.md; a ValueError if none answers there), one CPU a worker, with
+            ``num_cpus`` ``None``; the run's paths, made absolute, must name the same
+            folders on every node.
     """
     from flwr.simulation import run_simulation
 
@@ -288,8 +285,7 @@ def simulate(
 
     t0 = time.perf_counter()
     backend_config = _backend_config(num_cpus, ray_address)  # an unreachable cluster: now
-    if ray_address:
-        cfg = _absolute_paths(cfg)
+    cfg = _absolute_paths(cfg) if ray_address else cfg
     cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
