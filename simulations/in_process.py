@@ -132,15 +132,22 @@ class InProcessTransport:
         if not hasattr(algorithm, "batchable"):
             return {}
         devices: dict[int, Device] = {}
+        passed: dict[tuple[int, int], bool] = {}
         for u, dev in chunk.items():
             if dev.algorithm is not algorithm or not algorithm.batchable(dev, request.task, share):
                 continue
-            try:
-                dev.check_secure(session, noise_share=share, task=request.task)
-                check_arrays(request.state, dev.table_shapes())
-            except PolicyViolation:
-                continue  # it answers alone, with its refusal
-            devices[u] = dev
+            # a batchable device adds no noise and shares the algorithm: its checks depend only
+            # on the request and its table's shape, so one device of each shape checks for all
+            key = (dev.model.n_items, dev.model.dim)
+            if key not in passed:
+                try:
+                    dev.check_secure(session, noise_share=share, task=request.task)
+                    check_arrays(request.state, dev.table_shapes())
+                    passed[key] = True
+                except PolicyViolation:
+                    passed[key] = False
+            if passed[key]:
+                devices[u] = dev  # otherwise it answers alone, with its refusal
         if not devices:
             return {}
         for dev in devices.values():

@@ -76,3 +76,28 @@ def test_the_loop_runs_on_one_thread_and_restores_the_count():
         assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
     finally:
         torch.set_num_threads(conftest)
+
+
+def test_batched_devices_refuse_a_round_their_checks_refuse(monkeypatch):
+    from fedrec.common.privacy.secagg import SecureSession
+    from fedrec.server.coordinator import make_coordinator
+    from fedrec.server.round_loop import Request
+    from fedrec.simulations.federation import federated_dataset, make_device
+    from fedrec.simulations.in_process import InProcessTransport
+
+    cfg = _cfg("user")
+    fed = federated_dataset(cfg)
+    coord = make_coordinator(cfg, fed.n_items)
+    task = coord.task(1)
+    shapes = coord.algorithm.contribution(task).shapes
+    devices = {u: make_device(fed, u, cfg, ledger_dir=None) for u in range(6)}
+    transport = InProcessTransport(fed.n_users, devices.__getitem__)
+    calls = []
+    monkeypatch.setattr(SGD, "contribute_many", lambda self, d, *a, **k: calls.append(d))
+    request = Request(1, task, coord.state, {}, shapes)
+    tiny = SecureSession(clipping_range=1e-9, group_size=6)  # would clip every share
+    part = transport.partial_sum(request, list(devices), tiny)
+    assert part.declined == 6 and part.total is None and not calls
+    bad = Request(1, task, {k: v[:-1] for k, v in coord.state.items()}, {}, shapes)
+    replies = transport.train(bad, list(devices))  # a table of the wrong shape
+    assert [r.refusal for r in replies] == ["bad-request"] * 6 and not calls
