@@ -8,6 +8,7 @@ process, so each Flower simulation worker loads it once); :func:`make_device` bu
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ class FederatedDataset:
 
     data: Interactions
     split: Split
-    train_items: list[np.ndarray]
-    test_items: list[np.ndarray]
+    train_items: Sequence[np.ndarray]
+    test_items: Sequence[np.ndarray]
 
     @property
     def n_users(self) -> int:
@@ -123,11 +124,11 @@ def _cached(
     sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
     train, test = sp.train.user_items(), sp.test.user_items()
     if population > len(train):
-        from fedrec.simulations.population import augment
+        from fedrec.simulations.population import population as grow
 
-        extra = augment(train, data.n_items, population, seed=seed)
-        train = train + extra
-        test = test + [np.zeros(0, dtype=np.int64)] * len(extra)
+        n_real = len(train)
+        train = grow(train, data.n_items, population, seed=seed)  # compact, not an array each
+        test = test + [np.zeros(0, dtype=np.int64)] * (len(train) - n_real)
     return FederatedDataset(data, sp, train, test)
 
 
@@ -151,7 +152,12 @@ def federated_dataset(cfg: RunConfig) -> FederatedDataset:
     )
     key = tuple(sorted(cfg.to_flat().items()))
     if key not in _FEASIBLE:
-        most = max((len(t) for t in fed.train_items), default=0)
+        lengths = getattr(fed.train_items, "lengths", None)
+        most = (
+            int(lengths().max(initial=0))
+            if lengths is not None
+            else max((len(t) for t in fed.train_items), default=0)
+        )
         cfg.check_feasible(n_devices=fed.n_users, max_examples=most or None)
         _FEASIBLE.add(key)
     return fed

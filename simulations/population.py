@@ -14,9 +14,78 @@ the synthetic devices are derived from the real training data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 
-__all__ = ["augment"]
+__all__ = ["augment", "Ragged", "population"]
+
+#: Synthetic devices built between two compactions (bounds the Python objects alive at once).
+_BLOCK = 20_000
+
+
+class Ragged(Sequence[np.ndarray]):
+    """Per-device item arrays in two flat arrays: ``items[offsets[u]:offsets[u + 1]]``.
+
+    A million devices cost their items (2 bytes each below 32,768 items) and 8 bytes of
+    offset each, not a numpy object each. Indexing gives device ``u``'s items as a view.
+    """
+
+    def __init__(self, items: np.ndarray, offsets: np.ndarray) -> None:
+        self.items, self.offsets = items, offsets
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], n_items: int) -> Ragged:
+        """The arrays, in order, in the smallest integer type that holds ``n_items``."""
+        dtype = np.int16 if n_items <= np.iinfo(np.int16).max else np.int32
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.concatenate([np.asarray(a) for a in arrays]) if len(arrays) else np.zeros(0)
+        return cls(items.astype(dtype, copy=False), offsets)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Ragged]) -> Ragged:
+        """The devices of ``parts``, one after the other."""
+        items = np.concatenate([p.items for p in parts])
+        starts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
+        offsets = np.concatenate(
+            [parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts, strict=True)]
+        )
+        return cls(items, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, u):  # noqa: ANN001, ANN204 - Sequence's int and slice
+        if isinstance(u, slice):
+            return [self[i] for i in range(*u.indices(len(self)))]
+        u = int(u)
+        if u < 0:
+            u += len(self)
+        if not 0 <= u < len(self):
+            raise IndexError(f"device {u} out of range (population {len(self)})")
+        return self.items[self.offsets[u] : self.offsets[u + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[u] for u in range(len(self)))
+
+    def __add__(self, other: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(self) + list(other)
+
+    def lengths(self) -> np.ndarray:
+        """Each device's number of items."""
+        return np.diff(self.offsets)
+
+
+def population(
+    train_items: Sequence[np.ndarray], n_items: int, total: int, *, seed: int = 0
+) -> Ragged:
+    """The real devices' training items followed by :func:`augment`'s synthetic ones, compact."""
+    real = Ragged.from_arrays(train_items, n_items)
+    if total <= len(train_items):
+        return real
+    return Ragged.concat([real, *_augment_blocks(train_items, n_items, total, seed, 0.8)])
 
 
 def augment(
@@ -34,24 +103,35 @@ def augment(
 
     Returns:
         The synthetic devices' training items (sorted unique indices), possibly empty list.
+        :func:`population` gives the same devices in a compact :class:`Ragged`.
     """
-    n_real = len(train_items)
-    if total <= n_real:
+    if total <= len(train_items):
         return []
+    blocks = _augment_blocks(train_items, n_items, total, seed, keep)
+    return [a.astype(np.int64) for block in blocks for a in block]
+
+
+def _augment_blocks(
+    train_items: Sequence[np.ndarray], n_items: int, total: int, seed: int, keep: float
+) -> list[Ragged]:
+    """The synthetic devices, :data:`_BLOCK` at a time, each block compacted."""
+    n_real = len(train_items)
     if not 0 < keep <= 1:
         raise ValueError(f"keep must lie in (0, 1], got {keep}")
     rng = np.random.default_rng([seed, 2024])
     counts = np.bincount(np.concatenate(train_items), minlength=n_items).astype(float)
     counts += 1e-3  # every item reachable
     pop = counts / counts.sum()
-    out: list[np.ndarray] = []
+    cdf = pop.cumsum()
+    cdf /= cdf[-1]  # what Generator.choice(p=pop) draws through
+    blocks, out = [], []
     for _ in range(total - n_real):
         template = train_items[int(rng.integers(n_real))]
         kept = template[rng.random(len(template)) < keep]
         need = len(template) - len(kept)
         chosen = set(kept.tolist())
         while need > 0:
-            draws = rng.choice(n_items, size=2 * need + 4, p=pop)
+            draws = cdf.searchsorted(rng.random(2 * need + 4), side="right")
             for i in draws.tolist():
                 if i not in chosen:
                     chosen.add(i)
@@ -59,4 +139,9 @@ def augment(
                     if need == 0:
                         break
         out.append(np.array(sorted(chosen), dtype=np.int64))
-    return out
+        if len(out) == _BLOCK:
+            blocks.append(Ragged.from_arrays(out, n_items))
+            out = []
+    if out:
+        blocks.append(Ragged.from_arrays(out, n_items))
+    return blocks
