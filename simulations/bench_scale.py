@@ -13,9 +13,14 @@ process (δ = min(1e-5, 0.1/devices), well below 1/population), and prints:
   in-process transport runs the training rounds alone (no evaluation, nothing written);
   Flower's engine runs ``fedrec simulate``'s whole path (run directory, ledgers,
   checkpoints);
-* peak RSS: the process's ``ru_maxrss``; for Flower's engine, whose devices run in Ray worker
-  processes, also the largest sum of the resident memory of the process and its descendants
-  (sampled every 0.2 s);
+* peak RSS: the process's ``ru_maxrss``;
+* peak PSS: the largest sum, over the process and its descendants (Flower's Ray services and
+  workers), of their proportional set sizes (``/proc/PID/smaps_rollup``, sampled every 0.2 s):
+  a page shared by k processes counts 1/k in each, so the sum is what the run holds of the
+  machine's memory; for Flower's engine also the sum of their RSS, which counts shared pages
+  once per process (``--by-process``: each process's PSS at the peak);
+* NDCG@10 of the real users after the run (synthetic devices hold no test items; unmeasured
+  time), and for the in-process transport the seconds taken to build the population;
 * flower/loop: the ratio of the medians, where both ran.
 
 Devices beyond the real users are synthetic (``--population``: resampled from the real users'
@@ -209,6 +214,8 @@ def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, ob
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tree_peak_mb": tree.peak,
         "tree_pss_mb": tree.pss,
+        "ndcg10": float(dict(records[-1].get("eval") or {}).get("ndcg@10", float("nan"))),  # type: ignore[call-overload]
+        "population_seconds": float(records[-1].get("population_seconds", float("nan"))),  # type: ignore[arg-type]
         "pss_by_process": [[round(mb, 1), name] for mb, name in tree.by_process[:12]],
     }
 
@@ -223,7 +230,9 @@ def _loop_rounds(cfg: object) -> list[dict[str, object]]:
     from fedrec.simulations.in_process import InProcessTransport
     from fedrec.simulations.loop import _Devices
 
+    t0 = time.perf_counter()
     fed = federated_dataset(cfg)  # type: ignore[arg-type]
+    built = time.perf_counter() - t0
     coord = make_coordinator(cfg, fed.n_items, ledger_dir=None)
     devices = _Devices(fed, cfg, None)
     transport = InProcessTransport(
@@ -235,6 +244,10 @@ def _loop_rounds(cfg: object) -> list[dict[str, object]]:
         record = run_round(coord, transport, rnd).to_dict()
         record["seconds"] = time.perf_counter() - t0
         records.append(record)
+    # unmeasured: the real users' quality (synthetic devices hold no test items)
+    sums = [devices.get(u).evaluate(coord.state, (10,)) for u in range(fed.n_real_users)]
+    records[-1]["eval"] = coord.combine_evaluation([x for x in sums if x])
+    records[-1]["population_seconds"] = built
     return records
 
 
@@ -327,6 +340,8 @@ def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, flo
         "peak": median("peak_rss_mb"),
         "tree": median("tree_peak_mb"),
         "pss": median("tree_pss_mb"),
+        "ndcg": median("ndcg10"),
+        "build": median("population_seconds"),
         "cohort": median("cohort"),
         "by_process": max(runs, key=lambda r: float(r["tree_pss_mb"]))["pss_by_process"],  # type: ignore[arg-type]
     }
@@ -343,7 +358,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"  {'engine':7s} {'devices':>8s} {'cohort':>7s} {'s/round':>9s} {'peak RSS':>10s} "
-        f"{'peak PSS':>10s}  (all processes: PSS summed, RSS summed)"
+        f"{'peak PSS':>10s} {'NDCG@10':>8s}  (PSS summed over all processes; NDCG@10 of the "
+        "real users)"
     )
     done: dict[tuple[str, int], dict[str, float]] = {}
     for devices in args.devices:
@@ -353,13 +369,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {engine:7s} {devices:8,d}  skipped ({skip})")
                 continue
             point = done[(engine, devices)] = _point(engine, devices, args)
-            memory = f"{point['peak']:7.0f} MB {point['pss']:7.0f} MB"
+            memory = f"{point['peak']:7.0f} MB {point['pss']:7.0f} MB {point['ndcg']:8.4f}"
             if engine == "flower":
                 memory += f"  (RSS summed {point['tree']:.0f} MB)"
             print(
                 f"  {engine:7s} {devices:8,d} {point['cohort']:7.0f} "
                 f"{point['s/round']:9.3f} {memory}"
             )
+            if engine == "loop":
+                print(f"      population (devices' data) built in {point['build']:.1f} s")
             if args.by_process:
                 for mb, name in point["by_process"]:  # type: ignore[union-attr]
                     print(f"      {mb:8.1f} MB PSS  {name}")

@@ -64,10 +64,12 @@ def test_tree_memory_counts_this_process():
     import os
     import resource
 
-    from fedrec.simulations.bench_scale import tree_rss_mb
+    from fedrec.simulations.bench_scale import tree_memory_mb, tree_rss_mb
 
     here = tree_rss_mb(os.getpid())
     assert 0 < here <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 * 1.01 + 50
+    rss, pss = tree_memory_mb(os.getpid())
+    assert 0 < pss <= rss  # a shared page counts a share of itself in PSS
 
 
 @pytest.mark.slow
@@ -80,3 +82,4 @@ def test_scale_benchmark_measures_a_point_in_a_fresh_process(capsys):
     lines = capsys.readouterr().out.splitlines()
     row = next(line.split() for line in lines if line.strip().startswith("loop"))
     assert row[1] == "200" and float(row[3]) > 0 and float(row[4]) > 100  # s/round, MB
+    assert float(row[6]) > 100 and 0 < float(row[8]) < 1  # PSS MB, the real users' NDCG@10
