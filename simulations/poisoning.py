@@ -260,10 +260,15 @@ class PoisonedTransport(InProcessTransport):
         self._prepare(request, nodes, session)
         return super().secure_sum(request, nodes, plan)
 
-    def _answer(self, u: int, request, session):  # noqa: ANN001, ANN202
+    def _answer(self, u: int, request, session, dev=None):  # noqa: ANN001, ANN202
         if u in self._crafted:
             return self._crafted.pop(u)
-        return super()._answer(u, request, session)
+        return super()._answer(u, request, session, dev)
+
+    def _batched(self, request, chunk, session):  # noqa: ANN001, ANN202
+        """A fake's crafted reply replaces its training: fakes never train batched."""
+        honest = {u: d for u, d in chunk.items() if u not in self._crafted}
+        return super()._batched(request, honest, session)
 
     def _prepare(self, request, nodes: Sequence[int], session: SecureSession | None) -> None:  # noqa: ANN001
         fakes = [u for u in nodes if u >= self.genuine]

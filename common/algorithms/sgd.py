@@ -253,7 +253,7 @@ class SGD(Algorithm):
             and not task.arrays
             and noise_share is None
             and device.dp is None
-            and device.local.optimizer == "sgd"
+            and getattr(getattr(device, "local", None), "optimizer", None) == "sgd"
             and len(device.train_items) > 0
         )
 

@@ -335,7 +335,7 @@ def test_within_norm_attack_lifts_the_target_and_trimmed_mean_brings_it_down():
 
 @pytest.mark.slow
 def test_fedrecattack_lifts_the_target_under_local_dp_and_trimmed_mean_brings_it_down():
-    attack = Attack("fedrecattack", 0.05, public_fraction=0.3)
+    attack = Attack("fedrecattack", 0.1, public_fraction=0.3)
     clean = run_attack(_small(privacy="local"), Attack())
     attacked = run_attack(_small(privacy="local"), attack)
     defended = run_attack(_small(privacy="local", **{"robust-aggregation": "trimmed-mean"}), attack)
