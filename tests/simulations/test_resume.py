@@ -411,12 +411,13 @@ def test_a_flower_run_with_a_supernode_per_device_resumes_within_budget(tmp_path
 
 
 @pytest.mark.slow
-def test_a_flower_run_killed_at_a_random_moment_resumes_within_budget(tmp_path):
+@pytest.mark.parametrize(("seed", "privacy"), [(21, "distributed"), (22, "user"), (23, "local")])
+def test_a_flower_run_killed_at_a_random_moment_resumes_within_budget(tmp_path, seed, privacy):
     run_dir = tmp_path / "run"
-    flat = _flat(run_dir, seed=21, num_rounds=5, privacy="distributed")
+    flat = _flat(run_dir, seed=seed, num_rounds=5, privacy=privacy)
     argv = ["simulate", "--no-reference", "--cpus", "2", "--workers", "2"]
     argv += [x for k, v in flat.items() for x in ("--set", f"{k}={v}")]
-    rc, _ = _kill_at_random(argv, run_dir, 5, 21)
+    rc, _ = _kill_at_random(argv, run_dir, 5, seed)
     assert rc == -signal.SIGKILL, "the run finished before it was killed"
     assert main(["simulate", "--resume", str(run_dir), "--no-reference", "--cpus", "2"]) == 0
     _check_resumed(run_dir, RunConfig.from_flat(flat))
