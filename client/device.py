@@ -115,17 +115,58 @@ class Device:
         else:
             self.noise = NoiseSource.secure()
             self.generator = self.noise.torch_generator()
-        self.model = MatrixFactorization(  # its item table is the server's: not drawn
-            1,
-            n_items,
-            dim,
-            item_bias=item_bias,
-            init_std=init_std,
-            generator=self.generator,
-            init_items=False,
+        self.n_items, self.dim, self.use_item_bias = n_items, dim, item_bias
+        self._init_std = init_std
+        # the user embedding is drawn now, as MatrixFactorization draws it (the same draw from
+        # the same generator); the model, an nn.Module, is built on first use
+        # (:attr:`model`): a device trained batched never needs one, and building it was most
+        # of the time a large population spent rebuilding devices
+        self._user: torch.Tensor | None = torch.empty(1, dim).normal_(
+            0.0, init_std, generator=self.generator
         )
+        self._model: MatrixFactorization | None = None
         self.accountant = make_accountant(dp.accountant) if dp is not None else None
         self.rounds_trained = 0
+
+    @property
+    def model(self) -> MatrixFactorization:
+        """The device's MF model: the server's item table (zeros until loaded) and its user.
+
+        Built on first use, with the user embedding the device drew or was restored with.
+        """
+        if self._model is None:
+            model = MatrixFactorization(  # its item table is the server's: not drawn
+                1,
+                self.n_items,
+                self.dim,
+                item_bias=self.use_item_bias,
+                init_std=self._init_std,
+                generator=torch.Generator(),  # its user draw is replaced by the device's
+                init_items=False,
+            )
+            with torch.no_grad():
+                model.user_embedding.weight.copy_(self._user)
+            self._model, self._user = model, None
+        return self._model
+
+    def user_embedding(self) -> np.ndarray:
+        """A copy of the user embedding, ``(1, dim)`` float32 (device storage; never sent)."""
+        if self._user is not None:
+            return self._user.numpy().copy()
+        return self.model.local_state()["user_embedding.weight"]
+
+    def set_user_embedding(self, value: np.ndarray) -> None:
+        """Overwrite the user embedding (``(1, dim)``), with or without a built model."""
+        if self._user is None:
+            self.model.load_local_state({"user_embedding.weight": value})
+            return
+        user = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        if tuple(user.shape) != (1, self.dim):
+            raise ValueError(
+                f"parameter 'user_embedding.weight' has shape {tuple(user.shape)}, "
+                f"expected {(1, self.dim)}"
+            )
+        self._user = user.clone()
 
     # --- privacy (what algorithms call) ----------------------------------------------------
     def epsilon_spent(self) -> float:
@@ -220,7 +261,10 @@ class Device:
 
     def table_shapes(self) -> dict[str, tuple[int, ...]]:
         """The item table this device expects from the server: names and exact shapes."""
-        return {k: tuple(v.shape) for k, v in self.model.global_state().items()}
+        return {
+            "item_embedding.weight": (self.n_items, self.dim),
+            "item_bias.weight": (self.n_items, 1),
+        }
 
     @staticmethod
     def _check_share(noise_share: float | None) -> None:
@@ -423,7 +467,7 @@ class Device:
     def state_dict(self) -> dict[str, object]:
         """The device's own state: user embedding, accountant, round count, RNG state."""
         return {
-            "user_embedding": self.model.local_state()["user_embedding.weight"],
+            "user_embedding": self.user_embedding(),
             "accountant": json.dumps(
                 self.accountant.state_dict() if self.accountant is not None else None
             ),
@@ -433,7 +477,7 @@ class Device:
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.model.load_local_state({"user_embedding.weight": state["user_embedding"]})
+        self.set_user_embedding(np.asarray(state["user_embedding"]))
         acc = json.loads(str(state["accountant"]))
         if acc is not None and self.accountant is not None:
             acc["history"] = [tuple(h) for h in acc.get("history", [])]

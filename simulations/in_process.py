@@ -138,7 +138,7 @@ class InProcessTransport:
                 continue
             # a batchable device adds no noise and shares the algorithm: its checks depend only
             # on the request and its table's shape, so one device of each shape checks for all
-            key = (dev.model.n_items, dev.model.dim)
+            key = (dev.n_items, dev.dim)
             if key not in passed:
                 try:
                     dev.check_secure(session, noise_share=share, task=request.task)

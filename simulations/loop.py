@@ -61,7 +61,7 @@ def central_evaluation(
     from fedrec.common.evaluation.metrics import evaluate
 
     users = sorted(devices)
-    n_items = next(iter(devices.values())).model.n_items
+    n_items = next(iter(devices.values())).n_items
     scores = np.stack([devices[u].scores(state) for u in users])
 
     def _inter(kind: str) -> Interactions:

@@ -254,6 +254,7 @@ class SGD(Algorithm):
             and noise_share is None
             and device.dp is None
             and getattr(getattr(device, "local", None), "optimizer", None) == "sgd"
+            and hasattr(device, "user_embedding")  # a Device: its user without its model
             and len(device.train_items) > 0
         )
 
@@ -273,7 +274,7 @@ class SGD(Algorithm):
             raise ValueError("contribute_many takes only devices batchable() accepts")
         groups: dict[tuple[Any, bool], list[int]] = {}
         for b, d in enumerate(devices):
-            groups.setdefault((d.local, bool(d.model.use_item_bias)), []).append(b)
+            groups.setdefault((d.local, bool(d.use_item_bias)), []).append(b)
         out: dict[int, Contribution] = {}
         for members in groups.values():
             group = [devices[b] for b in members]
@@ -286,7 +287,7 @@ class SGD(Algorithm):
 
         from fedrec.common.model.batched import train_many
 
-        users = np.concatenate([d.model.local_state()["user_embedding.weight"] for d in devices])
+        users = np.concatenate([d.user_embedding() for d in devices])
         result = train_many(
             state["item_embedding.weight"],
             state["item_bias.weight"],
@@ -294,7 +295,7 @@ class SGD(Algorithm):
             [d.train_items for d in devices],
             [d.generator for d in devices],
             local=devices[0].local,
-            train_bias=bool(devices[0].model.use_item_bias),
+            train_bias=bool(devices[0].use_item_bias),
         )
         emb, bias = result.item_embedding, result.item_bias
         if self.cfg.privacy == "user":  # each device's whole contribution: norm <= user-clip
@@ -310,9 +311,7 @@ class SGD(Algorithm):
                     bias[b].mul_(f)
         out = []
         for b, device in enumerate(devices):
-            device.model.load_local_state(
-                {"user_embedding.weight": result.users[b : b + 1].numpy()}
-            )
+            device.set_user_embedding(result.users[b : b + 1].numpy())
             device.rounds_trained += 1
             delta = {"item_embedding.weight": emb[b].numpy(), "item_bias.weight": bias[b].numpy()}
             if self.cfg.privacy == "user" and self.cfg.row_clip > 0:

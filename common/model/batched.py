@@ -152,9 +152,10 @@ def train_many(
         grads = torch.autograd.grad((losses / denom[owners]).sum(), g.tensors())
         with torch.no_grad():  # an SGD step: minus lr times the gradient
             u.index_add_(0, owners, grads[0], alpha=-local.lr * local.user_lr_scale)
-            deltas.index_put_((rows, ids), grads[1].mul(-local.lr), accumulate=True)
+            flat = (rows * n_items + ids).reshape(-1)  # (device, item) as one row index
+            deltas.view(-1, dim).index_add_(0, flat, grads[1].reshape(-1, dim), alpha=-local.lr)
             if train_bias:
-                bias_deltas.index_put_((rows, ids), grads[2].mul(-local.lr), accumulate=True)
+                bias_deltas.view(-1).index_add_(0, flat, grads[2].reshape(-1), alpha=-local.lr)
         sums = torch.zeros(n_devices, dtype=torch.float64)
         loss_sums += sums.index_add_(0, owners, losses.detach().double()).numpy()
         seen += count.numpy()

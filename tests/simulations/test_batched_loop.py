@@ -27,9 +27,13 @@ def _cfg(privacy):
     )
 
 
-@pytest.mark.parametrize("privacy", ["user", "off"])
-def test_batched_devices_give_the_per_device_run(monkeypatch, privacy):
+@pytest.mark.parametrize(("privacy", "rebuilt"), [("user", False), ("off", False), ("user", True)])
+def test_batched_devices_give_the_per_device_run(monkeypatch, privacy, rebuilt):
     cfg = _cfg(privacy)
+    if rebuilt:  # a large population: devices rebuilt per use from their saved states
+        import fedrec.simulations.loop as loop
+
+        monkeypatch.setattr(loop, "_KEEP_DEVICES", 10)
     calls = []
     real = SGD.contribute_many
 
@@ -101,3 +105,40 @@ def test_batched_devices_refuse_a_round_their_checks_refuse(monkeypatch):
     bad = Request(1, task, {k: v[:-1] for k, v in coord.state.items()}, {}, shapes)
     replies = transport.train(bad, list(devices))  # a table of the wrong shape
     assert [r.refusal for r in replies] == ["bad-request"] * 6 and not calls
+
+
+def test_a_device_trained_batched_builds_no_model_and_keeps_its_draws():
+    import torch
+
+    from fedrec.common.algorithms.base import Task
+    from fedrec.common.model.mf import MatrixFactorization
+    from fedrec.simulations.federation import federated_dataset, make_device
+
+    cfg = _cfg("user")
+    fed = federated_dataset(cfg)
+    devices = [make_device(fed, u, cfg, ledger_dir=None) for u in range(4)]
+    dev = devices[0]
+    # the user embedding is the one a model built from the device's seed draws
+    seeded = MatrixFactorization(
+        1,
+        fed.n_items,
+        cfg.dim,
+        init_std=cfg.init_std,
+        init_items=False,
+        generator=torch.Generator().manual_seed(dev._seed),
+    )
+    first = dev.user_embedding()
+    np.testing.assert_array_equal(first, seeded.local_state()["user_embedding.weight"])
+    state = {k: np.asarray(v) for k, v in cfg_state_initial(cfg).items()}
+    outs = dev.algorithm.contribute_many(devices, Task("train"), state, server_round=1)
+    assert all(d._model is None for d in devices)  # trained from its state alone
+    assert np.abs(dev.user_embedding() - first).max() > 0  # its user embedding moved
+    assert all(o.arrays["item_embedding.weight"].shape == (fed.n_items, cfg.dim) for o in outs)
+    trained = dev.user_embedding()
+    again = make_device(fed, 0, cfg, ledger_dir=None)  # rebuilt from the saved state
+    again.load_state_dict(dev.state_dict())
+    np.testing.assert_array_equal(again.user_embedding(), trained)
+    assert again._model is None
+    np.testing.assert_array_equal(dev.model.local_state()["user_embedding.weight"], trained)
+    with pytest.raises(ValueError, match="shape"):
+        devices[1].set_user_embedding(np.zeros((2, cfg.dim), np.float32))
