@@ -109,12 +109,12 @@ class Device:
         self.ledger_head: dict[str, object] | None = None
         self.report_metrics = report_metrics and dp is None
         self._seed = derive_seed(seed, device_id) if seed is not None else None
+        self._noise: NoiseSource | None = None  # a seeded one is made on first use
         if self._seed is not None:
-            self.noise = NoiseSource.seeded(self._seed)
             self.generator = torch.Generator().manual_seed(self._seed)
         else:
-            self.noise = NoiseSource.secure()
-            self.generator = self.noise.torch_generator()
+            self._noise = NoiseSource.secure()
+            self.generator = self._noise.torch_generator()
         self.n_items, self.dim, self.use_item_bias = n_items, dim, item_bias
         self._init_std = init_std
         # the user embedding is drawn now, as MatrixFactorization draws it (the same draw from
@@ -127,6 +127,18 @@ class Device:
         self._model: MatrixFactorization | None = None
         self.accountant = make_accountant(dp.accountant) if dp is not None else None
         self.rounds_trained = 0
+
+    @property
+    def noise(self) -> NoiseSource:
+        """The device's noise and sampling source (seeded runs: from the device's seed)."""
+        if self._noise is None:
+            assert self._seed is not None
+            self._noise = NoiseSource.seeded(self._seed)
+        return self._noise
+
+    @noise.setter
+    def noise(self, source: NoiseSource) -> None:
+        self._noise = source
 
     @property
     def model(self) -> MatrixFactorization:
@@ -484,5 +496,6 @@ class Device:
             self.accountant.load_state_dict(acc)
         self.rounds_trained = int(state["rounds_trained"])  # type: ignore[arg-type]
         gen_state = state.get("generator")
-        if gen_state is not None and self.noise.is_seeded:  # a secure device draws afresh
+        seeded = self._noise.is_seeded if self._noise is not None else self._seed is not None
+        if gen_state is not None and seeded:  # a secure device draws afresh
             self.generator.set_state(torch.as_tensor(np.asarray(gen_state), dtype=torch.uint8))

@@ -200,12 +200,19 @@ def device_id(user: int) -> str:
 
 
 def make_device(
-    fed: FederatedDataset, user: int, cfg: RunConfig, *, ledger_dir: Path | None
+    fed: FederatedDataset,
+    user: int,
+    cfg: RunConfig,
+    *,
+    ledger_dir: Path | None,
+    algorithm: Algorithm | None = None,
 ) -> Device:
     """The simulated device of dense user ``user`` (its ledger under ``ledger_dir``).
 
     Its signing key comes from the run's keystore (outside the run directory; see
-    :mod:`fedrec.common.audit.keystore`), where enrollment registered it.
+    :mod:`fedrec.common.audit.keystore`), where enrollment registered it. ``algorithm`` is
+    :func:`device_algorithm`'s for ``cfg``, passed by a caller that builds many devices
+    (looking it up took as long as building the rest of a device).
     """
     if not 0 <= user < fed.n_users:
         raise ValueError(f"partition {user} does not exist: the dataset has {fed.n_users} users")
@@ -225,7 +232,7 @@ def make_device(
         dim=cfg.dim,
         local=cfg.local_config(),
         dp=dp,
-        algorithm=device_algorithm(cfg, fed.n_items),
+        algorithm=algorithm if algorithm is not None else device_algorithm(cfg, fed.n_items),
         test_items=fed.test_items[user],
         item_bias=cfg.item_bias,
         init_std=cfg.init_std,

@@ -42,6 +42,34 @@ class PartialSum:
     out_of_range: int = 0
 
 
+def _check_share(
+    arrays: object, reference: dict[str, np.ndarray], clipping_range: float
+) -> tuple[str | None, bool]:
+    """Why a secure sum drops ``arrays`` (or ``None``), and whether a value lies beyond the range.
+
+    :func:`~fedrec.server.validation.validate_delta`'s verdict (no norm limit: the range
+    bounds a share) and :func:`~fedrec.common.privacy.secagg.exceeds_range`'s, from one
+    minimum and maximum per array for a well-formed share (the two checks took three passes
+    over it and a float64 copy); a malformed one gets ``validate_delta``'s reason. Without a
+    ``reference`` nothing is validated.
+    """
+    if isinstance(arrays, dict) and reference and arrays.keys() == reference.keys():
+        beyond = False
+        for key, ref in reference.items():
+            a = arrays[key]
+            if not (isinstance(a, np.ndarray) and a.shape == ref.shape and a.dtype == np.float32):
+                break
+            if a.size:
+                low, high = float(a.min()), float(a.max())
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    break
+                beyond = beyond or max(high, -low) > clipping_range
+        else:
+            return None, beyond
+    why = validate_delta(arrays, reference, max_norm=math.inf) if reference else None
+    return why, why is None and exceeds_range(arrays, clipping_range)  # type: ignore[arg-type]
+
+
 class InProcessTransport:
     """The round loop's messages as direct calls to devices.
 
@@ -206,12 +234,12 @@ class InProcessTransport:
             if reply.refusal is not None:
                 part.declined += 1
                 continue
-            why = validate_delta(reply.arrays, reference, max_norm=math.inf) if reference else None
+            why, beyond = _check_share(reply.arrays, reference, session.clipping_range)
             if why is not None:  # SecAgg+ drops a vector of the wrong shape the same way
                 part.drop_reasons.append(f"node {u}: {why}")
                 continue
             assert reply.arrays is not None
-            if exceeds_range(reply.arrays, session.clipping_range):
+            if beyond:
                 part.out_of_range += 1
                 continue
             if self._drops(u, request.server_round):

@@ -24,6 +24,7 @@ from fedrec.server.resume import Checkpointer, receipts_sealed
 from fedrec.server.round_loop import run_rounds
 from fedrec.server.run_directory import RunDirectory
 from fedrec.simulations.federation import (
+    device_algorithm,
     device_id,
     federated_dataset,
     federated_features,
@@ -206,6 +207,7 @@ class _Devices:
     def __init__(self, fed, cfg: RunConfig, ledger_dir, store=None) -> None:  # noqa: ANN001
         self.fed, self.cfg, self.ledger_dir, self.store = fed, cfg, ledger_dir, store
         self.keep = fed.n_users <= _KEEP_DEVICES
+        self.algorithm = device_algorithm(cfg, fed.n_items)  # looked up once, not per device
         self.devices: dict[int, Device] = {}
         self.states: dict[int, dict[str, object]] = {}
         self.heads: dict[int, dict[str, object]] = {}
@@ -215,7 +217,9 @@ class _Devices:
         if u in self.devices:
             self.touched.add(u)
             return self.devices[u]
-        dev = make_device(self.fed, u, self.cfg, ledger_dir=self.ledger_dir)
+        dev = make_device(
+            self.fed, u, self.cfg, ledger_dir=self.ledger_dir, algorithm=self.algorithm
+        )
         if u in self.states:
             dev.load_state_dict(self.states[u])
         elif self.store is not None:

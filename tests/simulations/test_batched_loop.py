@@ -142,3 +142,37 @@ def test_a_device_trained_batched_builds_no_model_and_keeps_its_draws():
     np.testing.assert_array_equal(dev.model.local_state()["user_embedding.weight"], trained)
     with pytest.raises(ValueError, match="shape"):
         devices[1].set_user_embedding(np.zeros((2, cfg.dim), np.float32))
+
+
+@pytest.mark.parametrize(
+    "case", ["fine", "beyond", "nan", "inf", "shape", "dtype", "keys", "list", "empty"]
+)
+def test_a_shares_check_is_validate_delta_and_exceeds_range(case):
+    import math
+
+    from fedrec.common.privacy.secagg import exceeds_range
+    from fedrec.server.validation import validate_delta
+    from fedrec.simulations.in_process import _check_share
+
+    reference = {"a": np.zeros((3, 2), np.float32), "b": np.zeros((3, 1), np.float32)}
+    arrays = {"a": np.full((3, 2), 0.5, np.float32), "b": np.full((3, 1), -0.25, np.float32)}
+    if case == "beyond":
+        arrays["b"][1, 0] = -2.0
+    elif case in ("nan", "inf"):
+        arrays["a"][2, 1] = float(case)
+    elif case == "shape":
+        arrays["a"] = arrays["a"][:2]
+    elif case == "dtype":
+        arrays["b"] = arrays["b"].astype(np.float64)
+    elif case == "keys":
+        arrays["c"] = arrays.pop("b")
+    elif case == "list":
+        arrays["a"] = arrays["a"].tolist()
+    elif case == "empty":
+        reference = {}
+    why, beyond = _check_share(arrays, reference, 1.0)
+    expected = validate_delta(arrays, reference, max_norm=math.inf) if reference else None
+    assert why == expected
+    assert beyond == (expected is None and exceeds_range(arrays, 1.0))
+    assert (why is None) == (case in ("fine", "beyond", "empty"))
+    assert beyond == (case == "beyond")
