@@ -144,7 +144,12 @@ class RunConfig:
         default="sgd",
     )
     spectral_top_items: int = _doc(
-        "spectral: items selected by DP popularity for the co-occurrence round", default=300
+        "spectral, warm-sgd: items selected by DP popularity for the co-occurrence round; 0 "
+        "(automatic): 2.8 x sqrt(signal / sigma) between dim and 1,000, the signal the "
+        "devices counted in the popularity round (user-level) or their interactions over "
+        "2 sqrt(spectral-max-items) (example-level), sigma the co-occurrence round's noise "
+        "multiplier (fedrec.common.algorithms.spectral.selection_size)",
+        default=0,
     )
     spectral_max_items: int = _doc(
         "spectral, example-level DP: a device contributes at most this many of its items to "

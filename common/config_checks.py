@@ -133,7 +133,7 @@ LIMITS: dict[str, Limits] = {
     "item_bias": Limits(),
     "init_std": _r(0, 100, open_lo=True),
     "algorithm": Limits(choices=_algorithms),
-    "spectral_top_items": _r(1, 10**7),
+    "spectral_top_items": _r(0, 10**7),
     "spectral_max_items": _r(1, 10**7),
     "spectral_popularity_share": _r(0, 1, open_lo=True, open_hi=True),
     "feature_scale": _r(0, _BIG),

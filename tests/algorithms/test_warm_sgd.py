@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedrec.common.algorithms.warm import WARM_ROUNDS, WarmSGD, warm_table
+from fedrec.common.algorithms.warm import EMBEDDING_SCALE, WARM_ROUNDS, WarmSGD, warm_table
 from fedrec.common.config import RunConfig
 
 
@@ -38,7 +38,10 @@ def test_the_warm_table_orders_biases_by_popularity_and_keeps_the_eigenvectors()
     assert list(np.argsort(bias)) == [2, 0, 4, 3, 1, 5]  # the noisy count's order, clamped
     assert np.isfinite(bias).all()
     rows = out["item_embedding.weight"]
-    assert np.mean(np.sum(rows[[1, 3, 4]] ** 2, axis=1)) == pytest.approx(1.0, rel=1e-5)
+    # unit-norm eigenvectors times EMBEDDING_SCALE sqrt(dim), whatever the selection's size
+    norms = np.linalg.norm(rows, axis=0)
+    np.testing.assert_allclose(norms, EMBEDDING_SCALE * np.sqrt(2), rtol=1e-5)
+    np.testing.assert_allclose(rows[[1, 3, 4]] / norms, emb[[1, 3, 4]], rtol=1e-5)
     np.testing.assert_allclose(rows[[0, 2, 5]], 0.0)
 
 

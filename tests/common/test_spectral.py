@@ -198,6 +198,8 @@ def test_spec_and_config_validation():
         RunConfig(algorithm="spectral", num_rounds=2, item_bias=False)
     with pytest.raises(ValueError, match="algorithm"):
         RunConfig(algorithm="als")
+    with pytest.raises(ValueError, match=r"0 \(automatic\) or at least dim"):
+        RunConfig(algorithm="spectral", num_rounds=2, dim=8, spectral_top_items=5)
     with pytest.raises(ValueError):
         SpectralSpec(n_items=10, dim=5, top_items=3)
     with pytest.raises(ValueError):
@@ -205,3 +207,65 @@ def test_spec_and_config_validation():
     assert phase_of_round(1) == "popularity" and phase_of_round(2) == "cooccurrence"
     with pytest.raises(ValueError):
         phase_of_round(3)
+
+
+def test_the_automatic_selection_grows_with_the_devices_and_shrinks_with_the_noise():
+    from fedrec.common.algorithms.spectral import AUTO_SCALE, selection_size
+
+    spec = SpectralSpec(n_items=5000, dim=8, top_items=1000, auto=True, unit="user")
+    pop = np.ones(5000)
+
+    def size(devices, sigma):
+        return selection_size(spec, pop, devices, sigma)
+
+    # user-level: the signal is one unit of sensitivity per device
+    assert size(943, 0.75) == round(AUTO_SCALE * math.sqrt(943 / 0.75))
+    assert size(943, 0.75) < size(20_000, 0.75)
+    assert size(943, 2.0) < size(943, 0.75)
+    assert size(3, 5.0) == 8  # never below dim
+    assert size(10**7, 0.5) == 1000  # nor above the cap (the run's spectral-top-items bound)
+    assert size(943, 0.0) == 1000  # no noise: the whole cap
+    small = SpectralSpec(n_items=40, dim=4, top_items=1000, auto=True, unit="user")
+    assert selection_size(small, np.ones(40), 10**6, 1.0) == 40  # nor above the catalog
+    fixed = SpectralSpec(n_items=5000, dim=8, top_items=300, unit="user")
+    assert selection_size(fixed, pop, 20_000, 0.5) == 300  # a set size is kept
+
+
+def test_example_level_signal_counts_interactions_per_unit_of_sensitivity():
+    from fedrec.common.algorithms.spectral import signal_mass
+
+    spec = SpectralSpec(n_items=100, dim=2, max_items=25, unit="example")
+    pop = np.full(100, 10.0)
+    pop[0] = -50.0  # a noisy count below zero counts as none
+    # min(total interactions, devices x m) / (2 sqrt(m))
+    assert signal_mass(pop, 1000, spec) == pytest.approx(990 / 10)
+    assert signal_mass(pop, 3, spec) == pytest.approx(3 * 25 / 10)
+    user = SpectralSpec(n_items=100, dim=2, unit="user")
+    assert signal_mass(pop, 1234, user) == 1234.0
+
+
+def test_an_automatic_run_sizes_its_selection_after_the_popularity_round():
+    from fedrec.common.algorithms.base import Aggregate
+    from fedrec.common.algorithms.spectral import Spectral, selection_size
+    from fedrec.common.config import RunConfig
+    from fedrec.common.privacy.policy import PolicyViolation
+
+    cfg = RunConfig(privacy="user", algorithm="spectral", num_rounds=2, dim=4, epsilon=8.0)
+    assert cfg.spectral_top_items == 0  # the default is automatic
+    alg = Spectral(cfg, 3000)
+    pop = np.random.default_rng(0).normal(size=3000)
+    alg.update(1, alg.initial_state(), Aggregate(count=500, total={"popularity": pop}))
+    k = selection_size(alg.spec, pop, 500, alg.noise_multiplier("cooccurrence"))
+    assert 4 < k < 1000
+    task = alg.task(2)
+    selected = task.arrays["selected-items"]
+    np.testing.assert_array_equal(selected, np.sort(np.argsort(-pop)[:k]))
+    assert alg.contribution(task).shapes == {"cooccurrence": (k * (k + 1) // 2,)}
+    # a device accepts a selection of dim to 1,000 sorted items and nothing else
+    assert len(alg._check_selection("cooccurrence", selected)) == k
+    for bad in (np.arange(3), np.arange(1001), selected[::-1]):
+        with pytest.raises(PolicyViolation, match="selection must be 4 to 1000"):
+            alg._check_selection("cooccurrence", bad)
+    total = np.zeros(k * (k + 1) // 2)
+    table = alg.update(2, {}, Aggregate(count=500, total={"cooccurrence": total}))
+    assert table["item_embedding.weight"].shape == (3000, 4)
