@@ -219,7 +219,7 @@ COHORT_RECORD = "fedrec.cohort"
 HEADS_RECORD = "fedrec.ledger-heads"
 _ROSTER = "roster"
 #: Seconds between the server's polls for cohort workers' replies (Flower's default: 0.1).
-_PULL_INTERVAL = 0.01
+_PULL_INTERVAL = 0.005
 
 
 def cohort_key(device: int, name: str) -> str:
@@ -381,7 +381,7 @@ class CohortTransport:
         self.receipts = receipts
         self._worker_of: dict[int, int] | None = None
         # the simulation's in-memory grid polls for replies every 0.1 s: a wait a worker
-        # round (a few messages) would pay every time; poll every 10 ms instead
+        # round (a few messages) would pay every time; poll every 5 ms instead
         inner = getattr(grid, "_grid", grid)
         if isinstance(getattr(inner, "pull_interval", None), float):
             inner.pull_interval = min(inner.pull_interval, _PULL_INTERVAL)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -281,7 +282,6 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedrec.simulations.apps import make_apps, state_store
-    from fedrec.simulations.quiet import quiet_engine
 
     t0 = time.perf_counter()
     backend_config = _backend_config(num_cpus, ray_address)  # an unreachable cluster: now
@@ -305,7 +305,7 @@ def simulate(
     server_app, client_app = make_apps(
         cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
-    with quiet_engine(verbose), _recording_nodes(nodes):
+    with _engine(cfg, fed, verbose=verbose, nodes=nodes, workers=workers):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -324,6 +324,29 @@ def simulate(
         run_dir, cfg, fed, result.rounds, sigma, wall=wall, reference=reference, workers=workers
     )
     return result
+
+
+@contextmanager
+def _engine(
+    cfg: RunConfig, fed: Any, *, verbose: bool, nodes: dict[int, int], workers: int
+) -> Iterator[None]:
+    """What the engine runs within: quiet, its nodes recorded.
+
+    With cohort workers, also their messages picked up every :data:`PICKUP_INTERVAL`, and the
+    devices' data written for them to map (:func:`~.workers.share_population`; removed after,
+    a resumed run writes it again).
+    """
+    from fedrec.simulations.quiet import quiet_engine
+    from fedrec.simulations.workers import share_population
+
+    shared = share_population(cfg, fed) if workers else None
+    pickup = PICKUP_INTERVAL if workers else None  # one node per device: Flower's own
+    try:
+        with quiet_engine(verbose), _recording_nodes(nodes), _quick_pickup(pickup):
+            yield
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _workers(run_dir: RunDirectory, workers: int | None, n_devices: int, resume: bool) -> int:
@@ -367,7 +390,11 @@ def _backend_config(num_cpus: int | None, ray_address: str | None = None) -> dic
         init_args: dict[str, object] = {"address": ray_cluster_address(ray_address), **quiet}
     else:
         cpus = num_cpus or os.cpu_count() or 1
+        # Ray starts its workers at nice 15, so on a busy machine every other process
+        # (the driver included) comes first and a round waits on its workers; the workers
+        # are the simulation's training, at the driver's priority here
         init_args = {"address": "local", "num_cpus": cpus, "num_gpus": 0, **quiet}
+        init_args["_system_config"] = {"worker_niceness": 0}
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
@@ -424,6 +451,59 @@ def ray_cluster_address(address: str, *, timeout: float = 5.0) -> str:
             f"({exc.strerror or exc}); {hint}"
         ) from None
     return resolved
+
+
+#: Seconds between the simulation engine's pick-ups of the server's messages when the
+#: SuperNodes are cohort workers. Flower 1.42 picks up every 0.1 s
+#: (``vce_api.add_messages_to_queue``), walking every node's stored messages: with one node
+#: per device that walk is the cost, with a few workers it is nothing, and the wait (half
+#: the interval, on average, per message) is most of a small round's overhead.
+PICKUP_INTERVAL = 0.005
+#: The sha256 of flwr 1.42.0's ``add_messages_to_queue`` source, which :func:`_quick_pickup`
+#: replaces with the same loop at :data:`PICKUP_INTERVAL`; any other source is left alone.
+_PICKUP_SOURCE_SHA256 = "953f4bd41a931a7779a4a670ab17b633f6e20b08a0128535328674466419777a"
+
+
+def pickup_patch_applies() -> bool:
+    """Whether the installed Flower's message pick-up is the one :func:`_quick_pickup` knows."""
+    import hashlib
+    import inspect
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    try:
+        source = inspect.getsource(vce_api.add_messages_to_queue)
+    except (OSError, TypeError):
+        return False
+    return hashlib.sha256(source.encode()).hexdigest() == _PICKUP_SOURCE_SHA256
+
+
+@contextmanager
+def _quick_pickup(interval: float | None) -> Iterator[None]:
+    """Flower's message pick-up every ``interval`` s (``None``: Flower's own, every 0.1 s).
+
+    Only where :func:`pickup_patch_applies` (the loop below is Flower 1.42's, the interval
+    aside); another Flower version keeps its own, and a test says so.
+    """
+    if interval is None or not pickup_patch_applies():
+        yield
+        return
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.add_messages_to_queue
+
+    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(interval)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = original
 
 
 @contextmanager

@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -56,10 +60,20 @@ from fedrec.server.flower_transport import (
     pack_sum,
 )
 from fedrec.server.round_loop import Request
-from fedrec.simulations.federation import federated_dataset, make_device
+from fedrec.simulations.federation import FederatedDataset, federated_dataset, make_device
 from fedrec.simulations.in_process import InProcessTransport
+from fedrec.simulations.population import Ragged
 
-__all__ = ["assign_shards", "default_workers", "Shard", "make_worker_app", "worker_reply"]
+__all__ = [
+    "assign_shards",
+    "default_workers",
+    "Shard",
+    "make_worker_app",
+    "worker_reply",
+    "SharedPopulation",
+    "share_population",
+    "shared_population",
+]
 
 #: A worker process keeps its devices built when its shard hosts at most this many (each
 #: holds a copy of the item table, about 0.3 MB at 1,682 items and d = 32); a larger shard
@@ -95,6 +109,102 @@ def assign_shards(sizes: Sequence[int], workers: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
+#: The dataset settings that decide a run's devices' data (:func:`federated_dataset`'s key).
+_POPULATION_KEYS = (
+    "dataset",
+    "data-dir",
+    "synthetic-users",
+    "synthetic-items",
+    "seed",
+    "split",
+    "population",
+)
+
+
+def _population_key(cfg: RunConfig) -> str:
+    flat = cfg.to_flat()
+    settings = {k: v for k, v in flat.items() if k in _POPULATION_KEYS or k.startswith("events-")}
+    if settings.get("data-dir"):
+        settings["data-dir"] = str(Path(str(settings["data-dir"])).expanduser().absolute())
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SharedPopulation:
+    """The devices' data as a cohort worker maps it: what :func:`make_device` reads.
+
+    ``train_items`` and ``test_items`` are :class:`~fedrec.simulations.population.Ragged`
+    over memory-mapped files in the run directory (:func:`share_population`): the workers'
+    processes share their pages, and none loads the dataset (no CSV reader, no split, no
+    synthetic population built again per process).
+    """
+
+    train_items: Ragged
+    test_items: Ragged
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        """Number of devices (synthetic ones included)."""
+        return len(self.train_items)
+
+
+def _population_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir) / "devices" / f"population-{_population_key(cfg)}"
+
+
+def _flat(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``arrays`` as one array and offsets (a Ragged's own, unchanged dtype otherwise)."""
+    if isinstance(arrays, Ragged):
+        return arrays.items, arrays.offsets
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    items = np.concatenate([np.asarray(a) for a in arrays]) if len(arrays) else np.zeros(0)
+    return items, offsets
+
+
+def share_population(cfg: RunConfig, fed: FederatedDataset | None = None) -> Path:
+    """Write the run's devices' data where its cohort workers map it (once per run).
+
+    The simulation's driver calls it before the engine starts (``fed``: its loaded dataset);
+    a worker that finds nothing written (a test, ``flwr run``) writes it itself. The folder
+    is named by the dataset settings, so a run never maps another dataset's devices.
+    """
+    folder = _population_dir(cfg)
+    if (folder / "meta.json").is_file():
+        return folder
+    fed = fed if fed is not None else federated_dataset(cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".population-", dir=folder.parent))
+    for name, arrays in (("train", fed.train_items), ("test", fed.test_items)):
+        items, offsets = _flat(arrays)
+        np.save(tmp / f"{name}-items.npy", items)
+        np.save(tmp / f"{name}-offsets.npy", offsets)
+    meta = {"n_items": fed.n_items, "n_users": fed.n_users, "key": _population_key(cfg)}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process wrote it first: the same data
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+    return folder
+
+
+def shared_population(cfg: RunConfig) -> SharedPopulation:
+    """The run's devices' data, mapped from what :func:`share_population` wrote."""
+    folder = share_population(cfg)
+    meta = json.loads((folder / "meta.json").read_text())
+
+    def ragged(name: str) -> Ragged:
+        # copy-on-write: pages shared between processes, arrays writable as torch expects
+        items = np.load(folder / f"{name}-items.npy", mmap_mode="c")
+        return Ragged(items, np.load(folder / f"{name}-offsets.npy"))
+
+    return SharedPopulation(ragged("train"), ragged("test"), int(meta["n_items"]))
+
+
 def _dropout_coin(cfg: RunConfig, u: int, server_round: int) -> bool:
     """The simulation's dropout coin (the one :func:`~.apps.simulated_dropout_mod` tosses)."""
     p = cfg.simulated_dropout
@@ -119,8 +229,8 @@ class Shard:
         if not 0 <= partition < workers:
             raise ValueError(f"worker {partition} does not exist: the run has {workers}")
         self.cfg = cfg
-        self.fed = federated_dataset(cfg)
-        sizes = [len(t) for t in self.fed.train_items]
+        self.fed = shared_population(cfg)
+        sizes = self.fed.train_items.lengths().tolist()
         self.devices = assign_shards(sizes, workers)[partition]
         self.hosted = frozenset(self.devices)
         self.store = state_store(cfg)
@@ -139,7 +249,7 @@ class Shard:
             return hit[1]
         from fedrec.client.state_store import reconcile_with_ledger
 
-        dev = make_device(self.fed, u, self.cfg, ledger_dir=self.ledger_dir)
+        dev = make_device(self.fed, u, self.cfg, ledger_dir=self.ledger_dir)  # type: ignore[arg-type]
         stored = self.store.load(dev.device_id)
         if stored is not None:
             dev.load_state_dict(stored[1])

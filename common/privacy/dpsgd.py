@@ -21,15 +21,14 @@ which items the user has.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from opacus.accountants import IAccountant
-from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedrec.common.model.mf import MatrixFactorization
 from fedrec.common.model.training import (
@@ -41,6 +40,10 @@ from fedrec.common.model.training import (
 )
 from fedrec.common.privacy.accountant import ACCOUNTANTS
 from fedrec.common.privacy.randomness import NoiseSource
+
+if TYPE_CHECKING:  # Opacus is imported where a DP step needs it: a process that trains no
+    # device with DP-SGD (user-level DP, no privacy) never loads it (about 110 MB resident)
+    from opacus.accountants import IAccountant
 
 __all__ = [
     "DPConfig",
@@ -173,55 +176,67 @@ def per_example_sq_norms(g: GatheredBatch, grads: list[torch.Tensor]) -> torch.T
     return g_user.pow(2).sum(-1) + (gram * same).sum((1, 2))
 
 
-class _DPOptimizer(DPOptimizerFastGradientClipping):
-    """Opacus' fast-gradient-clipping DP optimizer with fedrec's noise source and shares.
+@functools.cache
+def _dp_optimizer_class() -> type:
+    """:class:`_DPOptimizer`, defined on first use (its base class imports Opacus)."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
 
-    Opacus stores ``p.summed_grad = copy.deepcopy(p.grad.data)`` on every step, which goes
-    through Python's deepcopy machinery for each parameter; ``clone()`` makes the same copy.
-    Scaling and the step are Opacus' own. The noise is Opacus' Gaussian of std
-    ``noise_multiplier · max_grad_norm`` with three differences, each off by default:
+    class _DPOptimizer(DPOptimizerFastGradientClipping):
+        """Opacus' fast-gradient-clipping DP optimizer with fedrec's noise source and shares.
 
-    * ``noise_source``: a secure :class:`~fedrec.common.privacy.randomness.NoiseSource` draws the
-      noise (OS entropy, Opacus' four-normal construction) instead of the torch generator;
-    * ``noise_scale``: parameters listed there get that fraction of the noise std (distributed
-      DP: the item tables carry a share of the noise, the rest coming from the other devices
-      in the secure sum);
-    * ``sum_bound``: before the noise, every coordinate of those parameters' summed clipped
-      gradient is clamped to ``[-sum_bound, sum_bound]``. A clamp is a projection onto a box,
-      which is non-expansive, so one example still moves the clamped sum by at most
-      ``max_grad_norm`` (the sensitivity, and so the DP guarantee, are unchanged); it bounds
-      every coordinate of the update by public quantities, which sizes the secure sum's range.
-    """
+        Opacus stores ``p.summed_grad = copy.deepcopy(p.grad.data)`` on every step, which goes
+        through Python's deepcopy machinery for each parameter; ``clone()`` makes the same copy.
+        Scaling and the step are Opacus' own. The noise is Opacus' Gaussian of std
+        ``noise_multiplier · max_grad_norm`` with three differences, each off by default:
 
-    noise_scale: dict[int, float] | None = None
-    noise_source: NoiseSource | None = None
-    sum_bound: float | None = None
+        * ``noise_source``: a secure :class:`~fedrec.common.privacy.randomness.NoiseSource`
+          draws the noise (OS entropy, Opacus' four-normal construction) instead of the torch
+          generator;
+        * ``noise_scale``: parameters listed there get that fraction of the noise std (distributed
+          DP: the item tables carry a share of the noise, the rest coming from the other devices
+          in the secure sum);
+        * ``sum_bound``: before the noise, every coordinate of those parameters' summed clipped
+          gradient is clamped to ``[-sum_bound, sum_bound]``. A clamp is a projection onto a box,
+          which is non-expansive, so one example still moves the clamped sum by at most
+          ``max_grad_norm`` (the sensitivity, and so the DP guarantee, are unchanged); it bounds
+          every coordinate of the update by public quantities, which sizes the secure sum's range.
+        """
 
-    def add_noise(self) -> None:
-        scale = self.noise_scale or {}
-        for p in self.params:
-            summed = p.summed_grad
-            if self.sum_bound is not None and id(p) in scale:
-                summed = summed.clamp(-self.sum_bound, self.sum_bound)
-            std = self.noise_multiplier * self.max_grad_norm * scale.get(id(p), 1.0)
-            if std == 0:
-                noise = torch.zeros_like(summed)
-            elif self.noise_source is not None and not self.noise_source.is_seeded:
-                noise = torch.from_numpy(self.noise_source.normal(std, tuple(summed.shape))).to(
-                    summed.dtype
-                )
-            else:  # Opacus' own draw (seeded runs repeat exactly)
-                noise = torch.normal(
-                    mean=0, std=std, size=summed.shape, generator=self.generator, dtype=summed.dtype
-                )
-            p.grad = (summed + noise).view_as(p)
+        noise_scale: dict[int, float] | None = None
+        noise_source: NoiseSource | None = None
+        sum_bound: float | None = None
 
-    def accumulate(self) -> None:
-        for p in self.params:
-            if p.summed_grad is not None:
-                p.summed_grad.add_(p.grad.data)
-            else:
-                p.summed_grad = p.grad.data.clone()
+        def add_noise(self) -> None:
+            scale = self.noise_scale or {}
+            for p in self.params:
+                summed = p.summed_grad
+                if self.sum_bound is not None and id(p) in scale:
+                    summed = summed.clamp(-self.sum_bound, self.sum_bound)
+                std = self.noise_multiplier * self.max_grad_norm * scale.get(id(p), 1.0)
+                if std == 0:
+                    noise = torch.zeros_like(summed)
+                elif self.noise_source is not None and not self.noise_source.is_seeded:
+                    noise = torch.from_numpy(self.noise_source.normal(std, tuple(summed.shape))).to(
+                        summed.dtype
+                    )
+                else:  # Opacus' own draw (seeded runs repeat exactly)
+                    noise = torch.normal(
+                        mean=0,
+                        std=std,
+                        size=summed.shape,
+                        generator=self.generator,
+                        dtype=summed.dtype,
+                    )
+                p.grad = (summed + noise).view_as(p)
+
+        def accumulate(self) -> None:
+            for p in self.params:
+                if p.summed_grad is not None:
+                    p.summed_grad.add_(p.grad.data)
+                else:
+                    p.summed_grad = p.grad.data.clone()
+
+    return _DPOptimizer
 
 
 def _accumulate_clipped(
@@ -287,7 +302,7 @@ def _build_optimizer(
         base.param_groups[1]["lr"] = 0.0
     if dp is None:
         return base, params, global_params
-    optimizer = _DPOptimizer(
+    optimizer = _dp_optimizer_class()(
         base,
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
@@ -312,6 +327,8 @@ def _poisson_batches(n: int, q: float, gen: torch.Generator, steps: int) -> Iter
     the sampler would give for a device without data.
     """
     if n:
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
         return UniformWithReplacementSampler(
             num_samples=n, sample_rate=q, generator=gen, steps=steps
         )

@@ -305,3 +305,79 @@ def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_p
     for a, b in zip(kept_sums, bounded_sums, strict=True):  # an evicted device: from the store
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+class _Stop:
+    """A stop event that records each wait and stops after ``waits`` of them."""
+
+    def __init__(self, waits: int):
+        self.waits: list[float] = []
+        self.left = waits
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.left
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+class _State:
+    """A link state holding messages per node, handed out one per call as Flower's does."""
+
+    def __init__(self, pending: dict[int, list[str]]):
+        self.pending = {n: list(ms) for n, ms in pending.items()}
+
+    def get_message_ins(self, *, node_id: int, limit: int) -> list[str]:
+        out, self.pending[node_id] = self.pending[node_id][:limit], self.pending[node_id][limit:]
+        return out
+
+
+def _pickup(function, pending):
+    import queue
+
+    q: queue.Queue = queue.Queue()
+    stop = _Stop(waits=3)
+    function(_State(pending), q, {n: n for n in pending}, stop)
+    return [q.get_nowait() for _ in range(q.qsize())], stop.waits
+
+
+def test_the_engines_quick_pickup_is_flowers_loop_at_a_shorter_interval():
+    """Fails when Flower's pick-up loop changes (a new flwr): re-read it, then the hash."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedrec.simulations.runner import PICKUP_INTERVAL, _quick_pickup, pickup_patch_applies
+
+    assert pickup_patch_applies(), "flwr's add_messages_to_queue changed: check _quick_pickup"
+    pending = {7: ["a", "b"], 9: ["c"]}
+    original = vce_api.add_messages_to_queue
+    with _quick_pickup(PICKUP_INTERVAL):
+        assert vce_api.add_messages_to_queue is not original
+        got, waits = _pickup(vce_api.add_messages_to_queue, pending)
+    assert vce_api.add_messages_to_queue is original  # restored
+    expected, flower_waits = _pickup(original, pending)
+    assert got == expected == ["a", "c", "b"]  # one message per node per pass, as Flower does
+    assert waits == [PICKUP_INTERVAL] * 3 and flower_waits == [0.1] * 3
+    with _quick_pickup(None):  # one SuperNode per device: Flower's own
+        assert vce_api.add_messages_to_queue is original
+
+
+@pytest.mark.parametrize("population", [0, 60])
+def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
+    from fedrec.simulations.workers import share_population, shared_population
+
+    cfg = _cfg(tmp_path, "run", "user", population=population)
+    fed = federated_dataset(cfg)
+    folder = share_population(cfg, fed)
+    mapped = shared_population(cfg)
+    assert (mapped.n_users, mapped.n_items) == (fed.n_users, fed.n_items)
+    assert mapped.n_users == max(24, population)
+    for u in range(fed.n_users):
+        np.testing.assert_array_equal(mapped.train_items[u], fed.train_items[u])
+        np.testing.assert_array_equal(mapped.test_items[u], fed.test_items[u])
+    assert isinstance(mapped.train_items.items, np.memmap)  # mapped, not loaded
+    assert Shard(cfg, 0, 2).fed.n_users == fed.n_users
+    # another dataset (here: another seed) is never read from this one's files
+    other = cfg.replace(seed=6)
+    assert share_population(other) != folder
+    assert not np.array_equal(shared_population(other).train_items.items, mapped.train_items.items)
