@@ -242,7 +242,7 @@ def non_private_reference(cfg: RunConfig) -> dict[str, float]:
     """
     from fedrec.simulations.loop import run_plain
 
-    ref = cfg.replace(privacy="off", run_dir="", eval_every=cfg.num_rounds)
+    ref = cfg.without_privacy().replace(run_dir="", eval_every=cfg.num_rounds)
     return dict(run_plain(ref).final)
 
 
