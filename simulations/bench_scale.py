@@ -183,8 +183,13 @@ def _name(pid: int) -> str:
     return text[:80]
 
 
-def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, object]:
-    """Run one benchmark point in this process; what the parent prints (JSON-able)."""
+def child(
+    engine: str, devices: int, rounds: int, data_dir: str, workers: int | None = None
+) -> dict[str, object]:
+    """Run one benchmark point in this process; what the parent prints (JSON-able).
+
+    ``workers``: Flower's cohort workers (``None``: ``fedrec simulate``'s default, one per CPU).
+    """
     import torch
 
     from fedrec.common.config import RunConfig
@@ -200,7 +205,7 @@ def child(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, ob
         else:
             from fedrec.simulations.runner import simulate
 
-            simulate(cfg, on_round=records.append, reference=False)
+            simulate(cfg, on_round=records.append, reference=False, workers=workers)
         wall = time.perf_counter() - t0
     seconds = [float(r["seconds"]) for r in records]  # type: ignore[arg-type]
     sampled = [int(r.get("sampled", 0) or 0) for r in records]  # type: ignore[call-overload]
@@ -251,9 +256,11 @@ def _loop_rounds(cfg: object) -> list[dict[str, object]]:
     return records
 
 
-def measure(engine: str, devices: int, rounds: int, data_dir: str) -> dict[str, object]:
+def measure(
+    engine: str, devices: int, rounds: int, data_dir: str, workers: int | None = None
+) -> dict[str, object]:
     """One benchmark point in a fresh Python process (its own peak memory)."""
-    spec = json.dumps([engine, devices, rounds, data_dir])
+    spec = json.dumps([engine, devices, rounds, data_dir, workers])
     out = subprocess.run(
         [sys.executable, "-m", "fedrec.simulations.bench_scale", "--child", spec],
         capture_output=True,
@@ -315,6 +322,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="ML-100K's folder: its users are the real ones (default: 1,000 synthetic users)",
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Flower's cohort workers (default: one per CPU, as `fedrec simulate`)",
+    )
+    ap.add_argument(
         "--by-process",
         action="store_true",
         help="also print each process's PSS at the peak (where the memory is)",
@@ -330,7 +343,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, float]:
     """Medians over ``--repeats`` fresh processes of one engine at one population."""
     rounds = args.rounds + (1 if engine == "loop" else 2)  # the unmeasured rounds
-    runs = [measure(engine, devices, rounds, args.data_dir) for _ in range(args.repeats)]
+    workers = getattr(args, "workers", None)
+    runs = [measure(engine, devices, rounds, args.data_dir, workers) for _ in range(args.repeats)]
 
     def median(key: str) -> float:
         return statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
@@ -408,8 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--child"]:
-        engine, devices, rounds, data_dir = json.loads(argv[1])
-        print(json.dumps(child(engine, int(devices), int(rounds), str(data_dir))))
+        engine, devices, rounds, data_dir, workers = json.loads(argv[1])
+        print(json.dumps(child(engine, int(devices), int(rounds), str(data_dir), workers)))
         return
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -282,6 +282,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedrec.simulations.apps import make_apps, state_store
+    from fedrec.simulations.workers import release_memory
 
     t0 = time.perf_counter()
     backend_config = _backend_config(num_cpus, ray_address)  # an unreachable cluster: now
@@ -300,12 +301,13 @@ def simulate(
         result.rounds.append(r)
         if on_round is not None:
             on_round(r)
+        release_memory()  # the round's freed heap (accounting, sums) back, as the workers do
 
     nodes: dict[int, int] = {}
     server_app, client_app = make_apps(
         cfg, on_round=record, resume=resume, nodes=lambda: dict(nodes), workers=workers
     )
-    with _engine(cfg, fed, verbose=verbose, nodes=nodes, workers=workers):
+    with _engine(cfg, fed, verbose=verbose, nodes=nodes, workers=workers, backend=backend_config):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -328,9 +330,15 @@ def simulate(
 
 @contextmanager
 def _engine(
-    cfg: RunConfig, fed: Any, *, verbose: bool, nodes: dict[int, int], workers: int
+    cfg: RunConfig,
+    fed: Any,
+    *,
+    verbose: bool,
+    nodes: dict[int, int],
+    workers: int,
+    backend: dict[str, Any],
 ) -> Iterator[None]:
-    """What the engine runs within: quiet, its nodes recorded.
+    """What the engine runs within: quiet, its nodes recorded, Ray's head started lean.
 
     With cohort workers, also their messages picked up every :data:`PICKUP_INTERVAL`, and the
     devices' data written for them to map (:func:`~.workers.share_population`; removed after,
@@ -340,13 +348,75 @@ def _engine(
     from fedrec.simulations.workers import share_population
 
     shared = share_population(cfg, fed) if workers else None
+    if workers and "num_cpus" in backend["init_args"]:
+        _cap_cpus(backend, workers)
     pickup = PICKUP_INTERVAL if workers else None  # one node per device: Flower's own
     try:
         with quiet_engine(verbose), _recording_nodes(nodes), _quick_pickup(pickup):
-            yield
+            with _lean_ray_head(backend):
+                yield
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextmanager
+def _lean_ray_head(backend_config: dict[str, Any]) -> Iterator[None]:
+    """Start ``backend_config``'s Ray instance (``address="local"``) without unused services.
+
+    The engine joins it, and it stops after.
+
+    ``ray.init`` starts an autoscaler monitor and a log monitor (about 50 MB each) that no
+    option of its turns off; Ray's own ``Node`` (as ``ray.cluster_utils.Cluster`` starts
+    one) is started here with ``no_monitor`` and ``include_log_monitor=False``. Where that
+    fails (another Ray), the engine starts Ray itself, as before. A cluster
+    (``--ray-address``) is left as it is.
+    """
+    init_args = dict(backend_config["init_args"])
+    if init_args.get("address") != "local":
+        yield
+        return
+    try:
+        from ray._private.node import Node
+        from ray._private.parameter import RayParams
+
+        params = RayParams(
+            num_cpus=init_args["num_cpus"],
+            num_gpus=0,
+            include_dashboard=False,
+            include_log_monitor=False,
+            no_monitor=True,
+            _system_config=init_args.get("_system_config"),
+        )
+        node = Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True)
+    except Exception as exc:  # noqa: BLE001 - Ray's private API moved: Ray's own start
+        log.debug("a lean Ray head did not start (%r); ray.init starts Ray", exc)
+        yield
+        return
+    joined = {k: v for k, v in init_args.items() if k not in _HEAD_ONLY}
+    backend_config["init_args"] = {**joined, "address": node.address}
+    try:
+        yield
+    finally:
+        backend_config["init_args"] = init_args
+        import ray
+
+        ray.shutdown()  # the engine's own shutdown, if it has not run (an error)
+        node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+
+
+def _cap_cpus(backend_config: dict[str, Any], workers: int) -> None:
+    """At most ``workers`` CPUs for the Ray instance fedrec starts.
+
+    Flower's backend starts one ClientApp process per CPU; one beyond the cohort workers
+    would idle (about 115 MB resident).
+    """
+    init_args = backend_config["init_args"]
+    init_args["num_cpus"] = min(int(init_args["num_cpus"]), workers)
+
+
+#: ``ray.init`` arguments that size a new instance: refused when joining one.
+_HEAD_ONLY = ("num_cpus", "num_gpus", "_system_config")
 
 
 def _workers(run_dir: RunDirectory, workers: int | None, n_devices: int, resume: bool) -> int:

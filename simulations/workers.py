@@ -29,6 +29,7 @@ real SecAgg+ (``--workers 0`` simulates that too).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -61,7 +62,7 @@ from fedrec.server.flower_transport import (
 )
 from fedrec.server.round_loop import Request
 from fedrec.simulations.federation import FederatedDataset, federated_dataset, make_device
-from fedrec.simulations.in_process import InProcessTransport
+from fedrec.simulations.in_process import InProcessTransport, PartialSum
 from fedrec.simulations.population import Ragged
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "SharedPopulation",
     "share_population",
     "shared_population",
+    "release_memory",
 ]
 
 #: A worker process keeps its devices built when its shard hosts at most this many (each
@@ -336,6 +338,41 @@ def _cohort(msg: Message, shard: Shard) -> tuple[list[int], dict[str, Any]]:
     return devices, record
 
 
+#: A worker's secure sum trains its devices this many at a time: a device in training holds
+#: about 0.85 MB (its model, its dense delta of the item tables, the step's temporaries; 1,682
+#: items, d = 32), so this bounds what a round adds to a worker's memory. At 100,000 devices
+#: (5,000 a worker a round) a worker peaked 91 MB lower than with whole batched chunks (151
+#: devices), and its round took no longer (2.8-3.1 s against 3.4-3.9 s, one process).
+_SUM_GROUP = 32
+
+
+def _partial_sum(
+    transport: InProcessTransport,
+    request: Request,
+    devices: Sequence[int],
+    session: SecureSession,
+) -> PartialSum:
+    """The shard's partial sum, its devices trained :data:`_SUM_GROUP` at a time.
+
+    The groups' float64 sums are added in order: the total differs from one pass over the
+    devices by float64 rounding at most (each group's own sum is that of one pass).
+    """
+    part = PartialSum()
+    for start in range(0, len(devices), _SUM_GROUP):
+        group = transport.partial_sum(request, devices[start : start + _SUM_GROUP], session)
+        if group.total is not None:
+            if part.total is None:
+                part.total = group.total
+            else:
+                for k in part.total:
+                    part.total[k] += group.total[k]
+        part.included += group.included
+        part.declined += group.declined
+        part.drop_reasons += group.drop_reasons
+        part.out_of_range += group.out_of_range
+    return part
+
+
 def worker_reply(shard: Shard, msg: Message) -> RecordDict:
     """A cohort worker's answer to a train request: individual replies, or a partial sum.
 
@@ -357,7 +394,7 @@ def worker_reply(shard: Shard, msg: Message) -> RecordDict:
             clipping_range=float(record["clipping-range"]),  # type: ignore[arg-type]
             group_size=int(record["group-size"]),  # type: ignore[call-overload]
         )
-        part = transport.partial_sum(request, devices, session)
+        part = _partial_sum(transport, request, devices, session)
         content = pack_sum(
             part.total,
             part.included,
@@ -408,6 +445,30 @@ def _refused(msg: Message, shard: Shard, code: RefusalCode | str) -> RecordDict:
     return pack_replies([Reply(node=u, refusal=str(RefusalCode(code))) for u in devices])
 
 
+@functools.cache
+def _libc_trim() -> Any:
+    """The C library's ``malloc_trim`` (glibc; ``None`` elsewhere: musl, macOS)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Hand the heap a round freed back to the system, where the C library can.
+
+    A round's training frees what it allocated, but glibc keeps the freed heap for reuse, so
+    between rounds a worker still held its last round's high-water mark (about 100 MB at
+    100,000 devices) while the driver evaluated; trimmed, it holds its imports and data.
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def make_worker_app(config: RunConfig | None = None) -> ClientApp:
     """The ``ClientApp`` of a simulation's cohort workers (one per SuperNode).
 
@@ -431,6 +492,7 @@ def make_worker_app(config: RunConfig | None = None) -> ClientApp:
         except PolicyViolation as violation:
             shard.flush()
             content = _refused(msg, shard, violation.code)
+        release_memory()
         return Message(content, reply_to=msg)
 
     @app.evaluate()
@@ -441,6 +503,7 @@ def make_worker_app(config: RunConfig | None = None) -> ClientApp:
         except PolicyViolation:
             shard.flush()
             content = RecordDict({"metrics": MetricRecord({})})
+        release_memory()
         return Message(content, reply_to=msg)
 
     return app

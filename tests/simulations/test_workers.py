@@ -381,3 +381,23 @@ def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
     other = cfg.replace(seed=6)
     assert share_population(other) != folder
     assert not np.array_equal(shared_population(other).train_items.items, mapped.train_items.items)
+
+
+@pytest.mark.parametrize("privacy", ["distributed", "user"])
+def test_a_workers_sum_trained_in_groups_is_its_sum_in_one_pass(tmp_path, monkeypatch, privacy):
+    from fedrec.simulations import workers
+
+    answers = []
+    for name, group in (("one-pass", 1000), ("groups", 3)):
+        monkeypatch.setattr(workers, "_SUM_GROUP", group)
+        cfg = _cfg(tmp_path, name, privacy, simulated_dropout=0.3)
+        shard = Shard(cfg, 1, 3)
+        devices = shard.devices[:8]
+        request, session = _request(cfg, devices)
+        content = worker_reply(shard, cohort_message(request, devices, "train", session, node=7))
+        answers.append((dict(content[COHORT_RECORD]), to_numpy(content["sum"])))
+    (info, total), (grouped_info, grouped) = answers
+    assert info == grouped_info and 0 < len(info["included"]) < 8  # the same devices left
+    assert set(total) == set(grouped)
+    for k in total:
+        np.testing.assert_allclose(grouped[k], total[k], rtol=1e-12, atol=1e-12)
