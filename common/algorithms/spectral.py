@@ -226,8 +226,10 @@ def contribution(
 
 
 #: The most items an automatic selection (``spectral-top-items = 0``) holds: a co-occurrence
-#: reply is then at most 1000 · 1001 / 2 = 500,500 values (2 MB of float32).
-AUTO_MAX_ITEMS = 1000
+#: reply is then at most 500 · 501 / 2 = 125,250 values (0.5 MB of float32). It is also the
+#: selection without noise (privacy off), where sampling noise is what limits it: ML-100K,
+#: non-private, NDCG@10 0.172 / 0.182 / 0.183 / 0.167 at 150 / 300 / 500 / 1,000 items.
+AUTO_MAX_ITEMS = 500
 #: The constant of the automatic selection size, ``AUTO_SCALE · √(signal / σ)``
 #: (:func:`selection_size`).
 AUTO_SCALE = 2.8
@@ -258,11 +260,12 @@ def selection_size(
     of the DP popularity release: ``AUTO_SCALE · √(S / σ)``, where ``S`` is
     :func:`signal_mass` (the signal's size in units of the sensitivity, from the public count
     of contributors) and ``σ`` the co-occurrence release's noise multiplier, between ``dim``
-    and ``min(AUTO_MAX_ITEMS, n_items)``; every item up to that bound without noise. More
-    items spread a device's fixed-norm contribution thinner while each adds noise, so the
-    size grows with the square root of the signal-to-noise ratio. ``AUTO_SCALE`` was set on
-    ML-100K (943 devices, ε 3 and 8, both units: best sizes 50-300) and checked on the
-    development shapes (``fedrec shapes``) and a 20,000-device population.
+    and ``min(AUTO_MAX_ITEMS, n_items)``; that bound without noise. More items spread a
+    device's fixed-norm contribution thinner while each adds noise, so the size grows with
+    the square root of the signal-to-noise ratio. Measured on ML-100K, user-level, seed 0
+    (NDCG@10 by the size, docs/algorithms.md): 943 devices at ε 8 (σ 0.75, automatic 99)
+    and a 20,000-device population at ε 3 (σ 1.80, automatic 295) are at the best fixed
+    size within the noise.
     """
     cap = spec.n_selected
     if not spec.auto or sigma <= 0:

@@ -210,9 +210,10 @@ def test_spec_and_config_validation():
 
 
 def test_the_automatic_selection_grows_with_the_devices_and_shrinks_with_the_noise():
-    from fedrec.common.algorithms.spectral import AUTO_SCALE, selection_size
+    from fedrec.common.algorithms.spectral import AUTO_MAX_ITEMS, AUTO_SCALE, selection_size
 
-    spec = SpectralSpec(n_items=5000, dim=8, top_items=1000, auto=True, unit="user")
+    cap = AUTO_MAX_ITEMS
+    spec = SpectralSpec(n_items=5000, dim=8, top_items=cap, auto=True, unit="user")
     pop = np.ones(5000)
 
     def size(devices, sigma):
@@ -223,9 +224,9 @@ def test_the_automatic_selection_grows_with_the_devices_and_shrinks_with_the_noi
     assert size(943, 0.75) < size(20_000, 0.75)
     assert size(943, 2.0) < size(943, 0.75)
     assert size(3, 5.0) == 8  # never below dim
-    assert size(10**7, 0.5) == 1000  # nor above the cap (the run's spectral-top-items bound)
-    assert size(943, 0.0) == 1000  # no noise: the whole cap
-    small = SpectralSpec(n_items=40, dim=4, top_items=1000, auto=True, unit="user")
+    assert size(10**7, 0.5) == cap  # nor above the cap
+    assert size(943, 0.0) == cap  # no noise: the whole cap
+    small = SpectralSpec(n_items=40, dim=4, top_items=cap, auto=True, unit="user")
     assert selection_size(small, np.ones(40), 10**6, 1.0) == 40  # nor above the catalog
     fixed = SpectralSpec(n_items=5000, dim=8, top_items=300, unit="user")
     assert selection_size(fixed, pop, 20_000, 0.5) == 300  # a set size is kept
@@ -246,7 +247,7 @@ def test_example_level_signal_counts_interactions_per_unit_of_sensitivity():
 
 def test_an_automatic_run_sizes_its_selection_after_the_popularity_round():
     from fedrec.common.algorithms.base import Aggregate
-    from fedrec.common.algorithms.spectral import Spectral, selection_size
+    from fedrec.common.algorithms.spectral import AUTO_MAX_ITEMS, Spectral, selection_size
     from fedrec.common.config import RunConfig
     from fedrec.common.privacy.policy import PolicyViolation
 
@@ -256,15 +257,15 @@ def test_an_automatic_run_sizes_its_selection_after_the_popularity_round():
     pop = np.random.default_rng(0).normal(size=3000)
     alg.update(1, alg.initial_state(), Aggregate(count=500, total={"popularity": pop}))
     k = selection_size(alg.spec, pop, 500, alg.noise_multiplier("cooccurrence"))
-    assert 4 < k < 1000
+    assert 4 < k < AUTO_MAX_ITEMS
     task = alg.task(2)
     selected = task.arrays["selected-items"]
     np.testing.assert_array_equal(selected, np.sort(np.argsort(-pop)[:k]))
     assert alg.contribution(task).shapes == {"cooccurrence": (k * (k + 1) // 2,)}
-    # a device accepts a selection of dim to 1,000 sorted items and nothing else
+    # a device accepts a selection of dim to AUTO_MAX_ITEMS sorted items and nothing else
     assert len(alg._check_selection("cooccurrence", selected)) == k
-    for bad in (np.arange(3), np.arange(1001), selected[::-1]):
-        with pytest.raises(PolicyViolation, match="selection must be 4 to 1000"):
+    for bad in (np.arange(3), np.arange(AUTO_MAX_ITEMS + 1), selected[::-1]):
+        with pytest.raises(PolicyViolation, match=f"selection must be 4 to {AUTO_MAX_ITEMS}"):
             alg._check_selection("cooccurrence", bad)
     total = np.zeros(k * (k + 1) // 2)
     table = alg.update(2, {}, Aggregate(count=500, total={"cooccurrence": total}))
