@@ -401,3 +401,46 @@ def test_a_workers_sum_trained_in_groups_is_its_sum_in_one_pass(tmp_path, monkey
     assert set(total) == set(grouped)
     for k in total:
         np.testing.assert_allclose(grouped[k], total[k], rtol=1e-12, atol=1e-12)
+
+
+def _children_cmdlines() -> list[str]:
+    import os
+
+    from fedrec.simulations.bench_scale import _tree
+
+    out = []
+    for pid in _tree(os.getpid())[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_the_engines_ray_head_runs_without_monitors_and_stops_with_the_run():
+    import ray
+
+    from fedrec.simulations.runner import _backend_config, _lean_ray_head
+
+    backend = _backend_config(1)
+    assert backend["init_args"]["address"] == "local"
+    with _lean_ray_head(backend):
+        joined = backend["init_args"]
+        assert joined["address"] != "local" and "num_cpus" not in joined  # joins the head
+        ray.init(**joined)
+
+        @ray.remote
+        def niceness() -> int:
+            import os
+
+            return os.nice(0)
+
+        assert ray.get(niceness.remote()) == 0  # the workers at the driver's priority
+        running = " ".join(_children_cmdlines())
+        assert "gcs_server" in running and "raylet" in running
+        assert "log_monitor.py" not in running and "autoscaler/_private/monitor.py" not in running
+    assert backend["init_args"]["address"] == "local"  # restored
+    assert not ray.is_initialized()
+    assert not [c for c in _children_cmdlines() if "ray" in c]  # every Ray process stopped
