@@ -283,13 +283,18 @@ def select_items(popularity: np.ndarray, spec: SpectralSpec) -> np.ndarray:
     return np.sort(order[: spec.n_selected])
 
 
+#: :func:`factorize` zeroes eigenvectors whose eigenvalue is at most this times the largest
+NULL_EIGENVALUE = 1e-4
+
+
 def factorize(
     popularity: np.ndarray, cooccurrence: np.ndarray, selected: np.ndarray, spec: SpectralSpec
 ) -> dict[str, np.ndarray]:
     """The item table from the two (noisy) sums.
 
     Item embeddings of the selected items are the top ``dim`` eigenvectors of the symmetric
-    matrix whose upper triangle is ``cooccurrence``; other items get zero embeddings and a bias
+    matrix whose upper triangle is ``cooccurrence`` (zero where the eigenvalue is at most
+    :data:`NULL_EIGENVALUE` of the largest); other items get zero embeddings and a bias
     of ``-(n_items + 2) + popularity rank`` terms that rank them after every selected item
     (whose fold-in scores lie in ``[-n_items, n_items]``), in order of DP popularity.
     """
@@ -300,8 +305,13 @@ def factorize(
     g = np.zeros((n, n))
     g[np.triu_indices(n)] = upper
     g = g + np.triu(g, 1).T
-    _, vecs = np.linalg.eigh(g)
+    vals, vecs = np.linalg.eigh(g)
     v = vecs[:, ::-1][:, : spec.dim]
+    # eigenvectors of a (numerically) null eigenvalue carry no signal and are arbitrary: a
+    # sum over fewer devices than dim has them, and rounding (SecAgg+'s quantization) picks
+    # different ones; they are zeroed
+    top = vals[::-1][: spec.dim]
+    v = v * (top > NULL_EIGENVALUE * max(float(vals[-1]), 0.0))
     # a sign convention, so that the table does not depend on the eigensolver's choice
     v = v * np.where(v.sum(axis=0) < 0, -1.0, 1.0)
     emb = np.zeros((spec.n_items, spec.dim), dtype=np.float32)
