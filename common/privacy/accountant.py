@@ -38,7 +38,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import dp_accounting as dpa
 import numpy as np
 
 from fedrec.common.privacy.events import PrivacyEvent, merge_history
@@ -50,7 +49,7 @@ __all__ = [
     "epsilon_spent",
     "epsilon_after",
     "calibrate",
-    "HistoryAccountant",
+    "HistoryAccountant",  # noqa: F822 - defined on first use (module __getattr__)
     "History",
     "Composition",
     "INCREMENTAL",
@@ -126,34 +125,55 @@ def epsilon_after(accountant: Any, events: Iterable[PrivacyEvent], delta: float)
     )
 
 
-class HistoryAccountant(dpa.PrivacyAccountant):
-    """``dp_accounting``'s accountant interface over :func:`epsilon_of` (for calibration).
+@functools.cache
+def _history_accountant_class() -> type:
+    """:class:`HistoryAccountant`, its class defined on first use.
 
-    Supports what fedrec releases (Gaussian events, Poisson-sampled, self-composed, composed)
-    and computes ε exactly as a device's budget guard (``"prv"``, ``"rdp"``) or the server's
-    user-level ledger (``"pld"``) does.
+    ``dp_accounting`` (and the SciPy it imports, about 45 MB a process) loads only where
+    calibration needs it, not in every process that builds a device (a cohort worker).
     """
+    import dp_accounting as dpa
 
-    def __init__(self, kind: str = "prv"):
-        super().__init__(dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
-        self.kind = kind
-        self.history: list[tuple[float, float, int]] = []
+    class HistoryAccountant(dpa.PrivacyAccountant):
+        """``dp_accounting``'s accountant interface over :func:`epsilon_of` (for calibration).
 
-    def _maybe_compose(self, event: Any, count: int, do_compose: bool) -> Any:
-        entries = _entries(event, count)
-        if entries is None:
-            return self.CompositionErrorDetails(event, "unsupported event")
-        if do_compose:
-            self.history.extend(entries)
-        return None
+        Supports what fedrec releases (Gaussian events, Poisson-sampled, self-composed, composed)
+        and computes ε exactly as a device's budget guard (``"prv"``, ``"rdp"``) or the server's
+        user-level ledger (``"pld"``) does.
+        """
 
-    def get_epsilon(self, target_delta: float) -> float:
-        """ε of the composed events at ``target_delta``."""
-        return epsilon_of(self.kind, self.history, target_delta)
+        def __init__(self, kind: str = "prv"):
+            super().__init__(dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
+            self.kind = kind
+            self.history: list[tuple[float, float, int]] = []
+
+        def _maybe_compose(self, event: Any, count: int, do_compose: bool) -> Any:
+            entries = _entries(event, count)
+            if entries is None:
+                return self.CompositionErrorDetails(event, "unsupported event")
+            if do_compose:
+                self.history.extend(entries)
+            return None
+
+        def get_epsilon(self, target_delta: float) -> float:
+            """ε of the composed events at ``target_delta``."""
+            return epsilon_of(self.kind, self.history, target_delta)
+
+    HistoryAccountant.__module__ = __name__
+    HistoryAccountant.__qualname__ = "HistoryAccountant"
+    return HistoryAccountant
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HistoryAccountant":
+        return _history_accountant_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _entries(event: Any, count: int) -> list[tuple[float, float, int]] | None:
     """History entries of a ``dp_accounting`` event composed ``count`` times (None: unsupported)."""
+    import dp_accounting as dpa
+
     if isinstance(event, dpa.NoOpDpEvent):
         return []
     if isinstance(event, dpa.GaussianDpEvent):
@@ -189,6 +209,7 @@ def _calibrate_cached(
     target_delta: float,
     accountant: str,
 ) -> float:
+    import dp_accounting as dpa
     from dp_accounting.mechanism_calibration import ExplicitBracketInterval
 
     def history(scale: float) -> list[tuple[float, float, int]]:
@@ -214,7 +235,7 @@ def _calibrate_cached(
                 f"{_MIN_SCALE}: set one explicitly if that is what you mean"
             )
     scale = dpa.calibrate_dp_mechanism(
-        lambda: HistoryAccountant(accountant),
+        lambda: _history_accountant_class()(accountant),
         make_event,
         target_epsilon,
         target_delta,
