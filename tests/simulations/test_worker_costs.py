@@ -1,0 +1,81 @@
+"""Cohort workers' per-round costs: one algorithm lookup a shard, no trim for small shards,
+no dp_accounting in a process that only builds user-level devices."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fedrec.common.config import RunConfig
+from fedrec.simulations import federation, workers
+from fedrec.simulations.workers import Shard, release_memory
+
+
+def _cfg(tmp_path, privacy="user"):
+    return RunConfig(
+        synthetic_users=24,
+        synthetic_items=30,
+        dim=8,
+        num_rounds=2,
+        privacy=privacy,
+        epsilon=8.0,
+        reproducible=True,
+        seed=5,
+        algorithm="sgd",
+        user_noise_multiplier=1.0,
+        run_dir=str(tmp_path / "run"),
+    )
+
+
+def test_a_shard_looks_its_devices_algorithm_up_once(tmp_path, monkeypatch):
+    calls = []
+    lookup = federation.device_algorithm
+
+    def counting(cfg, n_items):
+        calls.append(n_items)
+        return lookup(cfg, n_items)
+
+    monkeypatch.setattr(federation, "device_algorithm", counting)
+    monkeypatch.setattr(workers, "device_algorithm", counting)
+    shard = Shard(_cfg(tmp_path), 0, 2)
+    devices = [shard.device(u) for u in shard.devices[:5]]
+    assert len(calls) == 1
+    assert all(dev.algorithm is shard.algorithm for dev in devices)
+
+
+@pytest.mark.parametrize("keep, trims", [(1024, 0), (4, 1)])
+def test_only_a_shard_too_large_to_keep_its_devices_trims_the_heap(
+    tmp_path, monkeypatch, keep, trims
+):
+    monkeypatch.setattr(workers, "_KEEP_DEVICES", keep)
+    called = []
+    monkeypatch.setattr(workers, "_libc_trim", lambda: called.append)
+    shard = Shard(_cfg(tmp_path), 0, 2)  # 12 devices
+    assert shard.keeps_devices == (trims == 0)
+    release_memory(shard)
+    assert len(called) == trims
+    release_memory()  # the driver's: always
+    assert len(called) == trims + 1
+
+
+@pytest.mark.slow
+def test_a_process_building_user_level_devices_never_imports_dp_accounting(tmp_path):
+    cfg = _cfg(tmp_path)
+    workers.share_population(cfg)  # as the driver does before the workers start
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from fedrec.common.config import RunConfig
+        from fedrec.simulations.workers import Shard
+        cfg = RunConfig.from_flat({cfg.to_flat()!r})
+        shard = Shard(cfg, 0, 2)
+        [shard.device(u) for u in shard.devices]
+        assert "dp_accounting" not in sys.modules, "dp_accounting imported"
+        from fedrec.common.privacy.accountant import HistoryAccountant
+        assert "dp_accounting" in sys.modules
+        import dp_accounting
+        assert issubclass(HistoryAccountant, dp_accounting.PrivacyAccountant)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
