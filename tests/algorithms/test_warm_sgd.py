@@ -38,11 +38,16 @@ def test_the_warm_table_orders_biases_by_popularity_and_keeps_the_eigenvectors()
     assert list(np.argsort(bias)) == [2, 0, 4, 3, 1, 5]  # the noisy count's order, clamped
     assert np.isfinite(bias).all()
     rows = out["item_embedding.weight"]
-    # unit-norm eigenvectors times EMBEDDING_SCALE sqrt(dim), whatever the selection's size
-    norms = np.linalg.norm(rows, axis=0)
-    np.testing.assert_allclose(norms, EMBEDDING_SCALE * np.sqrt(2), rtol=1e-5)
-    np.testing.assert_allclose(rows[[1, 3, 4]] / norms, emb[[1, 3, 4]], rtol=1e-5)
+    assert np.mean(np.sum(rows[[1, 3, 4]] ** 2, axis=1)) == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_allclose(rows[[0, 2, 5]], 0.0)
+    # user-level: unit-norm eigenvectors times EMBEDDING_SCALE sqrt(dim), whatever K is
+    for selected in ([1, 3, 4], [0, 1, 2, 3, 4, 5]):
+        user = warm_table(table, popularity, np.array(selected), n_devices=100, unit="user")
+        rows = user["item_embedding.weight"]
+        norms = np.linalg.norm(rows, axis=0)
+        np.testing.assert_allclose(norms, EMBEDDING_SCALE * np.sqrt(2), rtol=1e-5)
+        np.testing.assert_allclose(rows / norms, emb, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(user["item_bias.weight"], out["item_bias.weight"])
 
 
 @pytest.mark.slow
