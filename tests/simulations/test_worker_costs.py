@@ -79,3 +79,41 @@ def test_a_process_building_user_level_devices_never_imports_dp_accounting(tmp_p
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.fixture
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.mark.parametrize("keep, calls", [(1024, 1), (4, 3)])
+def test_a_small_shard_trains_its_secure_sum_in_one_pass(
+    tmp_path, monkeypatch, task_identity, keep, calls
+):
+    from fedrec.server.coordinator import make_coordinator
+    from fedrec.server.flower_transport import cohort_message
+    from fedrec.server.round_loop import Request
+    from fedrec.simulations.in_process import InProcessTransport
+
+    monkeypatch.setattr(workers, "_KEEP_DEVICES", keep)
+    monkeypatch.setattr(workers, "_SUM_GROUP", 3)
+    groups = []
+    partial_sum = InProcessTransport.partial_sum
+
+    def counting(self, request, devices, session):
+        groups.append(list(devices))
+        return partial_sum(self, request, devices, session)
+
+    monkeypatch.setattr(InProcessTransport, "partial_sum", counting)
+    cfg = _cfg(tmp_path)
+    shard = Shard(cfg, 0, 3)
+    devices = shard.devices[:8]
+    coord = make_coordinator(cfg, federation.federated_dataset(cfg).n_items)
+    task = coord.task(1)
+    plan = coord.plan_round(len(devices), 1)
+    request = Request(1, task, coord.state, {}, coord.algorithm.contribution(task).shapes)
+    session = {"secure": True, "clipping-range": plan.clipping_range, "group-size": 8}
+    workers.worker_reply(shard, cohort_message(request, devices, "train", session, node=7))
+    assert len(groups) == calls and sum(groups, []) == devices
