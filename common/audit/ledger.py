@@ -89,7 +89,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedrec.common.privacy.accounting import PrivacyEvent
+from fedrec.common.privacy.events import PrivacyEvent
 
 __all__ = [
     "FORMAT",

@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from fedrec.common.data.schema import Interactions
+
+if TYPE_CHECKING:  # SciPy is imported where used: a device's process never loads it
+    import scipy.sparse as sp
 
 __all__ = [
     "DEFAULT_KS",
@@ -257,6 +260,8 @@ def combine_metric_sums(sums: Iterable[Mapping[str, float]]) -> dict[str, float]
 
 def _item_mask_csr(data: Interactions) -> sp.csr_matrix:
     """Build a boolean user × item CSR matrix of the (deduplicated) pairs in ``data``."""
+    import scipy.sparse as sp
+
     n_users, n_items = data.n_users, data.n_items
     keys = np.unique(data.user * np.int64(n_items) + data.item)
     users, items = np.divmod(keys, np.int64(n_items))

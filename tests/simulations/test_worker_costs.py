@@ -1,6 +1,7 @@
 """Cohort workers' per-round costs: one algorithm lookup a shard, no trim for small shards,
-no dp_accounting in a process that only builds user-level devices."""
+no dp_accounting in a process that only builds user-level devices, no SciPy in a worker."""
 
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -88,13 +89,50 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
+def _train_message(cfg, devices):
+    """The driver's secure-sum train message for ``devices`` (round 1), as the engine sends it."""
+    from fedrec.server.coordinator import make_coordinator
+    from fedrec.server.flower_transport import cohort_message
+    from fedrec.server.round_loop import Request
+
+    coord = make_coordinator(cfg, federation.federated_dataset(cfg).n_items)
+    task = coord.task(1)
+    plan = coord.plan_round(len(devices), 1)
+    request = Request(1, task, coord.state, {}, coord.algorithm.contribution(task).shapes)
+    session = {"secure": True, "clipping-range": plan.clipping_range, "group-size": len(devices)}
+    return cohort_message(request, devices, "train", session, node=7)
+
+
+@pytest.mark.slow
+def test_a_cohort_worker_never_imports_scipy(tmp_path, task_identity):
+    cfg = _cfg(tmp_path)
+    workers.share_population(cfg)  # as the driver does before the workers start
+    devices = Shard(cfg, 0, 2).devices[:8]
+    message = tmp_path / "train.pkl"
+    message.write_bytes(pickle.dumps(_train_message(cfg, devices)))  # as Ray carries it
+    code = textwrap.dedent(
+        f"""
+        import pickle, sys
+        import fedrec.simulations.apps
+        from fedrec.common.config import RunConfig
+        from fedrec.simulations.workers import Shard, worker_reply
+        cfg = RunConfig.from_flat({cfg.to_flat()!r})
+        shard = Shard(cfg, 0, 2)
+        reply = worker_reply(shard, pickle.loads(open({str(message)!r}, "rb").read()))
+        assert "sum" in reply, list(reply)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "scipy")
+        assert not loaded, loaded[:5]
+        from fedrec.common.privacy import accounting  # the driver's and the audit's: SciPy
+        assert "scipy.optimize" in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 @pytest.mark.parametrize("keep, calls", [(1024, 1), (4, 3)])
 def test_a_small_shard_trains_its_secure_sum_in_one_pass(
     tmp_path, monkeypatch, task_identity, keep, calls
 ):
-    from fedrec.server.coordinator import make_coordinator
-    from fedrec.server.flower_transport import cohort_message
-    from fedrec.server.round_loop import Request
     from fedrec.simulations.in_process import InProcessTransport
 
     monkeypatch.setattr(workers, "_KEEP_DEVICES", keep)
@@ -110,10 +148,5 @@ def test_a_small_shard_trains_its_secure_sum_in_one_pass(
     cfg = _cfg(tmp_path)
     shard = Shard(cfg, 0, 3)
     devices = shard.devices[:8]
-    coord = make_coordinator(cfg, federation.federated_dataset(cfg).n_items)
-    task = coord.task(1)
-    plan = coord.plan_round(len(devices), 1)
-    request = Request(1, task, coord.state, {}, coord.algorithm.contribution(task).shapes)
-    session = {"secure": True, "clipping-range": plan.clipping_range, "group-size": 8}
-    workers.worker_reply(shard, cohort_message(request, devices, "train", session, node=7))
+    workers.worker_reply(shard, _train_message(cfg, devices))
     assert len(groups) == calls and sum(groups, []) == devices
