@@ -20,7 +20,9 @@ process (δ = min(1e-5, 0.1/devices), well below 1/population), and prints:
   machine's memory; for Flower's engine also the sum of their RSS, which counts shared pages
   once per process (``--by-process``: each process's PSS at the peak);
 * NDCG@10 of the real users after the run (synthetic devices hold no test items; unmeasured
-  time), and for the in-process transport the seconds taken to build the population;
+  time), the seconds taken to build the population (the devices' data), on Flower's engine
+  those taken to enroll the devices (each one's key and the signed manifest), and the whole
+  run's wall time;
 * flower/loop: the ratio of the medians, where both ran.
 
 Devices beyond the real users are synthetic (``--population``: resampled from the real users'
@@ -197,15 +199,14 @@ def child(
     torch.set_num_threads(1)
     cfg = RunConfig.from_flat(scale_config(devices, rounds, data_dir))
     records: list[dict[str, object]] = []
+    enrolled = float("nan")
     with tempfile.TemporaryDirectory() as tmp, _TreePeak() as tree:
         cfg = cfg.replace(run_dir=str(Path(tmp) / "run"))
         t0 = time.perf_counter()
         if engine == "loop":
             records = _loop_rounds(cfg)
         else:
-            from fedrec.simulations.runner import simulate
-
-            simulate(cfg, on_round=records.append, reference=False, workers=workers)
+            records, enrolled = _flower_rounds(cfg, workers)
         wall = time.perf_counter() - t0
     seconds = [float(r["seconds"]) for r in records]  # type: ignore[arg-type]
     sampled = [int(r.get("sampled", 0) or 0) for r in records]  # type: ignore[call-overload]
@@ -221,8 +222,33 @@ def child(
         "tree_pss_mb": tree.pss,
         "ndcg10": float(dict(records[-1].get("eval") or {}).get("ndcg@10", float("nan"))),  # type: ignore[call-overload]
         "population_seconds": float(records[-1].get("population_seconds", float("nan"))),  # type: ignore[arg-type]
+        "enroll_seconds": enrolled,
         "pss_by_process": [[round(mb, 1), name] for mb, name in tree.by_process[:12]],
     }
+
+
+def _flower_rounds(cfg: object, workers: int | None) -> tuple[list[dict[str, object]], float]:
+    """``fedrec simulate``'s rounds on Flower's engine, and the seconds its enrolment took.
+
+    The population is built first, timed (the run uses this process's cached copy); the
+    enrolment (each device's key and the signed manifest) is the time between the run
+    directory's ``config.json`` and ``manifest.json``, written just before and after it.
+    """
+    from fedrec.simulations.federation import federated_dataset
+    from fedrec.simulations.runner import simulate
+
+    records: list[dict[str, object]] = []
+    t0 = time.perf_counter()
+    federated_dataset(cfg)  # type: ignore[arg-type]
+    built = time.perf_counter() - t0
+    simulate(cfg, on_round=records.append, reference=False, workers=workers)  # type: ignore[arg-type]
+    run = Path(cfg.run_dir)  # type: ignore[attr-defined]
+    try:
+        enrolled = (run / "manifest.json").stat().st_mtime - (run / "config.json").stat().st_mtime
+    except OSError:
+        enrolled = float("nan")
+    records[-1]["population_seconds"] = built
+    return records, enrolled
 
 
 def _loop_rounds(cfg: object) -> list[dict[str, object]]:
@@ -356,6 +382,8 @@ def _point(engine: str, devices: int, args: argparse.Namespace) -> dict[str, flo
         "pss": median("tree_pss_mb"),
         "ndcg": median("ndcg10"),
         "build": median("population_seconds"),
+        "enroll": median("enroll_seconds"),
+        "wall": median("wall"),
         "cohort": median("cohort"),
         "by_process": max(runs, key=lambda r: float(r["tree_pss_mb"]))["pss_by_process"],  # type: ignore[arg-type]
     }
@@ -390,8 +418,10 @@ def run(args: argparse.Namespace) -> int:
                 f"  {engine:7s} {devices:8,d} {point['cohort']:7.0f} "
                 f"{point['s/round']:9.3f} {memory}"
             )
-            if engine == "loop":
-                print(f"      population (devices' data) built in {point['build']:.1f} s")
+            built = f"      population (devices' data) built in {point['build']:.1f} s"
+            if engine == "flower":
+                built += f", devices enrolled (keys, manifest) in {point['enroll']:.1f} s"
+            print(f"{built}; {point['wall']:.0f} s the whole run")
             if args.by_process:
                 for mb, name in point["by_process"]:  # type: ignore[union-attr]
                     print(f"      {mb:8.1f} MB PSS  {name}")
