@@ -32,7 +32,7 @@ import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedrec.common.audit.ledger import DeviceKey, LedgerError
@@ -110,7 +110,7 @@ class Keystore:
         seed = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO + device_id.encode()
         ).derive(secret)
-        return DeviceKey(Ed25519PrivateKey.from_private_bytes(seed))
+        return DeviceKey.from_seed(seed)
 
 
 def _write_new(path: Path, data: bytes) -> bool:

@@ -217,10 +217,35 @@ def load_public_key(key: Ed25519PublicKey | str | Path | bytes) -> Ed25519Public
 class DeviceKey:
     """A signer's Ed25519 key pair (a device's, or the server's)."""
 
+    __slots__ = ("_key", "_seed")
+
     def __init__(self, private_key: Ed25519PrivateKey):
         if not isinstance(private_key, Ed25519PrivateKey):
             raise TypeError("DeviceKey wraps an Ed25519PrivateKey.")
-        self._private = private_key
+        self._key: Ed25519PrivateKey | None = private_key
+        self._seed: bytes | None = None
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> DeviceKey:
+        """The key pair whose private key is the 32 bytes ``seed`` (RFC 8032's private key).
+
+        It holds only the seed until it first signs (then it keeps the key): enrolling a
+        million simulated devices reads each one's public half, which is derived and
+        dropped, so their keys cost 32 bytes each rather than OpenSSL's key object (about
+        500 bytes).
+        """
+        if len(seed) != 32:
+            raise ValueError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
+        key = cls.__new__(cls)
+        key._key, key._seed = None, bytes(seed)
+        return key
+
+    @property
+    def _private(self) -> Ed25519PrivateKey:
+        """The private key, built from the seed (and kept) on first use."""
+        if self._key is None:
+            self._key = Ed25519PrivateKey.from_private_bytes(self._seed)  # type: ignore[arg-type]
+        return self._key
 
     @classmethod
     def generate(cls) -> DeviceKey:
@@ -269,8 +294,10 @@ class DeviceKey:
 
     @property
     def public_key(self) -> Ed25519PublicKey:
-        """The public half."""
-        return self._private.public_key()
+        """The public half (from a seed-only key: derived without keeping the private key)."""
+        if self._key is None:
+            return Ed25519PrivateKey.from_private_bytes(self._seed).public_key()  # type: ignore[arg-type]
+        return self._key.public_key()
 
     def private_pem(self) -> bytes:
         """Return the private key as unencrypted PKCS#8 PEM (for the signer's own storage)."""

@@ -305,3 +305,28 @@ def test_user_level_server_records(tmp_path, key):
     )
     assert record["device_id"] == "server" and record["unit"] == "user"
     assert verify_ledger(path, key.public_key, expected_device_id="server").ok
+
+
+def test_a_key_from_its_seed_is_the_same_key_and_holds_only_the_seed_until_it_signs(tmp_path):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from fedrec.common.audit.keystore import Keystore, _device_secret
+
+    seed = hashlib.sha256(b"device 3").digest()
+    full = DeviceKey(Ed25519PrivateKey.from_private_bytes(seed))
+    lazy = DeviceKey.from_seed(seed)
+    assert lazy.public_key.public_bytes_raw() == full.public_key.public_bytes_raw()
+    assert lazy.public_pem() == full.public_pem() and lazy._key is None  # read, not kept
+    assert lazy.sign(b"x") == full.sign(b"x")  # Ed25519 signatures are deterministic
+    assert lazy._key is not None and lazy.private_pem() == full.private_pem()
+    with pytest.raises(ValueError, match="32 bytes"):
+        DeviceKey.from_seed(seed[:31])
+    # a keystore's device keys are still HKDF-SHA256 of its secret, so earlier runs verify
+    store = Keystore(tmp_path / "ks")
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedrec-device-ledger-key/1:dev-5"
+    ).derive(_device_secret(str(store.path.absolute())))
+    expected = Ed25519PrivateKey.from_private_bytes(derived).public_key().public_bytes_raw()
+    assert store.device_key("dev-5").public_key.public_bytes_raw() == expected
