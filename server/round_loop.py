@@ -209,9 +209,11 @@ def run_rounds(
             before_round(rnd)
         record: dict[str, object] = run_round(coordinator, transport, rnd, config=config).to_dict()
         record.update(evaluate_round(coordinator, transport, rnd, measure=measure))
-        record["seconds"] = time.perf_counter() - t0
         if after_round is not None:
             after_round(rnd)
+        # the round's time includes saving the devices' states, wherever it happens (cohort
+        # workers save theirs before replying; the in-process engine in ``after_round``)
+        record["seconds"] = time.perf_counter() - t0
         records.append(record)
         if checkpointer is not None:  # the checkpoint first: it can rebuild metrics.jsonl
             checkpointer.save(coordinator, rnd, records)

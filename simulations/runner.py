@@ -340,19 +340,21 @@ def _engine(
 ) -> Iterator[None]:
     """What the engine runs within: quiet, its nodes recorded, Ray's head started lean.
 
-    With cohort workers, also their messages picked up every :data:`PICKUP_INTERVAL`, and the
+    With cohort workers, also their messages picked up, and replies pulled, as soon as they are
+    stored (:func:`~.engine_wakeups.prompt_engine`), and the
     devices' data written for them to map (:func:`~.workers.share_population`; removed after,
     a resumed run writes it again).
     """
+    from fedrec.simulations.engine_wakeups import PICKUP_INTERVAL, prompt_engine
     from fedrec.simulations.quiet import quiet_engine
     from fedrec.simulations.workers import share_population
 
     shared = share_population(cfg, fed) if workers else None
     if workers and "num_cpus" in backend["init_args"]:
         _cap_cpus(backend, workers)
-    pickup = PICKUP_INTERVAL if workers else None  # one node per device: Flower's own
+    pickup = PICKUP_INTERVAL if workers else None  # one node per device: Flower's own loops
     try:
-        with quiet_engine(verbose), _recording_nodes(nodes), _quick_pickup(pickup):
+        with quiet_engine(verbose), _recording_nodes(nodes), prompt_engine(pickup):
             with _lean_ray_head(backend):
                 yield
     finally:
@@ -521,59 +523,6 @@ def ray_cluster_address(address: str, *, timeout: float = 5.0) -> str:
             f"({exc.strerror or exc}); {hint}"
         ) from None
     return resolved
-
-
-#: Seconds between the simulation engine's pick-ups of the server's messages when the
-#: SuperNodes are cohort workers. Flower 1.42 picks up every 0.1 s
-#: (``vce_api.add_messages_to_queue``), walking every node's stored messages: with one node
-#: per device that walk is the cost, with a few workers it is nothing, and the wait (half
-#: the interval, on average, per message) is most of a small round's overhead.
-PICKUP_INTERVAL = 0.005
-#: The sha256 of flwr 1.42.0's ``add_messages_to_queue`` source, which :func:`_quick_pickup`
-#: replaces with the same loop at :data:`PICKUP_INTERVAL`; any other source is left alone.
-_PICKUP_SOURCE_SHA256 = "953f4bd41a931a7779a4a670ab17b633f6e20b08a0128535328674466419777a"
-
-
-def pickup_patch_applies() -> bool:
-    """Whether the installed Flower's message pick-up is the one :func:`_quick_pickup` knows."""
-    import hashlib
-    import inspect
-
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    try:
-        source = inspect.getsource(vce_api.add_messages_to_queue)
-    except (OSError, TypeError):
-        return False
-    return hashlib.sha256(source.encode()).hexdigest() == _PICKUP_SOURCE_SHA256
-
-
-@contextmanager
-def _quick_pickup(interval: float | None) -> Iterator[None]:
-    """Flower's message pick-up every ``interval`` s (``None``: Flower's own, every 0.1 s).
-
-    Only where :func:`pickup_patch_applies` (the loop below is Flower 1.42's, the interval
-    aside); another Flower version keeps its own, and a test says so.
-    """
-    if interval is None or not pickup_patch_applies():
-        yield
-        return
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    original = vce_api.add_messages_to_queue
-
-    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
-        while not f_stop.is_set():
-            for node_id in nodes_mapping.keys():
-                for msg in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(msg)
-            f_stop.wait(interval)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = original
 
 
 @contextmanager

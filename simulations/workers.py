@@ -34,6 +34,7 @@ import hashlib
 import heapq
 import json
 import os
+import pickle
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -496,6 +497,28 @@ def release_memory(shard: Shard | None = None) -> None:
         trim(0)
 
 
+class _WorkerApp(ClientApp):
+    """A worker ``ClientApp`` that travels as its pickled configuration, built once a process.
+
+    Flower's Ray backend sends the ``ClientApp`` with every message; pickled whole, the
+    handlers' closures cost about 1 ms a message to pickle in the driver and 0.3 ms to load
+    in the worker. This one pickles as the configuration's bytes (pickled once), and a
+    process builds the app once per configuration (:func:`_worker_app`).
+    """
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__()
+        self._blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _worker_app, (self._blob,)
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_app(blob: bytes) -> ClientApp:
+    return make_worker_app(pickle.loads(blob))  # noqa: S301 - the driver's own configuration
+
+
 def make_worker_app(config: RunConfig | None = None) -> ClientApp:
     """The ``ClientApp`` of a simulation's cohort workers (one per SuperNode).
 
@@ -503,7 +526,7 @@ def make_worker_app(config: RunConfig | None = None) -> ClientApp:
     """
     from fedrec.simulations.apps import _config
 
-    app = ClientApp()
+    app = ClientApp() if config is None else _WorkerApp(pickle.dumps(config))
 
     @app.query()
     def roster(msg: Message, context: Context) -> Message:

@@ -285,3 +285,34 @@ def test_a_damaged_store_is_a_clear_error_naming_the_file(tmp_path, opener):
         assert "\n" not in message and "restore it from a backup" in message
         assert isinstance(info.value, ValueError) and isinstance(info.value, StoreError)
         assert path.read_bytes() == data, name  # left untouched
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(32, dtype=np.float32) / 7,
+        np.arange(6, dtype=np.uint64) * (2**60),
+        np.arange(12, dtype=np.float64).reshape(3, 4).T,  # not C-contiguous
+        np.zeros((0,), np.int16),
+        np.float32(3.5),  # 0-d
+    ],
+)
+def test_device_states_keep_every_array_exactly_and_read_the_older_npy_blobs(tmp_path, array):
+    import io
+
+    from fedrec.client.state_store import DeviceStateStore, _from_bytes
+
+    store = DeviceStateStore(tmp_path / "states.sqlite")
+    state = {"user_embedding": array, "generator": array, "accountant": "{}", "rounds_trained": 2}
+    store.save_many({"d": state})
+    _, got = store.load("d")
+    for key in ("user_embedding", "generator"):
+        assert got[key].dtype == np.asarray(array).dtype
+        assert got[key].shape == np.asarray(array).shape
+        np.testing.assert_array_equal(got[key], array)
+        assert got[key].flags.writeable  # a device trains its embedding in place
+    old = io.BytesIO()
+    np.save(old, np.asarray(array), allow_pickle=False)  # what stores held before
+    np.testing.assert_array_equal(_from_bytes(old.getvalue()), array)
+    with pytest.raises(ValueError, match="not a stored array"):
+        _from_bytes(b"garbage" + old.getvalue())

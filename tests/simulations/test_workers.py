@@ -307,61 +307,6 @@ def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_p
             np.testing.assert_array_equal(a[k], b[k])
 
 
-class _Stop:
-    """A stop event that records each wait and stops after ``waits`` of them."""
-
-    def __init__(self, waits: int):
-        self.waits: list[float] = []
-        self.left = waits
-
-    def is_set(self) -> bool:
-        return len(self.waits) >= self.left
-
-    def wait(self, timeout: float) -> bool:
-        self.waits.append(timeout)
-        return self.is_set()
-
-
-class _State:
-    """A link state holding messages per node, handed out one per call as Flower's does."""
-
-    def __init__(self, pending: dict[int, list[str]]):
-        self.pending = {n: list(ms) for n, ms in pending.items()}
-
-    def get_message_ins(self, *, node_id: int, limit: int) -> list[str]:
-        out, self.pending[node_id] = self.pending[node_id][:limit], self.pending[node_id][limit:]
-        return out
-
-
-def _pickup(function, pending):
-    import queue
-
-    q: queue.Queue = queue.Queue()
-    stop = _Stop(waits=3)
-    function(_State(pending), q, {n: n for n in pending}, stop)
-    return [q.get_nowait() for _ in range(q.qsize())], stop.waits
-
-
-def test_the_engines_quick_pickup_is_flowers_loop_at_a_shorter_interval():
-    """Fails when Flower's pick-up loop changes (a new flwr): re-read it, then the hash."""
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    from fedrec.simulations.runner import PICKUP_INTERVAL, _quick_pickup, pickup_patch_applies
-
-    assert pickup_patch_applies(), "flwr's add_messages_to_queue changed: check _quick_pickup"
-    pending = {7: ["a", "b"], 9: ["c"]}
-    original = vce_api.add_messages_to_queue
-    with _quick_pickup(PICKUP_INTERVAL):
-        assert vce_api.add_messages_to_queue is not original
-        got, waits = _pickup(vce_api.add_messages_to_queue, pending)
-    assert vce_api.add_messages_to_queue is original  # restored
-    expected, flower_waits = _pickup(original, pending)
-    assert got == expected == ["a", "c", "b"]  # one message per node per pass, as Flower does
-    assert waits == [PICKUP_INTERVAL] * 3 and flower_waits == [0.1] * 3
-    with _quick_pickup(None):  # one SuperNode per device: Flower's own
-        assert vce_api.add_messages_to_queue is original
-
-
 @pytest.mark.parametrize("population", [0, 60])
 def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
     from fedrec.simulations.workers import share_population, shared_population
@@ -445,3 +390,23 @@ def test_the_engines_ray_head_runs_without_monitors_and_stops_with_the_run():
     assert backend["init_args"]["address"] == "local"  # restored
     assert not ray.is_initialized()
     assert not [c for c in _children_cmdlines() if "ray" in c]  # every Ray process stopped
+
+
+def test_a_worker_app_travels_as_its_configuration_and_is_built_once_a_process(tmp_path):
+    """Flower's Ray backend pickles the ClientApp with every message: it must stay small."""
+    import pickle
+
+    from flwr.clientapp import ClientApp
+    from ray import cloudpickle
+
+    from fedrec.simulations.workers import make_worker_app
+
+    cfg = _cfg(tmp_path, "run", "user")
+    app = make_worker_app(cfg)
+    blob = cloudpickle.dumps(lambda: app)  # how Flower's engine ships it (a closure)
+    assert len(blob) < len(pickle.dumps(cfg)) + 1_000
+    first, second = cloudpickle.loads(blob)(), cloudpickle.loads(blob)()
+    assert first is second and isinstance(first, ClientApp)  # built once in this process
+    assert first._blob == app._blob and pickle.loads(first._blob) == cfg
+    other = make_worker_app(_cfg(tmp_path, "other", "user"))
+    assert cloudpickle.loads(cloudpickle.dumps(other)) is not first
