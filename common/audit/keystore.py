@@ -60,9 +60,10 @@ def keystore_path(run_dir: str | Path, chosen: str | Path = "") -> Path:
 
 
 def raw_public_key(key: Ed25519PublicKey | DeviceKey) -> bytes:
-    """The 32 raw bytes of an Ed25519 public key."""
-    public = key.public_key if isinstance(key, DeviceKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    """The 32 raw bytes of an Ed25519 public key (a seed-only device key keeps only its seed)."""
+    if isinstance(key, DeviceKey):
+        return key.public_bytes_raw()
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def public_key_from_raw(text: str) -> Ed25519PublicKey:

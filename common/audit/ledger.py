@@ -229,10 +229,10 @@ class DeviceKey:
     def from_seed(cls, seed: bytes) -> DeviceKey:
         """The key pair whose private key is the 32 bytes ``seed`` (RFC 8032's private key).
 
-        It holds only the seed until it first signs (then it keeps the key): enrolling a
-        million simulated devices reads each one's public half, which is derived and
-        dropped, so their keys cost 32 bytes each rather than OpenSSL's key object (about
-        500 bytes).
+        It holds only the seed until its private key is first used (to sign, or for
+        :attr:`public_key`; then it keeps it): enrolling a million simulated devices reads each
+        one's :meth:`public_bytes_raw`, derived and dropped, so their keys cost 32 bytes each
+        rather than OpenSSL's key object (about 500 bytes).
         """
         if len(seed) != 32:
             raise ValueError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
@@ -294,10 +294,15 @@ class DeviceKey:
 
     @property
     def public_key(self) -> Ed25519PublicKey:
-        """The public half (from a seed-only key: derived without keeping the private key)."""
+        """The public half (a seed-only key builds and keeps its private key: it will sign)."""
+        return self._private.public_key()
+
+    def public_bytes_raw(self) -> bytes:
+        """The public half's 32 raw bytes; a seed-only key derives them and keeps only its seed."""
         if self._key is None:
-            return Ed25519PrivateKey.from_private_bytes(self._seed).public_key()  # type: ignore[arg-type]
-        return self._key.public_key()
+            key = Ed25519PrivateKey.from_private_bytes(self._seed)  # type: ignore[arg-type]
+            return key.public_key().public_bytes_raw()
+        return self._key.public_key().public_bytes_raw()
 
     def private_pem(self) -> bytes:
         """Return the private key as unencrypted PKCS#8 PEM (for the signer's own storage)."""

@@ -307,20 +307,23 @@ def test_user_level_server_records(tmp_path, key):
     assert verify_ledger(path, key.public_key, expected_device_id="server").ok
 
 
-def test_a_key_from_its_seed_is_the_same_key_and_holds_only_the_seed_until_it_signs(tmp_path):
+def test_a_key_from_its_seed_is_the_same_key_and_holds_only_the_seed_until_used(tmp_path):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    from fedrec.common.audit.keystore import Keystore, _device_secret
+    from fedrec.common.audit.keystore import Keystore, _device_secret, raw_public_key
 
     seed = hashlib.sha256(b"device 3").digest()
     full = DeviceKey(Ed25519PrivateKey.from_private_bytes(seed))
     lazy = DeviceKey.from_seed(seed)
-    assert lazy.public_key.public_bytes_raw() == full.public_key.public_bytes_raw()
-    assert lazy.public_pem() == full.public_pem() and lazy._key is None  # read, not kept
+    raw = full.public_key.public_bytes_raw()
+    assert lazy.public_bytes_raw() == raw == full.public_bytes_raw()
+    assert raw_public_key(lazy) == raw and lazy._key is None  # what an enrolment reads: not kept
     assert lazy.sign(b"x") == full.sign(b"x")  # Ed25519 signatures are deterministic
     assert lazy._key is not None and lazy.private_pem() == full.private_pem()
+    verifier = DeviceKey.from_seed(seed)  # a device verifying its ledger, then signing
+    assert verifier.public_pem() == full.public_pem() and verifier._key is not None
     with pytest.raises(ValueError, match="32 bytes"):
         DeviceKey.from_seed(seed[:31])
     # a keystore's device keys are still HKDF-SHA256 of its secret, so earlier runs verify
