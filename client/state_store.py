@@ -71,7 +71,7 @@ def _row(device_id: str, token: str, state: dict[str, object]) -> tuple[object, 
 
 #: A stored array: this tag, the dtype string's length and the number of dimensions (one
 #: byte each), the dtype string (``'<f4'``), the shape (little-endian int64s), the raw data.
-#: About 3 us to write and read against np.save's 50 and np.load's 140 (a round's devices).
+#: About 3 us to write or read a user embedding, against np.save's 23 and np.load's 93.
 _ARRAY_TAG = b"FRA1"
 _NPY_MAGIC = b"\x93NUMPY"
 

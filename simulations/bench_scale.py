@@ -45,6 +45,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time (the parent process never needs it)
+    from fedrec.common.config import RunConfig
 
 __all__ = ["scale_config", "add_arguments", "run", "main", "tree_memory_mb", "tree_rss_mb"]
 
@@ -227,7 +231,7 @@ def child(
     }
 
 
-def _flower_rounds(cfg: object, workers: int | None) -> tuple[list[dict[str, object]], float]:
+def _flower_rounds(cfg: RunConfig, workers: int | None) -> tuple[list[dict[str, object]], float]:
     """``fedrec simulate``'s rounds on Flower's engine, and the seconds its enrolment took.
 
     The population is built first, timed (the run uses this process's cached copy); the
@@ -239,10 +243,10 @@ def _flower_rounds(cfg: object, workers: int | None) -> tuple[list[dict[str, obj
 
     records: list[dict[str, object]] = []
     t0 = time.perf_counter()
-    federated_dataset(cfg)  # type: ignore[arg-type]
+    federated_dataset(cfg)
     built = time.perf_counter() - t0
-    simulate(cfg, on_round=records.append, reference=False, workers=workers)  # type: ignore[arg-type]
-    run = Path(cfg.run_dir)  # type: ignore[attr-defined]
+    simulate(cfg, on_round=records.append, reference=False, workers=workers)
+    run = Path(cfg.run_dir)
     try:
         enrolled = (run / "manifest.json").stat().st_mtime - (run / "config.json").stat().st_mtime
     except OSError:

@@ -420,8 +420,9 @@ def _cap_cpus(backend_config: dict[str, Any], workers: int) -> None:
 #: The largest message (and reply) Ray passes inline with its call rather than through its
 #: shared-memory object store (Ray's default: 100 KB). A cohort worker's message holds the
 #: item table (215 KB at ML-100K's 1,682 items and d = 32) and a secure round's reply the
-#: float64 partial sum (430 KB); an actor call with those two took 9.5 ms through the store
-#: and 2.8 ms inline (median of 200 calls, 2 shared cores). Larger ones still go through it.
+#: float64 partial sum (430 KB); an actor call with those two took 9.3-9.7 ms through the
+#: store and 2.6-3.0 ms inline (medians of 200 calls, 2 shared cores). Larger ones still go
+#: through it.
 INLINE_BYTES = 4 << 20
 
 #: ``ray.init`` arguments that size a new instance: refused when joining one.

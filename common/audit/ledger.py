@@ -299,10 +299,8 @@ class DeviceKey:
 
     def public_bytes_raw(self) -> bytes:
         """The public half's 32 raw bytes; a seed-only key derives them and keeps only its seed."""
-        if self._key is None:
-            key = Ed25519PrivateKey.from_private_bytes(self._seed)  # type: ignore[arg-type]
-            return key.public_key().public_bytes_raw()
-        return self._key.public_key().public_bytes_raw()
+        key = self._key or Ed25519PrivateKey.from_private_bytes(self._seed)  # type: ignore[arg-type]
+        return key.public_key().public_bytes_raw()
 
     def private_pem(self) -> bytes:
         """Return the private key as unencrypted PKCS#8 PEM (for the signer's own storage)."""
