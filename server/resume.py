@@ -14,6 +14,9 @@ server's own user-level ledger (``ledgers/server.jsonl``) and its secure-sum led
 (``ledgers/secure-sum/``), as each device's accountant comes from its own ledger
 (:func:`fedrec.client.state_store.reconcile_with_ledger`). A round that was in flight when
 the run stopped is run again; a release a device made in it stays in its ledger and counts.
+A user-level release the server made in it is kept until the round's checkpoint, and the
+round run again publishes that release instead of a new one
+(:meth:`~fedrec.common.privacy.mechanisms.user.UserLevel.replay_from`).
 
 A seeded run's server generator is checkpointed so that the resumed rounds sample as the
 uninterrupted run would; a private run with OS entropy never writes its generator's state to
@@ -163,6 +166,9 @@ class Checkpointer:
         self.run_dir.checkpoint(
             server_round, coordinator.state, coordinator.algorithm.server_state(), meta
         )
+        forget = getattr(coordinator.mechanism, "forget_releases", None)
+        if forget is not None:  # the checkpoint holds their effect now
+            forget(server_round)
 
     # --- what was spent, from the server's ledgers -----------------------------------------
     def _restore_mechanism(self, coordinator: Coordinator) -> None:
@@ -170,9 +176,9 @@ class Checkpointer:
         ledgers = mechanism.ledgers
         if ledgers.ledger_dir is None:
             return
-        if hasattr(mechanism, "history"):  # user-level: one release a round, by the server
+        if hasattr(mechanism, "replay_from"):  # user-level: the server's own releases
             records = _verified(ledgers.ledger_dir / "server.jsonl", ledgers)
-            mechanism.history = [float(r["mechanism"]["noise_multiplier"]) for r in records]
+            mechanism.replay_from(records, self.first_round)
         if hasattr(mechanism, "histories"):  # distributed: the noise present, per device
             mechanism.histories = self._secure_sum_histories(ledgers)
 

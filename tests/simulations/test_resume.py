@@ -350,6 +350,83 @@ def test_a_release_in_flight_when_the_run_was_killed_stays_spent(tmp_path):
     assert len(twice) == 3, twice
 
 
+_CRASH_SERVER = """
+import json, os, signal, sys
+from fedrec.common.config import RunConfig
+from fedrec.common.privacy.mechanisms.user import UserLevel
+from fedrec.simulations.runner import simulate_loop
+flat, k = json.loads(sys.argv[1]), int(sys.argv[2])
+record = UserLevel.record
+def killing(self, server_round, spec, purpose):
+    record(self, server_round, spec, purpose)
+    if server_round == k:  # ledgered; neither applied nor checkpointed
+        os.kill(os.getpid(), signal.SIGKILL)
+UserLevel.record = killing
+simulate_loop(RunConfig.from_flat(flat), reference=False)
+"""
+
+
+def _killed_after_server_release(flat: dict[str, object], k: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_SERVER, json.dumps(flat), str(k)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    rc = _wait_killed(proc)
+    assert rc == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else rc
+
+
+def test_a_user_level_release_made_before_the_kill_is_published_again_not_redrawn(tmp_path):
+    """Killed after the server ledgered round 2's user-level release, before its checkpoint:
+    the resumed round 2 publishes the kept release, so the ledger holds one release a round
+    and the server's ε stays within budget (a fresh draw would have spent a sixth release)."""
+    run_dir = tmp_path / "run"
+    flat = _flat(run_dir, privacy="user", seed=5, num_rounds=4)
+    _killed_after_server_release(flat, 2)
+    kept = sorted(p.name for p in (run_dir / "checkpoints" / "releases").glob("*.npz"))
+    assert kept == ["000001-round-000002.npz"]  # round 1's went with its checkpoint
+    assert [r["round"] for r in _stripped(run_dir / "ledgers" / "server.jsonl")] == [1, 2]
+    assert main(["simulate", "--resume", str(run_dir), "--no-reference"]) == 0
+    rounds = [r["round"] for r in _stripped(run_dir / "ledgers" / "server.jsonl")]
+    assert rounds == [1, 2, 3, 4]
+    _check_resumed(run_dir, RunConfig.from_flat(flat))
+    assert not list((run_dir / "checkpoints" / "releases").glob("*.npz"))
+
+
+def test_a_ledgered_release_that_was_not_kept_stops_the_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flat = _flat(run_dir, privacy="user", seed=5, num_rounds=4)
+    _killed_after_server_release(flat, 2)
+    for kept in (run_dir / "checkpoints" / "releases").glob("*.npz"):
+        kept.unlink()
+    assert main(["simulate", "--resume", str(run_dir), "--no-reference"]) != 0
+    assert "resuming would release again" in capsys.readouterr().err
+
+
+def test_the_server_refuses_a_user_level_release_over_the_budget():
+    from fedrec.common.algorithms.base import ContributionSpec
+    from fedrec.common.privacy.mechanisms import make_mechanism
+
+    cfg = RunConfig.from_flat({**SMALL, "privacy": "user", "epsilon": 2.0, "delta": 1e-5})
+    mech = make_mechanism(cfg, cfg.algorithm_class()(cfg, 40))
+    spec = ContributionSpec(
+        shapes={"t": (2,)},
+        aggregate="mean",
+        max_norm=1.0,
+        coordinate_bound=1.0,
+        sensitivity=1.0,
+        noise_multiplier=3.0,
+    )
+    spent = 0
+    with pytest.raises(RuntimeError, match="over the run's budget 2"):
+        while True:
+            mech.check_budget(spec)
+            mech.history.append(spec.noise_multiplier)
+            spent += 1
+    assert spent >= 2 and mech.epsilon() <= 2.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_a_loop_run_killed_at_a_random_moment_resumes_within_budget(tmp_path, seed):

@@ -6,6 +6,12 @@ actually used), bounds each device's whole contribution to L2 norm ``S`` (one de
 data is the unit), adds Gaussian noise ``N(0, (z·S)²)`` to the sum, and records the release in
 its own signed ledger (``ledgers/server.jsonl``) before the new table goes anywhere.
 
+A release is kept (``checkpoints/releases/``) before it is ledgered, until the round's
+checkpoint is written. A run stopped between the two and resumed runs that round again and
+publishes the kept release, not a fresh one (:meth:`UserLevel.replay_from`): the ledger counts
+each release once, and re-running a round costs no budget. No release can take the server's
+ε over the run's budget (:meth:`UserLevel.check_budget` refuses it).
+
 Every contribution, whatever the algorithm, leaves the device only inside a secure sum
 (SecAgg+ on Flower, the clear sum in-process): each device bounds its own contribution to norm
 ``S`` (``user-clip`` for table updates, 1 for statistics), the server adds the noise to the sum
@@ -22,7 +28,9 @@ whole models and whose sampling is a fixed fraction; fedrec's are deltas, sample
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +61,8 @@ class UserLevel(PrivacyMechanism):
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - the base's
         super().__init__(*args, **kwargs)
         self.history: list[float] = []  # the noise multiplier of each recorded release
+        #: releases already made and ledgered in rounds a resumed run runs again, by round
+        self.replay: dict[int, list[dict[str, np.ndarray]]] = {}
 
     def sample(
         self, pool: Sequence[int], participations: dict[int, int], rng: np.random.Generator
@@ -89,17 +99,88 @@ class UserLevel(PrivacyMechanism):
         The noise is added (and ledgered) however many devices the sum holds: the release
         happens every round. A mean (table updates) divides by the expected count ``q·N``.
         """
-        noisy = {k: np.asarray(v, dtype=np.float64) for k, v in total.items()}
-        for k in noisy:
-            noisy[k] = noisy[k] + self.noise.normal(
-                spec.noise_multiplier * self.clip(spec), spec.shapes[k]
-            )
-        self.record(server_round, spec, "dp-fedavg" if spec.aggregate == "mean" else spec.purpose)
+        kept = self.replay.get(server_round)
+        if kept:  # made before the run stopped: published again, not drawn and counted again
+            noisy = kept.pop(0)
+        else:
+            noisy = {k: np.asarray(v, dtype=np.float64) for k, v in total.items()}
+            for k in noisy:
+                noisy[k] = noisy[k] + self.noise.normal(
+                    spec.noise_multiplier * self.clip(spec), spec.shapes[k]
+                )
+            purpose = "dp-fedavg" if spec.aggregate == "mean" else spec.purpose
+            self.check_budget(spec)
+            self._keep(server_round, noisy)
+            self.record(server_round, spec, purpose)
         if spec.aggregate == "mean":
             expected = max(1e-9, self.cfg.fraction_train * self.pool_size)
             mean = {k: (v / expected).astype(np.float32) for k, v in noisy.items()}
             return Aggregate(count=len(included), mean=mean), []
         return Aggregate(count=len(included), total=noisy), []
+
+    def check_budget(self, spec: ContributionSpec) -> None:
+        """Refuse a release that would take the server's ε over the run's budget."""
+        from fedrec.common.privacy.accountant import epsilon_of
+
+        q = self.cfg.fraction_train
+        after = [(z, q, 1) for z in [*self.history, spec.noise_multiplier]]
+        eps = epsilon_of("pld", after, self.cfg.delta)
+        if eps > self.cfg.epsilon + 1e-12:  # as the audit checks it
+            raise RuntimeError(
+                f"user-level release {len(self.history) + 1} would spend ε {eps:.4f}, over the "
+                f"run's budget {self.cfg.epsilon:g}: the server stops instead"
+            )
+
+    def _releases(self) -> Path | None:
+        d = self.ledgers.ledger_dir
+        return None if d is None else d.parent / "checkpoints" / "releases"
+
+    def _keep(self, server_round: int, noisy: Mapping[str, np.ndarray]) -> None:
+        """Write release ``len(history)`` (of ``server_round``) before it is ledgered."""
+        folder = self._releases()
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{len(self.history):06d}-round-{server_round:06d}.npz"
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in noisy.items()})
+        os.replace(tmp, target)
+
+    def forget_releases(self, server_round: int) -> None:
+        """Drop the kept releases of rounds up to ``server_round`` (its checkpoint is written)."""
+        folder = self._releases()
+        if folder is None or not folder.is_dir():
+            return
+        for path in folder.glob("*-round-*.npz"):
+            if int(path.stem.rsplit("-", 1)[1]) <= server_round:
+                path.unlink(missing_ok=True)
+
+    def replay_from(self, records: Sequence[Mapping[str, object]], first_round: int) -> None:
+        """Restore the ledgered releases (``records``: the server ledger's) on resume.
+
+        Releases of rounds from ``first_round`` on were made before the run stopped and after
+        its checkpoint: their rounds are run again and publish these (:attr:`replay`).
+
+        Raises:
+            ValueError: such a release is ledgered but not kept (the run cannot go on within
+                the budget it recorded).
+        """
+        self.history = [float(r["mechanism"]["noise_multiplier"]) for r in records]  # type: ignore[index]
+        self.replay = {}
+        folder = self._releases()
+        for i, r in enumerate(records):
+            rnd = int(r["round"])  # type: ignore[arg-type]
+            if rnd < first_round:
+                continue
+            path = None if folder is None else folder / f"{i:06d}-round-{rnd:06d}.npz"
+            if path is None or not path.is_file():
+                raise ValueError(
+                    f"the server's ledger records release {i + 1} (round {rnd}) after the "
+                    f"checkpoint, but {path} does not hold it: resuming would release again"
+                )
+            with np.load(path) as z:
+                self.replay.setdefault(rnd, []).append({k: z[k] for k in z.files})
 
     def record(self, server_round: int, spec: ContributionSpec, purpose: str) -> None:
         """Count the release and write it to the server's signed ledger."""
