@@ -289,6 +289,7 @@ def simulate(
     cfg = _absolute_paths(cfg) if ray_address else cfg
     cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
+    cfg = cfg.with_catalog(fed.n_items)  # before the apps see it: server and devices agree
     sigma = resolve_noise_multiplier(cfg)
     workers = _workers(run_dir, workers, fed.n_users, resume)
     _write_config(run_dir, cfg, fed, sigma, "flower", resume=resume, workers=workers)
@@ -738,6 +739,7 @@ def simulate_loop(
     t0 = time.perf_counter()
     cfg, run_dir = _open_run(cfg, resume)
     fed = federated_dataset(cfg)
+    cfg = cfg.with_catalog(fed.n_items)
     sigma = resolve_noise_multiplier(cfg)
     _write_config(run_dir, cfg, fed, sigma, "loop", resume=resume)
     res = run_plain(cfg, on_round=on_round, run_dir=run_dir, resume=resume)

@@ -26,7 +26,9 @@ uses):
 The ML-100K subsets and the heavy-tailed data are written as event logs under
 ``OUT/data/`` and read back with the ``events`` loader (their catalog is the items they
 hold); the others are ``dataset synthetic`` run configs. Figures are seeded
-(``reproducible = true``).
+(``reproducible = true``); ``--seeds 0,1,2`` runs each shape once per seed (the training's
+and, for the synthetic shapes, the data's) and reports the median of each figure with the
+seeds' own values beside it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Shape", "SHAPES", "build", "measure_shape", "shape_table", "add_arguments", "run"]
+__all__ = [
+    "Shape",
+    "SHAPES",
+    "build",
+    "measure_shape",
+    "median_measure",
+    "shape_table",
+    "add_arguments",
+    "run",
+]
 
 #: the fewest interactions a device of the heavy-tailed shape must hold (the issue's 2,000+)
 HEAVY_DEVICE = 2000
@@ -207,6 +218,33 @@ def measure_shape(
     return out
 
 
+def median_measure(per_seed: dict[int, dict[str, object]]) -> dict[str, object]:
+    """One shape's :func:`measure_shape` results of several seeds as their medians.
+
+    Every NDCG@10 (most-popular, centralized MF, each run) is the median over the seeds; the
+    sizes are the first seed's, the seconds the sum; ``seeds`` keeps each seed's figures.
+    """
+    ms = list(per_seed.values())
+    first = ms[0]
+    out: dict[str, object] = {**first, "seconds": float(sum(m["seconds"] for m in ms))}
+    out["most_popular"] = float(np.median([m["most_popular"] for m in ms]))
+    if first.get("centralized_mf") is not None:
+        out["centralized_mf"] = float(np.median([m["centralized_mf"] for m in ms]))
+    out["runs"] = {
+        mode: {**r, "ndcg@10": float(np.median([m["runs"][mode]["ndcg@10"] for m in ms]))}
+        for mode, r in first["runs"].items()
+    }
+    out["seeds"] = {
+        seed: {
+            "most_popular": m["most_popular"],
+            "centralized_mf": m.get("centralized_mf"),
+            **{mode: r["ndcg@10"] for mode, r in m["runs"].items()},
+        }
+        for seed, m in per_seed.items()
+    }
+    return out
+
+
 def verdicts(m: dict[str, object]) -> dict[str, bool]:
     """Whether each private mode beats most-popular; non-private >= 0.9 x centralized MF."""
     pop = m["most_popular"]
@@ -222,10 +260,25 @@ def verdicts(m: dict[str, object]) -> dict[str, bool]:
 
 
 def shape_table(name: str, m: dict[str, object]) -> str:
-    """One shape's Markdown table (a heading, the sizes, one row per model)."""
+    """One shape's Markdown table (a heading, the sizes, one row per model).
+
+    With several seeds (:func:`median_measure`) each figure is the median and a last column
+    gives the seeds' own values.
+    """
     s = m["sizes"]
     pop, alg, eps = m["most_popular"], m["algorithm"], m["epsilon"]
     mf = m.get("centralized_mf")
+    seeds = m.get("seeds") or {}
+    many = len(seeds) > 1
+
+    def row(model: str, privacy: str, value: float, check: str, key: str) -> str:
+        cells = [model, privacy, f"{value:.4f}", check]
+        if many:
+            cells.append(" / ".join(f"{v[key]:.4f}" for v in seeds.values()))
+        return "| " + " | ".join(cells) + " |"
+
+    head = ["model", "privacy", "NDCG@10" + (" (median)" if many else ""), "check"]
+    head += [f"seeds {', '.join(str(k) for k in seeds)}"] if many else []
     lines = [
         f"### {name}: {SHAPES[name].description if name in SHAPES else ''}",
         "",
@@ -233,26 +286,26 @@ def shape_table(name: str, m: dict[str, object]) -> str:
         f"heaviest device {s['heaviest_device']:,} ({s['devices_2000_plus']} with 2,000+); "
         f"{m['seconds']:.0f} s.",
         "",
-        "| model | privacy | NDCG@10 | check |",
-        "| --- | --- | --- | --- |",
-        f"| most-popular | - | {pop:.4f} | - |",
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+        row("most-popular", "-", pop, "-", "most_popular"),
     ]
     if mf is not None:
-        lines.append(f"| centralized MF | - | {mf:.4f} | - |")
+        lines.append(row("centralized MF", "-", mf, "-", "centralized_mf"))
     off = m["runs"]["off"]["ndcg@10"]
     check = (
         "-"
         if mf is None
         else (f"{'yes' if off >= 0.9 * mf else 'NO'}: {off / mf:.2f} x centralized MF (>= 0.9)")
     )
-    lines.append(f"| {alg} | off (non-private federated) | {off:.4f} | {check} |")
+    lines.append(row(alg, "off (non-private federated)", off, check, "off"))
     for mode, unit in (("distributed", "example"), ("user", "user")):
         r = m["runs"][mode]
         gain = (r["ndcg@10"] / pop - 1) * 100 if pop > 0 else float("nan")
-        lines.append(
-            f"| {alg} | {mode}, ε {eps:g} ({unit}-level, δ {r['delta']:g}) | {r['ndcg@10']:.4f} "
-            f"| {'beats' if r['ndcg@10'] > pop else 'does NOT beat'} most-popular ({gain:+.1f}%) |"
-        )
+        beats = "beats" if r["ndcg@10"] > pop else "does NOT beat"
+        verdict = f"{beats} most-popular ({gain:+.1f}%)"
+        privacy = f"{mode}, ε {eps:g} ({unit}-level, δ {r['delta']:g})"
+        lines.append(row(alg, privacy, r["ndcg@10"], verdict, mode))
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +321,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-centralized", action="store_true", help="skip centralized MF")
     ap.add_argument("--no-search", action="store_true", help="centralized MF without its search")
     ap.add_argument("--engine", choices=("loop", "flower"), default="loop")
+    ap.add_argument(
+        "--seeds", default="0", help="comma-separated seeds; several: medians (default 0)"
+    )
     ap.add_argument("--out", default="runs/shapes")
 
 
@@ -277,6 +333,12 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     names = [n.strip() for n in args.shapes.split(",") if n.strip()]
+    try:
+        seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: comma-separated integers, not {args.seeds!r}") from None
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         raise ValueError(f"--shapes: unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
@@ -289,15 +351,20 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{name}: {shape.description}", flush=True)
         base = build(shape, out, args.data_dir, small=args.small)
-        m = measure_shape(
-            base,
-            algorithm=args.algorithm,
-            epsilon=args.epsilon,
-            centralized=not args.no_centralized,
-            search=not args.no_search,
-            engine=args.engine,
-            log=lambda msg: print(msg, flush=True),
-        )
+        per_seed = {}
+        for seed in seeds:
+            if len(seeds) > 1:
+                print(f" seed {seed}", flush=True)
+            per_seed[seed] = measure_shape(
+                {**base, "seed": seed},
+                algorithm=args.algorithm,
+                epsilon=args.epsilon,
+                centralized=not args.no_centralized,
+                search=not args.no_search,
+                engine=args.engine,
+                log=lambda msg: print(msg, flush=True),
+            )
+        m = median_measure(per_seed)
         results[name] = {**m, "verdicts": verdicts(m), "config": base}
         tables.append(shape_table(name, m))
         print(tables[-1], flush=True)

@@ -1,4 +1,4 @@
-"""Defaults that depend on the privacy mode: the embedding dimension (``default_dim``)."""
+"""Defaults that depend on the privacy mode and the catalog: the embedding dimension."""
 
 import json
 
@@ -15,6 +15,30 @@ from fedrec.common.config import RunConfig, default_dim
 def test_an_unset_dim_takes_the_privacy_modes_default(privacy, dim):
     cfg = RunConfig.from_flat({"algorithm": "warm-sgd", "privacy": privacy})
     assert cfg.dim == dim == default_dim(privacy)
+
+
+@pytest.mark.parametrize(
+    ("n_items", "dim"),
+    [(2, 8), (400, 8), (1023, 8), (1024, 16), (1682, 16), (16383, 16), (16384, 32), (10**6, 64)],
+)
+def test_without_privacy_the_dim_grows_with_the_catalogs_fourth_root(n_items, dim):
+    assert default_dim("off", n_items) == dim
+    for private in ("local", "distributed", "user"):
+        assert default_dim(private, n_items) == 8  # noise is per coordinate: small under DP
+    cfg = RunConfig.from_flat({"algorithm": "warm-sgd", "privacy": "off"}).with_catalog(n_items)
+    assert cfg.dim == dim
+
+
+def test_the_catalog_resolves_only_an_unset_dim_and_reaches_the_non_private_twin():
+    private = RunConfig.from_flat({"algorithm": "warm-sgd", "privacy": "distributed"})
+    assert private.with_catalog(400).dim == 8
+    assert private.with_catalog(400).without_privacy().dim == 8  # the catalog's rule
+    assert private.with_catalog(5000).without_privacy().dim == 16
+    assert private.with_catalog(5000).replace(seed=3).without_privacy().dim == 16
+    assert private.without_privacy().with_catalog(400).dim == 8  # resolved later, still
+    chosen = RunConfig.from_flat({"privacy": "off", "dim": 32})
+    assert chosen.with_catalog(400).dim == 32  # a set value stays
+    assert chosen.with_catalog(400).without_privacy().dim == 32
 
 
 def test_a_set_dim_and_an_algorithms_own_default_come_first():
@@ -35,12 +59,15 @@ def test_the_non_private_twin_takes_the_non_private_default_only_where_dim_was_u
     assert RunConfig(privacy="local").without_privacy().dim == 8  # built directly: as given
 
 
-def test_a_run_without_privacy_records_the_dim_it_trained(tmp_path):
+@pytest.mark.parametrize(
+    ("engine", "items", "dim"), [("loop", 30, 8), ("loop", 1100, 16), ("flower", 30, 8)]
+)
+def test_a_run_without_privacy_records_the_dim_its_catalog_gave(tmp_path, engine, items, dim):
     run_dir = tmp_path / "run"
-    flags = ["--set", "synthetic-users=20", "--set", "synthetic-items=30", "--rounds", "3"]
-    argv = ["simulate", "--engine", "loop", "--privacy", "off", "--run-dir", str(run_dir)]
+    flags = ["--set", "synthetic-users=20", "--set", f"synthetic-items={items}", "--rounds", "3"]
+    argv = ["simulate", "--engine", engine, "--privacy", "off", "--run-dir", str(run_dir)]
     assert main([*argv, *flags]) == 0
     config = json.loads((run_dir / "config.json").read_text())["run_config"]
-    assert config["dim"] == 16
+    assert config["dim"] == dim
     tables = np.load(run_dir / "item_embeddings.npz")
-    assert 16 in {a.shape[-1] for a in tables.values() if a.ndim == 2}
+    assert dim in {a.shape[-1] for a in tables.values() if a.ndim == 2}

@@ -12,6 +12,7 @@ from fedrec.simulations.shapes import (
     SHAPES,
     build,
     measure_shape,
+    median_measure,
     shape_table,
     verdicts,
 )
@@ -73,6 +74,47 @@ def test_table_says_which_checks_pass():
     assert "| warm-sgd | off (non-private federated) | 0.1700 | NO: 0.85 x centralized MF" in table
     assert "| 0.1200 | beats most-popular (+20.0%) |" in table
     assert "δ 1e-06) | 0.0900 | does NOT beat most-popular (-10.0%) |" in table
+
+
+def _measured(pop, mf, off, dist, user):
+    return {
+        "sizes": {
+            "devices": 10,
+            "items": 20,
+            "interactions": 30,
+            "heaviest_device": 5,
+            "devices_2000_plus": 0,
+        },
+        "algorithm": "warm-sgd",
+        "epsilon": 8.0,
+        "most_popular": pop,
+        "centralized_mf": mf,
+        "runs": {
+            "off": {"ndcg@10": off, "delta": None},
+            "distributed": {"ndcg@10": dist, "delta": 1e-5},
+            "user": {"ndcg@10": user, "delta": 1e-6},
+        },
+        "seconds": 2.0,
+    }
+
+
+def test_several_seeds_give_medians_with_each_seeds_figures_beside_them():
+    m = median_measure(
+        {
+            0: _measured(0.10, 0.20, 0.19, 0.12, 0.08),
+            1: _measured(0.11, 0.22, 0.15, 0.14, 0.12),
+            2: _measured(0.12, 0.21, 0.18, 0.13, 0.13),
+        }
+    )
+    assert (m["most_popular"], m["centralized_mf"]) == (0.11, 0.21)
+    assert [m["runs"][k]["ndcg@10"] for k in ("off", "distributed", "user")] == [0.18, 0.13, 0.12]
+    assert m["seconds"] == 6.0 and m["runs"]["user"]["delta"] == 1e-6
+    assert verdicts(m)["user beats most-popular"] is True  # the median 0.12 > 0.11
+    table = shape_table("heavy-tail", m)
+    assert "| NDCG@10 (median) | check | seeds 0, 1, 2 |" in table
+    assert "| most-popular | - | 0.1100 | - | 0.1000 / 0.1100 / 0.1200 |" in table
+    assert "| 0.1200 | beats most-popular (+9.1%) | 0.0800 / 0.1200 / 0.1300 |" in table
+    assert "seeds" not in shape_table("heavy-tail", median_measure({0: _measured(*[0.1] * 5)}))
 
 
 #: (shape, mode) where the defaults do NOT beat most-popular on the small shape (warm-sgd,
