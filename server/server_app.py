@@ -80,7 +80,6 @@ def make_server_app(
         run_dir = RunDirectory(cfg.run_dir or new_run_dir())
         checkpointer = Checkpointer(run_dir, nodes=nodes, resume=resume)
         n_items, item_ids = catalog(cfg)
-        cfg = cfg.with_catalog(n_items)  # the catalog-dependent defaults (the dim) resolved
         features = (
             item_features(cfg)  # make_coordinator says so if features lack one
             if cfg.algorithm == "features" and item_features is not None

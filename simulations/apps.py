@@ -83,7 +83,6 @@ def simulated_device_factory(config: RunConfig | None = None) -> Callable[[Conte
     def factory(context: Context) -> Device:
         cfg = _config(config, context)
         fed = federated_dataset(cfg)
-        cfg = cfg.with_catalog(fed.n_items)  # as the server resolves it
         user = int(context.node_config["partition-id"])
         return make_device(fed, user, cfg, ledger_dir=Path(cfg.run_dir) / "ledgers")
 

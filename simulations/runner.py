@@ -246,6 +246,16 @@ def non_private_reference(cfg: RunConfig) -> dict[str, float]:
     return dict(run_plain(ref).final)
 
 
+def _loaded(cfg: RunConfig) -> tuple[RunConfig, Any]:
+    """The run's data and ``cfg`` with its catalog-dependent defaults resolved.
+
+    (:meth:`~fedrec.common.config.RunConfig.with_catalog`), before the server, the devices
+    or the run directory see it, so that all of them train the same dim.
+    """
+    fed = federated_dataset(cfg)
+    return cfg.with_catalog(fed.n_items), fed
+
+
 def simulate(
     cfg: RunConfig,
     *,
@@ -288,8 +298,7 @@ def simulate(
     backend_config = _backend_config(num_cpus, ray_address)  # an unreachable cluster: now
     cfg = _absolute_paths(cfg) if ray_address else cfg
     cfg, run_dir = _open_run(cfg, resume)
-    fed = federated_dataset(cfg)  # fail early on bad data, before Ray starts
-    cfg = cfg.with_catalog(fed.n_items)  # before the apps see it: server and devices agree
+    cfg, fed = _loaded(cfg)  # fail early on bad data, before Ray starts
     sigma = resolve_noise_multiplier(cfg)
     workers = _workers(run_dir, workers, fed.n_users, resume)
     _write_config(run_dir, cfg, fed, sigma, "flower", resume=resume, workers=workers)
@@ -738,8 +747,7 @@ def simulate_loop(
 
     t0 = time.perf_counter()
     cfg, run_dir = _open_run(cfg, resume)
-    fed = federated_dataset(cfg)
-    cfg = cfg.with_catalog(fed.n_items)
+    cfg, fed = _loaded(cfg)
     sigma = resolve_noise_multiplier(cfg)
     _write_config(run_dir, cfg, fed, sigma, "loop", resume=resume)
     res = run_plain(cfg, on_round=on_round, run_dir=run_dir, resume=resume)

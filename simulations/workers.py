@@ -236,8 +236,8 @@ class Shard:
 
         if not 0 <= partition < workers:
             raise ValueError(f"worker {partition} does not exist: the run has {workers}")
+        self.cfg = cfg
         self.fed = shared_population(cfg)
-        self.cfg = cfg = cfg.with_catalog(self.fed.n_items)  # as the server resolves it
         sizes = self.fed.train_items.lengths().tolist()
         self.devices = assign_shards(sizes, workers)[partition]
         self.hosted = frozenset(self.devices)
