@@ -249,8 +249,8 @@ def non_private_reference(cfg: RunConfig) -> dict[str, float]:
 def _loaded(cfg: RunConfig) -> tuple[RunConfig, Any]:
     """The run's data and ``cfg`` with its catalog-dependent defaults resolved.
 
-    (:meth:`~fedrec.common.config.RunConfig.with_catalog`), before the server, the devices
-    or the run directory see it, so that all of them train the same dim.
+    :meth:`~fedrec.common.config.RunConfig.with_catalog` runs before the server, the devices
+    or the run directory see ``cfg``, so that all of them train the same dim.
     """
     fed = federated_dataset(cfg)
     return cfg.with_catalog(fed.n_items), fed

@@ -109,27 +109,24 @@ class UserLevel(PrivacyMechanism):
                     spec.noise_multiplier * self.clip(spec), spec.shapes[k]
                 )
             purpose = "dp-fedavg" if spec.aggregate == "mean" else spec.purpose
-            self.check_budget(spec)
+            claimed = self.check_budget(spec)
             self._keep(server_round, noisy)
-            self.record(server_round, spec, purpose)
+            self.record(server_round, spec, purpose, claimed)
         if spec.aggregate == "mean":
             expected = max(1e-9, self.cfg.fraction_train * self.pool_size)
             mean = {k: (v / expected).astype(np.float32) for k, v in noisy.items()}
             return Aggregate(count=len(included), mean=mean), []
         return Aggregate(count=len(included), total=noisy), []
 
-    def check_budget(self, spec: ContributionSpec) -> None:
-        """Refuse a release that would take the server's ε over the run's budget."""
-        from fedrec.common.privacy.accountant import epsilon_of
-
-        q = self.cfg.fraction_train
-        after = [(z, q, 1) for z in [*self.history, spec.noise_multiplier]]
-        eps = epsilon_of("pld", after, self.cfg.delta)
+    def check_budget(self, spec: ContributionSpec) -> float:
+        """The server's ε with this release; refused if over the run's budget."""
+        eps = self.epsilon(spec.noise_multiplier)
         if eps > self.cfg.epsilon + 1e-12:  # as the audit checks it
             raise RuntimeError(
                 f"user-level release {len(self.history) + 1} would spend ε {eps:.4f}, over the "
                 f"run's budget {self.cfg.epsilon:g}: the server stops instead"
             )
+        return eps
 
     def _releases(self) -> Path | None:
         d = self.ledgers.ledger_dir
@@ -182,8 +179,17 @@ class UserLevel(PrivacyMechanism):
             with np.load(path) as z:
                 self.replay.setdefault(rnd, []).append({k: z[k] for k in z.files})
 
-    def record(self, server_round: int, spec: ContributionSpec, purpose: str) -> None:
-        """Count the release and write it to the server's signed ledger."""
+    def record(
+        self,
+        server_round: int,
+        spec: ContributionSpec,
+        purpose: str,
+        claimed: float | None = None,
+    ) -> None:
+        """Count the release and write it to the server's signed ledger.
+
+        ``claimed``: the ε with this release, where :meth:`check_budget` computed it already.
+        """
         self.history.append(spec.noise_multiplier)
         ledger = self.ledgers.ledger("server")
         if ledger is None:
@@ -202,16 +208,17 @@ class UserLevel(PrivacyMechanism):
             round=server_round,
             target_delta=self.cfg.delta,
             budget_epsilon=self.cfg.epsilon,
-            claimed_epsilon=self.epsilon(),
+            claimed_epsilon=self.epsilon() if claimed is None else claimed,
             accountant="pld",
         )
 
-    def epsilon(self) -> float:
-        """User-level ε of the releases so far (PLD)."""
+    def epsilon(self, *pending: float) -> float:
+        """User-level ε of the releases so far (PLD), with ``pending`` noise multipliers."""
         from fedrec.common.privacy.accountant import epsilon_of
 
         q = self.cfg.fraction_train
-        return epsilon_of("pld", [(z, q, 1) for z in self.history], self.cfg.delta)
+        releases = [(z, q, 1) for z in [*self.history, *pending]]
+        return epsilon_of("pld", releases, self.cfg.delta)
 
     def metrics(self, included: Sequence[int]) -> dict[str, float]:
         """The user-level ε so far."""
