@@ -81,7 +81,10 @@ class Popularity(Algorithm):
     def update(self, server_round: int, state: State, aggregate: Aggregate) -> State:
         """The noisy counts become the item biases."""
         assert aggregate.total is not None
-        bias = np.asarray(aggregate.total["count"], dtype=np.float32)[:, None]
+        counts = np.asarray(aggregate.total["count"], dtype=np.float64)
+        if self.cfg.privacy == "off":  # integer counts, up to a secure sum's quantization
+            counts = np.rint(counts)
+        bias = counts.astype(np.float32)[:, None]
         return {**state, "item_bias.weight": bias}
 
     def contribute(

@@ -446,7 +446,10 @@ class Spectral(Algorithm):
         phase = self.phase(server_round)
         if phase == "popularity":
             self.contributors = int(aggregate.count)  # public: SecAgg+ reveals the count
-        new = self.finish(phase, np.asarray(aggregate.total[phase], dtype=np.float64))
+        total = np.asarray(aggregate.total[phase], dtype=np.float64)
+        if self.cfg.privacy == "off":  # integer sums: a secure sum's quantization is rounded
+            total = np.rint(total)  # away, so that equal counts stay ties (broken by index)
+        new = self.finish(phase, total)
         if new is None:
             return state
         return {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}

@@ -270,3 +270,26 @@ def test_an_automatic_run_sizes_its_selection_after_the_popularity_round():
     total = np.zeros(k * (k + 1) // 2)
     table = alg.update(2, {}, Aggregate(count=500, total={"cooccurrence": total}))
     assert table["item_embedding.weight"].shape == (3000, 4)
+
+
+def test_without_noise_a_secure_sums_quantization_does_not_break_ties():
+    """Privacy off: counts are integers; SecAgg+'s stochastic rounding (errors of one step,
+    ~5e-7 here) must not decide which of equally popular items is selected or ranked first
+    (CI: the Flower and in-process runs of one seed selected different items)."""
+    from fedrec.common.algorithms.base import Aggregate
+    from fedrec.common.algorithms.popularity import Popularity
+    from fedrec.common.algorithms.spectral import Spectral
+    from fedrec.common.config import RunConfig
+
+    exact = np.array([3.0, 2.0, 2.0, 2.0, 1.0, 0.0])
+    noisy = exact + np.array([0.0, -5e-7, 0.0, 5e-7, 0.0, 5e-7])
+    cfg = RunConfig(
+        privacy="off", algorithm="spectral", num_rounds=2, dim=1, spectral_top_items=2
+    )
+    alg = Spectral(cfg, 6)
+    alg.update(1, alg.initial_state(), Aggregate(count=4, total={"popularity": noisy}))
+    np.testing.assert_array_equal(alg.selected, [0, 1])  # the tie goes to the lower index
+    np.testing.assert_array_equal(alg.popularity, exact)
+    pop = Popularity(RunConfig(privacy="off", algorithm="popularity", num_rounds=1), 6)
+    table = pop.update(1, pop.initial_state(), Aggregate(count=4, total={"count": noisy}))
+    np.testing.assert_array_equal(table["item_bias.weight"][:, 0], exact)
