@@ -283,9 +283,7 @@ def test_without_noise_a_secure_sums_quantization_does_not_break_ties():
 
     exact = np.array([3.0, 2.0, 2.0, 2.0, 1.0, 0.0])
     noisy = exact + np.array([0.0, -5e-7, 0.0, 5e-7, 0.0, 5e-7])
-    cfg = RunConfig(
-        privacy="off", algorithm="spectral", num_rounds=2, dim=1, spectral_top_items=2
-    )
+    cfg = RunConfig(privacy="off", algorithm="spectral", num_rounds=2, dim=1, spectral_top_items=2)
     alg = Spectral(cfg, 6)
     alg.update(1, alg.initial_state(), Aggregate(count=4, total={"popularity": noisy}))
     np.testing.assert_array_equal(alg.selected, [0, 1])  # the tie goes to the lower index
