@@ -72,6 +72,11 @@ class Device:
             (the ledger writer). If it raises, nothing is sent.
         report_metrics: with DP off, send the example count and the training loss (both are
             data; set False when the protection is elsewhere, e.g. server-side user-level DP).
+        recency: where each of ``train_items`` lies in the user's history, in ``[0, 1]``
+            (latest near 1; :meth:`~fedrec.common.data.schema.Interactions.user_item_recency`),
+            aligned with ``train_items``; ``None`` (the default) when the order is unknown.
+            Under user-level DP the popularity release weighs items by it
+            (``popularity-recency``); it never leaves the device.
     """
 
     def __init__(
@@ -90,9 +95,18 @@ class Device:
         seed: int | None = None,
         on_release: ReleaseHook | None = None,
         report_metrics: bool = True,
+        recency: np.ndarray | None = None,
     ):
         self.device_id = str(device_id)
         self.train_items = np.asarray(train_items, dtype=np.int64)
+        self.recency = None if recency is None else np.asarray(recency, dtype=np.float64)
+        if self.recency is not None and (
+            self.recency.shape != self.train_items.shape
+            or not np.all((self.recency >= 0) & (self.recency <= 1))
+        ):
+            raise ValueError(
+                f"device {device_id}: recency must give one value in [0, 1] per training item"
+            )
         self.test_items = np.asarray(test_items, dtype=np.int64) if test_items is not None else None
         if len(self.train_items) and (
             self.train_items.min() < 0 or self.train_items.max() >= n_items

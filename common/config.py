@@ -202,6 +202,15 @@ class RunConfig:
         "spectral: fraction of the privacy budget (of 1/sigma^2) spent on the popularity count",
         default=0.2,
     )
+    popularity_recency: float = _doc(
+        "spectral and warm-sgd with privacy user or off, popularity with privacy user: a "
+        "device weighs each item of its popularity release by the item's recency in its own "
+        "history (in (0, 1), latest near 1) to this power (user-level: then scales the whole "
+        "to norm 1); 0 = every item alike. Example-level DP always sends 0/1 (its "
+        "sensitivity). A device whose history has no order (equal timestamps) weighs its "
+        "items alike",
+        default=2.0,
+    )
     feature_scale: float = _doc(
         "features: how strongly a device tilts popularity towards its own genres and eras",
         default=2.0,

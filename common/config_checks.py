@@ -136,6 +136,7 @@ LIMITS: dict[str, Limits] = {
     "spectral_top_items": _r(0, 10**7),
     "spectral_max_items": _r(1, 10**7),
     "spectral_popularity_share": _r(0, 1, open_lo=True, open_hi=True),
+    "popularity_recency": _r(0, 8),
     "feature_scale": _r(0, _BIG),
     "feature_smoothing": _r(0, _BIG, open_lo=True),
     "feature_year_bins": _r(0, 10_000),

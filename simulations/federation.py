@@ -38,6 +38,13 @@ class FederatedDataset:
     split: Split
     train_items: Sequence[np.ndarray]
     test_items: Sequence[np.ndarray]
+    #: each real user's :meth:`~fedrec.common.data.schema.Interactions.user_item_recency`
+    #: of their training items (aligned with ``train_items``); none for synthetic devices
+    train_recency: Sequence[np.ndarray] = ()
+
+    def recency(self, user: int) -> np.ndarray | None:
+        """Where each of device ``user``'s training items lies in its history, if known."""
+        return self.train_recency[user] if user < len(self.train_recency) else None
 
     @property
     def n_users(self) -> int:
@@ -129,7 +136,7 @@ def _cached(
         n_real = len(train)
         train = grow(train, data.n_items, population, seed=seed)  # compact, not an array each
         test = test + [np.zeros(0, dtype=np.int64)] * (len(train) - n_real)
-    return FederatedDataset(data, sp, train, test)
+    return FederatedDataset(data, sp, train, test, sp.train.user_item_recency())
 
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
@@ -229,6 +236,7 @@ def make_device(
         name,
         fed.train_items[user],
         n_items=fed.n_items,
+        recency=fed.recency(user),
         dim=cfg.dim,
         local=cfg.local_config(),
         dp=dp,

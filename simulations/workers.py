@@ -134,6 +134,7 @@ def _population_key(cfg: RunConfig) -> str:
     settings = {k: v for k, v in flat.items() if k in _POPULATION_KEYS or k.startswith("events-")}
     if settings.get("data-dir"):
         settings["data-dir"] = str(Path(str(settings["data-dir"])).expanduser().absolute())
+    settings["layout"] = 2  # 2: with the recency of the training items
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -151,11 +152,17 @@ class SharedPopulation:
     train_items: Ragged
     test_items: Ragged
     n_items: int
+    #: the real users' recency of their training items (FederatedDataset.train_recency)
+    train_recency: Ragged | tuple = ()
 
     @property
     def n_users(self) -> int:
         """Number of devices (synthetic ones included)."""
         return len(self.train_items)
+
+    def recency(self, user: int) -> np.ndarray | None:
+        """Where each of device ``user``'s training items lies in its history, if known."""
+        return self.train_recency[user] if user < len(self.train_recency) else None
 
 
 def _population_dir(cfg: RunConfig) -> Path:
@@ -185,7 +192,8 @@ def share_population(cfg: RunConfig, fed: FederatedDataset | None = None) -> Pat
     fed = fed if fed is not None else federated_dataset(cfg)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".population-", dir=folder.parent))
-    for name, arrays in (("train", fed.train_items), ("test", fed.test_items)):
+    parts = (("train", fed.train_items), ("test", fed.test_items))
+    for name, arrays in (*parts, ("recency", fed.train_recency)):
         items, offsets = _flat(arrays)
         np.save(tmp / f"{name}-items.npy", items)
         np.save(tmp / f"{name}-offsets.npy", offsets)
@@ -210,7 +218,8 @@ def shared_population(cfg: RunConfig) -> SharedPopulation:
         items = np.load(folder / f"{name}-items.npy", mmap_mode="c")
         return Ragged(items, np.load(folder / f"{name}-offsets.npy"))
 
-    return SharedPopulation(ragged("train"), ragged("test"), int(meta["n_items"]))
+    recency = ragged("recency") if (folder / "recency-items.npy").is_file() else ()
+    return SharedPopulation(ragged("train"), ragged("test"), int(meta["n_items"]), recency)
 
 
 def _dropout_coin(cfg: RunConfig, u: int, server_round: int) -> bool:

@@ -153,6 +153,8 @@ class DeviceView(Protocol):
     """
 
     train_items: np.ndarray
+    #: where each training item lies in the user's history (``None``: unknown)
+    recency: np.ndarray | None
     model: Any
     local: Any
     dp: Any

@@ -236,6 +236,27 @@ class Interactions:
         """For each dense user, the sorted unique item indices they interacted with."""
         return [np.unique(self.item[pos]) for pos in self.by_user()]
 
+    def user_item_recency(self) -> list[np.ndarray]:
+        """For each dense user, where each of :meth:`user_items` lies in their history.
+
+        An item's time is its latest interaction's timestamp; its recency is the mid-rank of
+        that time among the user's items, ``(#earlier + #same / 2) / n`` over the user's
+        ``n`` distinct items: in ``(0, 1)``, ``(r + 0.5) / n`` for the ``r``-th of distinct
+        times, ``0.5`` for every item of a user whose timestamps are all equal (no order).
+        Aligned with :meth:`user_items` (sorted by item index).
+        """
+        out = []
+        for pos in self.by_user():
+            items, ts = self.item[pos], self.timestamp[pos]
+            uniq, inverse = np.unique(items, return_inverse=True)
+            last = np.full(len(uniq), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(last, inverse, ts.astype(np.int64))
+            ordered = np.sort(last)
+            earlier = np.searchsorted(ordered, last, side="left")
+            same = np.searchsorted(ordered, last, side="right") - earlier
+            out.append((earlier + same / 2.0) / max(len(uniq), 1))
+        return out
+
     def item_counts(self) -> np.ndarray:
         """Number of interactions per item (length ``n_items``)."""
         return np.bincount(self.item, minlength=self.n_items)

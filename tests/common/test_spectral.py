@@ -291,3 +291,97 @@ def test_without_noise_a_secure_sums_quantization_does_not_break_ties():
     pop = Popularity(RunConfig(privacy="off", algorithm="popularity", num_rounds=1), 6)
     table = pop.update(1, pop.initial_state(), Aggregate(count=4, total={"count": noisy}))
     np.testing.assert_array_equal(table["item_bias.weight"][:, 0], exact)
+
+
+def test_recency_is_the_mid_rank_of_each_items_latest_interaction():
+    from fedrec.common.data.schema import Interactions
+
+    data = Interactions.from_arrays(
+        ["a", "a", "a", "a", "b", "b", "c"],
+        ["x", "y", "x", "z", "x", "y", "z"],
+        timestamps=[1, 2, 5, 3, 7, 7, 4],
+    )
+    a, b, c = data.user_item_recency()
+    # user a: x last at 5, y at 2, z at 3 -> ranks y < z < x; items in index order x, y, z
+    np.testing.assert_allclose(a, [2.5 / 3, 0.5 / 3, 1.5 / 3])
+    np.testing.assert_allclose(b, [0.5, 0.5])  # equal times: no order, every item alike
+    np.testing.assert_allclose(c, [0.5])
+    assert [len(r) for r in data.user_item_recency()] == [len(i) for i in data.user_items()]
+
+
+def test_user_level_popularity_weighs_recent_items_more_and_keeps_norm_one():
+    from fedrec.common.algorithms.spectral import user_indicator
+
+    items, recency = np.array([1, 4, 7]), np.array([0.9, 0.5, 0.1])
+    x = user_indicator(items, 10, recency, power=2.0)
+    assert np.linalg.norm(x) == pytest.approx(1.0)
+    assert x[1] > x[4] > x[7] > 0 and x[[0, 2, 3, 5, 6, 8, 9]].sum() == 0
+    np.testing.assert_allclose(x[items], recency**2 / np.linalg.norm(recency**2))
+    plain = user_indicator(items, 10)  # no order known, or power 0: the plain indicator
+    np.testing.assert_allclose(plain[items], 1 / np.sqrt(3))
+    np.testing.assert_allclose(user_indicator(items, 10, recency, power=0.0), plain)
+    assert not user_indicator(np.array([], dtype=int), 10, np.array([]), 2.0).any()
+    spec = SpectralSpec(n_items=10, dim=1, unit="user", recency_power=2.0)
+    np.testing.assert_allclose(_contrib(items, "popularity", spec) @ plain, 1.0)
+    weighted = contribution(
+        items, "popularity", spec, rng=np.random.default_rng(0), recency=recency
+    )
+    np.testing.assert_allclose(weighted, x)
+
+
+@pytest.mark.parametrize("privacy", ["local", "distributed"])
+def test_example_level_dp_keeps_zero_one_popularity_whatever_the_recency(privacy):
+    """Its sensitivity (1 per interaction) holds only for 0/1 entries: removing one
+    interaction would move every later item's recency. The configuration cannot turn it on."""
+    from fedrec.common.algorithms.spectral import Spectral
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig(privacy=privacy, algorithm="spectral", num_rounds=2, popularity_recency=4.0)
+    spec = Spectral.spec_of(cfg, 10)
+    assert spec.recency_power == 0.0
+    x = contribution(
+        np.array([1, 4]),
+        "popularity",
+        spec,
+        rng=np.random.default_rng(0),
+        recency=np.array([0.9, 0.1]),
+    )
+    np.testing.assert_array_equal(np.flatnonzero(x), [1, 4])
+    np.testing.assert_array_equal(x[[1, 4]], [1.0, 1.0])
+
+
+def test_without_privacy_recency_weights_sit_on_a_grid_the_server_rounds_back_to():
+    from fedrec.common.algorithms.base import Aggregate
+    from fedrec.common.algorithms.spectral import WEIGHT_GRID, Spectral
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig(privacy="off", algorithm="spectral", num_rounds=2, dim=1, spectral_top_items=2)
+    alg = Spectral(cfg, 6)
+    assert alg.spec.recency_power == cfg.popularity_recency > 0
+    rng = np.random.default_rng(0)
+    devices = [
+        (np.array([0, 1, 2]), np.array([0.2, 0.5, 0.8])),
+        (np.array([1, 3]), np.array([0.75, 0.25])),
+        (np.array([0, 5]), np.array([0.3, 0.9])),
+    ]
+    parts = [contribution(i, "popularity", alg.spec, rng=rng, recency=r) for i, r in devices]
+    for x in parts:  # multiples of 1/WEIGHT_GRID, and a held item never weighs 0
+        np.testing.assert_array_equal(x * WEIGHT_GRID, np.round(x * WEIGHT_GRID))
+    exact = np.sum(parts, axis=0)
+    quantized = exact + rng.uniform(-2e-6, 2e-6, size=exact.shape)  # SecAgg+'s error
+    alg.update(1, alg.initial_state(), Aggregate(count=3, total={"popularity": quantized}))
+    np.testing.assert_array_equal(alg.popularity, exact)
+
+
+def test_a_device_refuses_recency_that_does_not_match_its_items():
+    from fedrec.client.device import Device
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig()
+    kwargs = {"n_items": 10, "dim": 2, "local": cfg.local_config(), "dp": None}
+    assert Device("d", np.array([1, 2]), recency=np.array([0.2, 0.9]), **kwargs).recency.shape == (
+        2,
+    )
+    for bad in (np.array([0.5]), np.array([0.5, 1.5]), np.array([np.nan, 0.5])):
+        with pytest.raises(ValueError, match="recency must give one value in"):
+            Device("d", np.array([1, 2]), recency=bad, **kwargs)
