@@ -203,11 +203,10 @@ class RunConfig:
         default=0.2,
     )
     popularity_recency: float = _doc(
-        "spectral and warm-sgd with privacy user or off, popularity with privacy user: a "
-        "device weighs each item of its popularity release by the item's recency in its own "
-        "history (in (0, 1), latest near 1) to this power (user-level: then scales the whole "
-        "to norm 1); 0 = every item alike. Example-level DP always sends 0/1 (its "
-        "sensitivity). A device whose history has no order (equal timestamps) weighs its "
+        "spectral and warm-sgd, user-level DP: a device weighs each item of its popularity "
+        "release by the item's recency in its own history (in (0, 1), latest near 1) to this "
+        "power, then scales the whole to norm 1; 0 = every item alike. Other modes send the "
+        "0/1 indicator. A device whose history has no order (equal timestamps) weighs its "
         "items alike",
         default=2.0,
     )

@@ -105,10 +105,12 @@ class SpectralSpec:
         feature_scale: features algorithm: the user-profile scale of
             :func:`~fedrec.common.algorithms.features.profile_fold_in`.
         feature_smoothing: features algorithm: its smoothing constant.
-        recency_power: the popularity round weighs items by their recency in the device's
-            history to this power (``popularity-recency``; user-level and non-private runs);
-            0 for example-level DP, whose sensitivity assumes 0/1 entries (removing one
-            interaction would move the other items' recency).
+        recency_power: the user-level popularity round weighs items by their recency in the
+            device's history to this power (``popularity-recency``). 0 otherwise: under
+            example-level DP the sensitivity assumes 0/1 entries (removing one interaction
+            would move the other items' recency); without privacy the weights, which shuffled
+            histories make random, cost more than they add (heavy-tail, seed 0: non-private
+            NDCG@10 0.2229 with them, 0.2432 without, against centralized MF 0.2659).
         auto: the selection's size is :func:`selection_size`, at most ``top_items``.
     """
 
@@ -189,13 +191,6 @@ def _capped(items: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return items
 
 
-#: Without privacy, popularity weights are multiples of ``1 / WEIGHT_GRID`` (and counts are
-#: integers), so the server rounds a secure sum back to that grid: SecAgg+'s stochastic
-#: quantization (about 5e-7 a device) then cannot break a tie between equal sums, which would
-#: make a run's selection depend on the transport.
-WEIGHT_GRID = 64
-
-
 def user_indicator(
     items: np.ndarray, n_items: int, recency: np.ndarray | None = None, power: float = 0.0
 ) -> np.ndarray:
@@ -234,9 +229,9 @@ def contribution(
         selected: the selected items (sorted, from :func:`select_items`); cooccurrence only.
         rng: draws the capped subset (example-level).
         recency: where each of ``items`` lies in the device's history (``Device.recency``);
-            the popularity contribution weighs items by it to ``spec.recency_power``
-            (user-level and non-private runs; example-level DP keeps 0/1 entries, whose
-            sensitivity does not depend on the other items).
+            the user-level popularity contribution weighs items by it to
+            ``spec.recency_power`` (example-level runs keep 0/1 entries: see
+            :class:`SpectralSpec`).
 
     User-level, the popularity contribution has norm 1 whatever the weights (the
     sensitivity is the norm bound, not the weights' form). Weighing by recency estimates
@@ -250,12 +245,7 @@ def contribution(
         if spec.unit == "user":
             return user_indicator(items, spec.n_items, recency, spec.recency_power)
         x = np.zeros(spec.n_items)
-        if spec.recency_power > 0 and recency is not None and len(recency) == len(items):
-            w = np.asarray(recency, dtype=np.float64) ** spec.recency_power
-            w = np.maximum(np.round(w * WEIGHT_GRID), 1.0) / WEIGHT_GRID  # see WEIGHT_GRID
-            np.maximum.at(x, items, w)
-        else:
-            x[np.unique(items)] = 1.0
+        x[np.unique(items)] = 1.0
         return x
     if phase != "cooccurrence":
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -407,7 +397,7 @@ class Spectral(Algorithm):
             max_items=cfg.spectral_max_items,
             unit="user" if cfg.privacy == "user" else "example",
             popularity_share=cfg.spectral_popularity_share,
-            recency_power=cfg.popularity_recency if cfg.privacy in ("user", "off") else 0.0,
+            recency_power=cfg.popularity_recency if cfg.privacy == "user" else 0.0,
         )
 
     @classmethod
@@ -500,8 +490,8 @@ class Spectral(Algorithm):
         if phase == "popularity":
             self.contributors = int(aggregate.count)  # public: SecAgg+ reveals the count
         total = np.asarray(aggregate.total[phase], dtype=np.float64)
-        if self.cfg.privacy == "off":  # sums on the WEIGHT_GRID: a secure sum's quantization
-            total = np.rint(total * WEIGHT_GRID) / WEIGHT_GRID  # is rounded away (ties stay)
+        if self.cfg.privacy == "off":  # integer sums: a secure sum's quantization is rounded
+            total = np.rint(total)  # away, so that equal counts stay ties (broken by index)
         new = self.finish(phase, total)
         if new is None:
             return state
