@@ -205,9 +205,10 @@ class RunConfig:
     popularity_recency: float = _doc(
         "spectral and warm-sgd, user-level DP: a device weighs each item of its popularity "
         "release by the item's recency in its own history (in (0, 1), latest near 1) to this "
-        "power, then scales the whole to norm 1; 0 = every item alike. Other modes send the "
-        "0/1 indicator. A device whose history has no order (equal timestamps) weighs its "
-        "items alike",
+        "power, then scales the whole to norm 1; 0 = every item alike. Other modes, and "
+        "user-level runs whose popularity noise multiplier exceeds 7 (warm-sgd: eps under "
+        "about 1.4 at delta 1e-5), send the 0/1 indicator. A device whose history has no "
+        "order (equal timestamps) weighs its items alike",
         default=2.0,
     )
     feature_scale: float = _doc(

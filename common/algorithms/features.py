@@ -120,8 +120,13 @@ class Features(Spectral):
             )
 
     @classmethod
-    def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
-        """One round, the popularity release alone, with the profile's settings."""
+    def spec_of(
+        cls, cfg: RunConfig, n_items: int, *, popularity_noise: float | None = None
+    ) -> SpectralSpec:
+        """One round, the popularity release alone, with the profile's settings.
+
+        ``popularity_noise`` is unused: the release keeps 0/1 entries in every mode.
+        """
         return SpectralSpec(
             n_items=n_items,
             dim=cfg.dim,

@@ -264,6 +264,29 @@ def contribution(
     return np.outer(x, x)[rows, cols] if len(pos) else np.zeros(spec.shape(phase))
 
 
+#: User-level: the popularity release's noise multiplier above which devices send the plain
+#: indicator whatever ``popularity-recency`` says (:func:`recency_power`).
+RECENCY_MAX_NOISE = 7.0
+
+
+def recency_power(cfg: RunConfig, popularity_noise: float) -> float:
+    """The power devices weigh their popularity release's items by recency to.
+
+    ``popularity-recency`` under user-level DP while the popularity release's noise
+    multiplier ``popularity_noise`` (public: calibrated from ε, δ and the plan) is at most
+    :data:`RECENCY_MAX_NOISE`; 0 above it, and 0 in every other mode (see
+    :class:`SpectralSpec`). Unequal weights lower the release's signal (its sum) by
+    ``E[w] / √E[w²]``, 0.75 at power 2, for the same sensitivity; when noise dominates that
+    loss outweighs what the weighting adds. Measured with warm-sgd on ML-100K, 943 devices,
+    δ 1e-5, seeds 0 / 1 / 2 (power 2 against 0): ε 1 (σ 9.3) 0.0942 against 0.1171 (median;
+    most-popular 0.1111); ε 2 (σ 5.0) 0.1275 / 0.1361 / 0.1358 against 0.1273 / 0.1295 /
+    0.1311; ε 3 (σ 3.5) 0.1418 against 0.1369; ε 8 (σ 1.5) 0.1582 against 0.1551.
+    """
+    if cfg.privacy != "user" or popularity_noise > RECENCY_MAX_NOISE:
+        return 0.0
+    return float(cfg.popularity_recency)
+
+
 #: The most items an automatic selection (``spectral-top-items = 0``) holds: a co-occurrence
 #: reply is then at most 500 · 501 / 2 = 125,250 values (0.5 MB of float32). It is also the
 #: selection without noise (privacy off), where sampling noise is what limits it: ML-100K,
@@ -378,17 +401,25 @@ class Spectral(Algorithm):
 
     def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)
-        self.spec = self.spec_of(cfg, n_items)
         self.noise = tuple(cfg.noise_multipliers())
+        self.spec = self.spec_of(cfg, n_items, popularity_noise=self.noise[0])
         self.popularity: np.ndarray | None = None
         self.selected: np.ndarray | None = None
         #: devices in the popularity round's sum (public), for :func:`selection_size`
         self.contributors = 0
 
     @classmethod
-    def spec_of(cls, cfg: RunConfig, n_items: int) -> SpectralSpec:
-        """The run's public settings for a catalog of ``n_items``."""
+    def spec_of(
+        cls, cfg: RunConfig, n_items: int, *, popularity_noise: float | None = None
+    ) -> SpectralSpec:
+        """The run's public settings for a catalog of ``n_items``.
+
+        ``popularity_noise``: the popularity release's noise multiplier, when the caller has
+        calibrated it already (else it is calibrated here; it decides :func:`recency_power`).
+        """
         auto = cfg.spectral_top_items == 0
+        if popularity_noise is None and cfg.privacy == "user":
+            popularity_noise = cfg.noise_multipliers()[0]
         return SpectralSpec(
             n_items=n_items,
             dim=cfg.dim,
@@ -397,7 +428,7 @@ class Spectral(Algorithm):
             max_items=cfg.spectral_max_items,
             unit="user" if cfg.privacy == "user" else "example",
             popularity_share=cfg.spectral_popularity_share,
-            recency_power=cfg.popularity_recency if cfg.privacy == "user" else 0.0,
+            recency_power=recency_power(cfg, popularity_noise or 0.0),
         )
 
     @classmethod

@@ -351,6 +351,32 @@ def test_only_user_level_popularity_weighs_by_recency(privacy):
     np.testing.assert_array_equal(x[[1, 4]], [1.0, 1.0])
 
 
+@pytest.mark.parametrize(("epsilon", "weighs"), [(8.0, True), (2.0, True), (1.0, False)])
+def test_user_level_recency_weighting_stops_where_the_popularity_noise_dominates(epsilon, weighs):
+    """The weighting lowers the release's signal for the same sensitivity; above
+    RECENCY_MAX_NOISE (warm-sgd at eps 1, delta 1e-5: sigma 9.3) devices send the plain
+    indicator, and the noise the algorithm calibrates is the one that decides."""
+    from fedrec.common.algorithms.registry import create
+    from fedrec.common.algorithms.spectral import RECENCY_MAX_NOISE
+    from fedrec.common.config import RunConfig
+
+    cfg = RunConfig.from_flat(
+        {"algorithm": "warm-sgd", "privacy": "user", "epsilon": epsilon, "delta": 1e-5}
+    )
+    spectral = create(cfg, 10).spectral
+    assert (spectral.noise[0] <= RECENCY_MAX_NOISE) == weighs
+    assert spectral.spec.recency_power == (cfg.popularity_recency if weighs else 0.0)
+    x = contribution(
+        np.array([1, 4]),
+        "popularity",
+        spectral.spec,
+        rng=np.random.default_rng(0),
+        recency=np.array([0.9, 0.1]),
+    )
+    assert (x[1] > 2 * x[4]) == weighs
+    assert np.linalg.norm(x) == pytest.approx(1.0)
+
+
 def test_a_device_refuses_recency_that_does_not_match_its_items():
     from fedrec.client.device import Device
     from fedrec.common.config import RunConfig
