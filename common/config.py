@@ -50,7 +50,7 @@ def _doc(text: str, **kw: object) -> object:
     return field(metadata={"doc": text}, **kw)
 
 
-def default_dim(privacy: str, n_items: int | None = None) -> int:
+def default_dim(privacy: str, n_items: int | None = None, interactions: int | None = None) -> int:
     """The embedding dimension a run takes when ``dim`` is not set.
 
     Under DP: 8. Every DP release here (the spectral warm start's eigenvectors, DP-SGD's
@@ -71,12 +71,24 @@ def default_dim(privacy: str, n_items: int | None = None) -> int:
     rule gives 8 for catalogs under 1,024 items, 16 under 16,384, 32 under 262,144, and 64
     from there. The same for every dataset; an algorithm's own default (``features``:
     64) comes first.
+
+    When the number of training ``interactions`` is known too (a run without privacy sees
+    all its data: the simulations pass it), the embedding is also at most ``4·√m``, with ``m``
+    the interactions per catalog item, rounded the same way and at least 8: each direction is
+    estimated from the items' co-occurrences, and with few observations per item the extra
+    directions fit sampling noise. The synthetic 10,000-item catalog with 1,000 devices
+    (``m`` 3.2, ``fedrec shapes --shapes items-10k``, warm-sgd, seeds 0 / 1 / 2, centralized
+    MF 0.1786 / 0.2020 / 0.1898) reached 0.1916 / 0.2072 / 0.2062 at d 8 against 0.1613 /
+    0.1703 / 0.1777 at d 16 and 0.1376 / 0.1463 / 0.1515 at d 32; ML-100K (``m`` 48) keeps 16.
     """
     if privacy != "off":
         return 8
     if n_items is None:
         return 16
-    power = math.floor(math.log2(2.0 * max(int(n_items), 1) ** 0.25) + 0.5)
+    dims = [2.0 * max(int(n_items), 1) ** 0.25]
+    if interactions is not None:
+        dims.append(4.0 * math.sqrt(max(int(interactions), 1) / max(int(n_items), 1)))
+    power = math.floor(math.log2(min(dims)) + 0.5)
     return int(min(max(2**power, 8), 64))
 
 
@@ -103,6 +115,8 @@ class RunConfig:
     _privacy_defaults: ClassVar[frozenset[str]] = frozenset()
     #: the catalog size :meth:`with_catalog` resolved the defaults with (``None``: not yet)
     _catalog: ClassVar[int | None] = None
+    #: the training interactions :meth:`with_catalog` was given (``None``: not known)
+    _interactions: ClassVar[int | None] = None
 
     # data
     dataset: str = _doc(
@@ -168,7 +182,8 @@ class RunConfig:
     dim: int = _doc(
         "embedding dimension; unset, it is default_dim(privacy, catalog size): 8 under DP "
         "(noise is per coordinate); with privacy off 2 x the catalog's fourth root as a power "
-        "of two within 8..64 (8 under 1,024 items, 16 under 16,384)",
+        "of two within 8..64 (8 under 1,024 items, 16 under 16,384), and at most 4 x the "
+        "square root of the training interactions per item where the run knows them",
         default=8,
     )
     item_bias: bool = _doc("learn item biases (global)", default=True)
@@ -527,23 +542,28 @@ class RunConfig:
         """
         twin = self.replace(privacy="off")
         if "dim" in self._privacy_defaults:
-            twin = dataclasses.replace(twin, dim=default_dim("off", self._catalog))
+            twin = dataclasses.replace(
+                twin, dim=default_dim("off", self._catalog, self._interactions)
+            )
             twin._privacy_defaults, twin._catalog = self._privacy_defaults, self._catalog
+            twin._interactions = self._interactions
         return twin
 
-    def with_catalog(self, n_items: int) -> RunConfig:
+    def with_catalog(self, n_items: int, interactions: int | None = None) -> RunConfig:
         """A copy with the defaults that depend on the catalog size resolved.
 
-        An unset ``dim`` becomes :func:`default_dim` of the privacy mode and ``n_items``; a
-        set one stays. The engines call it once the data is loaded, before any device or the
-        server sees the configuration, so that both train the same shape; the catalog is
+        An unset ``dim`` becomes :func:`default_dim` of the privacy mode, ``n_items`` and the
+        number of training ``interactions`` (when known; only a run without privacy uses it);
+        a set one stays. The engines call it once the data is loaded, before any device or
+        the server sees the configuration, so that both train the same shape; both are
         remembered for :meth:`without_privacy`.
         """
         if "dim" not in self._privacy_defaults:
             return self
-        copy = dataclasses.replace(self, dim=default_dim(self.privacy, n_items))
+        copy = dataclasses.replace(self, dim=default_dim(self.privacy, n_items, interactions))
         copy._privacy_defaults = self._privacy_defaults
         copy._catalog = int(n_items)
+        copy._interactions = None if interactions is None else int(interactions)
         return copy
 
     def to_flat(self) -> dict[str, object]:
@@ -554,7 +574,7 @@ class RunConfig:
         """A copy with some fields changed (validated again)."""
         copy = dataclasses.replace(self, **changes)
         copy._privacy_defaults = self._privacy_defaults - {k.replace("_", "-") for k in changes}
-        copy._catalog = self._catalog
+        copy._catalog, copy._interactions = self._catalog, self._interactions
         return copy
 
     @classmethod

@@ -61,6 +61,14 @@ class FederatedDataset:
         """Catalog size."""
         return self.data.n_items
 
+    @property
+    def n_train_interactions(self) -> int:
+        """Training interactions over every device (synthetic ones included)."""
+        lengths = getattr(self.train_items, "lengths", None)
+        if lengths is not None:
+            return int(np.sum(lengths()))
+        return int(sum(len(items) for items in self.train_items))
+
 
 def _load(cfg: RunConfig) -> Interactions:
     from fedrec.common.data.loaders import load_dataset

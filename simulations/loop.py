@@ -146,7 +146,7 @@ def _run_plain(
 ) -> PlainResult:
     t0 = time.perf_counter()
     fed = federated_dataset(cfg)
-    cfg = cfg.with_catalog(fed.n_items)
+    cfg = cfg.with_catalog(fed.n_items, fed.n_train_interactions)
     if run_dir is not None:
         ledger_dir = run_dir.ledger_dir
     features = federated_features(cfg) if cfg.algorithm_class().needs_item_features else None

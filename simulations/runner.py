@@ -253,7 +253,7 @@ def _loaded(cfg: RunConfig) -> tuple[RunConfig, Any]:
     or the run directory see ``cfg``, so that all of them train the same dim.
     """
     fed = federated_dataset(cfg)
-    return cfg.with_catalog(fed.n_items), fed
+    return cfg.with_catalog(fed.n_items, fed.n_train_interactions), fed
 
 
 def simulate(

@@ -60,11 +60,39 @@ def test_the_non_private_twin_takes_the_non_private_default_only_where_dim_was_u
 
 
 @pytest.mark.parametrize(
-    ("engine", "items", "dim"), [("loop", 30, 8), ("loop", 1100, 16), ("flower", 30, 8)]
+    ("n_items", "interactions", "dim"),
+    [
+        (10_000, 31_944, 8),  # items-10k: 3.2 per item; the catalog alone says 16
+        (1682, 80_367, 16),  # ML-100K's training split: 48 per item; the catalog's 16 stays
+        (400, 10**6, 8),  # plenty of data never raises the catalog's rule
+        (16_384, 16_384 * 64, 32),
+        (16_384, 16_384 * 8, 16),
+        (5, 1, 8),  # at least 8
+    ],
 )
-def test_a_run_without_privacy_records_the_dim_its_catalog_gave(tmp_path, engine, items, dim):
+def test_without_privacy_few_interactions_per_item_cap_the_dim(n_items, interactions, dim):
+    assert default_dim("off", n_items, interactions) == dim
+    for private in ("local", "distributed", "user"):  # the data's size never sets a private dim
+        assert default_dim(private, n_items, interactions) == 8
+    private = RunConfig.from_flat({"algorithm": "warm-sgd", "privacy": "user"})
+    resolved = private.with_catalog(n_items, interactions)
+    assert resolved.dim == 8
+    assert resolved.without_privacy().dim == dim
+    assert resolved.replace(seed=2).without_privacy().dim == dim
+    off = RunConfig.from_flat({"algorithm": "warm-sgd", "privacy": "off"})
+    assert off.with_catalog(n_items, interactions).dim == dim
+    assert off.with_catalog(n_items).dim == default_dim("off", n_items)  # not known: catalog
+
+
+@pytest.mark.parametrize(
+    ("engine", "items", "users", "dim"),
+    [("loop", 30, 20, 8), ("loop", 1100, 300, 16), ("loop", 1100, 20, 8), ("flower", 30, 20, 8)],
+)
+def test_a_run_without_privacy_records_the_dim_its_data_gave(tmp_path, engine, items, users, dim):
+    """1,100 items ask for 16; 20 synthetic users give too few interactions per item for it."""
     run_dir = tmp_path / "run"
-    flags = ["--set", "synthetic-users=20", "--set", f"synthetic-items={items}", "--rounds", "3"]
+    flags = ["--set", f"synthetic-users={users}", "--set", f"synthetic-items={items}"]
+    flags += ["--rounds", "3"]
     argv = ["simulate", "--engine", engine, "--privacy", "off", "--run-dir", str(run_dir)]
     assert main([*argv, *flags]) == 0
     config = json.loads((run_dir / "config.json").read_text())["run_config"]
