@@ -38,8 +38,9 @@ class FederatedDataset:
     split: Split
     train_items: Sequence[np.ndarray]
     test_items: Sequence[np.ndarray]
-    #: each real user's :meth:`~fedrec.common.data.schema.Interactions.user_item_recency`
-    #: of their training items (aligned with ``train_items``); none for synthetic devices
+    #: each device's recency of its training items (aligned with ``train_items``): a real
+    #: user's :meth:`~fedrec.common.data.schema.Interactions.user_item_recency`, a synthetic
+    #: device's its template's (:class:`~fedrec.simulations.population.PopulationRecency`)
     train_recency: Sequence[np.ndarray] = ()
 
     def recency(self, user: int) -> np.ndarray | None:
@@ -138,13 +139,15 @@ def _cached(
     data = _load(cfg)
     sp = temporal_split(data) if split == "temporal" else random_split(data, seed=seed)
     train, test = sp.train.user_items(), sp.test.user_items()
+    recency: Sequence[np.ndarray] = sp.train.user_item_recency()
     if population > len(train):
-        from fedrec.simulations.population import population as grow
+        from fedrec.simulations.population import PopulationRecency, grow
 
-        n_real = len(train)
-        train = grow(train, data.n_items, population, seed=seed)  # compact, not an array each
-        test = test + [np.zeros(0, dtype=np.int64)] * (len(train) - n_real)
-    return FederatedDataset(data, sp, train, test, sp.train.user_item_recency())
+        real = train
+        train, templates = grow(real, data.n_items, population, seed=seed)  # compact
+        test = test + [np.zeros(0, dtype=np.int64)] * (len(train) - len(real))
+        recency = PopulationRecency(recency, real, train, templates, seed=seed)
+    return FederatedDataset(data, sp, train, test, recency)
 
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["augment", "Ragged", "population"]
+__all__ = ["augment", "Ragged", "population", "grow", "PopulationRecency"]
 
 #: Synthetic devices built between two compactions (bounds the Python objects alive at once).
 _BLOCK = 20_000
@@ -82,10 +82,68 @@ def population(
     train_items: Sequence[np.ndarray], n_items: int, total: int, *, seed: int = 0
 ) -> Ragged:
     """The real devices' training items followed by :func:`augment`'s synthetic ones, compact."""
+    return grow(train_items, n_items, total, seed=seed)[0]
+
+
+def grow(
+    train_items: Sequence[np.ndarray], n_items: int, total: int, *, seed: int = 0
+) -> tuple[Ragged, np.ndarray]:
+    """:func:`population`, and the template (a real device) each synthetic device came from."""
     real = Ragged.from_arrays(train_items, n_items)
     if total <= len(train_items):
-        return real
-    return Ragged.concat([real, *_augment_blocks(train_items, n_items, total, seed, 0.8)])
+        return real, np.zeros(0, dtype=np.int32)
+    blocks, templates = _augment_blocks(train_items, n_items, total, seed, 0.8)
+    return Ragged.concat([real, *blocks]), templates
+
+
+class PopulationRecency(Sequence[np.ndarray]):
+    """Where each device's training items lie in its history, synthetic devices included.
+
+    A real device's recency is its own (``Interactions.user_item_recency``). A synthetic
+    device takes its template's history: a kept item keeps the template's recency, and the
+    items redrawn by popularity take the recencies of the template items they replaced, in
+    an order drawn from ``seed`` and the device. Computed when asked for (a million devices
+    keep only their templates' indices).
+    """
+
+    def __init__(
+        self,
+        real: Sequence[np.ndarray],
+        real_items: Sequence[np.ndarray],
+        items: Sequence[np.ndarray],
+        templates: np.ndarray,
+        seed: int = 0,
+    ) -> None:
+        if len(real) != len(real_items) or len(items) != len(real_items) + len(templates):
+            raise ValueError("recency, templates and devices do not line up")
+        self.real, self.real_items, self.items = real, real_items, items
+        self.templates, self.seed = np.asarray(templates), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, u):  # noqa: ANN001, ANN204 - Sequence's int and slice
+        if isinstance(u, slice):
+            return [self[i] for i in range(*u.indices(len(self)))]
+        u = int(u) + (len(self) if int(u) < 0 else 0)
+        if not 0 <= u < len(self):
+            raise IndexError(f"device {u} out of range (population {len(self)})")
+        n_real = len(self.real)
+        if u < n_real:
+            return self.real[u]
+        t = int(self.templates[u - n_real])
+        template = np.asarray(self.real_items[t])
+        rec = np.asarray(self.real[t], dtype=np.float64)
+        own = np.asarray(self.items[u])
+        pos = np.minimum(np.searchsorted(template, own), max(len(template) - 1, 0))
+        hit = (template[pos] == own) if len(template) else np.zeros(len(own), dtype=bool)
+        out = np.empty(len(own))
+        out[hit] = rec[pos[hit]]
+        kept = np.zeros(len(template), dtype=bool)
+        kept[pos[hit]] = True
+        rng = np.random.default_rng([self.seed, 2025, u])
+        out[~hit] = rng.permutation(rec[~kept])[: int((~hit).sum())]
+        return out
 
 
 def augment(
@@ -107,14 +165,14 @@ def augment(
     """
     if total <= len(train_items):
         return []
-    blocks = _augment_blocks(train_items, n_items, total, seed, keep)
+    blocks, _ = _augment_blocks(train_items, n_items, total, seed, keep)
     return [a.astype(np.int64) for block in blocks for a in block]
 
 
 def _augment_blocks(
     train_items: Sequence[np.ndarray], n_items: int, total: int, seed: int, keep: float
-) -> list[Ragged]:
-    """The synthetic devices, :data:`_BLOCK` at a time, each block compacted."""
+) -> tuple[list[Ragged], np.ndarray]:
+    """The synthetic devices, :data:`_BLOCK` at a time, each block compacted; the templates."""
     n_real = len(train_items)
     if not 0 < keep <= 1:
         raise ValueError(f"keep must lie in (0, 1], got {keep}")
@@ -125,8 +183,10 @@ def _augment_blocks(
     cdf = pop.cumsum()
     cdf /= cdf[-1]  # what Generator.choice(p=pop) draws through
     blocks, out = [], []
-    for _ in range(total - n_real):
-        template = train_items[int(rng.integers(n_real))]
+    templates = np.zeros(total - n_real, dtype=np.int32)
+    for d in range(total - n_real):
+        templates[d] = int(rng.integers(n_real))
+        template = train_items[int(templates[d])]
         kept = template[rng.random(len(template)) < keep]
         need = len(template) - len(kept)
         chosen = set(kept.tolist())
@@ -144,4 +204,4 @@ def _augment_blocks(
             out = []
     if out:
         blocks.append(Ragged.from_arrays(out, n_items))
-    return blocks
+    return blocks, templates

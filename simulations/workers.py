@@ -134,7 +134,8 @@ def _population_key(cfg: RunConfig) -> str:
     settings = {k: v for k, v in flat.items() if k in _POPULATION_KEYS or k.startswith("events-")}
     if settings.get("data-dir"):
         settings["data-dir"] = str(Path(str(settings["data-dir"])).expanduser().absolute())
-    settings["layout"] = 2  # 2: with the recency of the training items
+    settings["layout"] = 3  # 2: with the recency of the training items; 3: synthetic too
+    settings["synthetic-recency"] = cfg.privacy == "user"
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -152,7 +153,8 @@ class SharedPopulation:
     train_items: Ragged
     test_items: Ragged
     n_items: int
-    #: the real users' recency of their training items (FederatedDataset.train_recency)
+    #: the devices' recency of their training items (FederatedDataset.train_recency; the
+    #: synthetic devices' only under user-level DP, which alone reads it)
     train_recency: Ragged | tuple = ()
 
     @property
@@ -193,7 +195,12 @@ def share_population(cfg: RunConfig, fed: FederatedDataset | None = None) -> Pat
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".population-", dir=folder.parent))
     parts = (("train", fed.train_items), ("test", fed.test_items))
-    for name, arrays in (*parts, ("recency", fed.train_recency)):
+    # only user-level DP reads recency: other runs keep the real users' (a million synthetic
+    # devices' would be computed and written for nothing)
+    recency = fed.train_recency
+    if cfg.privacy != "user":
+        recency = list(recency[: min(fed.n_real_users, len(recency))])
+    for name, arrays in (*parts, ("recency", recency)):
         items, offsets = _flat(arrays)
         np.save(tmp / f"{name}-items.npy", items)
         np.save(tmp / f"{name}-offsets.npy", offsets)

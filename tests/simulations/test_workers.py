@@ -320,12 +320,9 @@ def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
     for u in range(fed.n_users):
         np.testing.assert_array_equal(mapped.train_items[u], fed.train_items[u])
         np.testing.assert_array_equal(mapped.test_items[u], fed.test_items[u])
-        # the devices' recency travels too (real users only; synthetic devices have none)
-        if u < fed.n_real_users:
-            np.testing.assert_array_equal(mapped.recency(u), fed.recency(u))
-            assert mapped.recency(u).shape == fed.train_items[u].shape
-        else:
-            assert mapped.recency(u) is None and fed.recency(u) is None
+        # the devices' recency travels too (user-level: synthetic devices' as well)
+        np.testing.assert_array_equal(mapped.recency(u), fed.recency(u))
+        assert mapped.recency(u).shape == fed.train_items[u].shape
         built = Shard(cfg, 0, 1).device(u) if u in (0, fed.n_users - 1) else None
         if built is not None:
             expected = fed.recency(u)
@@ -334,6 +331,15 @@ def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
                 np.testing.assert_array_equal(built.recency, expected)
     assert isinstance(mapped.train_items.items, np.memmap)  # mapped, not loaded
     assert Shard(cfg, 0, 2).fed.n_users == fed.n_users
+    # other modes never read recency: only the real users' is written, in another folder
+    example = cfg.replace(privacy="distributed")
+    assert share_population(example, fed) != folder
+    mapped_example = shared_population(example)
+    for u in range(fed.n_users):
+        if u < fed.n_real_users:
+            np.testing.assert_array_equal(mapped_example.recency(u), fed.recency(u))
+        else:
+            assert mapped_example.recency(u) is None
     # another dataset (here: another seed) is never read from this one's files
     other = cfg.replace(seed=6)
     assert share_population(other) != folder
