@@ -200,10 +200,15 @@ def user_indicator(
     :attr:`fedrec.client.device.Device.recency`) before the scaling; with ``power`` 0 or no
     ``recency``, every item alike (``1/√n``). The norm bound, not the weights, is the
     sensitivity, so any weighting the device chooses costs nothing extra.
+
+    Raises:
+        ValueError: ``recency`` does not have one entry per item.
     """
     items = np.asarray(items, dtype=np.int64)
     x = np.zeros(n_items)
-    if power > 0 and recency is not None and len(recency) == len(items):
+    if recency is not None and len(recency) != len(items):
+        raise ValueError(f"recency has {len(recency)} entries for {len(items)} items")
+    if power > 0 and recency is not None:
         np.maximum.at(x, items, np.asarray(recency, dtype=np.float64) ** power)
     else:
         x[items] = 1.0

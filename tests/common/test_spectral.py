@@ -321,6 +321,8 @@ def test_user_level_popularity_weighs_recent_items_more_and_keeps_norm_one():
     np.testing.assert_allclose(plain[items], 1 / np.sqrt(3))
     np.testing.assert_allclose(user_indicator(items, 10, recency, power=0.0), plain)
     assert not user_indicator(np.array([], dtype=int), 10, np.array([]), 2.0).any()
+    with pytest.raises(ValueError, match="2 entries for 3 items"):  # never a silent fallback
+        user_indicator(items[:3], 10, recency[:2], power=2.0)
     spec = SpectralSpec(n_items=10, dim=1, unit="user", recency_power=2.0)
     np.testing.assert_allclose(_contrib(items, "popularity", spec) @ plain, 1.0)
     weighted = contribution(
