@@ -429,6 +429,19 @@ class RunConfig:
 
         return noise_multipliers(self)
 
+    def reads_recency(self) -> bool:
+        """Whether the run's devices may weigh a release by recency (``popularity-recency``).
+
+        User-level DP, a positive ``popularity-recency`` and an algorithm that uses it
+        (:attr:`~fedrec.common.algorithms.base.Algorithm.uses_recency`); simulations give
+        synthetic devices a history only then.
+        """
+        return (
+            self.privacy == "user"
+            and self.popularity_recency > 0
+            and self.algorithm_class().uses_recency
+        )
+
     def device_noise(self) -> float:
         """The largest noise multiplier devices add (``local``/``distributed``; else 0)."""
         if self.privacy not in DEVICE_DP_MODES:

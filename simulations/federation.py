@@ -150,6 +150,26 @@ def _cached(
     return FederatedDataset(data, sp, train, test, recency)
 
 
+def _has_history(fed: FederatedDataset, user: int, cfg: RunConfig) -> bool:
+    """A real user's device, or a synthetic one of a run that reads recency."""
+    return user < getattr(fed, "n_real_users", fed.n_users) or reads_recency(cfg)
+
+
+def reads_recency(cfg: RunConfig) -> bool:
+    """:meth:`RunConfig.reads_recency`, looked up once per setting.
+
+    A synthetic device's history is computed only for runs that read it.
+    """
+    return _reads_recency(cfg.privacy, cfg.popularity_recency, cfg.algorithm)
+
+
+@functools.lru_cache(maxsize=64)
+def _reads_recency(privacy: str, power: float, algorithm: str) -> bool:
+    from fedrec.common.algorithms.registry import algorithm_class
+
+    return privacy == "user" and power > 0 and algorithm_class(algorithm).uses_recency
+
+
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
     """The dataset of a run, split per user (cached per process).
 
@@ -247,7 +267,7 @@ def make_device(
         name,
         fed.train_items[user],
         n_items=fed.n_items,
-        recency=fed.recency(user),
+        recency=fed.recency(user) if _has_history(fed, user, cfg) else None,
         dim=cfg.dim,
         local=cfg.local_config(),
         dp=dp,

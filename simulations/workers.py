@@ -135,7 +135,7 @@ def _population_key(cfg: RunConfig) -> str:
     if settings.get("data-dir"):
         settings["data-dir"] = str(Path(str(settings["data-dir"])).expanduser().absolute())
     settings["layout"] = 3  # 2: with the recency of the training items; 3: synthetic too
-    settings["synthetic-recency"] = cfg.privacy == "user"
+    settings["synthetic-recency"] = cfg.reads_recency()
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -154,7 +154,7 @@ class SharedPopulation:
     test_items: Ragged
     n_items: int
     #: the devices' recency of their training items (FederatedDataset.train_recency; the
-    #: synthetic devices' only under user-level DP, which alone reads it)
+    #: synthetic devices' only where the run reads it, RunConfig.reads_recency)
     train_recency: Ragged | tuple = ()
 
     @property
@@ -195,10 +195,10 @@ def share_population(cfg: RunConfig, fed: FederatedDataset | None = None) -> Pat
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".population-", dir=folder.parent))
     parts = (("train", fed.train_items), ("test", fed.test_items))
-    # only user-level DP reads recency: other runs keep the real users' (a million synthetic
-    # devices' would be computed and written for nothing)
+    # only runs whose devices weigh by recency read it: others keep the real users' (a
+    # million synthetic devices' would be computed and written for nothing)
     recency = fed.train_recency
-    if cfg.privacy != "user":
+    if not cfg.reads_recency():
         recency = list(recency[: min(fed.n_real_users, len(recency))])
     for name, arrays in (*parts, ("recency", recency)):
         items, offsets = _flat(arrays)

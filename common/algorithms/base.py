@@ -227,6 +227,8 @@ class Algorithm(ABC):
     raw_statistics: ClassVar[bool] = False
     #: whether the algorithm needs the catalog's public item features
     needs_item_features: ClassVar[bool] = False
+    #: whether a user-level device weighs its release by recency (``popularity-recency``)
+    uses_recency: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         self.cfg = cfg

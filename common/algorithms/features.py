@@ -86,6 +86,7 @@ class Features(Spectral):
     )
     defaults = {"num-rounds": 1, "fraction-train": 1.0, "dim": 64}
     needs_item_features = True
+    uses_recency = False  # its one release keeps 0/1 entries
 
     def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)

@@ -403,6 +403,7 @@ class Spectral(Algorithm):
     )
     defaults = {"num-rounds": 2, "fraction-train": 1.0}
     raw_statistics = True
+    uses_recency = True
 
     def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)

@@ -115,6 +115,7 @@ class WarmSGD(SGD):
     #: synthetic default and ML-100K: docs/recipes.md); a fine-tuning server step of 1
     defaults = {"num-rounds": 5, "fraction-train": 1.0, "local-epochs": 2.0, "server-lr": 1.0}
     raw_statistics = True  # the warm-start statistics are raw without device noise
+    uses_recency = True  # the spectral warm start's popularity round
 
     def __init__(self, cfg: RunConfig, n_items: int, *, item_features: np.ndarray | None = None):
         super().__init__(cfg, n_items, item_features=item_features)

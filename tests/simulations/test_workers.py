@@ -311,7 +311,9 @@ def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_p
 def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
     from fedrec.simulations.workers import share_population, shared_population
 
-    cfg = _cfg(tmp_path, "run", "user", population=population)
+    # spectral under user-level DP weighs its popularity release by recency
+    cfg = _cfg(tmp_path, "run", "user", population=population).replace(algorithm="spectral")
+    assert cfg.reads_recency()
     fed = federated_dataset(cfg)
     folder = share_population(cfg, fed)
     mapped = shared_population(cfg)
@@ -331,15 +333,19 @@ def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
                 np.testing.assert_array_equal(built.recency, expected)
     assert isinstance(mapped.train_items.items, np.memmap)  # mapped, not loaded
     assert Shard(cfg, 0, 2).fed.n_users == fed.n_users
-    # other modes never read recency: only the real users' is written, in another folder
-    example = cfg.replace(privacy="distributed")
-    assert share_population(example, fed) != folder
-    mapped_example = shared_population(example)
-    for u in range(fed.n_users):
-        if u < fed.n_real_users:
-            np.testing.assert_array_equal(mapped_example.recency(u), fed.recency(u))
-        else:
-            assert mapped_example.recency(u) is None
+    # runs that never read recency: only the real users' is written, in another folder, and
+    # a synthetic device is built without a history
+    for other in (cfg.replace(privacy="distributed"), cfg.replace(algorithm="sgd")):
+        assert not other.reads_recency()
+        assert share_population(other, fed) != folder
+        mapped_other = shared_population(other)
+        for u in range(fed.n_users):
+            if u < fed.n_real_users:
+                np.testing.assert_array_equal(mapped_other.recency(u), fed.recency(u))
+            else:
+                assert mapped_other.recency(u) is None
+        last = Shard(other, 0, 1).device(fed.n_users - 1)
+        assert (last.recency is None) == (population > 0)
     # another dataset (here: another seed) is never read from this one's files
     other = cfg.replace(seed=6)
     assert share_population(other) != folder
