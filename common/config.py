@@ -10,6 +10,7 @@ it back (what a run directory's ``config.json`` holds).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -90,6 +91,14 @@ def default_dim(privacy: str, n_items: int | None = None, interactions: int | No
         dims.append(4.0 * math.sqrt(max(int(interactions), 1) / max(int(n_items), 1)))
     power = math.floor(math.log2(min(dims)) + 0.5)
     return int(min(max(2**power, 8), 64))
+
+
+@functools.lru_cache(maxsize=64)
+def _reads_recency(privacy: str, power: float, algorithm: str) -> bool:
+    """:meth:`RunConfig.reads_recency`, looked up once per setting (simulations ask per device)."""
+    from fedrec.common.algorithms.registry import algorithm_class
+
+    return privacy == "user" and power > 0 and algorithm_class(algorithm).uses_recency
 
 
 @dataclass
@@ -436,11 +445,7 @@ class RunConfig:
         (:attr:`~fedrec.common.algorithms.base.Algorithm.uses_recency`); simulations give
         synthetic devices a history only then.
         """
-        return (
-            self.privacy == "user"
-            and self.popularity_recency > 0
-            and self.algorithm_class().uses_recency
-        )
+        return _reads_recency(self.privacy, self.popularity_recency, self.algorithm)
 
     def device_noise(self) -> float:
         """The largest noise multiplier devices add (``local``/``distributed``; else 0)."""

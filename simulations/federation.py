@@ -65,10 +65,15 @@ class FederatedDataset:
     @property
     def n_train_interactions(self) -> int:
         """Training interactions over every device (synthetic ones included)."""
-        lengths = getattr(self.train_items, "lengths", None)
-        if lengths is not None:
-            return int(np.sum(lengths()))
-        return int(sum(len(items) for items in self.train_items))
+        return int(_lengths(self.train_items).sum())
+
+
+def _lengths(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Each device's number of items (a Ragged's own, without building an array each)."""
+    lengths = getattr(arrays, "lengths", None)
+    if lengths is not None:
+        return lengths()
+    return np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
 
 
 def _load(cfg: RunConfig) -> Interactions:
@@ -151,23 +156,11 @@ def _cached(
 
 
 def _has_history(fed: FederatedDataset, user: int, cfg: RunConfig) -> bool:
-    """A real user's device, or a synthetic one of a run that reads recency."""
-    return user < getattr(fed, "n_real_users", fed.n_users) or reads_recency(cfg)
+    """A real user's device, or a synthetic one of a run that reads recency.
 
-
-def reads_recency(cfg: RunConfig) -> bool:
-    """:meth:`RunConfig.reads_recency`, looked up once per setting.
-
-    A synthetic device's history is computed only for runs that read it.
+    Only then is a synthetic device's history computed.
     """
-    return _reads_recency(cfg.privacy, cfg.popularity_recency, cfg.algorithm)
-
-
-@functools.lru_cache(maxsize=64)
-def _reads_recency(privacy: str, power: float, algorithm: str) -> bool:
-    from fedrec.common.algorithms.registry import algorithm_class
-
-    return privacy == "user" and power > 0 and algorithm_class(algorithm).uses_recency
+    return user < getattr(fed, "n_real_users", fed.n_users) or cfg.reads_recency()
 
 
 def federated_dataset(cfg: RunConfig) -> FederatedDataset:
@@ -190,12 +183,7 @@ def federated_dataset(cfg: RunConfig) -> FederatedDataset:
     )
     key = tuple(sorted(cfg.to_flat().items()))
     if key not in _FEASIBLE:
-        lengths = getattr(fed.train_items, "lengths", None)
-        most = (
-            int(lengths().max(initial=0))
-            if lengths is not None
-            else max((len(t) for t in fed.train_items), default=0)
-        )
+        most = int(_lengths(fed.train_items).max(initial=0))
         cfg.check_feasible(n_devices=fed.n_users, max_examples=most or None)
         _FEASIBLE.add(key)
     return fed

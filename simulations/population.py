@@ -24,6 +24,14 @@ __all__ = ["augment", "Ragged", "population", "grow", "PopulationRecency"]
 _BLOCK = 20_000
 
 
+def _device_index(u: int, n: int) -> int:
+    """``u`` as an index into ``n`` devices (negative from the end), or IndexError."""
+    u = int(u) + (n if int(u) < 0 else 0)
+    if not 0 <= u < n:
+        raise IndexError(f"device {u} out of range (population {n})")
+    return u
+
+
 class Ragged(Sequence[np.ndarray]):
     """Per-device item arrays in two flat arrays: ``items[offsets[u]:offsets[u + 1]]``.
 
@@ -60,11 +68,7 @@ class Ragged(Sequence[np.ndarray]):
     def __getitem__(self, u):  # noqa: ANN001, ANN204 - Sequence's int and slice
         if isinstance(u, slice):
             return [self[i] for i in range(*u.indices(len(self)))]
-        u = int(u)
-        if u < 0:
-            u += len(self)
-        if not 0 <= u < len(self):
-            raise IndexError(f"device {u} out of range (population {len(self)})")
+        u = _device_index(u, len(self))
         return self.items[self.offsets[u] : self.offsets[u + 1]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -125,9 +129,7 @@ class PopulationRecency(Sequence[np.ndarray]):
     def __getitem__(self, u):  # noqa: ANN001, ANN204 - Sequence's int and slice
         if isinstance(u, slice):
             return [self[i] for i in range(*u.indices(len(self)))]
-        u = int(u) + (len(self) if int(u) < 0 else 0)
-        if not 0 <= u < len(self):
-            raise IndexError(f"device {u} out of range (population {len(self)})")
+        u = _device_index(u, len(self))
         n_real = len(self.real)
         if u < n_real:
             return self.real[u]
