@@ -55,7 +55,9 @@ def test_the_main_job_beats_most_popular_on_a_small_federation(tmp_path):
     from fedrec.cli import main
 
     run_dir = tmp_path / "run"
-    keys = ["synthetic-users=300", "synthetic-items=150", "seed=1"]
+    # reproducible: the noise is seeded, so the figure is one fixed draw, not a coin toss
+    # on the margin (CI once drew 0.3098 against the bar 0.3125; seeded it is 0.3229)
+    keys = ["synthetic-users=300", "synthetic-items=150", "seed=1", "reproducible=true"]
     flags = [x for k in keys for x in ("--set", k)]
     assert main(["simulate", "--engine", "loop", *flags, "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
