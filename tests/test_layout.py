@@ -47,6 +47,7 @@ def test_folder_imports_stay_in_their_lane(folder, forbidden):
         assert not bad, f"{path} imports {bad}"
 
 
+@pytest.mark.slow
 def test_client_sdk_imports_without_server_simulation_or_ray():
     code = (
         "import sys, fedrec.client.device, fedrec.client.client_app, "

@@ -125,6 +125,7 @@ def test_rejects_items_outside_catalog():
         _device([N_ITEMS + 1])
 
 
+@pytest.mark.slow
 def test_local_mode_accounting_matches_dp_accounting_over_rounds():
     """The device's claimed ε (Opacus PRV, persisted across rounds) is dp-accounting's PLD ε."""
     import dp_accounting

@@ -76,6 +76,7 @@ def test_pld_agrees_with_analytic_gaussian():
     assert pld == pytest.approx(exact, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_pld_is_dp_accountings_pld_accountant():
     releases = [PrivacyEvent(1.0, 0.05, 20)] * 2 + [PrivacyEvent(2.0, None, 3)]
     acc = PLDAccountant()

@@ -94,6 +94,7 @@ def test_dp_training_requires_accountant_and_single_user():
         train_local(MatrixFactorization(2, 3, 2), np.array([0]), local=LocalConfig(), dp=None)
 
 
+@pytest.mark.slow
 def test_calibrated_noise_spends_the_budget():
     for kind in ("rdp", "prv"):
         sigma = calibrate([(1.0, 0.25, 40)], target_epsilon=3.0, target_delta=1e-5, accountant=kind)

@@ -243,6 +243,7 @@ def problems(draw):
     return n_users, n_items, table, train, test, ks, batch
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(problems())
 def test_vectorized_equals_per_user_and_reference(problem):

@@ -86,7 +86,12 @@ def test_without_privacy_few_interactions_per_item_cap_the_dim(n_items, interact
 
 @pytest.mark.parametrize(
     ("engine", "items", "users", "dim"),
-    [("loop", 30, 20, 8), ("loop", 1100, 300, 16), ("loop", 1100, 20, 8), ("flower", 30, 20, 8)],
+    [
+        ("loop", 30, 20, 8),
+        pytest.param("loop", 1100, 300, 16, marks=pytest.mark.slow),
+        ("loop", 1100, 20, 8),
+        pytest.param("flower", 30, 20, 8, marks=pytest.mark.slow),  # starts Ray: 30 s
+    ],
 )
 def test_a_run_without_privacy_records_the_dim_its_data_gave(tmp_path, engine, items, users, dim):
     """1,100 items ask for 16; 20 synthetic users give too few interactions per item for it."""

@@ -245,6 +245,7 @@ def test_example_level_signal_counts_interactions_per_unit_of_sensitivity():
     assert signal_mass(pop, 1234, user) == 1234.0
 
 
+@pytest.mark.slow
 def test_an_automatic_run_sizes_its_selection_after_the_popularity_round():
     from fedrec.common.algorithms.base import Aggregate
     from fedrec.common.algorithms.spectral import AUTO_MAX_ITEMS, Spectral, selection_size
@@ -353,6 +354,7 @@ def test_only_user_level_popularity_weighs_by_recency(privacy):
     np.testing.assert_array_equal(x[[1, 4]], [1.0, 1.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("epsilon", "weighs"), [(8.0, True), (2.0, True), (1.0, False)])
 def test_user_level_recency_weighting_stops_where_the_popularity_noise_dominates(epsilon, weighs):
     """The weighting lowers the release's signal for the same sensitivity; above

@@ -13,6 +13,7 @@ def synthetic():
     return make_synthetic(n_users=300, n_items=120, dim=4, mean_interactions=25, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["bpr", "bce"])
 def test_mf_recovers_known_latent_structure(synthetic, loss):
     """Data with a known answer: MF must beat popularity and rank like the true factors."""

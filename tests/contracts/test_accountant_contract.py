@@ -41,6 +41,7 @@ def test_the_signers_accountants_reproduce_the_pinned_vectors(kind, vector):
     _check(kind, epsilon_of(kind, [(sigma, q, steps)], delta), *PINNED[vector])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vector", list(PINNED), ids=str)
 @pytest.mark.parametrize("kind", AUDIT)
 def test_the_audits_accountants_reproduce_the_pinned_vectors(kind, vector):
@@ -59,6 +60,7 @@ def test_composition_is_order_free_and_steps_add(kind):
     assert epsilon_of(kind, [(0.0, 1.0, 1)], 1e-5) == float("inf")  # no noise, no guarantee
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DEVICE_AND_SERVER)
 def test_calibration_spends_the_budget_and_no_more(kind):
     scale = calibrate([(1.0, 0.1, 100)], target_epsilon=3.0, target_delta=1e-5, accountant=kind)

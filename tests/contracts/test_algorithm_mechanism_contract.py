@@ -82,6 +82,7 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("privacy", PRIVACY_MODES)
 @pytest.mark.parametrize("algorithm", list(REGISTRY))
 def test_every_algorithm_runs_in_every_mode_or_is_refused(tmp_path, algorithm, privacy):

@@ -141,6 +141,7 @@ def test_provisioning_for_dropouts():
     assert ddp.effective_noise_multiplier(plan, 0, 1.2) == 0.0
 
 
+@pytest.mark.slow
 def test_accounting_matches_dp_accounting_with_the_noise_present(tmp_path):
     ddp, spec = _ddp(ledger_dir=tmp_path / "ledgers")
     plan = ddp.plan(10, spec)
@@ -206,6 +207,7 @@ def test_coordinator_steps_with_the_mean_of_the_secure_sum(tmp_path):
     assert len(coord.mechanism.histories["1"]) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["account", "abort"])
 def test_loop_run_with_more_dropouts_than_provisioned(tmp_path, policy):
     from fedrec.simulations.loop import run_plain

@@ -578,6 +578,7 @@ def test_the_neighbourhood_is_complete_for_small_rounds_and_logarithmic_beyond()
         SecAggConfig().workflow()
 
 
+@pytest.mark.slow
 def test_a_sparse_round_sums_exactly_and_devices_see_the_announced_size(task_identity):
     from fedrec.client.secure_aggregation import secure_session
 

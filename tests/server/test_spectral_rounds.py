@@ -126,6 +126,7 @@ def _coordinator(privacy, tmp_path, **kw):
     return cfg, make_coordinator(cfg, 40, ledger_dir=tmp_path / "ledgers")
 
 
+@pytest.mark.slow
 def test_user_level_noise_on_the_secure_sums_is_ledgered_and_replayed(tmp_path):
     from fedrec.common.audit.report import audit_run
 

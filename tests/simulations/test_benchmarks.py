@@ -3,6 +3,7 @@
 import pytest
 
 
+@pytest.mark.slow
 def test_data_benchmark_times_each_job(capsys):
     from fedrec.simulations.bench_data import main, median_seconds
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from fedrec.cli import main
 
 
@@ -106,6 +108,7 @@ def test_simulate_features_from_the_command_line(tmp_path, capsys):
     assert "exactly 1 round" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_private_run_is_reported_beside_its_non_private_reference(tmp_path, capsys, monkeypatch):
     import matplotlib.axes
 

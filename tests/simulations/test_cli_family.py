@@ -112,6 +112,7 @@ def test_commands_take_exactly_their_modules_options():
     assert _options(engine) == {"-h", "--help", "--quick"}
 
 
+@pytest.mark.slow
 def test_bench_data_runs_end_to_end_through_the_fedrec_command():
     done = _fedrec("bench", "data", "--repeats", "1", "--csv-mb", "1")
     assert done.returncode == 0, done.stderr

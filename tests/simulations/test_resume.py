@@ -377,6 +377,7 @@ def _killed_after_server_release(flat: dict[str, object], k: int) -> None:
     assert rc == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else rc
 
 
+@pytest.mark.slow
 def test_a_user_level_release_made_before_the_kill_is_published_again_not_redrawn(tmp_path):
     """Killed after the server ledgered round 2's user-level release, before its checkpoint:
     the resumed round 2 publishes the kept release, so the ledger holds one release a round
@@ -394,6 +395,7 @@ def test_a_user_level_release_made_before_the_kill_is_published_again_not_redraw
     assert not list((run_dir / "checkpoints" / "releases").glob("*.npz"))
 
 
+@pytest.mark.slow
 def test_a_ledgered_release_that_was_not_kept_stops_the_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     flat = _flat(run_dir, privacy="user", seed=5, num_rounds=4)

@@ -20,6 +20,7 @@ def test_user_delta_is_a_function_of_the_population():
         user_delta(0)
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_algorithm_in_every_mode_with_its_defaults(tmp_path, monkeypatch):
     from fedrec.common.algorithms.popularity import Popularity
 

@@ -296,6 +296,7 @@ def _both_shards(tmp_path, name, monkeypatch, keep):
     return shards, sums
 
 
+@pytest.mark.slow
 def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_path, monkeypatch):
     kept, kept_sums = _both_shards(tmp_path, "kept", monkeypatch, keep=1024)
     bounded, bounded_sums = _both_shards(tmp_path, "bounded", monkeypatch, keep=12)
@@ -307,6 +308,7 @@ def test_a_process_serving_many_shards_keeps_at_most_its_budget_of_devices(tmp_p
             np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("population", [0, 60])
 def test_a_shard_maps_the_devices_data_the_driver_wrote(tmp_path, population):
     from fedrec.simulations.workers import share_population, shared_population
