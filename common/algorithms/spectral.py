@@ -65,6 +65,7 @@ __all__ = [
     "contribution",
     "select_items",
     "user_indicator",
+    "RECENCY_WINDOW",
     "selection_size",
     "signal_mass",
     "factorize",
@@ -191,15 +192,31 @@ def _capped(items: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return items
 
 
+#: User-level recency weighting ramps over at least this many items (:func:`user_indicator`).
+#: A short history's order says little about what its device goes on to use, while weights
+#: down to ``(1/(2n))²`` would throw most of its release away: a device with 6 items weighs
+#: its oldest item 0.55 of its newest, not 0.01. Measured (warm-sgd, user-level ε 8, seeds
+#: 0 / 1 / 2; no ramp / a ramp of 20 / 30 / 50 / 100 items): the small ``heavy-tail`` shape
+#: (300 devices, median 28 items, most-popular 0.1733) 0.1568 / 0.1683 / 0.1754, 0.1783 /
+#: 0.1692 / 0.1751, 0.1780 / 0.1679 / 0.1745, 0.1795 / 0.1842 / 0.1838, 0.1695 / 0.1872 /
+#: 0.1769; ``ml-100k-light`` (16-32 items, most-popular 0.0702) 0.0943 / 0.0900 / 0.0855,
+#: 0.0862 / 0.1016 / 0.0934, 0.0833 / 0.0954 / 0.0924, 0.0804 / 0.0891 / 0.0917, 0.0797 /
+#: 0.0837 / 0.0972; ML-100K (943 devices, seed 0) 0.1582, 0.1582, 0.1577, 0.1531, 0.1506.
+#: ``ml-100k-heavy`` (160 items or more each) is the same at every ramp up to 160.
+RECENCY_WINDOW = 20
+
+
 def user_indicator(
     items: np.ndarray, n_items: int, recency: np.ndarray | None = None, power: float = 0.0
 ) -> np.ndarray:
     """A device's items as a vector of norm 1 (zero without items): a user-level release.
 
-    Each item weighs ``recency ** power`` (the item's place in the device's history,
-    :attr:`fedrec.client.device.Device.recency`) before the scaling; with ``power`` 0 or no
-    ``recency``, every item alike (``1/√n``). The norm bound, not the weights, is the
-    sensitivity, so any weighting the device chooses costs nothing extra.
+    Each item weighs ``r ** power`` before the scaling, where ``r`` is its recency (its place
+    in the device's history, :attr:`fedrec.client.device.Device.recency`) ramped over at least
+    :data:`RECENCY_WINDOW` items: ``r = 1 - (1 - recency) · n / max(n, RECENCY_WINDOW)`` for
+    a device with ``n`` items, so ``recency`` itself from ``RECENCY_WINDOW`` items up. With
+    ``power`` 0 or no ``recency``, every item alike (``1/√n``). The norm bound, not the
+    weights, is the sensitivity, so any weighting the device chooses costs nothing extra.
 
     Raises:
         ValueError: ``recency`` does not have one entry per item.
@@ -209,7 +226,9 @@ def user_indicator(
     if recency is not None and len(recency) != len(items):
         raise ValueError(f"recency has {len(recency)} entries for {len(items)} items")
     if power > 0 and recency is not None:
-        np.maximum.at(x, items, np.asarray(recency, dtype=np.float64) ** power)
+        n = len(items)
+        ramp = 1.0 - (1.0 - np.asarray(recency, dtype=np.float64)) * n / max(n, RECENCY_WINDOW)
+        np.maximum.at(x, items, ramp**power)
     else:
         x[items] = 1.0
     norm = float(np.linalg.norm(x))

@@ -311,13 +311,14 @@ def test_recency_is_the_mid_rank_of_each_items_latest_interaction():
 
 
 def test_user_level_popularity_weighs_recent_items_more_and_keeps_norm_one():
-    from fedrec.common.algorithms.spectral import user_indicator
+    from fedrec.common.algorithms.spectral import RECENCY_WINDOW, user_indicator
 
     items, recency = np.array([1, 4, 7]), np.array([0.9, 0.5, 0.1])
     x = user_indicator(items, 10, recency, power=2.0)
     assert np.linalg.norm(x) == pytest.approx(1.0)
     assert x[1] > x[4] > x[7] > 0 and x[[0, 2, 3, 5, 6, 8, 9]].sum() == 0
-    np.testing.assert_allclose(x[items], recency**2 / np.linalg.norm(recency**2))
+    ramp = 1 - (1 - recency) * 3 / RECENCY_WINDOW  # 3 items: ramped over the window
+    np.testing.assert_allclose(x[items], ramp**2 / np.linalg.norm(ramp**2))
     plain = user_indicator(items, 10)  # no order known, or power 0: the plain indicator
     np.testing.assert_allclose(plain[items], 1 / np.sqrt(3))
     np.testing.assert_allclose(user_indicator(items, 10, recency, power=0.0), plain)
@@ -330,6 +331,27 @@ def test_user_level_popularity_weighs_recent_items_more_and_keeps_norm_one():
         items, "popularity", spec, rng=np.random.default_rng(0), recency=recency
     )
     np.testing.assert_allclose(weighted, x)
+
+
+def test_a_short_history_weighs_its_items_nearly_alike_and_a_long_one_by_recency_itself():
+    """The ramp spans at least RECENCY_WINDOW items: with n items, recency r weighs
+    (1 - (1 - r) n / max(n, RECENCY_WINDOW))^power, so r^power itself from the window up."""
+    from fedrec.common.algorithms.spectral import RECENCY_WINDOW, user_indicator
+
+    def weights(n):
+        recency = (np.arange(n) + 0.5) / n  # a history in item order, the latest last
+        x = user_indicator(np.arange(n), 3 * RECENCY_WINDOW, recency, power=2.0)
+        assert np.linalg.norm(x) == pytest.approx(1.0)
+        return x[:n], recency
+
+    long, recency = weights(2 * RECENCY_WINDOW)
+    np.testing.assert_allclose(long, recency**2 / np.linalg.norm(recency**2))
+    edge, recency = weights(RECENCY_WINDOW)
+    np.testing.assert_allclose(edge, recency**2 / np.linalg.norm(recency**2))
+    short, _ = weights(6)  # 6 items: oldest / newest (1 - 5.5/W)^2 / (1 - 0.5/W)^2, not 1/121
+    w = RECENCY_WINDOW
+    assert short[0] / short[-1] == pytest.approx(((w - 5.5) / (w - 0.5)) ** 2)
+    assert np.all(np.diff(short) > 0) and short[0] / short[-1] > 0.5
 
 
 @pytest.mark.parametrize("privacy", ["local", "distributed", "off"])
@@ -377,7 +399,7 @@ def test_user_level_recency_weighting_stops_where_the_popularity_noise_dominates
         rng=np.random.default_rng(0),
         recency=np.array([0.9, 0.1]),
     )
-    assert (x[1] > 2 * x[4]) == weighs
+    assert (x[1] > x[4] + 1e-6) == weighs  # the plain indicator weighs both alike
     assert np.linalg.norm(x) == pytest.approx(1.0)
 
 

@@ -105,12 +105,8 @@ def test_several_seeds_give_medians_with_each_seeds_figures_beside_them():
 SHORTFALLS: dict[tuple[str, str], str] = {
     # ("ml-100k-heavy", "user") was here (0.2207 vs 0.2548 at 149 devices) until the
     # popularity release weighed each device's items by their recency (popularity-recency)
-    ("heavy-tail", "user"): "0.1568 vs most-popular 0.1733 with 300 devices (seeds 0 / 1 / 2: "
-    "0.1568 / 0.1683 / 0.1754). The synthetic generator shuffles each user's items in time, "
-    "so popularity-recency 2 only costs this release signal-to-noise (E[w]/sqrt(E[w^2]) = "
-    "0.75): with popularity-recency 0 it was 0.1757 / 0.1802 / 0.1769, with 1 0.1741 / 0.1824 "
-    "/ 0.1731; but ml-100k-heavy needs 2 (seed 0: 0.2592 at 2, 0.2223 at 1, 0.2260 at 0 vs "
-    "0.2548). The full shape (600 devices) beats most-popular at 2 (0.1726 vs 0.1642, seed 0)",
+    # ("heavy-tail", "user") was here (0.1568 vs 0.1733 at 300 devices, seed 0) until the
+    # recency weighting ramped over at least RECENCY_WINDOW items (spectral.user_indicator)
 }
 
 CASES = [
